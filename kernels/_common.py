@@ -1,0 +1,82 @@
+"""Pieces every op family shares: argument validation and implementation dispatch.
+
+Kept free of Triton and of anything in ``arch``/``train`` (``kernels`` imports nothing of ours).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+IMPLS = ("auto", "reference", "chunk", "triton")
+
+
+def resolve_impl(impl: str, device: torch.device, *, has_triton: bool) -> str:
+    """Turn ``impl`` into the implementation that runs.
+
+    ``auto`` picks ``triton`` for CUDA tensors when the family has Triton kernels, ``chunk``
+    otherwise. The environment variable ``POSTFORMER_IMPL`` overrides ``auto`` (and only
+    ``auto``), e.g. ``POSTFORMER_IMPL=reference`` to debug a whole model against the loops.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
+    if impl == "auto":
+        env = os.environ.get("POSTFORMER_IMPL", "").strip()
+        if env:
+            if env not in IMPLS:
+                raise ValueError(f"POSTFORMER_IMPL={env!r} is not one of {IMPLS}")
+            impl = env
+    if impl == "auto":
+        impl = "triton" if (device.type == "cuda" and has_triton) else "chunk"
+    return impl
+
+
+def fmt_shape(x: torch.Tensor | None) -> str:
+    return "None" if x is None else str(list(x.shape))
+
+
+def check_float(name: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def check_shape(name: str, x: torch.Tensor, expected: Sequence[int], layout: str) -> None:
+    """Raise a ValueError naming ``name``, its shape and the expected ``layout`` on mismatch."""
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} has shape {fmt_shape(x)}, expected {layout} = {list(expected)}"
+        )
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, total: int) -> int:
+    """Validate packed-sequence offsets; return the number of sequences N.
+
+    ``cu_seqlens`` is ``[N+1]`` int32/int64, starts at 0, never decreases and ends at the
+    packed length ``total``; the batch dimension must be 1.
+    """
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"cu_seqlens must be an int32/int64 tensor [N+1], got "
+            f"{getattr(cu_seqlens, 'dtype', type(cu_seqlens).__name__)}"
+        )
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens has shape {fmt_shape(cu_seqlens)}, expected [N+1] with N >= 1")
+    if batch != 1:
+        raise ValueError(f"with cu_seqlens the batch dimension must be 1 (packed sequences), got B={batch}")
+    offsets = cu_seqlens.tolist()
+    if offsets[0] != 0 or offsets[-1] != total or any(b < a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(
+            f"cu_seqlens must start at 0, never decrease and end at T={total}; got {offsets}"
+        )
+    return len(offsets) - 1
+
+
+def accumulation_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 when any input is float64 (for gradcheck), float32 otherwise."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32

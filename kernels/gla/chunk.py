@@ -1,0 +1,99 @@
+"""Chunked PyTorch form of gla: matmuls inside chunks, a short loop passing states between them.
+
+Split the sequence into chunks of C steps. With ``G`` the cumulative sum of the log gates
+inside a chunk (G_i = g_1 + ... + g_i, so G is non-increasing), and ``S0`` the state entering
+the chunk, the recurrence unrolls to
+
+    o_i = scale * [ (q_i * exp(G_i)) S0  +  sum_{j<=i} (q_i * exp(G_i - G_j)) . k_j  v_j ]
+    S_C = exp(G_C) * S0 + sum_j (k_j * exp(G_C - G_j))^T v_j
+
+Every exponent above is a *difference G_i - G_j with i >= j*, hence <= 0: nothing overflows
+however strong the decay (Mamba-2's dt*A reaches -10 per step, -640 over a 64-step chunk).
+The textbook shortcut (q * exp(G)) (k * exp(-G))^T exponentiates -G > 0 and overflows; we
+never form it. The cost is that a per-key gate ([B, T, H, K]) needs the decay for every
+(i, j, key) triple inside a chunk, a [C, C, K] tensor, so per-key gates use short chunks
+(16); a scalar gate ([B, T, H]) only needs [C, C] and uses chunks of 64.
+
+Between chunks only states move: S_{n+1} = a_n * S_n + U_n, a loop over T/C chunks of one
+multiply-add each; all matmuls are batched over every chunk at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .._common import accumulation_dtype
+
+SCALAR_CHUNK = 64
+PER_KEY_CHUNK = 16
+
+
+def gla_chunk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None,
+    scale: float,
+    initial_state: torch.Tensor | None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k: [B, T, H, K]; v: [B, T, H, V]; g: None, [B, T, H] or [B, T, H, K] (log space).
+
+    Returns o [B, T, H, V] in the accumulation dtype (float32, or float64 for float64 inputs)
+    and the final state [B, H, K, V].
+    """
+    dt = accumulation_dtype(q, k, v, g, initial_state)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    per_key = g is not None and g.dim() == 4
+    if T == 0:
+        S = q.new_zeros(B, H, K, V, dtype=dt) if initial_state is None else initial_state.to(dt)
+        return q.new_zeros(B, 0, H, V, dtype=dt), S
+
+    C = min(chunk_size or (PER_KEY_CHUNK if per_key else SCALAR_CHUNK), T)
+    pad = (-T) % C
+    # Padding at the end with k = v = 0 and g = 0 leaves the state untouched.
+    q, k, v = (
+        rearrange(F.pad(x.to(dt), (0, 0, 0, 0, 0, pad)), "b (n c) h d -> b h n c d", c=C)
+        for x in (q, k, v)
+    )  # (B, H, N, C, D)
+    q = q * scale
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+
+    if g is None:
+        A = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B, H, N, C, C)
+        o = A @ v
+        U = k.transpose(-1, -2) @ v  # (B, H, N, K, V): each chunk's contribution to the state
+        a = None
+        q_in = q
+    elif not per_key:
+        G = rearrange(F.pad(g.to(dt), (0, 0, 0, pad)), "b (n c) h -> b h n c", c=C).cumsum(-1)
+        diff = (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
+        A = (q @ k.transpose(-1, -2)) * diff.exp()  # (B, H, N, C, C)
+        o = A @ v
+        G_last = G[..., -1:]  # (B, H, N, 1)
+        U = (k * (G_last - G).exp().unsqueeze(-1)).transpose(-1, -2) @ v  # (B, H, N, K, V)
+        a = G_last.exp().unsqueeze(-1)  # (B, H, N, 1, 1)
+        q_in = q * G.exp().unsqueeze(-1)
+    else:
+        G = rearrange(F.pad(g.to(dt), (0, 0, 0, 0, 0, pad)), "b (n c) h k -> b h n c k", c=C)
+        G = G.cumsum(-2)  # (B, H, N, C, K)
+        diff = (G.unsqueeze(-2) - G.unsqueeze(-3)).masked_fill(~causal.unsqueeze(-1), float("-inf"))
+        # A_ij = sum_k q_ik k_jk exp(G_ik - G_jk), i >= j: (B, H, N, C, C)
+        A = torch.einsum("bhnijk,bhnjk->bhnij", q.unsqueeze(-2) * diff.exp(), k)
+        o = A @ v
+        G_last = G[..., -1:, :]  # (B, H, N, 1, K)
+        U = (k * (G_last - G).exp()).transpose(-1, -2) @ v
+        a = rearrange(G_last.exp(), "b h n 1 k -> b h n k 1")
+        q_in = q * G.exp()
+
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dt)
+    entering = []
+    for n in range(U.shape[2]):
+        entering.append(S)
+        S = (S if a is None else a[:, :, n] * S) + U[:, :, n]
+    o = o + q_in @ torch.stack(entering, dim=2)  # (B, H, N, C, V)
+    o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]
+    return o, S

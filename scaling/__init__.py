@@ -1,0 +1,1 @@
+"""postformer.scaling: scaling studies, fits and reports (to come)."""
