@@ -242,3 +242,13 @@ def test_matches_fla_naive_when_installed():
     o_fla, S_fla = naive.naive_chunk_simple_gla(q, k, v, g, initial_state=h0.clone(), output_final_state=True)
     o, S = gla(q, k, v, g, initial_state=h0, output_final_state=True, impl="chunk")
     assert rel_err(o, o_fla) < 1e-5 and rel_err(S, S_fla) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gate", ["none", "scalar", "key"])
+def test_cuda_matches_cpu_reference(gate):
+    q, k, v, g, h0 = make(2, 300, 4, 64, 64, gate, dtype=torch.bfloat16)
+    o_ref, S_ref = parallel_form(q, k, v, g, 64**-0.5, h0)
+    cuda = [x if x is None else x.cuda() for x in (q, k, v, g, h0)]
+    o, S = gla(*cuda[:4], initial_state=cuda[4], output_final_state=True)
+    assert rel_err(o.cpu(), o_ref) < 1e-2 and rel_err(S.cpu(), S_ref) < 1e-4
