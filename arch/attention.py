@@ -1,0 +1,180 @@
+"""Transformer++ causal self-attention: bias-free projections, RoPE, optional GQA, KV cache.
+
+The attention itself is not ours to write: ``attend`` calls flash-attn when it is installed
+and the tensors are on CUDA in half precision, and PyTorch's
+``scaled_dot_product_attention`` otherwise. Both see the same ``[B, T, H, D]`` tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from .layers import Rotary
+from .mixer import Mixer
+
+try:  # optional; never required
+    from flash_attn import flash_attn_func as _flash_attn_func
+except Exception:  # ImportError, or a broken CUDA build
+    _flash_attn_func = None
+
+
+def attention_backend(q: torch.Tensor) -> str:
+    """``"flash"`` when flash-attn is importable and ``q`` is a CUDA fp16/bf16 tensor, else ``"sdpa"``."""
+    if _flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return "flash"
+    return "sdpa"
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+    """Causal attention where the queries are the *last* ``Tq`` positions of the keys.
+
+    Args:
+        q: ``[B, Tq, H, D]``.
+        k, v: ``[B, Tk, Hkv, D]`` with ``Tk >= Tq`` and ``H % Hkv == 0`` (GQA).
+        backend: None picks with ``attention_backend``; ``"flash"`` or ``"sdpa"`` forces one.
+
+    Returns:
+        ``[B, Tq, H, D]``. Query ``i`` sits at position ``Tk - Tq + i`` and sees keys
+        ``0 .. Tk - Tq + i`` (the causal mask aligned bottom-right, as in a KV-cache decode).
+    """
+    Tq, H = q.shape[1], q.shape[2]
+    Tk, Hkv = k.shape[1], k.shape[2]
+    backend = backend or attention_backend(q)
+    if backend == "flash":
+        # flash-attn aligns the causal mask bottom-right when Tq != Tk and handles GQA itself.
+        return _flash_attn_func(q, k, v, causal=True)
+    if Hkv != H:
+        k = repeat(k, "b t h d -> b t (h r) d", r=H // Hkv)
+        v = repeat(v, "b t h d -> b t (h r) d", r=H // Hkv)
+    q, k, v = (rearrange(x, "b t h d -> b h t d") for x in (q, k, v))
+    if Tq == Tk:
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    elif Tq == 1:
+        o = F.scaled_dot_product_attention(q, k, v)  # the newest query sees every key
+    else:
+        # SDPA's is_causal aligns top-left when Tq != Tk, so build the bottom-right mask.
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return rearrange(o, "b h t d -> b t h d")
+
+
+class KVCache:
+    """Keys and values seen so far, ``[B, capacity, Hkv, D]`` buffers filled up to ``length``.
+
+    Appending writes into a preallocated buffer; when it is full the capacity doubles, so a
+    decoding step costs amortised O(1) copies instead of re-concatenating the whole cache.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        n_kv_heads: int,
+        head_dim: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        capacity: int = 0,
+    ) -> None:
+        self.k = torch.empty(batch_size, capacity, n_kv_heads, head_dim, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: ``[B, T, Hkv, D]``. Returns all keys and values so far, ``[B, length, Hkv, D]``."""
+        B, T = k.shape[:2]
+        if B != self.k.shape[0]:
+            raise ValueError(f"KVCache was made for batch size {self.k.shape[0]}, got {B}")
+        new_len = self.length + T
+        if new_len > self.k.shape[1]:
+            cap = max(new_len, 2 * self.k.shape[1], 16)
+            k_buf = self.k.new_empty(B, cap, *self.k.shape[2:], dtype=k.dtype)
+            v_buf = self.v.new_empty(B, cap, *self.v.shape[2:], dtype=v.dtype)
+            k_buf[:, : self.length] = self.k[:, : self.length]
+            v_buf[:, : self.length] = self.v[:, : self.length]
+            self.k, self.v = k_buf, v_buf
+        self.k[:, self.length : new_len] = k
+        self.v[:, self.length : new_len] = v
+        self.length = new_len
+        return self.k[:, :new_len], self.v[:, :new_len]
+
+
+class Attention(Mixer):
+    """Multi-head causal self-attention with RoPE, the Transformer++ recipe (LLaMA-style).
+
+    ``[B, T, d_model] -> [B, T, d_model]``. q/k/v/o projections have no biases; with
+    ``n_kv_heads < n_heads`` groups of query heads share one key/value head (GQA).
+    """
+
+    name = "attn"
+    has_mlp = True
+
+    @dataclasses.dataclass
+    class Options:
+        #: query heads; None: ``max(1, d_model // 64)`` (head dim 64)
+        n_heads: int | None = None
+        #: key/value heads (GQA); None: ``n_heads``
+        n_kv_heads: int | None = None
+        #: RoPE base
+        rope_base: float = 10000.0
+
+    @classmethod
+    def _resolve(cls, d_model: int, opts: Options) -> Options:
+        n_heads = opts.n_heads if opts.n_heads is not None else max(1, d_model // 64)
+        if n_heads < 1 or d_model % n_heads != 0:
+            raise ValueError(
+                f"mixer 'attn': d_model {d_model} is not divisible by n_heads {n_heads}"
+            )
+        n_kv = opts.n_kv_heads if opts.n_kv_heads is not None else n_heads
+        if n_kv < 1 or n_heads % n_kv != 0:
+            raise ValueError(
+                f"mixer 'attn': n_heads {n_heads} is not divisible by n_kv_heads {n_kv}"
+            )
+        if (d_model // n_heads) % 2 != 0:
+            raise ValueError(
+                f"mixer 'attn': head dim {d_model // n_heads} (d_model {d_model} / n_heads "
+                f"{n_heads}) must be even for RoPE"
+            )
+        return dataclasses.replace(opts, n_heads=n_heads, n_kv_heads=n_kv)
+
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5) -> None:
+        options = self._resolve(d_model, options or self.Options())
+        super().__init__(d_model, options, norm_eps)
+        self.n_heads = options.n_heads
+        self.n_kv_heads = options.n_kv_heads
+        self.head_dim = d_model // self.n_heads
+        self.q_proj = nn.Linear(d_model, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.out_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=False)
+        self.rotary = Rotary(self.head_dim, options.rope_base)
+
+    def new_cache(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        max_seq_len: int | None = None,
+    ) -> KVCache:
+        return KVCache(
+            batch_size, self.n_kv_heads, self.head_dim,
+            device=device, dtype=dtype, capacity=max_seq_len or 0,
+        )
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
+        offset = 0 if cache is None else cache.length
+        q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
+        k = rearrange(self.k_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
+        v = rearrange(self.v_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
+        q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, offset + T, Hkv, D)
+        o = attend(q, k, v)  # (B, T, H, D)
+        return self.out_proj(rearrange(o, "b t h d -> b t (h d)"))
+

@@ -1,0 +1,132 @@
+"""Gated Linear Attention mixer (Yang et al. 2023, "Gated Linear Attention Transformers with
+Hardware-Efficient Training").
+
+Per head, a matrix state ``S [K, V]`` decays per key channel with a data-dependent gate:
+
+    S_t = diag(alpha_t) S_{t-1} + k_t^T v_t,     o_t = q_t S_t / sqrt(K)
+
+``alpha_t = exp(g_t)``, with ``g_t = logsigmoid(W2 W1 x_t + b) / 16``: a low-rank (16)
+projection, and the normaliser 16 keeps the decays close to 1 at initialisation (each step
+forgets about 4%), which is what lets GLA learn long memories. The output is normalised per
+head and gated: ``out_proj(rmsnorm(o) * silu(W_g x))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from postformer.kernels import gla
+
+from .layers import RMSNorm
+from .mixer import Mixer, state_dtype
+
+
+@dataclasses.dataclass
+class GLACache:
+    """Decoding state of one GLA layer: ``state [B, H, K, V]`` float32 (float64 for float64 models)."""
+
+    state: torch.Tensor
+
+
+class GLA(Mixer):
+    """Gated linear attention: ``[B, T, d_model] -> [B, T, d_model]``. Has an MLP by default."""
+
+    name = "gla"
+    has_mlp = True
+
+    @dataclasses.dataclass
+    class Options:
+        #: heads; None: 4, or the largest count below 4 that divides both key and value dims
+        n_heads: int | None = None
+        #: key dim (q, k, gate) = expand_k * d_model
+        expand_k: float = 0.5
+        #: value dim (v, output gate) = expand_v * d_model
+        expand_v: float = 1.0
+        #: rank of the gate projection W2 W1
+        gate_low_rank_dim: int = 16
+        #: g = logsigmoid(.) / gate_logit_normalizer
+        gate_logit_normalizer: float = 16.0
+
+    @classmethod
+    def _resolve(cls, d_model: int, opts: Options) -> Options:
+        key_dim, value_dim = d_model * opts.expand_k, d_model * opts.expand_v
+        if key_dim != int(key_dim) or value_dim != int(value_dim) or key_dim < 1 or value_dim < 1:
+            raise ValueError(
+                f"mixer 'gla': d_model {d_model} * expand_k {opts.expand_k} and * expand_v "
+                f"{opts.expand_v} must be positive whole numbers"
+            )
+        key_dim, value_dim = int(key_dim), int(value_dim)
+        n_heads = opts.n_heads
+        if n_heads is None:
+            n_heads = next(h for h in (4, 3, 2, 1) if key_dim % h == 0 and value_dim % h == 0)
+        for what, dim in (("key dim", key_dim), ("value dim", value_dim)):
+            if n_heads < 1 or dim % n_heads != 0:
+                raise ValueError(
+                    f"mixer 'gla': {what} {dim} (d_model {d_model} * expand "
+                    f"{opts.expand_k if what == 'key dim' else opts.expand_v}) is not divisible "
+                    f"by n_heads {n_heads}"
+                )
+        if opts.gate_low_rank_dim < 1 or opts.gate_logit_normalizer <= 0:
+            raise ValueError(
+                f"mixer 'gla': gate_low_rank_dim must be >= 1 and gate_logit_normalizer > 0, got {opts}"
+            )
+        return dataclasses.replace(opts, n_heads=n_heads)
+
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5) -> None:
+        options = self._resolve(d_model, options or self.Options())
+        super().__init__(d_model, options, norm_eps)
+        self.n_heads = options.n_heads
+        self.key_dim = int(d_model * options.expand_k)
+        self.value_dim = int(d_model * options.expand_v)
+        self.head_k_dim = self.key_dim // self.n_heads
+        self.head_v_dim = self.value_dim // self.n_heads
+        self.gate_logit_normalizer = options.gate_logit_normalizer
+
+        self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.gk_proj = nn.Sequential(
+            nn.Linear(d_model, options.gate_low_rank_dim, bias=False),
+            nn.Linear(options.gate_low_rank_dim, self.key_dim, bias=True),
+        )
+        self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.g_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
+        self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
+
+    def new_cache(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        max_seq_len: int | None = None,
+    ) -> GLACache:
+        return GLACache(
+            torch.zeros(
+                batch_size, self.n_heads, self.head_k_dim, self.head_v_dim,
+                device=device, dtype=state_dtype(dtype),
+            )
+        )
+
+    def forward(self, x: torch.Tensor, cache: GLACache | None = None) -> torch.Tensor:
+        """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
+        q = rearrange(self.q_proj(x), "b t (h k) -> b t h k", k=self.head_k_dim)
+        k = rearrange(self.k_proj(x), "b t (h k) -> b t h k", k=self.head_k_dim)
+        v = rearrange(self.v_proj(x), "b t (h v) -> b t h v", v=self.head_v_dim)
+        gk = F.logsigmoid(self.gk_proj(x).to(state_dtype(x.dtype))) / self.gate_logit_normalizer
+        gk = rearrange(gk, "b t (h k) -> b t h k", k=self.head_k_dim)  # (B, T, H, K), <= 0
+        o, S = gla(
+            q, k, v, gk,
+            initial_state=None if cache is None else cache.state,
+            output_final_state=cache is not None,
+        )  # o: (B, T, H, V); S: (B, H, K, V)
+        if cache is not None:
+            cache.state = S
+        g = rearrange(self.g_proj(x), "b t (h v) -> b t h v", v=self.head_v_dim)
+        o = self.g_norm(o) * F.silu(g)  # (B, T, H, V)
+        return self.out_proj(rearrange(o, "b t h v -> b t (h v)"))

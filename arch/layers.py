@@ -1,0 +1,123 @@
+"""Building blocks every mixer and block shares: norms, the SwiGLU MLP, rotary embeddings.
+
+All modules take ``[..., D]`` channels-last tensors; norms compute in float32 and return the
+input's dtype, so bf16/fp16 activations do not lose precision in the mean of squares.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned scale: ``x / rms(x) * weight`` over the last dim ``[..., D]``."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``[..., D]`` -> ``[..., D]`` in x's dtype."""
+        w = self.weight.to(torch.promote_types(x.dtype, torch.float32))
+        y = F.rms_norm(x.to(w.dtype), (self.dim,), w, self.eps)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba-2's gated norm: ``rmsnorm(x * silu(z)) * weight`` (gate before the norm).
+
+    With ``group_size < dim`` the mean of squares is taken per group of ``group_size``
+    channels (Mamba-2 normalises each of its ``ngroups`` groups separately), so the norm
+    stays local to what one tensor-parallel shard would hold.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None) -> None:
+        super().__init__()
+        group_size = dim if group_size is None else group_size
+        if dim % group_size != 0:
+            raise ValueError(f"GatedRMSNorm: dim {dim} is not divisible by group_size {group_size}")
+        self.dim = dim
+        self.eps = eps
+        self.group_size = group_size
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """x, z: ``[..., D]`` -> ``[..., D]`` in x's dtype. ``z=None`` means no gate."""
+        dt = torch.promote_types(x.dtype, torch.float32)
+        y = x.to(dt)
+        if z is not None:
+            y = y * F.silu(z.to(dt))
+        y = rearrange(y, "... (g d) -> ... g d", d=self.group_size)
+        y = F.rms_norm(y, (self.group_size,), None, self.eps)
+        y = rearrange(y, "... g d -> ... (g d)") * self.weight.to(dt)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, group_size={self.group_size}"
+
+
+def default_ff_dim(d_model: int, multiple_of: int = 64) -> int:
+    """The SwiGLU hidden width: ``8/3 * d_model`` rounded up to ``multiple_of``.
+
+    8/3 keeps a SwiGLU MLP (three matrices) at the parameter count of a 4x GELU MLP (two).
+    """
+    return multiple_of * math.ceil(8 * d_model / 3 / multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """``out_proj(silu(x W_gate) * (x W_up))``, no biases. ``[..., d_model] -> [..., d_model]``.
+
+    The gate and up projections are one fused matrix ``in_proj: d_model -> 2 * d_ff``.
+    """
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(d_model, 2 * d_ff, bias=False)
+        self.out_proj = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.in_proj(x).chunk(2, dim=-1)  # (..., d_ff) each
+        return self.out_proj(F.silu(gate) * up)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoPE, Su et al. 2021), rotate-half (GPT-NeoX) layout.
+
+    Angles are computed on the fly from the absolute positions ``offset .. offset + T - 1``,
+    so a decoding step at any position costs one ``[T, D/2]`` outer product and no table
+    bounds the sequence length.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2 != 0:
+            raise ValueError(f"Rotary: head_dim must be even, got {head_dim}")
+        self.head_dim = head_dim
+        self.base = base
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """x: ``[B, T, H, D]``; position of x[:, i] is ``offset + i``. Returns x rotated."""
+        T = x.shape[1]
+        dt = torch.promote_types(x.dtype, torch.float32)
+        pos = torch.arange(offset, offset + T, device=x.device, dtype=dt)  # (T,)
+        angles = torch.outer(pos, self.inv_freq.to(device=x.device, dtype=dt))  # (T, D/2)
+        cos = rearrange(angles.cos(), "t d -> t 1 d")
+        sin = rearrange(angles.sin(), "t d -> t 1 d")
+        x1, x2 = x.to(dt).chunk(2, dim=-1)  # (B, T, H, D/2) each
+        y = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, base={self.base}"

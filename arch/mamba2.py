@@ -1,0 +1,224 @@
+"""Mamba-2 mixer (Dao & Gu 2024, "Transformers are SSMs"), with its SSD scan run by ``gla``.
+
+Per head h (P = headdim channels, N = d_state), the selective SSM is
+
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t^T x_t        h_t: [N, P]
+    y_t = C_t h_t + D * x_t
+
+with a scalar ``A < 0`` per head, a data-dependent step ``dt_t > 0`` per head, and
+``B_t, C_t`` ([N], shared by the heads of a group). That is exactly the ``gla`` recurrence
+``S_t = exp(g_t) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t`` with
+
+    q = C,  k = B,  v = dt * x,  g = dt * A  (one per head: [B, T, H]),  scale = 1,
+
+so the state S is ``[H, N, P]`` (K = d_state, V = headdim). The block around the scan:
+in_proj -> (z, xBC, dt); depthwise causal conv over xBC, SiLU; scan; ``+ D x``;
+``rmsnorm(y * silu(z))``; out_proj.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from postformer.kernels import gla
+
+from .layers import GatedRMSNorm
+from .mixer import Mixer, state_dtype
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal convolution over time, continuing from ``state``.
+
+    Args:
+        x: ``[B, T, C]``.
+        weight: ``[C, W]`` (one W-tap filter per channel; tap ``W-1`` multiplies the current step).
+        bias: ``[C]`` or None.
+        state: ``[B, C, W-1]``, the last ``W-1`` inputs before ``x`` (None: zeros).
+
+    Returns:
+        ``(y [B, T, C], new_state [B, C, W-1])``; no activation is applied.
+    """
+    C, W = weight.shape
+    xt = rearrange(x, "b t c -> b c t")
+    if state is None:
+        xp = F.pad(xt, (W - 1, 0))  # (B, C, W-1+T)
+    else:
+        xp = torch.cat([state.to(xt.dtype), xt], dim=-1)  # (B, C, W-1+T)
+    y = F.conv1d(xp, rearrange(weight, "c w -> c 1 w"), bias, groups=C)  # (B, C, T)
+    new_state = xp[..., xp.shape[-1] - (W - 1) :]  # (B, C, W-1)
+    return rearrange(y, "b c t -> b t c"), new_state
+
+
+def causal_conv1d_step(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    state: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step of ``causal_conv1d``: x ``[B, C]``, state ``[B, C, W-1]``.
+
+    Returns ``(y [B, C], new_state [B, C, W-1])``, the window rolled by one step.
+    """
+    window = torch.cat([state.to(x.dtype), rearrange(x, "b c -> b c 1")], dim=-1)  # (B, C, W)
+    y = (window * weight).sum(-1)  # (B, C)
+    if bias is not None:
+        y = y + bias
+    return y, window[..., 1:]
+
+
+@dataclasses.dataclass
+class Mamba2Cache:
+    """Decoding state of one Mamba-2 layer.
+
+    conv_state: ``[B, d_inner + 2*ngroups*d_state, d_conv-1]``, the last inputs of the conv.
+    ssm_state: ``[B, H, N, P]`` float32 (float64 for float64 models).
+    """
+
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
+
+
+class Mamba2(Mixer):
+    """The Mamba-2 block's mixer: ``[B, T, d_model] -> [B, T, d_model]``. No MLP by default."""
+
+    name = "mamba2"
+    has_mlp = False
+
+    @dataclasses.dataclass
+    class Options:
+        #: N, the state size per head (K of the gla state)
+        d_state: int = 128
+        #: width of the depthwise causal conv
+        d_conv: int = 4
+        #: d_inner = expand * d_model
+        expand: int = 2
+        #: P, channels per head; clamped to d_inner so tiny widths work
+        headdim: int = 64
+        #: groups sharing one B and C (and one norm group)
+        ngroups: int = 1
+        #: dt is initialised log-uniformly in [dt_min, dt_max], floored at dt_init_floor
+        dt_min: float = 0.001
+        dt_max: float = 0.1
+        dt_init_floor: float = 1e-4
+        #: A = -exp(A_log) is initialised uniformly in [-A_init_max, -A_init_min]
+        A_init_min: float = 1.0
+        A_init_max: float = 16.0
+        conv_bias: bool = True
+
+    @classmethod
+    def _resolve(cls, d_model: int, opts: Options) -> Options:
+        if opts.expand < 1 or opts.d_state < 1 or opts.d_conv < 1 or opts.ngroups < 1:
+            raise ValueError(
+                f"mixer 'mamba2': expand, d_state, d_conv and ngroups must be >= 1, got {opts}"
+            )
+        d_inner = opts.expand * d_model
+        headdim = min(opts.headdim, d_inner)
+        if headdim < 1 or d_inner % headdim != 0:
+            raise ValueError(
+                f"mixer 'mamba2': d_inner {d_inner} (expand {opts.expand} * d_model {d_model}) "
+                f"is not divisible by headdim {headdim}"
+            )
+        nheads = d_inner // headdim
+        if nheads % opts.ngroups != 0:
+            raise ValueError(
+                f"mixer 'mamba2': nheads {nheads} (d_inner {d_inner} / headdim {headdim}) is not "
+                f"divisible by ngroups {opts.ngroups}"
+            )
+        return dataclasses.replace(opts, headdim=headdim)
+
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5) -> None:
+        options = self._resolve(d_model, options or self.Options())
+        super().__init__(d_model, options, norm_eps)
+        o = options
+        self.d_inner = o.expand * d_model
+        self.d_state = o.d_state
+        self.headdim = o.headdim
+        self.ngroups = o.ngroups
+        self.nheads = self.d_inner // self.headdim
+        self.d_conv = o.d_conv
+        self.conv_dim = self.d_inner + 2 * o.ngroups * o.d_state
+
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, o.d_conv, groups=self.conv_dim, bias=o.conv_bias
+        )  # used through causal_conv1d, weight [conv_dim, 1, d_conv]
+
+        # dt_bias = softplus^-1(dt) for dt log-uniform in [dt_min, dt_max], so that
+        # softplus(0 + dt_bias) starts at a spread of time scales.
+        dt = torch.exp(
+            torch.rand(self.nheads) * (math.log(o.dt_max) - math.log(o.dt_min)) + math.log(o.dt_min)
+        ).clamp(min=o.dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # (H,)
+        A = torch.empty(self.nheads).uniform_(o.A_init_min, o.A_init_max)
+        self.A_log = nn.Parameter(torch.log(A))  # (H,)
+        self.D = nn.Parameter(torch.ones(self.nheads))  # (H,)
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+
+        self.norm = GatedRMSNorm(self.d_inner, eps=norm_eps, group_size=self.d_inner // o.ngroups)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def new_cache(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        max_seq_len: int | None = None,
+    ) -> Mamba2Cache:
+        return Mamba2Cache(
+            conv_state=torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+            ssm_state=torch.zeros(
+                batch_size, self.nheads, self.d_state, self.headdim, device=device, dtype=state_dtype(dtype)
+            ),
+        )
+
+    def forward(self, x: torch.Tensor, cache: Mamba2Cache | None = None) -> torch.Tensor:
+        """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
+        T = x.shape[1]
+        H, P, G, N = self.nheads, self.headdim, self.ngroups, self.d_state
+        z, xBC, dt = torch.split(self.in_proj(x), [self.d_inner, self.conv_dim, H], dim=-1)
+
+        w = rearrange(self.conv1d.weight, "c 1 w -> c w")
+        if cache is not None and T == 1:
+            y, cache.conv_state = causal_conv1d_step(xBC[:, 0], w, self.conv1d.bias, cache.conv_state)
+            xBC = rearrange(y, "b c -> b 1 c")
+        else:
+            xBC, conv_state = causal_conv1d(
+                xBC, w, self.conv1d.bias, None if cache is None else cache.conv_state
+            )
+            if cache is not None:
+                cache.conv_state = conv_state
+        xBC = F.silu(xBC)  # (B, T, conv_dim)
+
+        xs, Bm, Cm = torch.split(xBC, [self.d_inner, G * N, G * N], dim=-1)
+        xs = rearrange(xs, "b t (h p) -> b t h p", p=P)
+        Bm = repeat(Bm, "b t (g n) -> b t (g r) n", n=N, r=H // G)  # (B, T, H, N)
+        Cm = repeat(Cm, "b t (g n) -> b t (g r) n", n=N, r=H // G)  # (B, T, H, N)
+
+        sdt = state_dtype(x.dtype)
+        dt = F.softplus(dt.to(sdt) + self.dt_bias.to(sdt))  # (B, T, H)
+        A = -torch.exp(self.A_log.to(sdt))  # (H,)
+        o, S = gla(
+            Cm, Bm, xs.to(sdt) * rearrange(dt, "b t h -> b t h 1"), dt * A,
+            scale=1.0,
+            initial_state=None if cache is None else cache.ssm_state,
+            output_final_state=cache is not None,
+        )  # o: (B, T, H, P); S: (B, H, N, P)
+        if cache is not None:
+            cache.ssm_state = S
+
+        y = o + xs * rearrange(self.D.to(xs.dtype), "h -> h 1")  # (B, T, H, P)
+        y = self.norm(rearrange(y, "b t h p -> b t (h p)"), z)  # (B, T, d_inner)
+        return self.out_proj(y)

@@ -1,0 +1,87 @@
+"""The mixer contract: what every sequence mixer (attention, Mamba-2, GLA, ...) provides.
+
+A mixer maps ``[B, T, d_model] -> [B, T, d_model]``. Its options are a dataclass nested in
+the class (``Mixer.Options``), so a config can name a mixer by a string and give its options
+as a plain dict; ``resolve_options`` checks the keys, fills derived defaults (heads from the
+width, ...) and raises ``ValueError`` on anything inconsistent, at config time rather than
+deep inside a forward pass.
+
+Decoding: ``new_cache(batch_size, ...)`` returns the mixer's recurrent state (a KV cache,
+a conv + SSM state, a matrix state); ``forward(x, cache)`` consumes ``x`` as the
+continuation of whatever the cache has seen and updates the cache in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Mixer(nn.Module):
+    """Base class of the sequence mixers in the registry (``arch.registry.MIXERS``)."""
+
+    #: short name used in configs (``pattern: [gla, attn]``)
+    name: ClassVar[str] = ""
+    #: whether a block with this mixer gets a SwiGLU MLP unless the config says otherwise
+    has_mlp: ClassVar[bool] = True
+
+    @dataclasses.dataclass
+    class Options:
+        """Override in subclasses; every field needs a default."""
+
+    def __init__(self, d_model: int, options: Any, norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.options = options
+        self.norm_eps = norm_eps
+
+    @classmethod
+    def option_keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls.Options)]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The default options as a plain dict (before width-dependent resolution)."""
+        return dataclasses.asdict(cls.Options())
+
+    @classmethod
+    def resolve_options(cls, d_model: int, options: dict[str, Any] | None = None) -> Any:
+        """Check option keys, build ``cls.Options`` and fill width-dependent defaults.
+
+        Raises ``ValueError`` naming the mixer, the bad key and the accepted keys, or the
+        numbers that do not divide.
+        """
+        options = dict(options or {})
+        keys = cls.option_keys()
+        for key in options:
+            if key not in keys:
+                raise ValueError(
+                    f"mixer {cls.name!r} has no option {key!r}; accepted options: {sorted(keys)}"
+                )
+        return cls._resolve(d_model, cls.Options(**options))
+
+    @classmethod
+    def _resolve(cls, d_model: int, opts: Any) -> Any:
+        """Fill derived defaults and validate; return the completed options."""
+        return opts
+
+    def new_cache(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        max_seq_len: int | None = None,
+    ) -> Any:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Recurrent states are float32 (float64 for float64 models, e.g. in exactness tests)."""
+    return torch.promote_types(dtype, torch.float32)

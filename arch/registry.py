@@ -1,0 +1,18 @@
+"""Short names -> mixer classes, so configs name a mixer by a string and stay plain data."""
+
+from __future__ import annotations
+
+from .attention import Attention
+from .gla import GLA
+from .mamba2 import Mamba2
+from .mixer import Mixer
+
+MIXERS: dict[str, type[Mixer]] = {cls.name: cls for cls in (Attention, Mamba2, GLA)}
+
+
+def get_mixer(name: str) -> type[Mixer]:
+    """The mixer class registered as ``name``; ValueError listing the known names otherwise."""
+    try:
+        return MIXERS[name]
+    except KeyError:
+        raise ValueError(f"unknown mixer {name!r}; known mixers: {sorted(MIXERS)}") from None
