@@ -91,7 +91,8 @@ def gla(
         )
     if scale is None:
         scale = K**-0.5
-    fn = gla_reference if impl == "reference" else gla_chunk
+    # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
+    fn = gla_reference if impl == "reference" or (T == 1 and cu_seqlens is None) else gla_chunk
 
     if cu_seqlens is None:
         o, S = fn(q, k, v, g, scale, initial_state)

@@ -252,3 +252,15 @@ def test_cuda_matches_cpu_reference(gate):
     cuda = [x if x is None else x.cuda() for x in (q, k, v, g, h0)]
     o, S = gla(*cuda[:4], initial_state=cuda[4], output_final_state=True)
     assert rel_err(o.cpu(), o_ref) < 1e-2 and rel_err(S.cpu(), S_ref) < 1e-4
+
+
+@pytest.mark.parametrize("gate", ["none", "scalar", "key"])
+def test_chunk_function_on_single_steps(gate):
+    # gla() routes a T=1 call to the step (reference) form; the chunk function must handle it too.
+    from postformer.kernels.gla import gla_chunk
+
+    for T in (1, 2):
+        q, k, v, g, h0 = make(2, T, 2, 8, 4, gate)
+        o, S = gla_chunk(q, k, v, g, 0.5, h0)
+        o_ref, S_ref = parallel_form(q, k, v, g, 0.5, h0)
+        assert rel_err(o, o_ref) < 1e-5 and rel_err(S, S_ref) < 1e-5
