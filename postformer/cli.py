@@ -1,0 +1,66 @@
+"""The ``postformer`` command: one entry point, subcommands routed to their packages.
+
+    postformer fit|validate|test|predict --config CONFIG [...]   LightningCLI (postformer.train)
+    postformer compare CONFIG [CONFIG ...] --out DIR             train several configs, compare bpb
+
+Imports are lazy so ``postformer --help`` answers at once. Later packages add their
+subcommands (``study``, ``report``, ``bench``) to ``SUBCOMMANDS``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _lightning(argv: list[str]) -> None:
+    from postformer.train.callbacks import NonFiniteLossError
+    from postformer.train.cli import lightning_main
+
+    try:
+        lightning_main(argv)
+    except NonFiniteLossError as err:
+        print(f"postformer {argv[0]}: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _compare(argv: list[str]) -> None:
+    from postformer.train.compare import compare_main
+
+    compare_main(argv[1:])
+
+
+# name -> (runner taking the full argv, one-line help)
+SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
+    "fit": (_lightning, "train a model (LightningCLI; see `postformer fit --help`)"),
+    "validate": (_lightning, "evaluate on the validation split"),
+    "test": (_lightning, "evaluate on the test split"),
+    "predict": (_lightning, "run prediction"),
+    "compare": (_compare, "train several configs one after another and compare val/bpb"),
+}
+
+
+def usage() -> str:
+    width = max(len(n) for n in SUBCOMMANDS)
+    lines = ["usage: postformer SUBCOMMAND [options]", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += ["", "`postformer SUBCOMMAND --help` shows a subcommand's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if args[0] not in SUBCOMMANDS:
+        print(usage(), file=sys.stderr)
+        print(f"\npostformer: error: unknown subcommand {args[0]!r}; known: {', '.join(SUBCOMMANDS)}",
+              file=sys.stderr)
+        return 2
+    SUBCOMMANDS[args[0]][0](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+
+from postformer.train.data import (
+    PackedSequences,
+    ResumableBatchSampler,
+    TextDataModule,
+    split_is_val,
+)
+from postformer.train.tokenizer import ByteTokenizer, get_tokenizer
+
+TINY_DATA = {"max_bytes": 150_000, "seq_len": 32, "batch_size": 4}
+
+def test_byte_tokenizer_round_trip():
+    tok = get_tokenizer("bytes")
+    text = "def f(x):\n    return x ** 2  # żółw, 数, 🐍\n"
+    ids = tok.encode(text)
+    assert ids.dtype == np.uint8 and len(ids) == len(text.encode("utf-8"))
+    assert tok.decode(ids) == text
+    assert tok.vocab_size == 256 and (tok.token_bytes() == 1).all()
+    with pytest.raises(ValueError, match="known"):
+        get_tokenizer("gpt2")
+
+
+def test_default_corpus_split_is_deterministic_and_disjoint():
+    docs_a = TextDataModule(**TINY_DATA).load_documents()
+    docs_b = TextDataModule(**TINY_DATA).load_documents()
+    assert docs_a["key"] == docs_b["key"] and len(docs_a) > 5
+    assert all(k.endswith(".py") for k in docs_a["key"])
+    val = split_is_val(docs_a["key"], 0.3)
+    assert (val == split_is_val(docs_b["key"], 0.3)).all()
+    train_keys = {k for k, v in zip(docs_a["key"], val, strict=True) if not v}
+    val_keys = {k for k, v in zip(docs_a["key"], val, strict=True) if v}
+    assert train_keys and val_keys and not train_keys & val_keys
+    # a file's side does not depend on which other files are in the corpus
+    full = TextDataModule(max_bytes=600_000).load_documents()["key"]
+    full_val = dict(zip(full, split_is_val(full, 0.3), strict=True))
+    assert all(full_val[k] == v for k, v in zip(docs_a["key"], val, strict=True) if k in full_val)
+
+
+def test_packing_windows():
+    tokens = np.arange(23, dtype=np.uint8)
+    ds = PackedSequences(tokens, seq_len=5)
+    assert len(ds) == 4  # (23 - 1) // 5
+    assert ds[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert ds[1].tolist() == [5, 6, 7, 8, 9, 10]  # consecutive windows share one token
+    assert ds[3].tolist()[-1] == 20
+
+
+def test_cache_hit_on_second_load(tmp_path, monkeypatch):
+    dm = TextDataModule(cache_dir=str(tmp_path), **TINY_DATA)
+    dm.setup()
+    assert dm.cache_hit is False
+    files = sorted(p.name for p in (tmp_path / "tokens").iterdir())
+    assert len(files) == 2 and not any(f.endswith(".tmp") for f in files)
+
+    again = TextDataModule(cache_dir=str(tmp_path), **TINY_DATA)
+    monkeypatch.setattr(again, "_tokenize", lambda: pytest.fail("tokenised again"))
+    again.setup()
+    assert again.cache_hit is True
+    for split in ("train", "val"):
+        assert np.array_equal(dm.tokens[split], again.tokens[split])
+    # a different tokenizer-relevant setting is a different key
+    other = TextDataModule(cache_dir=str(tmp_path), **(TINY_DATA | {"max_bytes": 100_000}))
+    assert other.cache_key() != dm.cache_key()
+
+
+def test_missing_path_error(tmp_path):
+    missing = tmp_path / "nope" / "corpus.txt"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        TextDataModule(path=str(missing))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no data files"):
+        TextDataModule(path=str(tmp_path / "empty"))
+
+
+def test_local_txt_and_jsonl(tmp_path):
+    tok = ByteTokenizer()
+    txt = tmp_path / "txt"
+    txt.mkdir()
+    for i in range(40):
+        (txt / f"doc{i:02d}.txt").write_text(f"document number {i}\n" * 20)
+    dm = TextDataModule(path=str(txt), cache_dir=str(tmp_path / "c"), seq_len=16, batch_size=2)
+    dm.setup()
+    n_text = sum(len(f.read_bytes()) + 1 for f in txt.iterdir())  # + one separator each
+    assert len(dm.tokens["train"]) + len(dm.tokens["val"]) == n_text
+    assert "document number" in tok.decode(dm.tokens["train"][:40])
+
+    rows = [{"text": f"row {i} " * 30, "other": i} for i in range(200)]
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    dm = TextDataModule(path=str(jsonl), cache_dir=str(tmp_path / "c"), seq_len=16, batch_size=2)
+    dm.setup()
+    assert len(dm.tokens["val"]) > 0 and len(dm.tokens["train"]) > len(dm.tokens["val"])
+    with pytest.raises(ValueError, match="text_field"):
+        TextDataModule(path=str(jsonl), text_field="body", cache_dir=str(tmp_path / "c")).setup()
+
+
+def test_sampler_resumes_mid_stream_across_epochs():
+    full = ResumableBatchSampler(n_items=23, batch_size=4, seed=3)
+    assert len(full) == 5
+    stream = [b for _ in range(3) for b in full]  # three epochs, 15 batches
+    assert len({i for b in stream[:5] for i in b}) == 20  # no repeats within an epoch
+    assert stream[:5] != stream[5:10]  # a new order each epoch
+    for start in (0, 2, 5, 7):
+        resumed = ResumableBatchSampler(n_items=23, batch_size=4, seed=3, start_batch=start)
+        tail = [b for _ in range(3) for b in resumed][: 15 - start]
+        assert tail == stream[start:]
+    assert [b for b in ResumableBatchSampler(23, 4, seed=4)] != stream[:5]

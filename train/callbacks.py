@@ -1,0 +1,85 @@
+"""Callbacks: stop on a non-finite loss before it reaches a checkpoint; save last.ckpt at the end.
+
+Why the guard raises instead of setting ``trainer.should_stop``: a NaN loss would still be
+back-propagated and stepped, and the checkpoint callbacks that run after the step would
+write NaN weights over ``last.ckpt``. Raising in ``on_before_backward`` leaves the weights
+and every checkpoint on disk as they were after the last good step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN/Inf loss or gradient; the message names the global step."""
+
+
+def _last_checkpoint(trainer: L.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    path = os.path.join(cb.dirpath, "last.ckpt") if cb is not None and cb.dirpath else None
+    return path if path and os.path.exists(path) else None
+
+
+class NonFiniteGuard(Callback):
+    """Stops training when the loss (or, with ``check_grads``, a gradient) is NaN/Inf.
+
+    Raises ``NonFiniteLossError`` before the optimizer step, so no bad weights are stepped
+    into or saved. ``check_grads`` costs one norm over all gradients per step.
+    """
+
+    def __init__(self, check_grads: bool = True) -> None:
+        self.check_grads = check_grads
+
+    def _fail(self, trainer: L.Trainer, what: str) -> None:
+        last = _last_checkpoint(trainer)
+        kept = f"the last good checkpoint is kept: {last}" if last else "no checkpoint was written"
+        raise NonFiniteLossError(
+            f"{what} at global step {trainer.global_step}; training stopped, {kept}. "
+            "Try a lower model.lr, a smaller trainer.gradient_clip_val, or precision 32."
+        )
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            self._fail(trainer, f"non-finite training loss ({loss.detach().float().item()})")
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if not self.check_grads:
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            self._fail(trainer, "non-finite gradient norm")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also writes ``last.ckpt`` when training ends normally.
+
+    Lightning's own end-of-training save happens only if no ``last.ckpt`` was written during
+    the run, so with ``every_n_train_steps`` not dividing ``max_steps`` the last checkpoint
+    would lag behind the final weights. Not called after an exception (e.g. the guard above).
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
+
+
+class StopAtStep(Callback):
+    """Ends training cleanly at global step ``stop_at``, before ``max_steps``.
+
+    The LR schedule keeps the shape ``max_steps`` gives it, so the run can be resumed from
+    its last.ckpt later and continue as if never stopped (a budgeted job, or a test of that).
+    """
+
+    def __init__(self, stop_at: int) -> None:
+        self.stop_at = stop_at
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step >= self.stop_at:
+            trainer.should_stop = True

@@ -1,0 +1,234 @@
+"""``LMModule``: a ``LanguageModel`` with its loss, optimizer, LR schedule and metrics.
+
+Metrics (names as they appear in metrics.csv):
+
+- ``train/loss``: next-token cross-entropy in nats, every step.
+- ``train/lr``: the learning rate the step used.
+- ``train/tokens_per_sec``: tokens of the batch over the wall time since the previous
+  step ended (data loading and logging included).
+- ``val/loss``, ``val/bpb``: over the whole validation set (or ``limit_val_batches``);
+  bits per byte = total nats / (ln 2 * total bytes), where each target token counts the
+  UTF-8 bytes it stands for (one per token with the byte tokenizer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from postformer.arch import LanguageModel, ModelConfig
+
+from .schedule import SCHEDULES, lr_factor
+
+
+def bits_per_byte(total_nats: float | torch.Tensor, total_bytes: float | torch.Tensor) -> Any:
+    """Summed cross-entropy (nats) over the bytes it covers -> bits per byte."""
+    return total_nats / (math.log(2) * total_bytes)
+
+
+def decay_split(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Parameter names that get weight decay, and those that do not.
+
+    No decay for parameters marked ``_no_weight_decay`` (embeddings, ``A_log``, ``dt_bias``,
+    ``D``) and for anything with fewer than two dimensions (norm scales, biases).
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or getattr(p, "_no_weight_decay", False):
+            no_decay.append(name)
+        else:
+            decay.append(name)
+    return decay, no_decay
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: ``[{decay params}, {no-decay params, weight_decay=0}]``."""
+    params = dict(model.named_parameters())
+    decay, no_decay = decay_split(model)
+    return [
+        {"name": "decay", "params": [params[n] for n in decay], "weight_decay": weight_decay},
+        {"name": "no_decay", "params": [params[n] for n in no_decay], "weight_decay": 0.0},
+    ]
+
+
+class LMModule(L.LightningModule):
+    """Trains a ``LanguageModel`` on batches of token windows ``[B, T + 1]``.
+
+    Args:
+        config: the model shape (a ``ModelConfig``; a dict of its fields also works, which
+            is how checkpoints store it).
+        lr: peak learning rate.
+        weight_decay: AdamW decay on matrices (see ``decay_split``).
+        betas, eps: AdamW.
+        warmup_steps: linear warmup length in optimizer steps.
+        schedule: ``cosine`` or ``wsd`` (warmup-stable-decay); see ``train.schedule``.
+        min_lr_ratio: the final LR as a share of ``lr``.
+        decay_fraction: the share of steps the wsd cooldown takes.
+
+    The total number of steps is ``trainer.max_steps``, which must be set.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        lr: float = 3e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        warmup_steps: int = 10,
+        schedule: str = "cosine",
+        min_lr_ratio: float = 0.1,
+        decay_fraction: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if config is None:
+            config = ModelConfig()
+        elif isinstance(config, dict):
+            config = ModelConfig(**config)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; known: {list(SCHEDULES)}")
+        if not 0.0 <= min_lr_ratio <= 1.0 or not 0.0 < decay_fraction <= 1.0:
+            raise ValueError(
+                f"need 0 <= min_lr_ratio <= 1 and 0 < decay_fraction <= 1, got {min_lr_ratio}, "
+                f"{decay_fraction}"
+            )
+        # The config is stored as a plain dict so hparams.yaml and checkpoints stay plain data;
+        # load_from_checkpoint passes it back as a dict, which __init__ accepts.
+        self.save_hyperparameters({
+            "config": dataclasses.asdict(config), "lr": lr, "weight_decay": weight_decay,
+            "betas": list(betas), "eps": eps, "warmup_steps": warmup_steps,
+            "schedule": schedule, "min_lr_ratio": min_lr_ratio, "decay_fraction": decay_fraction,
+        })
+        self.config = config
+        self.model = LanguageModel(config)
+        # Bytes per target token, for bits per byte; replaced by the DataModule's table.
+        self.register_buffer("token_bytes", torch.ones(config.vocab_size), persistent=False)
+        self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
+        self._last_step_end: float | None = None
+        self._eval_sums: dict[str, torch.Tensor] = {}
+
+    # ---- wiring ----------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        vocab = getattr(dm, "vocab_size", None)
+        if vocab is not None and vocab > self.config.vocab_size:
+            raise ValueError(
+                f"the data's tokenizer has {vocab} tokens but model.config.vocab_size is "
+                f"{self.config.vocab_size}; set model.config.vocab_size >= {vocab}"
+            )
+        if hasattr(dm, "token_bytes"):
+            table = torch.as_tensor(dm.token_bytes(), dtype=torch.float32)
+            padded = torch.ones(self.config.vocab_size)
+            padded[: len(table)] = table
+            self.token_bytes = padded.to(self.token_bytes.device)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens ``[B, T]`` -> logits ``[B, T, vocab]``."""
+        return self.model(tokens)
+
+    def _loss_terms(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """batch ``[B, T + 1]`` -> (per-token nats ``[B*T]``, targets ``[B*T]``)."""
+        inputs, targets = batch[:, :-1], batch[:, 1:]  # [B, T], [B, T]
+        logits = self.model(inputs)  # [B, T, V]
+        nats = F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), reduction="none"
+        )  # [B*T]
+        return nats, targets.flatten()
+
+    # ---- training --------------------------------------------------------------------
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        nats, _ = self._loss_terms(batch)
+        loss = nats.mean()
+        n_tokens = batch.shape[0] * (batch.shape[1] - 1)
+        self.flops_per_batch = 6 * self.model.num_params(include_embeddings=False) * n_tokens
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
+                 on_epoch=False)
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._last_step_end is None:
+            self._last_step_end = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        elapsed = now - (self._last_step_end or now)
+        self._last_step_end = now
+        if elapsed > 0:
+            tokens = batch.shape[0] * (batch.shape[1] - 1)
+            self.log("train/tokens_per_sec", tokens / elapsed, on_step=True, on_epoch=False)
+
+    def on_validation_model_train(self) -> None:
+        super().on_validation_model_train()
+        self._last_step_end = None  # do not count validation time as a training step
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        max_steps = self.trainer.max_steps
+        if max_steps is None or max_steps <= 0:
+            raise ValueError(
+                "LMModule shapes its LR schedule from trainer.max_steps, which is not set; "
+                "pass --trainer.max_steps N"
+            )
+        opt = torch.optim.AdamW(
+            param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps
+        )
+        fn = partial(
+            lr_factor, total_steps=max_steps, warmup_steps=hp.warmup_steps, schedule=hp.schedule,
+            min_lr_ratio=hp.min_lr_ratio, decay_fraction=hp.decay_fraction,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- evaluation: sums over the whole set, then one number --------------------------
+
+    def _eval_start(self) -> None:
+        z = lambda: torch.zeros((), dtype=torch.float64, device=self.device)
+        self._eval_sums = {"nats": z(), "tokens": z(), "bytes": z()}
+
+    def _eval_step(self, batch: torch.Tensor) -> None:
+        nats, targets = self._loss_terms(batch)
+        s = self._eval_sums
+        s["nats"] += nats.sum().double()
+        s["tokens"] += nats.numel()
+        s["bytes"] += self.token_bytes[targets].sum().double()
+
+    def _eval_end(self, prefix: str) -> None:
+        sums = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._eval_sums.items()}
+        if sums["tokens"] == 0:
+            return
+        self.log(f"{prefix}/loss", (sums["nats"] / sums["tokens"]).float(), sync_dist=False)
+        self.log(f"{prefix}/bpb", bits_per_byte(sums["nats"], sums["bytes"]).float(), sync_dist=False,
+                 prog_bar=prefix == "val")
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")

@@ -1,0 +1,44 @@
+"""Learning-rate schedules as a multiplier of the peak LR, per optimizer step.
+
+``lr_factor(step, ...)`` is the factor used by optimizer step ``step`` (0-based), so the
+first step trains with ``1 / warmup_steps`` of the peak (never with zero) and the last step
+(``total_steps - 1``) with exactly ``min_lr_ratio``.
+
+- ``cosine``: linear warmup, then half a cosine from 1 down to ``min_lr_ratio``.
+- ``wsd`` (warmup-stable-decay): linear warmup, constant 1, then a linear decay to
+  ``min_lr_ratio`` over the last ``decay_fraction`` of the steps (Hu et al. 2024, MiniCPM),
+  which lets one run be branched into several token budgets.
+"""
+
+from __future__ import annotations
+
+import math
+
+SCHEDULES = ("cosine", "wsd")
+
+
+def lr_factor(
+    step: int,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    schedule: str = "cosine",
+    min_lr_ratio: float = 0.1,
+    decay_fraction: float = 0.2,
+) -> float:
+    """The LR multiplier for 0-based optimizer step ``step`` of ``total_steps``."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {list(SCHEDULES)}")
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    last = total_steps - 1
+    if schedule == "cosine":
+        span = max(1, last - warmup_steps)
+        progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    decay_steps = max(1, round(decay_fraction * total_steps))
+    decay_start = max(warmup_steps, total_steps - decay_steps)
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
+    return 1.0 - (1.0 - min_lr_ratio) * progress
