@@ -80,7 +80,7 @@ class LMModule(L.LightningModule):
 
     def __init__(
         self,
-        config: ModelConfig | None = None,
+        config: ModelConfig = ModelConfig(),  # noqa: B008  (a frozen-in default; never mutated)
         lr: float = 3e-3,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -91,9 +91,7 @@ class LMModule(L.LightningModule):
         decay_fraction: float = 0.2,
     ) -> None:
         super().__init__()
-        if config is None:
-            config = ModelConfig()
-        elif isinstance(config, dict):
+        if isinstance(config, dict):
             config = ModelConfig(**config)
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; known: {list(SCHEDULES)}")
