@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/env.sh
-exec postformer compare configs/smoke/transformer.yaml configs/smoke/mamba2.yaml --out "${1:-runs/main}"
+# 300 steps instead of the smoke configs' 50: long enough for the two to separate (~1 min each).
+exec postformer compare configs/smoke/transformer.yaml configs/smoke/mamba2.yaml \
+    --max_steps 300 --out "${1:-runs/main}"

@@ -44,6 +44,10 @@ def train_one(config: str, run_dir: Path, max_steps: int | None) -> dict[str, An
     args = ["fit", "--config", config, "--trainer.default_root_dir", str(run_dir)]
     if max_steps is not None:
         args += ["--trainer.max_steps", str(max_steps)]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():  # an interrupted run: resume it exactly where it stopped
+        print(f"compare: resuming {run_dir} from {last}")
+        args += ["--ckpt_path", str(last)]
     start = time.perf_counter()
     cli = lightning_main(args)
     wall = time.perf_counter() - start
@@ -98,6 +102,11 @@ def compare(configs: list[str], out: str | Path, max_steps: int | None = None) -
     for config, stem in zip(configs, stems, strict=True):
         run_dir = out / stem
         row = finished(run_dir)
+        if row is not None and max_steps is not None and row.get("steps") != max_steps:
+            raise ValueError(
+                f"{run_dir} already holds a finished run of {row.get('steps')} steps, not the "
+                f"{max_steps} asked for; choose another --out or remove that folder"
+            )
         if row is not None:
             print(f"compare: {stem}: already finished, reusing {run_dir / 'result.json'}")
         else:

@@ -169,3 +169,24 @@ def test_compare_two_configs(tmp_path, capsys):
     # a second call reuses the finished runs
     main(["compare", a, b, "--out", str(out), "--max_steps", "2"])
     assert capsys.readouterr().out.count("already finished") == 2
+    # asking for another length on the same folder is an error, not a silent reuse
+    with pytest.raises(SystemExit):
+        main(["compare", a, b, "--out", str(out), "--max_steps", "3"])
+    assert "not the 3 asked for" in capsys.readouterr().err
+
+
+def test_compare_resumes_an_interrupted_run(tmp_path, capsys):
+    a = write_config(tmp_path / "attn.yaml", TINY)
+    out = tmp_path / "cmp"
+    # an interrupted run: 4 of 8 steps done, a checkpoint, no result.json
+    stop = TINY | {"trainer": TINY["trainer"] | {"callbacks": [
+        {"class_path": "postformer.train.callbacks.StopAtStep", "init_args": {"stop_at": 4}}]}}
+    main(["fit", "--config", write_config(tmp_path / "stop.yaml", stop),
+          "--trainer.default_root_dir", str(out / "attn"), *QUIET])
+    assert torch.load(out / "attn" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    capsys.readouterr()
+    main(["compare", a, "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "resuming" in text
+    with open(out / "compare.csv") as f:
+        assert int(next(csv.DictReader(f))["steps"]) == 8
