@@ -84,7 +84,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
 
 

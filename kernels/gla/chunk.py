@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch.autograd.function import once_differentiable
 
 from .._common import accumulation_dtype
 
@@ -80,9 +81,7 @@ def gla_chunk(
     else:
         G = rearrange(F.pad(g.to(dt), (0, 0, 0, 0, 0, pad)), "b (n c) h k -> b h n c k", c=C)
         G = G.cumsum(-2)  # (B, H, N, C, K)
-        diff = (G.unsqueeze(-2) - G.unsqueeze(-3)).masked_fill(~causal.unsqueeze(-1), float("-inf"))
-        # A_ij = sum_k q_ik k_jk exp(G_ik - G_jk), i >= j: (B, H, N, C, C)
-        A = torch.einsum("bhnijk,bhnjk->bhnij", q.unsqueeze(-2) * diff.exp(), k)
+        A = PerKeyDecayedScores.apply(q, k, G)  # (B, H, N, C, C)
         o = A @ v
         G_last = G[..., -1:, :]  # (B, H, N, 1, K)
         U = (k * (G_last - G).exp()).transpose(-1, -2) @ v
@@ -90,10 +89,49 @@ def gla_chunk(
         q_in = q * G.exp()
 
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dt)
+    # unbind, not U[:, :, n]: the backward of one unbind is one stack, while each indexing
+    # op's backward would write a zero tensor as large as U (quadratic in the chunk count).
+    U_n = U.unbind(2)
+    a_n = (None,) * len(U_n) if a is None else a.unbind(2)
     entering = []
-    for n in range(U.shape[2]):
+    for u, decay in zip(U_n, a_n):
         entering.append(S)
-        S = (S if a is None else a[:, :, n] * S) + U[:, :, n]
+        S = (S if decay is None else decay * S) + u
     o = o + q_in @ torch.stack(entering, dim=2)  # (B, H, N, C, V)
     o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]
     return o, S
+
+
+def _pair_decay(G: torch.Tensor) -> torch.Tensor:
+    """G ``[..., C, K]`` -> ``exp(G_i - G_j)`` ``[..., C(i), C(j), K]`` for i >= j, 0 above."""
+    C = G.shape[-2]
+    upper = torch.ones(C, C, dtype=torch.bool, device=G.device).triu(1).unsqueeze(-1)  # (C, C, 1)
+    E = G.unsqueeze(-2) - G.unsqueeze(-3)  # (..., C, C, K)
+    return E.masked_fill_(upper, float("-inf")).exp_()
+
+
+class PerKeyDecayedScores(torch.autograd.Function):
+    """``A_ij = sum_k q_ik k_jk exp(G_ik - G_jk)`` for ``i >= j`` (0 above the diagonal).
+
+    q, k, G: ``[..., C, K]`` -> A ``[..., C, C]``. The decay tensor ``[..., C, C, K]`` is the
+    one large intermediate of per-key gating; this Function builds it in place once in the
+    forward and once again in the backward instead of letting autograd keep several copies.
+    Gradients: ``dq_ik = sum_j W_ijk k_jk``, ``dk_jk = sum_i W_ijk q_ik`` with
+    ``W_ijk = dA_ij exp(G_ik - G_jk)``, and ``dG = q * dq - k * dk`` (G enters as
+    ``+G_i`` on the query side and ``-G_j`` on the key side).
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q, k, G)
+        P = _pair_decay(G).mul_(q.unsqueeze(-2)).mul_(k.unsqueeze(-3))  # (..., C, C, K)
+        return P.sum(-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dA: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, G = ctx.saved_tensors
+        W = _pair_decay(G).mul_(dA.unsqueeze(-1))  # (..., C, C, K)
+        dq = (W * k.unsqueeze(-3)).sum(-2)  # (..., C, K)
+        dk = W.mul_(q.unsqueeze(-2)).sum(-3)  # (..., C, K)
+        return dq, dk, q * dq - k * dk
