@@ -2,6 +2,8 @@
 
     postformer fit|validate|test|predict --config CONFIG [...]   LightningCLI (postformer.train)
     postformer compare CONFIG [CONFIG ...] --out DIR             train several configs, compare bpb
+    postformer study STUDY.yaml --out DIR [--list]               a scaling study (postformer.scaling)
+    postformer report DIR                                        the report of a study folder
 
 Imports are lazy so ``postformer --help`` answers at once. Later packages add their
 subcommands (``study``, ``report``, ``bench``) to ``SUBCOMMANDS``.
@@ -30,6 +32,21 @@ def _compare(argv: list[str]) -> None:
     compare_main(argv[1:])
 
 
+def _study(argv: list[str]) -> None:
+    from postformer.scaling.runner import study_main
+
+    study_main(argv[1:])
+
+
+def _report(argv: list[str]) -> None:
+    try:
+        from postformer.scaling.report import report_main
+    except ImportError as err:
+        print(f"postformer report: the report is not available ({err})", file=sys.stderr)
+        raise SystemExit(1) from None
+    report_main(argv[1:])
+
+
 # name -> (runner taking the full argv, one-line help)
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "fit": (_lightning, "train a model (LightningCLI; see `postformer fit --help`)"),
@@ -37,6 +54,8 @@ SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "test": (_lightning, "evaluate on the test split"),
     "predict": (_lightning, "run prediction"),
     "compare": (_compare, "train several configs one after another and compare val/bpb"),
+    "study": (_study, "train a scaling study (archs x sizes x budgets) into a folder, or --list its runs"),
+    "report": (_report, "write the report of a study folder (results, fits, comparison)"),
 }
 
 

@@ -1,4 +1,5 @@
-"""Callbacks: stop on a non-finite loss before it reaches a checkpoint; save last.ckpt at the end.
+"""Callbacks: stop on a non-finite loss before it reaches a checkpoint; save last.ckpt at the end;
+save checkpoints at chosen steps (the branching points of wsd cooldowns); stop at a step.
 
 Why the guard raises instead of setting ``trainer.should_stop``: a NaN loss would still be
 back-propagated and stepped, and the checkpoint callbacks that run after the step would
@@ -83,3 +84,32 @@ class StopAtStep(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step >= self.stop_at:
             trainer.should_stop = True
+
+
+class SaveAtSteps(Callback):
+    """Saves a full checkpoint (weights, optimizer, scheduler, data position) after each of
+    the global steps in ``steps``, as ``dirpath/{prefix}{step}.ckpt``.
+
+    A scaling study saves the wsd stable-phase checkpoints of its shorter budgets this way
+    (``scaling.study``), then resumes each one with a smaller ``max_steps`` to cool it down.
+    Steps already on disk are not rewritten, so a resumed run does not redo them. Usable from
+    a config: ``trainer.callbacks: [{class_path: postformer.train.callbacks.SaveAtSteps,
+    init_args: {steps: [100, 200], dirpath: RUN/checkpoints}}]``.
+    """
+
+    def __init__(self, steps: list[int], dirpath: str, prefix: str = "step-") -> None:
+        if any(s < 1 for s in steps):
+            raise ValueError(f"SaveAtSteps: steps must be >= 1, got {steps}")
+        self.steps = sorted(set(int(s) for s in steps))
+        self.dirpath = dirpath
+        self.prefix = prefix
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.dirpath, f"{self.prefix}{step}.ckpt")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # Lightning has stepped the optimizer and the LR scheduler before this hook, and the
+        # DataModule has counted the batch, so the checkpoint resumes at the next step.
+        step = trainer.global_step
+        if step in self.steps and not os.path.exists(self.path(step)):
+            trainer.save_checkpoint(self.path(step))

@@ -174,6 +174,21 @@ class LMModule(L.LightningModule):
         super().on_validation_model_train()
         self._last_step_end = None  # do not count validation time as a training step
 
+    def on_train_start(self) -> None:
+        # A resumed run restores the optimizer's LR of the step it was saved at, computed with
+        # the max_steps of the run that saved it. When the resumed run has another max_steps
+        # (a wsd cooldown branched off a longer run), the next step must use *this* run's
+        # schedule: recompute every group's LR from the new lambda at the restored step.
+        # A no-op for a fresh run and for a resume with the same max_steps.
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                continue
+            lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+            for group, lr in zip(sched.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            sched._last_lr = lrs
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         max_steps = self.trainer.max_steps

@@ -7,7 +7,11 @@ first step trains with ``1 / warmup_steps`` of the peak (never with zero) and th
 - ``cosine``: linear warmup, then half a cosine from 1 down to ``min_lr_ratio``.
 - ``wsd`` (warmup-stable-decay): linear warmup, constant 1, then a linear decay to
   ``min_lr_ratio`` over the last ``decay_fraction`` of the steps (Hu et al. 2024, MiniCPM),
-  which lets one run be branched into several token budgets.
+  which lets one run be branched into several token budgets: up to
+  ``wsd_decay_start(T_b)`` a run of ``T_b`` steps follows the same LR as any longer run,
+  so a checkpoint taken there and cooled down to ``T_b`` steps equals a standalone run of
+  ``T_b`` steps (Hägele et al. 2024). ``LMModule`` re-reads the schedule from the current
+  ``trainer.max_steps`` when training (re)starts, which is what makes such a branch exact.
 """
 
 from __future__ import annotations
@@ -36,9 +40,20 @@ def lr_factor(
         span = max(1, last - warmup_steps)
         progress = min(1.0, max(0.0, (step - warmup_steps) / span))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    decay_steps = max(1, round(decay_fraction * total_steps))
-    decay_start = max(warmup_steps, total_steps - decay_steps)
+    decay_start = wsd_decay_start(total_steps, warmup_steps=warmup_steps, decay_fraction=decay_fraction)
     if step < decay_start:
         return 1.0
     progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
     return 1.0 - (1.0 - min_lr_ratio) * progress
+
+
+def wsd_decay_start(total_steps: int, *, warmup_steps: int, decay_fraction: float = 0.2) -> int:
+    """The first 0-based step of a wsd run of ``total_steps`` whose LR is below the peak.
+
+    The decay takes ``max(1, round(decay_fraction * total_steps))`` steps and never starts
+    inside the warmup. Steps before this one use exactly the LR of any longer wsd run with
+    the same warmup (and a decay start no earlier), so a checkpoint after this many steps is
+    the branching point of a cooldown to ``total_steps``.
+    """
+    decay_steps = max(1, round(decay_fraction * total_steps))
+    return max(warmup_steps, total_steps - decay_steps)

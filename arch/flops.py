@@ -1,0 +1,160 @@
+"""Parameters and training FLOPs per token of a ``ModelConfig``, counted from its shape.
+
+Conventions (those of Kaplan et al. 2020 and Hoffmann et al. 2022, "Chinchilla", App. F):
+
+- A multiply-accumulate (MAC) is 2 FLOPs. Only matmul-like work is counted: linear layers,
+  attention scores and their reduction, the chunked recurrence, depthwise convs. Norms,
+  activations, RoPE, softmax, gates and residual adds are elementwise and left out (a few
+  FLOPs per channel, under 1% at the sizes that matter).
+- Training = forward + backward = 3 x forward (the backward computes gradients with respect
+  to both inputs and weights, two matmuls for every forward one).
+- Embedding lookups are free; the LM head is a ``d_model x vocab`` matmul and counts, tied
+  to the embedding or not. Biases are adds and are not counted.
+
+Forward FLOPs per token, per component (``T`` = sequence length, ``d`` = d_model):
+
+- linear: ``2 * (weights of every nn.Linear in the blocks)``: attention q/k/v/o, the SwiGLU
+  MLP (``3 d d_ff``), Mamba-2's in/out projections, GLA's q/k/v/gate/low-rank/out.
+- lm_head: ``2 d vocab``.
+- attention: ``QK^T`` and ``softmax(.) V`` each ``2 * n_heads * head_dim * T_ctx`` per layer.
+  ``T_ctx = T`` by default, the Chinchilla convention (the full ``T x T`` score matrix, what
+  a dense kernel computes). ``causal=True`` counts the average causal context
+  ``T_ctx = (T + 1) / 2`` instead, what a kernel that skips masked blocks (flash-attn)
+  performs; Kaplan's ``2 n_layers T d_attn`` forward term is this causal count. Training:
+  ``12 n_layers T d_attn`` (full) or about ``6 n_layers T d_attn`` (causal).
+- recurrence (Mamba-2 and GLA through ``kernels.gla``'s chunk form, per head with key dim
+  ``K``, value dim ``V``, chunk ``C``): per chunk the scores ``q k^T`` (``C^2 K`` MACs), their
+  product with ``v`` (``C^2 V``), the chunk's state contribution ``k^T v`` (``C K V``), the
+  readout of the entering state ``q S`` (``C K V``), and the state passing ``a S + U``
+  (``K V``, one multiply-add per state element). The chunk is what the chunk path uses:
+  64 for a scalar gate (Mamba-2), 16 for per-key gates (GLA), and ``min(chunk, T)``; a
+  ragged last chunk is padded and paid for in full. Per token:
+  ``2 * ceil(T/C) * (C^2 (K + V) + 2 C K V + K V) / T`` per head. The full ``C x C`` block
+  is computed (masked after the fact), so it is counted in full. GLA's per-key decayed
+  scores are counted as the ``C^2 K`` MACs they amount to (the exponentials are
+  elementwise).
+- conv: depthwise causal conv, ``2 * channels * width``.
+
+The count of a dense transformer is thus ``6 N_matmul + 12 n_layers T d`` with ``N_matmul``
+its matmul weights (head included); for short sequences it tends to ``6 N_matmul``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+
+#: chunk lengths of ``kernels.gla``'s chunk path (kept equal to its SCALAR_CHUNK / PER_KEY_CHUNK)
+SCALAR_GATE_CHUNK = 64
+PER_KEY_GATE_CHUNK = 16
+
+COMPONENTS = ("linear", "lm_head", "attention", "recurrence", "conv")
+
+
+def _chunked_recurrence_macs(T: int, C: int, K: int, V: int) -> float:
+    """MACs per token per head of the chunk form of ``S_t = a_t S_{t-1} + k_t^T v_t``."""
+    C = max(1, min(C, T))
+    n_chunks = math.ceil(T / C)
+    per_chunk = C * C * (K + V) + 2 * C * K * V + K * V
+    return n_chunks * per_chunk / T
+
+
+def _attn_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d = cfg.d_model
+    head_dim = d // o.n_heads
+    q_dim, kv_dim = o.n_heads * head_dim, o.n_kv_heads * head_dim
+    ctx = (T + 1) / 2 if causal else T
+    return {
+        "linear": d * q_dim + 2 * d * kv_dim + q_dim * d,
+        "attention": 2 * o.n_heads * head_dim * ctx,  # QK^T and AV
+    }
+
+
+def _mamba2_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d = cfg.d_model
+    d_inner = o.expand * d
+    nheads = d_inner // o.headdim
+    conv_dim = d_inner + 2 * o.ngroups * o.d_state
+    return {
+        "linear": d * (d_inner + conv_dim + nheads) + d_inner * d,  # in_proj, out_proj
+        "conv": conv_dim * o.d_conv,
+        # state [N, P] per head: K = d_state, V = headdim
+        "recurrence": nheads * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, o.d_state, o.headdim),
+    }
+
+
+def _gla_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d = cfg.d_model
+    key_dim, value_dim = int(d * o.expand_k), int(d * o.expand_v)
+    r = o.gate_low_rank_dim
+    return {
+        # q, k, v, output gate, low-rank key gate (two matrices), out
+        "linear": 2 * d * key_dim + 2 * d * value_dim + d * r + r * key_dim + value_dim * d,
+        "recurrence": o.n_heads * _chunked_recurrence_macs(
+            T, PER_KEY_GATE_CHUNK, key_dim // o.n_heads, value_dim // o.n_heads
+        ),
+    }
+
+
+#: mixer name -> forward MACs per token of one layer, by component. A new mixer adds its entry.
+MIXER_MACS: dict[str, Callable[[ModelConfig, Any, int, bool], dict[str, float]]] = {
+    "attn": _attn_macs,
+    "mamba2": _mamba2_macs,
+    "gla": _gla_macs,
+}
+
+
+def forward_flops_breakdown(cfg: ModelConfig, seq_len: int, *, causal: bool = False) -> dict[str, float]:
+    """Forward FLOPs per token by component (keys ``COMPONENTS``), at sequence length ``seq_len``."""
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    macs = dict.fromkeys(COMPONENTS, 0.0)
+    for name in cfg.layer_mixers:
+        if name not in MIXER_MACS:
+            raise ValueError(
+                f"arch.flops has no FLOP count for mixer {name!r} (known: {sorted(MIXER_MACS)}); "
+                "add one to MIXER_MACS in arch/flops.py"
+            )
+        for key, value in MIXER_MACS[name](cfg, cfg.mixer_options(name), seq_len, causal).items():
+            macs[key] += value
+        if cfg.block_has_mlp(name):
+            macs["linear"] += 3 * cfg.d_model * cfg.ff_dim  # SwiGLU: in_proj (2 d_ff) + out_proj
+    macs["lm_head"] = cfg.d_model * cfg.vocab_size
+    return {key: 2.0 * value for key, value in macs.items()}
+
+
+def flops_breakdown(cfg: ModelConfig, seq_len: int, *, causal: bool = False) -> dict[str, float]:
+    """Training FLOPs per token by component: 3 x ``forward_flops_breakdown``."""
+    return {k: 3.0 * v for k, v in forward_flops_breakdown(cfg, seq_len, causal=causal).items()}
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = False) -> float:
+    """Forward FLOPs per token of a sequence of ``seq_len`` tokens (see the module docstring)."""
+    return sum(forward_flops_breakdown(cfg, seq_len, causal=causal).values())
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = False) -> float:
+    """Training FLOPs (forward + backward) per token at sequence length ``seq_len``."""
+    return 3.0 * forward_flops_per_token(cfg, seq_len, causal=causal)
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    """Weights that take part in a matmul per token: every linear layer, the LM head included
+    (counted even when tied to the embedding, since the head's matmul happens regardless)."""
+    parts = forward_flops_breakdown(cfg, 1)
+    return round((parts["linear"] + parts["lm_head"]) / 2)
+
+
+def param_counts(cfg: ModelConfig) -> tuple[int, int]:
+    """``(N, N_non_embedding)`` of ``LanguageModel(cfg)``, built on the meta device (no memory,
+    no init cost), with ``LanguageModel.num_params``'s conventions."""
+    from .model import LanguageModel
+
+    with torch.device("meta"):
+        model = LanguageModel(cfg)
+    return model.num_params(), model.num_params(include_embeddings=False)

@@ -1,0 +1,136 @@
+"""A study folder's finished runs as one tidy table: ``DIR/results.csv``.
+
+One row per finished run, i.e. per (arch, size, seed, budget): the main run of a point
+(``kind=final``) and each cooldown branched off it (``kind=cooldown``; with a cosine
+schedule every budget is its own ``final`` run). Columns, in this order:
+
+    arch, size, seed      the study's arch label, size name, seed
+    budget_tokens         the budget asked for (tokens; after tokens_per_param / flops)
+    N, N_non_emb          parameters with and without embeddings (``LanguageModel.num_params``)
+    D                     tokens trained: steps * tokens_per_step (a cooldown counts the
+                          shared stable phase too: it *is* a run of that many tokens)
+    C                     arch.flops.flops_per_token(cfg, seq_len) * D
+    C_6ND                 6 * N * D
+    loss, bpb             the final val/loss (nats/token) and val/bpb of the run
+    steps                 optimizer steps of the run (a cooldown: from 0, like a standalone run)
+    wall_s                seconds this run's own training took (a cooldown: the decay only;
+                          for runs launched outside the runner, the sum over its logged steps
+                          of batch tokens / train/tokens_per_sec)
+    tokens_per_s          median train/tokens_per_sec over the run's logged steps
+    kind                  final | cooldown
+    run_dir               the run folder, relative to DIR
+
+Where a row comes from: ``RUN/run.json`` (written by the runner when it lays out the study:
+arch, size, N, FLOPs per token, steps, ...) plus the run's ``metrics.csv``. A run is
+finished when metrics.csv holds a validation at its last step. The runner stores the row as
+``RUN/result.json`` when it finishes a run; runs launched by hand or by a scheduler from
+``postformer study --list`` have no result.json and are read from their metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = ["arch", "size", "seed", "budget_tokens", "N", "N_non_emb", "D", "C", "C_6ND", "loss",
+           "bpb", "steps", "wall_s", "tokens_per_s", "kind", "run_dir"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: readers see the
+    old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def final_validation(rows: list[dict[str, str]], steps: int) -> tuple[float, float] | None:
+    """``(val/loss, val/bpb)`` logged at the run's last step (step ``steps - 1``), or None."""
+    for row in reversed(rows):
+        if row.get("val/bpb") and row.get("step") and int(row["step"]) == steps - 1:
+            return float(row["val/loss"]), float(row["val/bpb"])
+    return None
+
+
+def _throughput(rows: list[dict[str, str]], start_step: int, batch_tokens: int) -> tuple[float, float]:
+    """(median tokens/s, estimated training seconds) over the steps from ``start_step``."""
+    rates = [float(r["train/tokens_per_sec"]) for r in rows
+             if r.get("train/tokens_per_sec") and int(r["step"]) >= start_step]
+    rates = [r for r in rates if r > 0 and math.isfinite(r)]
+    if not rates:
+        return math.nan, math.nan
+    return statistics.median(rates), sum(batch_tokens / r for r in rates)
+
+
+def make_row(out_dir: Path, run_dir: Path, wall_s: float | None = None) -> dict[str, Any] | None:
+    """The results row of a finished run folder, or None when it has not finished."""
+    out_dir, run_dir = Path(out_dir), Path(run_dir)
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    rows = read_metrics(run_dir)
+    final = final_validation(rows, info["steps"])
+    if final is None:
+        return None
+    tokens_per_s, est_wall = _throughput(rows, info["start_step"], info["tokens_per_step"])
+    D = info["tokens"]
+    return {
+        "arch": info["arch"], "size": info["size"], "seed": info["seed"],
+        "budget_tokens": info["budget_tokens"], "N": info["N"], "N_non_emb": info["N_non_emb"],
+        "D": D, "C": info["flops_per_token"] * D, "C_6ND": 6 * info["N"] * D,
+        "loss": final[0], "bpb": final[1], "steps": info["steps"],
+        "wall_s": round(wall_s if wall_s is not None else est_wall, 3),
+        "tokens_per_s": round(tokens_per_s, 1), "kind": info["kind"],
+        "run_dir": run_dir.relative_to(out_dir).as_posix(),
+    }
+
+
+def finished_row(out_dir: Path, run_dir: Path) -> dict[str, Any] | None:
+    """The row of a finished run: its result.json if the runner wrote one, else derived."""
+    result = Path(run_dir) / "result.json"
+    if result.is_file():
+        return json.loads(result.read_text())
+    return make_row(out_dir, run_dir)
+
+
+def collect(out_dir: str | Path) -> pd.DataFrame:
+    """Every finished run under ``out_dir/runs/`` as one DataFrame with ``COLUMNS``."""
+    out_dir = Path(out_dir)
+    rows = []
+    for info in sorted((out_dir / "runs").rglob("run.json")):
+        row = finished_row(out_dir, info.parent)
+        if row is not None:
+            rows.append({c: row.get(c) for c in COLUMNS})
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if len(df):
+        df = df.sort_values(["arch", "N", "seed", "D"], kind="stable").reset_index(drop=True)
+    return df
+
+
+def write_results(out_dir: str | Path) -> Path:
+    """Write ``out_dir/results.csv`` (atomically) from ``collect``; returns its path."""
+    out_dir = Path(out_dir)
+    path = out_dir / "results.csv"
+    atomic_write_text(path, collect(out_dir).to_csv(index=False))
+    return path

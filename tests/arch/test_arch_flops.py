@@ -1,0 +1,115 @@
+"""arch.flops against independent counts: the model's own linear layers, Kaplan/Chinchilla."""
+
+import pytest
+import torch
+from torch import nn
+
+from postformer.arch import LanguageModel, ModelConfig
+from postformer.arch.flops import (
+    flops_breakdown,
+    flops_per_token,
+    forward_flops_per_token,
+    matmul_params,
+    param_counts,
+)
+
+CONFIGS = {
+    "transformer": ModelConfig(d_model=128, n_layers=4, pattern=["attn"], mixers={"attn": {"n_heads": 4}}),
+    "mamba2": ModelConfig(d_model=128, n_layers=4, pattern=["mamba2"],
+                          mixers={"mamba2": {"d_state": 16, "headdim": 32}}),
+    "gla": ModelConfig(d_model=128, n_layers=4, pattern=["gla"]),
+    "hybrid": ModelConfig(d_model=128, n_layers=4, pattern=["mamba2", "mamba2", "mamba2", "attn"],
+                          mixers={"mamba2": {"d_state": 16, "headdim": 32}, "attn": {"n_heads": 4}}),
+}
+
+
+def linear_weights(model: nn.Module) -> int:
+    """Weights of every nn.Linear, the LM head included even when tied (its matmul happens)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_linear_part_is_six_times_matmul_params(name):
+    cfg = CONFIGS[name]
+    model = LanguageModel(cfg)
+    expected = linear_weights(model)
+    parts = flops_breakdown(cfg, 512)
+    assert parts["linear"] + parts["lm_head"] == 6 * expected
+    assert matmul_params(cfg) == expected
+    assert param_counts(cfg) == (model.num_params(), model.num_params(include_embeddings=False))
+
+
+def test_dense_transformer_matches_kaplan_and_chinchilla():
+    # GPT-3 125m shape at T = 2048, GPT-2 vocabulary: the textbook case.
+    cfg = ModelConfig.from_preset("transformer", "125m", vocab_size=50257, tie_embeddings=False)
+    T, L, d = 2048, cfg.n_layers, cfg.d_model
+    N = param_counts(cfg)[1] + cfg.vocab_size * d  # non-embedding + head
+    # Chinchilla (App. F) counts the full T x T scores and their reduction: 6N + 12 L T d.
+    chinchilla = 6 * N + 12 * L * T * d
+    assert flops_per_token(cfg, T) == pytest.approx(chinchilla, rel=0.02)
+    # Kaplan et al. (2020, Table 1): 6N + 6 L T d, the causal average context.
+    kaplan = 6 * N + 6 * L * T * d
+    assert flops_per_token(cfg, T, causal=True) == pytest.approx(kaplan, rel=0.02)
+    assert flops_per_token(cfg, T) == 3 * forward_flops_per_token(cfg, T)
+
+
+def test_short_sequences_approach_six_n():
+    cfg = CONFIGS["transformer"]
+    N = matmul_params(cfg)
+    assert flops_per_token(cfg, 1) == pytest.approx(6 * N, rel=0.01)
+    # and the attention share grows with T
+    assert flops_per_token(cfg, 4096) > 2 * flops_per_token(cfg, 1)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_positive_and_linear_in_layers(name):
+    cfg = CONFIGS[name]
+    deeper = ModelConfig(**{**cfg.__dict__, "n_layers": 3 * cfg.n_layers})
+    for T in (1, 100, 1024):
+        parts, parts3 = flops_breakdown(cfg, T), flops_breakdown(deeper, T)
+        assert all(v >= 0 for v in parts.values()) and flops_per_token(cfg, T) > 0
+        for key in parts:
+            expected = parts[key] if key == "lm_head" else 3 * parts[key]
+            assert parts3[key] == pytest.approx(expected)
+    if name != "transformer":
+        assert flops_breakdown(cfg, 1024)["recurrence"] > 0
+    if name in ("mamba2", "hybrid"):
+        assert flops_breakdown(cfg, 1024)["conv"] > 0
+
+
+def test_recurrence_uses_the_chunk_sizes_of_the_chunk_path():
+    # Mamba-2: scalar gate, chunks of 64; per head C^2 (K + V) + 2 C K V + K V MACs per chunk.
+    cfg = ModelConfig(d_model=64, n_layers=1, pattern=["mamba2"], mixers={"mamba2": {"d_state": 16, "headdim": 32}})
+    H, K, V, C, T = 4, 16, 32, 64, 256
+    per_token = (T // C) * (C * C * (K + V) + 2 * C * K * V + K * V) / T
+    assert flops_breakdown(cfg, T)["recurrence"] == pytest.approx(6 * H * per_token)
+    # GLA: per-key gates, chunks of 16; a ragged tail is padded to a whole chunk.
+    cfg = ModelConfig(d_model=64, n_layers=1, pattern=["gla"], mixers={"gla": {"n_heads": 2}})
+    H, K, V, C, T = 2, 16, 32, 16, 40
+    per_token = 3 * (C * C * (K + V) + 2 * C * K * V + K * V) / T
+    assert flops_breakdown(cfg, T)["recurrence"] == pytest.approx(6 * H * per_token)
+
+
+def test_recurrent_cost_is_linear_in_length_attention_quadratic():
+    for name, key in (("mamba2", "recurrence"), ("gla", "recurrence"), ("transformer", "attention")):
+        cfg = CONFIGS[name]
+        short, long = flops_breakdown(cfg, 1024)[key], flops_breakdown(cfg, 8192)[key]
+        if key == "attention":
+            assert long == pytest.approx(8 * short)  # per token, linear in T
+        else:
+            assert long == pytest.approx(short)  # per token, constant in T
+
+
+def test_unknown_mixer_is_a_clear_error(monkeypatch):
+    from postformer.arch import flops
+
+    monkeypatch.delitem(flops.MIXER_MACS, "gla")
+    with pytest.raises(ValueError, match="no FLOP count for mixer 'gla'"):
+        flops_per_token(CONFIGS["gla"], 64)
+
+
+def test_meta_build_costs_no_memory():
+    cfg = ModelConfig.from_preset("transformer", "1.3b")
+    n, n_non = param_counts(cfg)
+    assert n > 1.2e9 and n - n_non == cfg.vocab_size * cfg.d_model
+    assert torch.empty(0).device.type == "cpu"  # the meta device did not leak out
