@@ -1,0 +1,718 @@
+"""Scaling-law fits: Chinchilla Approach 3 (parametric), Approach 2 (IsoFLOP parabolas),
+the loss-vs-compute frontier, and bootstrap intervals for any of them.
+
+Everything works on plain array-likes (numpy arrays, lists, pandas Series), one entry per
+training run: N parameters, D tokens, C FLOPs, final loss. Natural logarithms throughout.
+
+The parametric and frontier fits follow Hoffmann et al. 2022 (arXiv 2203.15556, appendix
+D.2) as re-examined by Besiroglu et al. 2024 (arXiv 2404.10102): the model is written as a
+log-sum-exp of terms linear in the parameters,
+
+    log L_hat = logsumexp(a_ - alpha log N,  b_ - beta log D,  e_)     A, B, E = exp(a_, b_, e_)
+
+and the objective is the SUM over runs of Huber_delta(log L_hat - log L), minimised from a
+grid of starts, keeping the best. Two traps make published fits irreproducible: a mean
+instead of a sum lets L-BFGS stop after a few iterations (the gradient is tiny), and
+scipy's default tolerances stop early. Here all starts run at once as a batched
+Levenberg-Marquardt iteration in torch with analytic gradients and Hessians (see "the
+shared solver" below), the best few end points are refined in float64 and the best is
+polished by scipy's L-BFGS-B with tight tolerances. The 240 Chinchilla runs from 4,500
+starts take about 4 s on a busy 2-core machine (bench/test_fit.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+import torch
+
+__all__ = [
+    "FitError",
+    "ParametricFit",
+    "FrontierFit",
+    "IsoFlopBudget",
+    "IsoFlopFit",
+    "Interval",
+    "fit_parametric",
+    "fit_frontier",
+    "frontier_mask",
+    "fit_isoflop",
+    "bootstrap",
+    "hoffmann_starts",
+]
+
+
+class FitError(ValueError):
+    """A fit that cannot give a result: too few points, non-positive values, an IsoFLOP
+    minimum at the edge of its grid, ... The message says what and where."""
+
+
+# --------------------------------------------------------------------------------------
+# input checks
+
+
+def _column(name: str, x: Any, *, positive: bool = True) -> np.ndarray:
+    """A 1-D float64 copy of ``x``; FitError on non-finite (or non-positive) entries."""
+    arr = np.asarray(x, dtype=np.float64).reshape(-1)
+    bad = ~np.isfinite(arr) | (arr <= 0 if positive else False)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        want = "finite and positive" if positive else "finite"
+        raise FitError(f"{name} must be {want}: {bad.sum()} bad entries, first at {i} ({arr[i]})")
+    return arr
+
+
+def _columns(min_points: int, what: str, **cols: Any) -> list[np.ndarray]:
+    arrs = [_column(k, v) for k, v in cols.items()]
+    sizes = {k: len(a) for k, a in zip(cols, arrs)}
+    if len(set(sizes.values())) != 1:
+        raise FitError(f"{what}: columns differ in length: {sizes}")
+    n = len(arrs[0])
+    if n < min_points:
+        raise FitError(f"{what} needs at least {min_points} points, got {n}")
+    return arrs
+
+
+# --------------------------------------------------------------------------------------
+# the shared solver: sum of Huber(logsumexp(J theta) - y) over points, from many starts
+#
+# Both fitted laws are L = sum_k exp(u_k) with every u_k linear in the parameters:
+# u = J_n theta for run n, J_n a (K, P) matrix that depends on the run only. With
+# p = softmax(u) (the share of each term in the loss), r = logsumexp(u) - y and
+# h1 = Huber'(r) = clip(r, -delta, delta), h2 = Huber''(r) = [|r| <= delta]:
+#
+#     grad = sum_n J_n^T (h1 p)
+#     Hess = sum_n J_n^T [ (h2 - h1) p p^T + h1 diag(p) ] J_n                    (newton)
+#     Hess ~ sum_n J_n^T [ w p p^T ] J_n,   w = min(1, delta / |r|)              (irls)
+#
+# With delta = 1e-3 almost every residual sits on Huber's linear branch, where the true
+# Hessian is indefinite and Newton steps from far starts crawl. The IRLS / Gauss-Newton
+# curvature (Huber majorised by a quadratic with weight psi(r)/r) is positive
+# semi-definite and walks the 4,500 starts into their basins in about half the work, in
+# float32 (six times cheaper exp, half the memory traffic). The best few end points are
+# then refined in float64 with the true Hessian (quadratic convergence) and polished by
+# L-BFGS-B with tight tolerances.
+
+
+def _huber(r, delta: float):
+    a = abs(r)
+    q = a.clip(max=delta) if isinstance(a, np.ndarray) else a.clamp(max=delta)
+    return q * (a - 0.5 * q)  # 0.5 r^2 inside [-delta, delta], delta (|r| - delta / 2) outside
+
+
+class _LseHuber:
+    """Objective, gradient and Hessian of sum_n Huber(logsumexp(J_n theta) - y_n).
+
+    J: (n, K, P); y: (n,). Each term k touches only a few parameters (the nonzero columns
+    of J[:, k, :]), so terms are kept as separate (S, n) arrays and every product runs on
+    those columns alone: the 4,500 x 240 batch is memory-bound, and this is several
+    times faster than (S, n, K) tensors and a dense (P x P) contraction.
+    """
+
+    def __init__(self, J: np.ndarray, y: np.ndarray, delta: float, dtype=torch.float64):
+        n, K, P = J.shape
+        self.n, self.K, self.P, self.delta, self.dtype = n, K, P, float(delta), dtype
+        self.J_np, self.y_np = J, y
+        self.y = torch.from_numpy(y).to(dtype)  # (n,)
+        self.cols = [
+            torch.from_numpy(np.flatnonzero(np.any(J[:, k] != 0, axis=0))) for k in range(K)
+        ]
+        # Jk[k]: (m_k, n), the nonzero columns of term k
+        self.Jk = [
+            torch.from_numpy(J[:, k, c.numpy()].T.copy()).to(dtype) for k, c in enumerate(self.cols)
+        ]
+        # Q[k, l]: (n, m_k * m_l), Q[k, l][n, (i, j)] = Jk[k][i, n] Jk[l][j, n]
+        self.Q = {
+            (k, l): torch.einsum("in,jn->nij", self.Jk[k], self.Jk[l]).reshape(n, -1)
+            for k in range(K)
+            for l in range(k, K)
+        }
+
+    def _terms(self, theta: torch.Tensor):
+        """(S, P) -> exp(u_k - m) (K of (S, n)), their sum s and the max m (S, n)"""
+        u = [theta[:, c] @ Jk for c, Jk in zip(self.cols, self.Jk)]  # K x (S, n)
+        m = u[0]
+        for uk in u[1:]:
+            m = torch.maximum(m, uk)
+        e = [torch.exp(uk - m) for uk in u]
+        s = e[0]
+        for ek in e[1:]:
+            s = s + ek
+        return e, s, m
+
+    def value(self, theta: torch.Tensor) -> torch.Tensor:
+        """(S, P) -> (S,)"""
+        _, s, m = self._terms(theta)
+        r = torch.log(s) + m - self.y  # (S, n)
+        return _huber(r, self.delta).sum(-1)
+
+    def derivatives(self, theta: torch.Tensor, hessian: str = "newton"):
+        """(S, P) -> value (S,), gradient (S, P), Hessian (S, P, P) ("newton" or "irls")"""
+        S, K, d = theta.shape[0], self.K, self.delta
+        e, s, m = self._terms(theta)
+        r = torch.log(s) + m - self.y  # (S, n)
+        a = r.abs()
+        q = a.clamp(max=d)
+        f = (q * (a - 0.5 * q)).sum(-1)
+        h1 = r.clamp(-d, d) / s  # Huber'(r), with softmax's 1/s folded in
+        if hessian == "newton":
+            c = (a <= d).to(r.dtype) / (s * s) - h1 / s  # (h2 - h1) / s^2
+        else:
+            c = q / (a.clamp(min=d) * s * s)  # w / s^2
+        g = theta.new_zeros(S, self.P)
+        H = theta.new_zeros(S, self.P, self.P)
+        for k in range(K):
+            g[:, self.cols[k]] += (h1 * e[k]) @ self.Jk[k].T
+        for (k, l), Q in self.Q.items():
+            W = c * e[k] * e[l]
+            if k == l and hessian == "newton":
+                W = W + h1 * e[k]
+            block = (W @ Q).view(S, len(self.cols[k]), len(self.cols[l]))
+            H[:, self.cols[k][:, None], self.cols[l][None, :]] += block
+            if k != l:
+                H[:, self.cols[l][:, None], self.cols[k][None, :]] += block.transpose(1, 2)
+        return f, g, H
+
+    def value_and_grad_np(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Single-start float64 numpy version, for scipy's polish."""
+        u = self.J_np @ theta  # (n, K)
+        m = u.max(axis=1, keepdims=True)
+        e = np.exp(u - m)
+        s = e.sum(axis=1)
+        r = np.log(s) + m[:, 0] - self.y_np
+        p = e / s[:, None]
+        h1 = np.clip(r, -self.delta, self.delta)
+        g = np.einsum("nk,nkp->p", h1[:, None] * p, self.J_np)
+        return float(_huber(r, self.delta).sum()), g
+
+
+def _levenberg_marquardt(
+    obj: _LseHuber, starts: torch.Tensor, *, hessian: str, max_iter: int, rtol: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Damped Newton from every start at once. Per start: solve (H + lam diag|H|) s = -g,
+    accept s if it lowers the objective (lam /= 4), else lam *= 8. A start stops when an
+    accepted step gains less than ``rtol`` relatively, or when no step is accepted even at
+    lam = 1e12. starts: (S, P) -> end points (S, P), objectives (S,)."""
+    theta = starts.to(obj.dtype).clone()
+    S, P = theta.shape
+    f, g, H = obj.derivatives(theta, hessian)
+    lam = torch.full((S,), 1e-3, dtype=obj.dtype)
+    active = torch.arange(S)
+    eye = torch.eye(P, dtype=obj.dtype)
+    for _ in range(max_iter):
+        if active.numel() == 0:
+            break
+        Ha, ga, fa, la = H[active], g[active], f[active], lam[active]
+        diag = Ha.diagonal(dim1=-2, dim2=-1).abs()
+        diag = diag.clamp(min=1e-12 * diag.amax(-1, keepdim=True) + 1e-30)
+        L, info = torch.linalg.cholesky_ex(Ha + la[:, None, None] * diag[..., None] * eye)
+        step = -torch.cholesky_solve(ga[..., None], L)[..., 0]  # (S_active, P)
+        trial = theta[active] + step
+        f_trial = obj.value(trial)
+        accept = (info == 0) & torch.isfinite(step).all(-1) & (f_trial < fa)
+        gain = torch.where(accept, fa - f_trial, 0.0)
+        done = (accept & (gain <= rtol * fa)) | (~accept & (la > 1e12))
+        acc = active[accept]
+        if acc.numel():
+            theta[acc] = trial[accept]
+            f[acc], g[acc], H[acc] = obj.derivatives(theta[acc], hessian)
+        lam[active] = torch.where(accept, la / 4, la * 8)
+        active = active[~done]
+    return theta, f
+
+
+class _single_thread:
+    """Run torch on one thread: results do not depend on the machine's thread count
+    (reductions keep their order), and on a busy 2-core machine OpenMP's barriers cost
+    more than the second core gains (elementwise ops measured 5-8x slower)."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
+
+
+def _minimise(
+    J: np.ndarray, y: np.ndarray, delta: float, starts: np.ndarray, *, n_refine: int = 4
+) -> tuple[np.ndarray, float]:
+    """Global search from all ``starts`` (S, P) (float32 for big batches), the ``n_refine`` best distinct
+    end points refined in float64 (true Hessian) and polished by L-BFGS-B; the best wins.
+    Returns (theta (P,), objective)."""
+    obj64 = _LseHuber(J, y, delta, torch.float64)
+    with _single_thread():
+        theta0 = torch.from_numpy(np.ascontiguousarray(starts, dtype=np.float64))
+        # small batches are bound by per-call overhead: float32 would only lose accuracy
+        search = _LseHuber(J, y, delta, torch.float32) if len(starts) > 64 else obj64
+        theta, _ = _levenberg_marquardt(search, theta0, hessian="irls", max_iter=120, rtol=1e-6)
+        theta = theta.double()
+        f = obj64.value(theta)
+        f = torch.where(torch.isfinite(f) & torch.isfinite(theta).all(-1), f, torch.inf)
+        chosen: list[int] = []
+        for i in torch.argsort(f, stable=True).tolist():
+            if not math.isfinite(f[i]) or len(chosen) == n_refine:
+                break
+            if all(float((theta[i] - theta[j]).abs().max()) > 1e-3 for j in chosen):
+                chosen.append(i)
+        if not chosen:
+            raise FitError("the optimiser diverged from every start (non-finite objective)")
+        theta0 = theta[chosen]
+        theta, f = _levenberg_marquardt(obj64, theta0, hessian="newton", max_iter=200, rtol=1e-15)
+    f = torch.where(torch.isfinite(f), f, torch.inf)
+    best = int(torch.argmin(f))
+    best_theta, best_f = theta[best].numpy(), float(f[best])
+    if not math.isfinite(best_f):
+        raise FitError("the optimiser diverged from every start (non-finite objective)")
+    res = scipy.optimize.minimize(
+        obj64.value_and_grad_np,
+        best_theta,
+        jac=True,
+        method="L-BFGS-B",
+        # ftol is relative to max(|f|, 1): with f ~ 1e-3 it must be tiny
+        options={"ftol": 1e-16, "gtol": 1e-13, "maxiter": 10_000, "maxcor": 20},
+    )
+    if np.isfinite(res.fun) and res.fun < best_f:
+        best_theta, best_f = res.x, float(res.fun)
+    return np.asarray(best_theta, dtype=np.float64), best_f
+
+
+# --------------------------------------------------------------------------------------
+# Approach 3: L(N, D) = E + A / N^alpha + B / D^beta
+
+#: Hoffmann et al.'s grid of starts, as (a_, b_, e_, alpha, beta) with A, B, E = exp(a_, b_, e_)
+HOFFMANN_GRID = {
+    "a_": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+    "b_": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+    "e_": (-1.0, -0.5, 0.0, 0.5, 1.0),
+    "alpha": (0.0, 0.5, 1.0, 1.5, 2.0),
+    "beta": (0.0, 0.5, 1.0, 1.5, 2.0),
+}
+
+
+def hoffmann_starts() -> np.ndarray:
+    """The 4,500 starts of Hoffmann et al.: (S, 5) rows of (a_, b_, e_, alpha, beta)."""
+    return np.array(list(itertools.product(*HOFFMANN_GRID.values())), dtype=np.float64)
+
+
+@dataclass
+class ParametricFit:
+    """``L = E + A / N^alpha + B / D^beta``; ``objective`` is the summed Huber loss on
+    log L at the optimum, ``n_points`` the number of runs fitted."""
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    objective: float
+    n_points: int
+
+    @property
+    def a(self) -> float:
+        """Compute-optimal exponent of N: N_opt ∝ C^a."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def b(self) -> float:
+        """Compute-optimal exponent of D: D_opt ∝ C^b."""
+        return self.alpha / (self.alpha + self.beta)
+
+    @property
+    def theta(self) -> np.ndarray:
+        """The optimum as a start for :func:`fit_parametric`: (log A, log B, log E, alpha, beta)."""
+        return np.array(
+            [math.log(self.A), math.log(self.B), math.log(self.E), self.alpha, self.beta]
+        )
+
+    def predict(self, N, D) -> np.ndarray:
+        N, D = np.asarray(N, dtype=np.float64), np.asarray(D, dtype=np.float64)
+        return self.E + self.A / N**self.alpha + self.B / D**self.beta
+
+    def optimal_allocation(self, C) -> tuple[np.ndarray, np.ndarray]:
+        """(N_opt, D_opt) minimising L under C = 6 N D: N_opt = G (C/6)^a with
+        G = (alpha A / (beta B))^(1 / (alpha + beta)), D_opt = C / (6 N_opt)."""
+        C = np.asarray(C, dtype=np.float64)
+        G = (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+        N_opt = G * (C / 6.0) ** self.a
+        return N_opt, C / (6.0 * N_opt)
+
+    def warm_starts(self, n_grid: int = 4) -> np.ndarray:
+        """Starts for refits of perturbed data (the bootstrap): this optimum plus the
+        ``n_grid`` points of Hoffmann's grid nearest to it (in grid steps). (1 + n_grid, 5)"""
+        grid = hoffmann_starts()
+        spacing = np.array([5.0, 5.0, 0.5, 0.5, 0.5])
+        dist = np.abs((grid - self.theta) / spacing).max(axis=1)
+        return np.vstack([self.theta, grid[np.argsort(dist, kind="stable")[:n_grid]]])
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "E": self.E,
+            "A": self.A,
+            "B": self.B,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "a": self.a,
+            "b": self.b,
+            "objective": self.objective,
+            "n_points": self.n_points,
+        }
+
+
+def fit_parametric(
+    N,
+    D,
+    loss,
+    *,
+    huber_delta: float = 1e-3,
+    starts: np.ndarray | int | None = None,
+    seed: int = 0,
+) -> ParametricFit:
+    """Chinchilla Approach 3 by Hoffmann et al.'s procedure (see the module docstring).
+
+    N, D, loss: (n,) positive; n >= 5.
+    starts: None for Hoffmann's 4,500-point grid (:func:`hoffmann_starts`); an (S, 5) array
+        of (log A, log B, log E, alpha, beta); or an int S for S uniform random starts in the
+        grid's box, drawn with ``seed`` (the only use of ``seed``).
+    """
+    N, D, loss = _columns(5, "fit_parametric", N=N, D=D, loss=loss)
+    if starts is None:
+        starts = hoffmann_starts()
+    elif isinstance(starts, int | np.integer):
+        lo = np.array([min(v) for v in HOFFMANN_GRID.values()])
+        hi = np.array([max(v) for v in HOFFMANN_GRID.values()])
+        starts = np.random.default_rng(seed).uniform(lo, hi, size=(int(starts), 5))
+    starts = np.asarray(starts, dtype=np.float64)
+    if starts.ndim != 2 or starts.shape[1] != 5 or len(starts) == 0:
+        raise FitError(f"starts must be an (S, 5) array, got shape {starts.shape}")
+
+    # Centre log N and log D (a_c = a_ - alpha mN): the same minimiser, better conditioned
+    # for L-BFGS, which is not affine-invariant.
+    lN, lD = np.log(N), np.log(D)
+    mN, mD = lN.mean(), lD.mean()
+    n = len(N)
+    J = np.zeros((n, 3, 5))
+    J[:, 0, 0], J[:, 0, 3] = 1.0, -(lN - mN)
+    J[:, 1, 1], J[:, 1, 4] = 1.0, -(lD - mD)
+    J[:, 2, 2] = 1.0
+    shift = np.array([mN, mD])
+    x0 = starts.copy()
+    x0[:, :2] -= starts[:, 3:5] * shift
+    x, obj = _minimise(J, np.log(loss), huber_delta, x0)
+    a_, b_ = x[:2] + x[3:5] * shift
+    return ParametricFit(
+        E=math.exp(x[2]),
+        A=math.exp(a_),
+        B=math.exp(b_),
+        alpha=float(x[3]),
+        beta=float(x[4]),
+        objective=obj,
+        n_points=n,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# the loss-vs-compute frontier: L(C) = E + k C^-gamma
+
+
+def frontier_mask(C, loss) -> np.ndarray:
+    """(n,) bool: the lower envelope (Pareto points), i.e. no other point has lower-or-equal
+    C and lower loss. Ties (same C and same loss) are all kept."""
+    C = np.asarray(C, dtype=np.float64).reshape(-1)
+    loss = np.asarray(loss, dtype=np.float64).reshape(-1)
+    if len(C) != len(loss):
+        raise FitError(f"frontier_mask: C has {len(C)} entries, loss {len(loss)}")
+    order = np.argsort(C, kind="stable")
+    best_so_far = np.minimum.accumulate(loss[order])  # best loss among C' <= C[order[i]]
+    # for ties in C the best loss over the whole tie group counts
+    last = np.searchsorted(C[order], C, side="right") - 1
+    return loss <= best_so_far[last]
+
+
+@dataclass
+class FrontierFit:
+    """``L(C) = E + k * C^-gamma`` on the points ``used`` (the envelope by default)."""
+
+    E: float
+    k: float
+    gamma: float
+    objective: float
+    n_points: int
+    used: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def predict(self, C) -> np.ndarray:
+        return self.E + self.k * np.asarray(C, dtype=np.float64) ** -self.gamma
+
+    def compute_for_loss(self, L) -> np.ndarray:
+        """The compute at which the frontier reaches loss L: (k / (L - E))^(1 / gamma).
+        inf where L <= E (the frontier never gets there), nan where L is nan."""
+        L = np.asarray(L, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = (self.k / (L - self.E)) ** (1.0 / self.gamma)
+        return np.where(L <= self.E, np.inf, out)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "E": self.E,
+            "k": self.k,
+            "gamma": self.gamma,
+            "objective": self.objective,
+            "n_points": self.n_points,
+        }
+
+
+def fit_frontier(C, loss, *, envelope: bool = True, huber_delta: float = 1e-3) -> FrontierFit:
+    """Fit ``L(C) = E + k C^-gamma`` like the parametric law: log L = logsumexp(e_,
+    k_ - gamma log C), summed Huber on log loss, from a grid of starts (E a fraction of the
+    lowest loss, gamma in 0.02..1, k matching the data given both).
+
+    C, loss: (n,) positive. envelope: fit only the lower envelope (:func:`frontier_mask`).
+    At least 3 points (after the envelope) are needed.
+    """
+    C, loss = _columns(1, "fit_frontier", C=C, loss=loss)
+    used = frontier_mask(C, loss) if envelope else np.ones(len(C), dtype=bool)
+    if used.sum() < 3:
+        where = "on the lower envelope" if envelope else ""
+        raise FitError(f"fit_frontier needs at least 3 points {where}, got {used.sum()}".strip())
+    lC, y = np.log(C[used]), np.log(loss[used])
+    mC = lC.mean()
+    J = np.zeros((len(lC), 2, 3))  # parameters (e_, k_c, gamma), k_ = k_c + gamma mC
+    J[:, 0, 0] = 1.0
+    J[:, 1, 1], J[:, 1, 2] = 1.0, -(lC - mC)
+    starts = []
+    for frac in (0.0, 0.3, 0.6, 0.8, 0.9, 0.97):
+        E0 = max(frac * loss[used].min(), 1e-3 * loss[used].min())
+        for gamma in (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0):
+            excess = np.maximum(np.exp(y) - E0, 1e-3 * np.exp(y))
+            starts.append([math.log(E0), np.mean(np.log(excess) + gamma * (lC - mC)), gamma])
+    x, obj = _minimise(J, y, huber_delta, np.array(starts))
+    return FrontierFit(
+        E=math.exp(x[0]),
+        k=math.exp(x[1] + x[2] * mC),
+        gamma=float(x[2]),
+        objective=obj,
+        n_points=int(used.sum()),
+        used=used,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Approach 2: IsoFLOP parabolas
+
+
+@dataclass
+class IsoFlopBudget:
+    """One IsoFLOP budget: ``coef`` = (c2, c1, c0) of loss ~ c2 x^2 + c1 x + c0 with
+    x = ln N, minimum at N_opt = exp(-c1 / (2 c2)); N, D, loss: the points used."""
+
+    label: Any
+    C: float
+    N_opt: float
+    D_opt: float
+    L_opt: float
+    coef: tuple[float, float, float]
+    N: np.ndarray = field(repr=False)
+    D: np.ndarray = field(repr=False)
+    loss: np.ndarray = field(repr=False)
+
+
+@dataclass
+class IsoFlopFit:
+    """Power laws N_opt = kN C^a and D_opt = kD C^b over the budgets' parabola minima."""
+
+    a: float
+    b: float
+    kN: float
+    kD: float
+    budgets: list[IsoFlopBudget]
+
+    def predict_N_opt(self, C) -> np.ndarray:
+        return self.kN * np.asarray(C, dtype=np.float64) ** self.a
+
+    def predict_D_opt(self, C) -> np.ndarray:
+        return self.kD * np.asarray(C, dtype=np.float64) ** self.b
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "kN": self.kN,
+            "kD": self.kD,
+            "n_budgets": len(self.budgets),
+        }
+
+
+def _group(C: np.ndarray, budget, rtol: float) -> list[tuple[Any, np.ndarray]]:
+    """[(label, indices)] of the IsoFLOP groups, in increasing compute."""
+    if budget is not None:
+        labels = np.asarray(budget).reshape(-1)
+        if len(labels) != len(C):
+            raise FitError(f"fit_isoflop: budget has {len(labels)} labels for {len(C)} points")
+        groups = [(lab, np.flatnonzero(labels == lab)) for lab in dict.fromkeys(labels.tolist())]
+    else:
+        # single linkage in log C: a new budget starts where the gap exceeds log(1 + rtol)
+        order = np.argsort(C, kind="stable")
+        cuts = np.flatnonzero(np.diff(np.log(C[order])) > math.log1p(rtol)) + 1
+        groups = []
+        for idx in np.split(order, cuts):
+            groups.append((f"C~{np.exp(np.log(C[idx]).mean()):.3g}", np.sort(idx)))
+    return sorted(groups, key=lambda g: np.log(C[g[1]]).mean())
+
+
+def fit_isoflop(N, D, loss, *, C=None, budget=None, rtol: float = 0.05) -> IsoFlopFit:
+    """Chinchilla Approach 2.
+
+    N, D, loss: (n,) positive. C: (n,) FLOPs per run; default 6 N D. budget: (n,) labels
+    of the IsoFLOP budgets; default: cluster log C, a new budget where consecutive
+    sorted values are more than ``rtol`` apart (relative).
+
+    Per budget (C_b = geometric mean of its points' C): a parabola in ln N through the
+    losses (>= 3 distinct N), whose vertex gives N_opt and L_opt. The vertex must lie inside
+    the sampled N range and the lowest observed loss must not sit at either end of it
+    (a grid that misses the minimum); otherwise FitError naming the budget. D_opt is
+    C_b / (6 N_opt) with the default C; with a given C it is C_b / (C/D)(N_opt), the
+    compute per token at N_opt from a log-log line through the budget's (N, C/D).
+    Then ln N_opt = ln kN + a ln C_b and ln D_opt = ln kD + b ln C_b by least squares
+    (>= 2 budgets).
+    """
+    N, D, loss = _columns(1, "fit_isoflop", N=N, D=D, loss=loss)
+    given_C = C is not None
+    C = _column("C", C) if given_C else 6.0 * N * D
+    if len(C) != len(N):
+        raise FitError(f"fit_isoflop: C has {len(C)} entries for {len(N)} points")
+    budgets = []
+    for label, idx in _group(C, budget, rtol):
+        Cb = float(np.exp(np.log(C[idx]).mean()))
+        name = f"budget {label!r} (C={Cb:.3g}, {len(idx)} points)"
+        x = np.log(N[idx])
+        if len(np.unique(x)) < 3:
+            raise FitError(f"{name}: needs at least 3 distinct N, got {len(np.unique(x))}")
+        c2, c1, c0 = np.polyfit(x, loss[idx], 2)
+        if c2 <= 0:
+            raise FitError(f"{name}: loss is not convex in log N (curvature {c2:.3g})")
+        x_opt = -c1 / (2 * c2)
+        lo, hi = x.min(), x.max()
+        x_best = x[np.argmin(loss[idx])]
+        if not lo < x_opt < hi or x_best in (lo, hi):
+            raise FitError(
+                f"{name}: minimum at the edge of or outside the sampled N range "
+                f"[{math.exp(lo):.3g}, {math.exp(hi):.3g}] (parabola vertex N={math.exp(x_opt):.3g}, "
+                f"lowest loss at N={math.exp(x_best):.3g})"
+            )
+        N_opt = math.exp(x_opt)
+        if given_C:
+            slope, icpt = np.polyfit(x, np.log(C[idx] / D[idx]), 1)
+            D_opt = Cb / math.exp(icpt + slope * x_opt)
+        else:
+            D_opt = Cb / (6.0 * N_opt)
+        budgets.append(
+            IsoFlopBudget(
+                label=label,
+                C=Cb,
+                N_opt=N_opt,
+                D_opt=D_opt,
+                L_opt=float(c0 - c1 * c1 / (4 * c2)),
+                coef=(float(c2), float(c1), float(c0)),
+                N=N[idx],
+                D=D[idx],
+                loss=loss[idx],
+            )
+        )
+    if len(budgets) < 2:
+        raise FitError(f"fit_isoflop needs at least 2 budgets, got {len(budgets)}")
+    lCb = np.log([b.C for b in budgets])
+    a, ln_kN = np.polyfit(lCb, np.log([b.N_opt for b in budgets]), 1)
+    b, ln_kD = np.polyfit(lCb, np.log([b.D_opt for b in budgets]), 1)
+    return IsoFlopFit(
+        a=float(a), b=float(b), kN=math.exp(ln_kN), kD=math.exp(ln_kD), budgets=budgets
+    )
+
+
+# --------------------------------------------------------------------------------------
+# bootstrap
+
+
+@dataclass
+class Interval:
+    """A bootstrap summary: the full-data ``estimate``, the standard deviation ``se`` over
+    resamples, the 2.5% / 97.5% percentiles ``lo`` / ``hi``, and ``n_ok`` resamples that fit."""
+
+    estimate: float
+    se: float
+    lo: float
+    hi: float
+    n_ok: int
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def bootstrap(
+    fit_fn: Callable[..., Any],
+    columns: Mapping[str, Sequence | np.ndarray],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    stats: Mapping[str, Callable[[Any], float]] | None = None,
+    progress: bool = False,
+) -> dict[str, Interval]:
+    """Percentile bootstrap over rows.
+
+    fit_fn: called as ``fit_fn(**columns)`` (bind other options with functools.partial).
+    columns: name -> (n,) array, all the same length; rows are resampled together.
+    stats: name -> function of a fit; default: the float entries of the fit's ``as_dict()``
+        (counts such as n_points left out).
+    Resamples whose fit raises FitError are skipped (``n_ok`` counts the others); any other
+    error propagates. When the full fit offers ``warm_starts()`` and ``fit_fn`` takes a
+    ``starts`` argument (fit_parametric), resamples start from those: the full optimum plus
+    a few grid points, instead of 4,500 starts.
+    """
+    cols = {k: np.asarray(v) for k, v in columns.items()}
+    sizes = {k: len(v) for k, v in cols.items()}
+    if len(set(sizes.values())) != 1:
+        raise FitError(f"bootstrap: columns differ in length: {sizes}")
+    n = next(iter(sizes.values()))
+    full = fit_fn(**cols)
+    if stats is None:
+        names = [k for k, v in full.as_dict().items() if isinstance(v, float | np.floating)]
+        stats = {k: (lambda fit, k=k: fit.as_dict()[k]) for k in names}
+    extra = {}
+    if hasattr(full, "warm_starts") and _accepts(fit_fn, "starts"):
+        extra["starts"] = full.warm_starts()
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in stats}
+    steps: Any = range(n_boot)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="bootstrap", unit="fit")
+    for _ in steps:
+        idx = rng.integers(0, n, size=n)
+        try:
+            fit = fit_fn(**{k: v[idx] for k, v in cols.items()}, **extra)
+        except FitError:
+            continue
+        for k, fn in stats.items():
+            draws[k].append(float(fn(fit)))
+    out = {}
+    for k, fn in stats.items():
+        v = np.asarray(draws[k], dtype=np.float64)
+        if len(v) == 0:
+            out[k] = Interval(float(fn(full)), math.nan, math.nan, math.nan, 0)
+            continue
+        lo, hi = np.percentile(v, [2.5, 97.5])
+        se = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        out[k] = Interval(float(fn(full)), se, float(lo), float(hi), len(v))
+    return out
