@@ -245,10 +245,11 @@ def _fit_arch(res: ArchResult, *, compute: str, params: str, loss: str, budget: 
             res.warnings.append(f"frontier fit failed: {err}")
     if res.frontier is not None:
         rng = np.random.default_rng(seed)
+        warm = res.frontier.warm_starts()  # refits start near the full-data optimum: fast
         for _ in range(n_boot):
             idx = rng.integers(0, len(df), len(df))
             try:
-                replicates.append(fit_frontier(C[idx], L[idx]))
+                replicates.append(fit_frontier(C[idx], L[idx], starts=warm))
             except FitError:
                 replicates.append(None)
         for name in ("gamma", "E", "k"):
