@@ -182,7 +182,8 @@ def _percentile_interval(estimate: float, samples: np.ndarray, ci: float) -> Int
         lo, hi = np.quantile(samples, [q, 1 - q])
     lo, hi = (np.inf if np.isnan(lo) else lo), (np.inf if np.isnan(hi) else hi)
     finite = samples[np.isfinite(samples)]
-    se = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
+    with np.errstate(over="ignore"):  # a wild replicate may overflow the square: se is inf
+        se = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
     return Interval(estimate=float(estimate), se=se, lo=float(lo), hi=float(hi),
                     n_ok=int(samples.size))
 
@@ -268,6 +269,13 @@ def _fit_arch(res: ArchResult, *, compute: str, params: str, loss: str, budget: 
             res.parametric = fit_parametric(N, D, L, seed=seed)
         except FitError as err:
             res.warnings.append(f"Approach 3 fit failed: {err}")
+        else:
+            p = res.parametric
+            if p.E < 0.05 * float(np.min(L)) or min(p.alpha, p.beta) < 1e-3:
+                res.warnings.append(
+                    f"Approach 3 fit is degenerate (E={p.E:.3g}, alpha={p.alpha:.3g}, "
+                    f"beta={p.beta:.3g}): the points do not pin down five parameters; "
+                    "add sizes or budgets before reading its exponents")
     else:
         res.warnings.append(
             f"Approach 3 skipped: needs >= {MIN_PARAMETRIC_POINTS} points over >= 2 sizes and "

@@ -242,7 +242,8 @@ class _single_thread:
 
 
 def _minimise(
-    J: np.ndarray, y: np.ndarray, delta: float, starts: np.ndarray, *, n_refine: int = 4
+    J: np.ndarray, y: np.ndarray, delta: float, starts: np.ndarray, *, n_refine: int = 4,
+    search: bool = True,
 ) -> tuple[np.ndarray, float]:
     """Global search from all ``starts`` (S, P) (float32 for big batches), the ``n_refine`` best distinct
     end points refined in float64 (true Hessian) and polished by L-BFGS-B; the best wins.
@@ -251,9 +252,12 @@ def _minimise(
     with _single_thread():
         theta0 = torch.from_numpy(np.ascontiguousarray(starts, dtype=np.float64))
         # small batches are bound by per-call overhead: float32 would only lose accuracy
-        search = _LseHuber(J, y, delta, torch.float32) if len(starts) > 64 else obj64
-        theta, _ = _levenberg_marquardt(search, theta0, hessian="irls", max_iter=120, rtol=1e-6)
-        theta = theta.double()
+        if search:  # skipped for warm starts, which are near an optimum already
+            coarse = _LseHuber(J, y, delta, torch.float32) if len(starts) > 64 else obj64
+            theta, _ = _levenberg_marquardt(coarse, theta0, hessian="irls", max_iter=120, rtol=1e-6)
+            theta = theta.double()
+        else:
+            theta = theta0
         f = obj64.value(theta)
         f = torch.where(torch.isfinite(f) & torch.isfinite(theta).all(-1), f, torch.inf)
         chosen: list[int] = []
@@ -328,9 +332,9 @@ class ParametricFit:
     @property
     def theta(self) -> np.ndarray:
         """The optimum as a start for :func:`fit_parametric`: (log A, log B, log E, alpha, beta)."""
-        return np.array(
-            [math.log(self.A), math.log(self.B), math.log(self.E), self.alpha, self.beta]
-        )
+        # a degenerate fit can drive a coefficient to 0 (exp underflow): start from a tiny one
+        logs = np.log(np.maximum([self.A, self.B, self.E], 1e-300))
+        return np.array([*logs, self.alpha, self.beta])
 
     def predict(self, N, D) -> np.ndarray:
         N, D = np.asarray(N, dtype=np.float64), np.asarray(D, dtype=np.float64)
@@ -504,6 +508,7 @@ def fit_frontier(
     J = np.zeros((len(lC), 2, 3))  # parameters (e_, k_c, gamma), k_ = k_c + gamma mC
     J[:, 0, 0] = 1.0
     J[:, 1, 1], J[:, 1, 2] = 1.0, -(lC - mC)
+    warm = starts is not None
     if starts is None:
         starts = []
         for frac in (0.0, 0.3, 0.6, 0.8, 0.9, 0.97):
@@ -515,7 +520,7 @@ def fit_frontier(
     else:
         starts = np.array(starts, dtype=np.float64).reshape(-1, 3)
         starts[:, 1] -= starts[:, 2] * mC  # ln k -> the centred k_c the optimiser uses
-    x, obj = _minimise(J, y, huber_delta, starts)
+    x, obj = _minimise(J, y, huber_delta, starts, search=not warm)
     return FrontierFit(
         E=math.exp(x[0]),
         k=math.exp(x[1] + x[2] * mC),
@@ -737,6 +742,7 @@ def bootstrap(
             out[k] = Interval(float(fn(full)), math.nan, math.nan, math.nan, 0)
             continue
         lo, hi = np.percentile(v, [2.5, 97.5])
-        se = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        with np.errstate(over="ignore"):
+            se = float(v.std(ddof=1)) if len(v) > 1 else math.nan
         out[k] = Interval(float(fn(full)), se, float(lo), float(hi), len(v))
     return out

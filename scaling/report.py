@@ -309,9 +309,14 @@ def fig_multiplier(cmp: Comparison) -> bytes:
     ax.set_yscale("log")
     from matplotlib.ticker import FuncFormatter
 
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}x"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}x"))
-    ax.tick_params(axis="y", which="minor", labelsize=7)
+    # label 1, 2 and 5 times powers of ten only: every minor tick labelled overlaps
+    def label(y: float, _: Any) -> str:
+        mantissa = y / 10 ** np.floor(np.log10(y))
+        return f"{y:g}x" if np.isclose(mantissa, [1, 2, 5]).any() else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(label))
+    ax.yaxis.set_minor_formatter(FuncFormatter(label))
+    ax.tick_params(axis="y", which="minor", labelsize=8)
     ax.set_xlabel(f"compute of the architecture, {cmp.compute} [FLOPs]")
     ax.set_ylabel(f"compute multiplier vs {cmp.baseline}")
     ax.set_title(f"Compute the {cmp.baseline} needs for the same loss, ÷ C  (>1: more efficient)",
@@ -432,19 +437,23 @@ def summary_lines(cmp: Comparison) -> list[str]:
             lines.append(f"**{arch}**: no compute multiplier against the {base} ({reason}).")
             continue
         r = rows[-1]
-        if not np.isfinite(r.multiplier.estimate):
-            lines.append(
-                f"At {fmt(r.C, 2)} FLOPs, **{arch}** reaches loss {fmt(r.loss_arch)}, below "
-                f"anything the {base}'s fitted frontier ever reaches: multiplier unbounded "
-                f"(∞; 95% interval from {fmt(r.multiplier.lo)}).")
-            continue
-        line = f"At {fmt(r.C, 2)} FLOPs, **{arch}** {_multiplier_phrase(r, base)}"
-        if r.extrapolated:
-            inside = [x for x in rows if not x.extrapolated]
-            line += (f" Extrapolated: the {base} was not measured at the compute this needs"
-                     + (f"; at {fmt(inside[-1].C, 2)} FLOPs, the largest budget within its "
-                        f"range, {arch} {_multiplier_phrase(inside[-1], base, short=True)}"
-                        if inside else "") + ".")
+        finite = bool(np.isfinite(r.multiplier.estimate))
+        if finite:
+            line = f"At {fmt(r.C, 2)} FLOPs, **{arch}** {_multiplier_phrase(r, base)}"
+        else:
+            line = (f"At {fmt(r.C, 2)} FLOPs, **{arch}** reaches loss {fmt(r.loss_arch)}, below "
+                    f"anything the {base}'s fitted frontier ever reaches: multiplier unbounded "
+                    f"(∞; 95% interval from {fmt(r.multiplier.lo)}).")
+        if r.extrapolated or not finite:
+            # also the largest budget that needs no extrapolation and gives a finite number
+            inside = [x for x in rows if not x.extrapolated and np.isfinite(x.multiplier.estimate)]
+            if r.extrapolated:
+                line += f" Extrapolated: the {base} was not measured at the compute this needs"
+                line += ";" if inside else "."
+            if inside:
+                line += (f" at {fmt(inside[-1].C, 2)} FLOPs, the largest budget within the "
+                         f"{base}'s range, {arch} "
+                         f"{_multiplier_phrase(inside[-1], base, short=True)}.")
         lines.append(line)
     return lines
 
@@ -493,7 +502,7 @@ def build_blocks(cmp: Comparison, df: pd.DataFrame, spec: dict[str, Any], name: 
         f"is C_{base}(L_arch(C)) / C, read off the fitted frontiers L(C) (> 1: the "
         f"architecture is more compute-efficient). Brackets are 95% bootstrap intervals "
         f"({cmp.n_boot} resamples of each architecture's points, every frontier refitted; "
-        f"seed {cmp.seed}). Rebuild with `postformer report {out_dir.name}`.")))
+        f"seed {cmp.seed}). Rebuild with `postformer report {out_dir}`.")))
 
     blocks.append(Block("h2", "Warnings"))
     warn = [f"**{a}**: {w}" for a, ws in cmp.warnings.items() for w in ws]

@@ -89,4 +89,6 @@ def lightning_main(args: list[str]) -> PostformerCLI:
     warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
     # `postformer` always passes its own argv; running inside pytest or a script is fine.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    # Lightning 2.6's own use of torch's pytree API, once per run: not actionable here.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     return PostformerCLI(args=args)
