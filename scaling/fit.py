@@ -301,6 +301,17 @@ HOFFMANN_GRID = {
 }
 
 
+def _exp_or_fail(where: str, **logs: float) -> list[float]:
+    """exp of each fitted log-coefficient; a FitError when one overflows (the optimum ran
+    off to a degenerate corner, e.g. gamma -> large on a few bootstrap-resampled points)."""
+    out = []
+    for name, value in logs.items():
+        if not value < 709.0:  # exp(709.78) is the largest float64
+            raise FitError(f"{where}: the fit diverged ({name} = exp({value:.4g}) overflows)")
+        out.append(math.exp(value))
+    return out
+
+
 def hoffmann_starts() -> np.ndarray:
     """The 4,500 starts of Hoffmann et al.: (S, 5) rows of (a_, b_, e_, alpha, beta)."""
     return np.array(list(itertools.product(*HOFFMANN_GRID.values())), dtype=np.float64)
@@ -411,10 +422,11 @@ def fit_parametric(
     x0[:, :2] -= starts[:, 3:5] * shift
     x, obj = _minimise(J, np.log(loss), huber_delta, x0)
     a_, b_ = x[:2] + x[3:5] * shift
+    E, A, B = _exp_or_fail("fit_parametric", E=x[2], A=a_, B=b_)
     return ParametricFit(
-        E=math.exp(x[2]),
-        A=math.exp(a_),
-        B=math.exp(b_),
+        E=E,
+        A=A,
+        B=B,
         alpha=float(x[3]),
         beta=float(x[4]),
         objective=obj,
@@ -521,9 +533,10 @@ def fit_frontier(
         starts = np.array(starts, dtype=np.float64).reshape(-1, 3)
         starts[:, 1] -= starts[:, 2] * mC  # ln k -> the centred k_c the optimiser uses
     x, obj = _minimise(J, y, huber_delta, starts, search=not warm)
+    E, k = _exp_or_fail("fit_frontier", E=x[0], k=x[1] + x[2] * mC)
     return FrontierFit(
-        E=math.exp(x[0]),
-        k=math.exp(x[1] + x[2] * mC),
+        E=E,
+        k=k,
         gamma=float(x[2]),
         objective=obj,
         n_points=int(used.sum()),

@@ -316,7 +316,12 @@ def _report(out: Path) -> None:
     except ImportError as err:
         print(f"report: skipped, postformer.scaling.report cannot be imported ({err})")
         return
-    write_report(out)
+    try:
+        write_report(out)
+    except Exception as err:  # the runs and results.csv are safe; say so, do not bury it
+        print(f"report: failed ({type(err).__name__}: {err}); the runs and results.csv are "
+              f"complete, rebuild with `postformer report {out}` once fixed", file=sys.stderr)
+        raise SystemExit(1) from err
 
 
 def study_main(argv: list[str]) -> None:
