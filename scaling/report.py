@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from postformer.train.fileio import atomic_write
+
 from .compare import Comparison, compare, compare_table, group_budgets
 
 # Each frontier refit costs ~0.1 s on a CPU core (a grid of starts every time), so 100
@@ -593,16 +595,6 @@ FIGURE_CAPTIONS = {
 }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_report(out_dir: str | os.PathLike, *, baseline: str | None = None,
                  n_boot: int = DEFAULT_N_BOOT, seed: int = 0, compute: str = "C",
                  params: str = "N", loss: str = "loss") -> dict[str, Path]:
@@ -637,14 +629,14 @@ def write_report(out_dir: str | os.PathLike, *, baseline: str | None = None,
     figures: dict[str, tuple[str, bytes]] = {}
     for key, png in pngs.items():
         path = fig_dir / f"{key}.png"
-        _atomic_write(path, png)
+        atomic_write(path, png)
         written[key] = path
         figures[key] = (f"figures/{key}.png", png)
 
     blocks = build_blocks(cmp, df, spec, name, figures, out_dir)
     md, page = out_dir / "report.md", out_dir / "report.html"
-    _atomic_write(md, render_markdown(blocks).encode())
-    _atomic_write(page, render_html(blocks, f"Scaling report: {name}").encode())
+    atomic_write(md, render_markdown(blocks).encode())
+    atomic_write(page, render_html(blocks, f"Scaling report: {name}").encode())
     written["md"], written["html"] = md, page
     return written
 

@@ -32,28 +32,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from postformer.train.fileio import atomic_write
+
 COLUMNS = ["arch", "size", "seed", "budget_tokens", "N", "N_non_emb", "D", "C", "C_6ND", "loss",
            "bpb", "steps", "wall_s", "tokens_per_s", "kind", "run_dir"]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: readers see the
-    old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -132,5 +120,5 @@ def write_results(out_dir: str | Path) -> Path:
     """Write ``out_dir/results.csv`` (atomically) from ``collect``; returns its path."""
     out_dir = Path(out_dir)
     path = out_dir / "results.csv"
-    atomic_write_text(path, collect(out_dir).to_csv(index=False))
+    atomic_write(path, collect(out_dir).to_csv(index=False))
     return path

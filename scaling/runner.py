@@ -48,7 +48,9 @@ from typing import Any
 
 import yaml
 
-from .results import atomic_write_text, finished_row, make_row, write_results
+from postformer.train.fileio import atomic_write
+
+from .results import finished_row, make_row, write_results
 from .study import Point, RunPlan, Study, StudyError, load_study, plan
 
 # trainer options that do not change what a run computes (a changed one does not make a
@@ -122,7 +124,7 @@ def layout(study: Study, points: list[Point], out: Path) -> None:
     """Write study.yaml and every run's fit.yaml and run.json; refuse stale run folders."""
     out.mkdir(parents=True, exist_ok=True)
     header = f"# resolved study spec ({study.source}); the runner wrote this\n"
-    atomic_write_text(out / "study.yaml", header + yaml.safe_dump(study.to_dict(), sort_keys=False))
+    atomic_write(out / "study.yaml", header + yaml.safe_dump(study.to_dict(), sort_keys=False))
     for point in points:
         for run in point.runs:
             run_dir = out / run.run_dir
@@ -138,8 +140,8 @@ def layout(study: Study, points: list[Point], out: Path) -> None:
                     )
             run_dir.mkdir(parents=True, exist_ok=True)
             text = f"# {' '.join(fit_args(out, run, resume=False))}\n" + yaml.safe_dump(cfg, sort_keys=False)
-            atomic_write_text(run_dir / "fit.yaml", text)
-            atomic_write_text(old, json.dumps(info, indent=2) + "\n")
+            atomic_write(run_dir / "fit.yaml", text)
+            atomic_write(old, json.dumps(info, indent=2) + "\n")
 
 
 def fit_args(out: Path, run: RunPlan, *, resume: bool = True) -> list[str]:
@@ -207,7 +209,7 @@ def _train(out: Path, run: RunPlan) -> tuple[Any, float]:
         cli = lightning_main(args)
     finally:
         elapsed = time.perf_counter() - start
-        atomic_write_text(timing, json.dumps({"wall_s": spent + elapsed}) + "\n")
+        atomic_write(timing, json.dumps({"wall_s": spent + elapsed}) + "\n")
     return cli, spent + elapsed
 
 
@@ -268,7 +270,7 @@ def run_study(
                     continue  # not run in this process (multi-device runs)
                 if row is not None:
                     if not (out / run.run_dir / "result.json").exists():
-                        atomic_write_text(out / run.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
+                        atomic_write(out / run.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
                     print(f"{head}: finished already, loss {row['loss']:.4f}", flush=True)
                     continue
                 resuming = (out / run.run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -289,7 +291,7 @@ def run_study(
                 row = make_row(out, out / run.run_dir, wall_s=wall)
                 if row is None:
                     raise RuntimeError(f"{run.run_dir}: training ended without a validation at its last step")
-                atomic_write_text(out / run.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
+                atomic_write(out / run.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
                 done_cost += cost[id(run)]
                 done_wall += time.perf_counter() - t0
                 left = sum(cost[id(r)] for p in points for r in p.runs

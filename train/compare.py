@@ -13,20 +13,14 @@ import argparse
 import csv
 import io
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from .cli import lightning_main
+from .fileio import atomic_write
 
 COLUMNS = ["run", "arch", "params", "params_non_emb", "steps", "val_bpb", "val_loss", "wall_s"]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def finished(run_dir: Path) -> dict[str, Any] | None:
@@ -68,7 +62,7 @@ def train_one(config: str, run_dir: Path, max_steps: int | None) -> dict[str, An
             f"{config}: training ended without a validation; set trainer.val_check_interval "
             "to a divisor of max_steps (with check_val_every_n_epoch: null)"
         )
-    _atomic_write(run_dir / "result.json", json.dumps(row, indent=2) + "\n")
+    atomic_write(run_dir / "result.json", json.dumps(row, indent=2) + "\n")
     return row
 
 
@@ -117,7 +111,7 @@ def compare(configs: list[str], out: str | Path, max_steps: int | None = None) -
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(out / "compare.csv", buf.getvalue())
+    atomic_write(out / "compare.csv", buf.getvalue())
     print()
     print(format_table(rows))
     print(f"\nwritten: {out / 'compare.csv'}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import json
 import os
 import sysconfig
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .fileio import atomic_write
 from .tokenizer import Tokenizer, get_tokenizer
 
 SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -87,11 +89,9 @@ def split_is_val(keys: list[str], val_fraction: float) -> np.ndarray:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write(path, buf.getvalue())
 
 
 class PackedSequences(Dataset):
