@@ -20,6 +20,7 @@ from postformer.scaling import results as results_mod
 from postformer.scaling.results import COLUMNS, collect, write_results
 from postformer.scaling.runner import run_study
 from postformer.scaling.study import StudyError, load_study, plan, study_from_dict
+from postformer.train import fileio
 from postformer.train.cli import lightning_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -332,14 +333,14 @@ def test_results_csv_is_written_atomically(micro_study, monkeypatch):
         calls.append((Path(src), Path(dst)))
         raise OSError("disk full")
 
-    monkeypatch.setattr(results_mod.os, "replace", failing_replace)
+    monkeypatch.setattr(fileio.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_results(out)
     assert (out / "results.csv").read_text() == before  # the old file is intact
     (src, dst), = calls
     assert dst == out / "results.csv" and src.parent == out and src.name.startswith(".results.csv.")
     assert not src.exists()  # no temp file left behind
-    monkeypatch.setattr(results_mod.os, "replace", real_replace)
+    monkeypatch.setattr(fileio.os, "replace", real_replace)
     assert write_results(out).read_text() == before
 
 
