@@ -112,6 +112,7 @@ class LMModule(L.LightningModule):
         # Bytes per target token, for bits per byte; replaced by the DataModule's table.
         self.register_buffer("token_bytes", torch.ones(config.vocab_size), persistent=False)
         self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
+        self._params_non_emb = self.model.num_params(include_embeddings=False)  # fixed shape
         self._last_step_end: float | None = None
         self._eval_sums: dict[str, torch.Tensor] = {}
 
@@ -152,7 +153,7 @@ class LMModule(L.LightningModule):
         nats, _ = self._loss_terms(batch)
         loss = nats.mean()
         n_tokens = batch.shape[0] * (batch.shape[1] - 1)
-        self.flops_per_batch = 6 * self.model.num_params(include_embeddings=False) * n_tokens
+        self.flops_per_batch = 6 * self._params_non_emb * n_tokens
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
                  on_epoch=False)
