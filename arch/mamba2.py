@@ -137,9 +137,17 @@ class Mamba2(Mixer):
             )
         return dataclasses.replace(opts, headdim=headdim)
 
-    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        options: Options | None = None,
+        norm_eps: float = 1e-5,
+        *,
+        layer_idx: int = 0,
+        n_layers: int = 1,
+    ) -> None:
         options = self._resolve(d_model, options or self.Options())
-        super().__init__(d_model, options, norm_eps)
+        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
         o = options
         self.d_inner = o.expand * d_model
         self.d_state = o.d_state

@@ -32,11 +32,25 @@ class Mixer(nn.Module):
     class Options:
         """Override in subclasses; every field needs a default."""
 
-    def __init__(self, d_model: int, options: Any, norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        options: Any,
+        norm_eps: float = 1e-5,
+        *,
+        layer_idx: int = 0,
+        n_layers: int = 1,
+    ) -> None:
+        """``layer_idx`` (0-based) and ``n_layers`` tell a mixer where it sits in the stack, for
+        the few designs whose init or gates depend on depth (HGRN2's forget-gate lower bound)."""
         super().__init__()
+        if not 0 <= layer_idx < n_layers:
+            raise ValueError(f"{type(self).__name__}: layer_idx {layer_idx} is not in [0, n_layers={n_layers})")
         self.d_model = d_model
         self.options = options
         self.norm_eps = norm_eps
+        self.layer_idx = layer_idx
+        self.n_layers = n_layers
 
     @classmethod
     def option_keys(cls) -> list[str]:

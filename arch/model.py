@@ -25,11 +25,14 @@ from .registry import get_mixer
 class Block(nn.Module):
     """Pre-norm residual block ``[B, T, d_model] -> [B, T, d_model]`` around one mixer."""
 
-    def __init__(self, cfg: ModelConfig, mixer_name: str) -> None:
+    def __init__(self, cfg: ModelConfig, mixer_name: str, layer_idx: int = 0) -> None:
         super().__init__()
         self.mixer_name = mixer_name
         self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = get_mixer(mixer_name)(cfg.d_model, cfg.mixer_options(mixer_name), cfg.norm_eps)
+        self.mixer = get_mixer(mixer_name)(
+            cfg.d_model, cfg.mixer_options(mixer_name), cfg.norm_eps,
+            layer_idx=layer_idx, n_layers=cfg.n_layers,
+        )
         if cfg.block_has_mlp(mixer_name):
             self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
             self.mlp = SwiGLU(cfg.d_model, cfg.ff_dim)
@@ -59,7 +62,7 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, name) for name in cfg.layer_mixers)
+        self.blocks = nn.ModuleList(Block(cfg, name, i) for i, name in enumerate(cfg.layer_mixers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
