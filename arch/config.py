@@ -33,8 +33,10 @@ class ModelConfig:
             (``["gla", "gla", "attn"]`` with 6 layers gives gla, gla, attn, gla, gla, attn).
         mixers: per-mixer-name options, e.g. ``{"attn": {"n_heads": 4}, "mamba2": {"d_state": 64}}``;
             the accepted keys are the fields of ``MIXERS[name].Options``.
-        mlp: whether blocks have a SwiGLU MLP; None: each mixer's default (``Mixer.has_mlp``:
-            attn and gla have one, mamba2 has none).
+        mlp: whether blocks have a SwiGLU MLP. None: each mixer's default (``Mixer.has_mlp``,
+            as in its paper: mamba and mamba2 blocks have none, the others have one); a bool:
+            every block; a dict ``{mixer name: bool}``: per mixer, the rest keep their default
+            (``{mamba2: true}`` gives a hybrid's Mamba-2 blocks an MLP too).
         d_ff: MLP hidden width; None: ``8/3 * d_model`` rounded up to ``ff_multiple_of``.
         ff_multiple_of: rounding of the default ``d_ff``.
         norm_eps: epsilon of every RMSNorm.
@@ -48,7 +50,7 @@ class ModelConfig:
     n_layers: int = 4
     pattern: list[str] = field(default_factory=lambda: ["attn"])
     mixers: dict[str, dict] = field(default_factory=dict)
-    mlp: bool | None = None
+    mlp: bool | dict[str, bool] | None = None
     d_ff: int | None = None
     ff_multiple_of: int = 64
     norm_eps: float = 1e-5
@@ -75,6 +77,13 @@ class ModelConfig:
             cls.resolve_options(self.d_model, opts)  # bad keys and indivisible widths raise
         for name in set(self.pattern) - set(self.mixers):
             get_mixer(name).resolve_options(self.d_model, {})  # defaults must fit d_model too
+        if isinstance(self.mlp, dict):
+            for name, value in self.mlp.items():
+                get_mixer(name)
+                if not isinstance(value, bool):
+                    raise ValueError(f"ModelConfig.mlp[{name!r}] must be true or false, got {value!r}")
+        elif self.mlp is not None and not isinstance(self.mlp, bool):
+            raise ValueError(f"ModelConfig.mlp must be None, a bool or a dict {{mixer: bool}}, got {self.mlp!r}")
 
     # -- derived shape ------------------------------------------------------------------------
 
@@ -93,7 +102,9 @@ class ModelConfig:
         return get_mixer(name).resolve_options(self.d_model, self.mixers.get(name, {}))
 
     def block_has_mlp(self, name: str) -> bool:
-        """Whether a block with mixer ``name`` gets an MLP (``mlp`` if set, else the mixer's default)."""
+        """Whether a block with mixer ``name`` gets an MLP (``mlp`` if set for it, else the mixer's default)."""
+        if isinstance(self.mlp, dict):
+            return self.mlp.get(name, get_mixer(name).has_mlp)
         return get_mixer(name).has_mlp if self.mlp is None else self.mlp
 
     # -- presets ------------------------------------------------------------------------------

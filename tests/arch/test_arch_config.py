@@ -45,6 +45,9 @@ def test_mamba2_error_mentions_headdim():
         ({"pattern": "attn"}, "list of mixer names"),
         ({"d_ff": 0}, "d_ff"),
         ({"mixers": {"attn": 4}}, r"mixers\['attn'\] must be a dict"),
+        ({"mlp": {"nope": True}}, "unknown mixer 'nope'"),
+        ({"mlp": {"attn": 1}}, r"mlp\['attn'\] must be true or false"),
+        ({"mlp": "yes"}, "mlp must be None, a bool or a dict"),
     ],
 )
 def test_other_validation(kwargs, match):
@@ -61,6 +64,9 @@ def test_derived_shape():
     assert cfg.block_has_mlp("gla") and cfg.block_has_mlp("attn") and not cfg.block_has_mlp("mamba2")
     assert not ModelConfig(mlp=False).block_has_mlp("attn")
     assert ModelConfig(mlp=True).block_has_mlp("mamba2")
+    per_mixer = ModelConfig(pattern=["mamba2", "attn"], mlp={"mamba2": True, "attn": False})
+    assert per_mixer.block_has_mlp("mamba2") and not per_mixer.block_has_mlp("attn")
+    assert ModelConfig(mlp={"attn": False}).block_has_mlp("gla")  # unnamed mixers keep their default
     # defaults adapt to small widths
     assert ModelConfig(d_model=64).mixer_options("attn").n_heads == 1
     assert ModelConfig(d_model=256).mixer_options("attn").n_heads == 4
