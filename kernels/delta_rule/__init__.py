@@ -1,0 +1,112 @@
+"""delta_rule: the delta-rule recurrence behind DeltaNet and Gated DeltaNet.
+
+    S' = exp(g_t) S_{t-1},   S_t = S' + beta_t k_t^T (v_t - k_t S'),   o_t = scale * q_t S_t
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._common import (
+    check_cu_seqlens,
+    check_float,
+    check_shape,
+    fmt_shape,
+    resolve_impl,
+)
+from .chunk import delta_rule_chunk
+from .reference import delta_rule_reference
+
+HAS_TRITON = False  # Triton kernels for this family arrive with their own issue.
+
+__all__ = ["delta_rule", "delta_rule_chunk", "delta_rule_reference"]
+
+
+def delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    g: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Delta-rule linear attention (DeltaNet; Gated DeltaNet with ``g``).
+
+    The op does not normalise ``k``: the recurrence is only stable for ``|k|^2 beta`` in
+    ``(0, 2)``, so callers L2-normalise keys and keep ``beta`` in ``(0, 1)`` (e.g. a sigmoid).
+
+    Args:
+        q: queries ``[B, T, H, K]``.
+        k: keys ``[B, T, H, K]`` (L2-normalised by the caller).
+        v: values ``[B, T, H, V]``.
+        beta: write strengths ``[B, T, H]``, typically in ``(0, 1)``.
+        g: None (DeltaNet) or a log-space decay ``[B, T, H]`` (``g <= 0``, decay ``exp(g)``).
+        scale: multiplies ``q``; None means ``K ** -0.5``.
+        initial_state: ``[B, H, K, V]`` (``[N, H, K, V]`` with ``cu_seqlens``), float32
+            preferred; gradients flow into it.
+        output_final_state: return the state after the last step.
+        cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
+            each sequence starts from its own initial state (or zeros).
+        impl: ``"auto"`` (Triton on CUDA once it exists, chunked PyTorch otherwise; the
+            environment variable ``POSTFORMER_IMPL`` overrides), ``"reference"``, ``"chunk"``
+            or ``"triton"``.
+
+    Returns:
+        ``(o, final_state)``: ``o`` ``[B, T, H, V]`` in q's dtype; ``final_state`` float32
+        ``[B, H, K, V]`` (``[N, H, K, V]`` with ``cu_seqlens``; float64 for float64 inputs),
+        or None unless ``output_final_state``.
+    """
+    for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta)):
+        check_float(name, x)
+    if q.dim() != 4:
+        raise ValueError(f"q has shape {fmt_shape(q)}, expected [B, T, H, K] (4 dims)")
+    B, T, H, K = q.shape
+    check_shape("k", k, (B, T, H, K), "[B, T, H, K] like q")
+    if v.dim() != 4 or tuple(v.shape[:3]) != (B, T, H):
+        raise ValueError(f"v has shape {fmt_shape(v)}, expected [B, T, H, V] = [{B}, {T}, {H}, V]")
+    V = v.shape[-1]
+    check_shape("beta", beta, (B, T, H), "[B, T, H]")
+    if g is not None:
+        check_float("g", g)
+        check_shape("g", g, (B, T, H), "None or [B, T, H] (one log decay per head and step)")
+    n_states = B
+    if cu_seqlens is not None:
+        n_states = check_cu_seqlens(cu_seqlens, B, T)
+    if initial_state is not None:
+        check_float("initial_state", initial_state)
+        layout = "[N, H, K, V] (one per sequence in cu_seqlens)" if cu_seqlens is not None else "[B, H, K, V]"
+        check_shape("initial_state", initial_state, (n_states, H, K, V), layout)
+    devices = {x.device for x in (q, k, v, beta, g, initial_state) if x is not None}
+    if len(devices) > 1:
+        raise ValueError(
+            f"q, k, v, beta, g and initial_state must share one device, got {sorted(map(str, devices))}"
+        )
+    impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON)
+    if impl == "triton":
+        raise NotImplementedError(
+            "delta_rule has no Triton kernels yet; use impl='chunk' (or 'auto', which falls back to it)"
+        )
+    if scale is None:
+        scale = K**-0.5
+    # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
+    fn = delta_rule_reference if impl == "reference" or (T == 1 and cu_seqlens is None) else delta_rule_chunk
+
+    if cu_seqlens is None:
+        o, S = fn(q, k, v, beta, g, scale, initial_state)
+    else:
+        # One sequence at a time: each has its own state. Empty sequences pass their state through.
+        bounds = cu_seqlens.tolist()
+        outs, states = [], []
+        for i, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):
+            h0 = None if initial_state is None else initial_state[i : i + 1]
+            gi = None if g is None else g[:, bos:eos]
+            o_i, S_i = fn(q[:, bos:eos], k[:, bos:eos], v[:, bos:eos], beta[:, bos:eos], gi, scale, h0)
+            outs.append(o_i)
+            states.append(S_i)
+        o, S = torch.cat(outs, dim=1), torch.cat(states, dim=0)
+    return o.to(q.dtype), (S if output_final_state else None)
