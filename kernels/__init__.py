@@ -5,6 +5,11 @@ float32 states, ``initial_state``/``output_final_state``, ``cu_seqlens`` for pac
 and ``impl="auto" | "reference" | "chunk" | "triton"``.
 """
 
+from .causal_conv1d import causal_conv1d
+from .delta_rule import delta_rule
 from .gla import gla
+from .linear_scan import linear_scan
+from .rms_norm import rms_norm
+from .selective_scan import selective_scan
 
-__all__ = ["gla"]
+__all__ = ["causal_conv1d", "delta_rule", "gla", "linear_scan", "rms_norm", "selective_scan"]

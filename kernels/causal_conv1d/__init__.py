@@ -1,0 +1,109 @@
+"""causal_conv1d: the depthwise causal convolution ("short conv") in front of most mixers.
+
+    y_t[d] = act(bias[d] + sum_{w=0}^{W-1} weight[d, w] * x_{t-(W-1)+w}[d])
+
+The state is the last ``W-1`` inputs ``[B, D, W-1]`` (oldest first); a step before the start
+of the sequence reads from it (zeros when there is none).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._common import check_cu_seqlens, check_float, check_shape, fmt_shape, resolve_impl
+from .chunk import causal_conv1d_chunk, causal_conv1d_step, causal_conv1d_varlen
+from .reference import causal_conv1d_reference
+
+HAS_TRITON = False  # a single fused pass is memory-bound; PyTorch's grouped conv does until profiled
+
+ACTIVATIONS = (None, "silu")
+
+__all__ = ["causal_conv1d", "causal_conv1d_chunk", "causal_conv1d_reference", "causal_conv1d_step"]
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    activation: str | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Depthwise causal 1-D convolution over time, optionally continuing from a state.
+
+    Args:
+        x: inputs ``[B, T, D]``.
+        weight: ``[D, W]``, one W-tap filter per channel; tap ``W-1`` multiplies the current
+            step (an ``nn.Conv1d(D, D, W, groups=D)`` weight ``[D, 1, W]`` squeezed).
+        bias: ``[D]`` or None.
+        activation: None or ``"silu"``, applied after the bias.
+        initial_state: ``[B, D, W-1]`` (``[N, D, W-1]`` with ``cu_seqlens``), the ``W-1``
+            inputs before ``x``, oldest first; None means zeros. Gradients flow into it.
+        output_final_state: return the last ``W-1`` inputs (taken from ``initial_state`` too
+            when ``T < W-1``).
+        cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
+            each sequence is convolved on its own, from its own state.
+        impl: ``"auto"`` (``chunk``; ``POSTFORMER_IMPL`` overrides), ``"reference"`` (a loop
+            over time and taps), ``"chunk"`` (grouped ``F.conv1d``) or ``"triton"`` (not
+            written: NotImplementedError).
+
+    Returns:
+        ``(y, final_state)``: ``y`` ``[B, T, D]`` in x's dtype (computed in float32, float64
+        for float64 inputs); ``final_state`` ``[B, D, W-1]`` (``[N, D, W-1]`` with
+        ``cu_seqlens``) in x's dtype (it holds inputs, not sums), or None unless
+        ``output_final_state``.
+
+    A call with ``T == 1`` and an ``initial_state`` (decoding) is a window multiply-sum.
+    """
+    check_float("x", x)
+    check_float("weight", weight)
+    if x.dim() != 3:
+        raise ValueError(f"x has shape {fmt_shape(x)}, expected [B, T, D] (3 dims)")
+    B, T, D = x.shape
+    if weight.dim() != 2 or weight.shape[0] != D or weight.shape[1] < 1:
+        raise ValueError(f"weight has shape {fmt_shape(weight)}, expected [D, W] = [{D}, W] with W >= 1")
+    W = weight.shape[1]
+    if bias is not None:
+        check_float("bias", bias)
+        check_shape("bias", bias, (D,), "[D]")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not one of {ACTIVATIONS}")
+    n_states = B
+    if cu_seqlens is not None:
+        n_states = check_cu_seqlens(cu_seqlens, B, T)
+    if initial_state is not None:
+        check_float("initial_state", initial_state)
+        layout = "[N, D, W-1] (one per sequence in cu_seqlens)" if cu_seqlens is not None else "[B, D, W-1]"
+        check_shape("initial_state", initial_state, (n_states, D, W - 1), layout)
+    devices = {t.device for t in (x, weight, bias, initial_state) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"x, weight, bias and initial_state must share one device, got {sorted(map(str, devices))}")
+    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
+    if impl == "triton":
+        raise NotImplementedError(
+            "causal_conv1d has no Triton kernels; use impl='chunk' (or 'auto', which falls back to it)"
+        )
+
+    if impl == "reference":
+        if cu_seqlens is None:
+            y, state = causal_conv1d_reference(x, weight, bias, activation, initial_state)
+        else:
+            # One sequence at a time from its own state; an empty sequence passes its state through.
+            bounds = cu_seqlens.tolist()
+            outs, states = [], []
+            for i, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):
+                h0 = None if initial_state is None else initial_state[i : i + 1]
+                y_i, s_i = causal_conv1d_reference(x[:, bos:eos], weight, bias, activation, h0)
+                outs.append(y_i)
+                states.append(s_i)
+            y, state = torch.cat(outs, dim=1), torch.cat(states, dim=0)
+    elif cu_seqlens is not None:
+        y, state = causal_conv1d_varlen(x, weight, bias, activation, initial_state, cu_seqlens)
+    elif T == 1 and initial_state is not None and W > 1:
+        y, state = causal_conv1d_step(x, weight, bias, activation, initial_state)
+    else:
+        y, state = causal_conv1d_chunk(x, weight, bias, activation, initial_state)
+    return y.to(x.dtype), (state if output_final_state else None)

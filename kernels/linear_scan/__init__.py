@@ -1,0 +1,87 @@
+"""linear_scan: the elementwise gated linear recurrence behind HGRN, RG-LRU (Hawk/Griffin)
+and minGRU.
+
+    h_t = exp(g_t) * h_{t-1} + x_t        elementwise over D channels
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._common import check_cu_seqlens, check_float, check_shape, fmt_shape, resolve_impl
+from .chunk import linear_scan_chunk, linear_scan_varlen_chunk
+from .reference import linear_scan_reference
+
+HAS_TRITON = False  # Triton kernels for this family arrive with their own issue.
+
+__all__ = ["linear_scan", "linear_scan_chunk", "linear_scan_reference"]
+
+
+def linear_scan(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Elementwise gated linear scan.
+
+    Args:
+        x: inputs ``[B, T, D]``.
+        g: log-space decay ``[B, T, D]`` (normally ``g <= 0``; the decay is ``exp(g)``).
+        initial_state: ``[B, D]`` (``[N, D]`` with ``cu_seqlens``), float32 preferred;
+            gradients flow into it.
+        output_final_state: return the state after the last step.
+        cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
+            each sequence starts from its own initial state (or zeros); an empty sequence
+            passes its initial state through as its final state.
+        impl: ``"auto"`` (chunked PyTorch; the environment variable ``POSTFORMER_IMPL``
+            overrides), ``"reference"``, ``"chunk"`` or ``"triton"`` (not available yet).
+
+    Returns:
+        ``(h, final_state)``: every state ``h`` ``[B, T, D]`` in x's dtype; ``final_state``
+        float32 ``[B, D]`` (``[N, D]`` with ``cu_seqlens``; float64 for float64 inputs), or
+        None unless ``output_final_state``.
+    """
+    check_float("x", x)
+    check_float("g", g)
+    if x.dim() != 3:
+        raise ValueError(f"x has shape {fmt_shape(x)}, expected [B, T, D] (3 dims)")
+    B, T, D = x.shape
+    check_shape("g", g, (B, T, D), "[B, T, D] like x")
+    n_states = B
+    if cu_seqlens is not None:
+        n_states = check_cu_seqlens(cu_seqlens, B, T)
+    if initial_state is not None:
+        check_float("initial_state", initial_state)
+        layout = "[N, D] (one per sequence in cu_seqlens)" if cu_seqlens is not None else "[B, D]"
+        check_shape("initial_state", initial_state, (n_states, D), layout)
+    devices = {t.device for t in (x, g, initial_state) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"x, g and initial_state must share one device, got {sorted(map(str, devices))}")
+    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
+    if impl == "triton":
+        raise NotImplementedError(
+            "linear_scan has no Triton kernels yet; use impl='chunk' (or 'auto', which falls back to it)"
+        )
+    # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
+    fn = linear_scan_reference if impl == "reference" or (T == 1 and cu_seqlens is None) else linear_scan_chunk
+
+    if cu_seqlens is None:
+        h, S = fn(x, g, initial_state)
+    elif fn is linear_scan_chunk:
+        # One scan over the packed batch, the state reset at each sequence's first step.
+        h, S = linear_scan_varlen_chunk(x, g, initial_state, cu_seqlens.tolist())
+    else:
+        # One sequence at a time: each has its own state. Empty sequences pass their state through.
+        bounds = cu_seqlens.tolist()
+        outs, states = [], []
+        for i, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):
+            h0 = None if initial_state is None else initial_state[i : i + 1]
+            h_i, S_i = fn(x[:, bos:eos], g[:, bos:eos], h0)
+            outs.append(h_i)
+            states.append(S_i)
+        h, S = torch.cat(outs, dim=1), torch.cat(states, dim=0)
+    return h.to(x.dtype), (S if output_final_state else None)

@@ -1,0 +1,75 @@
+"""rms_norm: RMSNorm over the last dim, optionally per group of channels and gated by silu.
+
+    norm(u) = u / sqrt(mean(u^2) + eps)
+    y = norm(x) * weight * silu(gate)      if norm_before_gate (the default)
+    y = norm(x * silu(gate)) * weight      otherwise (Mamba-2's gated norm)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._common import check_float, check_shape, fmt_shape, resolve_impl
+from .chunk import rms_norm_chunk
+from .reference import rms_norm_reference
+
+HAS_TRITON = False  # Triton kernels for this family arrive with their own issue.
+
+__all__ = ["rms_norm", "rms_norm_chunk", "rms_norm_reference"]
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    *,
+    eps: float = 1e-6,
+    gate: torch.Tensor | None = None,
+    norm_before_gate: bool = True,
+    group_size: int | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Root-mean-square norm with an optional silu gate.
+
+    Args:
+        x: ``[..., D]``.
+        weight: the scale ``[D]``, or None for no scale (a plain ``x / rms(x)``).
+        eps: added to the mean of squares before the square root.
+        gate: ``[..., D]`` like x, or None (no gate).
+        norm_before_gate: True: ``norm(x) * weight * silu(gate)``; False:
+            ``norm(x * silu(gate)) * weight``. Ignored without a gate.
+        group_size: normalise each group of ``group_size`` consecutive channels separately
+            (Mamba-2 with ``ngroups > 1``); must divide D. None means D (one group).
+        impl: ``"auto"`` (``chunk``; ``POSTFORMER_IMPL`` overrides), ``"reference"`` (the
+            formula written out), ``"chunk"`` (``F.rms_norm``) or ``"triton"`` (not written:
+            NotImplementedError).
+
+    Returns:
+        y ``[..., D]`` in x's dtype, computed in float32 (float64 for float64 inputs).
+        Gradients flow to x, weight and gate.
+    """
+    check_float("x", x)
+    if x.dim() < 1:
+        raise ValueError(f"x has shape {fmt_shape(x)}, expected [..., D] (at least 1 dim)")
+    D = x.shape[-1]
+    if weight is not None:
+        check_float("weight", weight)
+        check_shape("weight", weight, (D,), "[D]")
+    if gate is not None:
+        check_float("gate", gate)
+        check_shape("gate", gate, tuple(x.shape), "[..., D] like x")
+    if group_size is None:
+        group_size = D
+    if not isinstance(group_size, int) or group_size < 1 or D % group_size != 0:
+        raise ValueError(f"group_size={group_size!r} must be a positive divisor of D={D} (x shape {fmt_shape(x)})")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    devices = {t.device for t in (x, weight, gate) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"x, weight and gate must share one device, got {sorted(map(str, devices))}")
+    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
+    if impl == "triton":
+        raise NotImplementedError(
+            "rms_norm has no Triton kernels yet; use impl='chunk' (or 'auto', which falls back to it)"
+        )
+    fn = rms_norm_reference if impl == "reference" else rms_norm_chunk
+    return fn(x, weight, eps, gate, norm_before_gate, group_size).to(x.dtype)
