@@ -6,31 +6,42 @@
 
 from .attention import Attention, attend, attention_backend
 from .config import PRESETS, ModelConfig
+from .deltanet import DeltaNet, GatedDeltaNet
 from .gla import GLA
+from .hgrn2 import HGRN2
 from .layers import GatedRMSNorm, RMSNorm, Rotary, SwiGLU
-from .mamba2 import Mamba2, causal_conv1d, causal_conv1d_step
+from .mamba import Mamba
+from .mamba2 import Mamba2
 from .mixer import Mixer
 from .model import Block, LanguageModel, ModelCache
 from .registry import MIXERS, get_mixer
+from .retnet import RetNet
+from .rglru import RGLRU
+from .swa import SlidingWindowAttention
 
 __all__ = [
     "MIXERS",
     "PRESETS",
     "GLA",
+    "HGRN2",
     "Attention",
     "Block",
+    "DeltaNet",
+    "GatedDeltaNet",
     "GatedRMSNorm",
     "LanguageModel",
+    "Mamba",
     "Mamba2",
+    "RGLRU",
+    "SlidingWindowAttention",
     "Mixer",
     "ModelCache",
     "ModelConfig",
+    "RetNet",
     "RMSNorm",
     "Rotary",
     "SwiGLU",
     "attend",
     "attention_backend",
-    "causal_conv1d",
-    "causal_conv1d_step",
     "get_mixer",
 ]

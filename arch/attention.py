@@ -127,16 +127,16 @@ class Attention(Mixer):
         n_heads = opts.n_heads if opts.n_heads is not None else max(1, d_model // 64)
         if n_heads < 1 or d_model % n_heads != 0:
             raise ValueError(
-                f"mixer 'attn': d_model {d_model} is not divisible by n_heads {n_heads}"
+                f"mixer {cls.name!r}: d_model {d_model} is not divisible by n_heads {n_heads}"
             )
         n_kv = opts.n_kv_heads if opts.n_kv_heads is not None else n_heads
         if n_kv < 1 or n_heads % n_kv != 0:
             raise ValueError(
-                f"mixer 'attn': n_heads {n_heads} is not divisible by n_kv_heads {n_kv}"
+                f"mixer {cls.name!r}: n_heads {n_heads} is not divisible by n_kv_heads {n_kv}"
             )
         if (d_model // n_heads) % 2 != 0:
             raise ValueError(
-                f"mixer 'attn': head dim {d_model // n_heads} (d_model {d_model} / n_heads "
+                f"mixer {cls.name!r}: head dim {d_model // n_heads} (d_model {d_model} / n_heads "
                 f"{n_heads}) must be even for RoPE"
             )
         return dataclasses.replace(opts, n_heads=n_heads, n_kv_heads=n_kv)

@@ -1,7 +1,8 @@
 """Building blocks every mixer and block shares: norms, the SwiGLU MLP, rotary embeddings.
 
-All modules take ``[..., D]`` channels-last tensors; norms compute in float32 and return the
-input's dtype, so bf16/fp16 activations do not lose precision in the mean of squares.
+All modules take ``[..., D]`` channels-last tensors; norms run ``postformer.kernels.rms_norm``,
+which computes in float32 and returns the input's dtype, so bf16/fp16 activations do not lose
+precision in the mean of squares.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from postformer.kernels import rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -24,10 +27,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: ``[..., D]`` -> ``[..., D]`` in x's dtype."""
-        w = self.weight.to(torch.promote_types(x.dtype, torch.float32))
-        y = F.rms_norm(x.to(w.dtype), (self.dim,), w, self.eps)
-        return y.to(x.dtype)
+        """x: ``[..., D]`` -> ``[..., D]`` in x's dtype (computed in float32)."""
+        return rms_norm(x, self.weight, eps=self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
@@ -53,14 +54,9 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """x, z: ``[..., D]`` -> ``[..., D]`` in x's dtype. ``z=None`` means no gate."""
-        dt = torch.promote_types(x.dtype, torch.float32)
-        y = x.to(dt)
-        if z is not None:
-            y = y * F.silu(z.to(dt))
-        y = rearrange(y, "... (g d) -> ... g d", d=self.group_size)
-        y = F.rms_norm(y, (self.group_size,), None, self.eps)
-        y = rearrange(y, "... g d -> ... (g d)") * self.weight.to(dt)
-        return y.to(x.dtype)
+        return rms_norm(
+            x, self.weight, eps=self.eps, gate=z, norm_before_gate=False, group_size=self.group_size
+        )
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}, group_size={self.group_size}"

@@ -26,55 +26,10 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from postformer.kernels import gla
+from postformer.kernels import causal_conv1d, gla
 
 from .layers import GatedRMSNorm
 from .mixer import Mixer, state_dtype
-
-
-def causal_conv1d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    state: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal convolution over time, continuing from ``state``.
-
-    Args:
-        x: ``[B, T, C]``.
-        weight: ``[C, W]`` (one W-tap filter per channel; tap ``W-1`` multiplies the current step).
-        bias: ``[C]`` or None.
-        state: ``[B, C, W-1]``, the last ``W-1`` inputs before ``x`` (None: zeros).
-
-    Returns:
-        ``(y [B, T, C], new_state [B, C, W-1])``; no activation is applied.
-    """
-    C, W = weight.shape
-    xt = rearrange(x, "b t c -> b c t")
-    if state is None:
-        xp = F.pad(xt, (W - 1, 0))  # (B, C, W-1+T)
-    else:
-        xp = torch.cat([state.to(xt.dtype), xt], dim=-1)  # (B, C, W-1+T)
-    y = F.conv1d(xp, rearrange(weight, "c w -> c 1 w"), bias, groups=C)  # (B, C, T)
-    new_state = xp[..., xp.shape[-1] - (W - 1) :]  # (B, C, W-1)
-    return rearrange(y, "b c t -> b t c"), new_state
-
-
-def causal_conv1d_step(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    state: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decoding step of ``causal_conv1d``: x ``[B, C]``, state ``[B, C, W-1]``.
-
-    Returns ``(y [B, C], new_state [B, C, W-1])``, the window rolled by one step.
-    """
-    window = torch.cat([state.to(x.dtype), rearrange(x, "b c -> b c 1")], dim=-1)  # (B, C, W)
-    y = (window * weight).sum(-1)  # (B, C)
-    if bias is not None:
-        y = y + bias
-    return y, window[..., 1:]
 
 
 @dataclasses.dataclass
@@ -160,7 +115,7 @@ class Mamba2(Mixer):
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=False)
         self.conv1d = nn.Conv1d(
             self.conv_dim, self.conv_dim, o.d_conv, groups=self.conv_dim, bias=o.conv_bias
-        )  # used through causal_conv1d, weight [conv_dim, 1, d_conv]
+        )  # used through kernels.causal_conv1d, weight [conv_dim, 1, d_conv]
 
         # dt_bias = softplus^-1(dt) for dt log-uniform in [dt_min, dt_max], so that
         # softplus(0 + dt_bias) starts at a spread of time scales.
@@ -194,21 +149,18 @@ class Mamba2(Mixer):
 
     def forward(self, x: torch.Tensor, cache: Mamba2Cache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
-        T = x.shape[1]
         H, P, G, N = self.nheads, self.headdim, self.ngroups, self.d_state
         z, xBC, dt = torch.split(self.in_proj(x), [self.d_inner, self.conv_dim, H], dim=-1)
 
-        w = rearrange(self.conv1d.weight, "c 1 w -> c w")
-        if cache is not None and T == 1:
-            y, cache.conv_state = causal_conv1d_step(xBC[:, 0], w, self.conv1d.bias, cache.conv_state)
-            xBC = rearrange(y, "b c -> b 1 c")
-        else:
-            xBC, conv_state = causal_conv1d(
-                xBC, w, self.conv1d.bias, None if cache is None else cache.conv_state
-            )
-            if cache is not None:
-                cache.conv_state = conv_state
-        xBC = F.silu(xBC)  # (B, T, conv_dim)
+        # a T=1 call with the cache's state is the cheap decoding step inside the op
+        xBC, conv_state = causal_conv1d(
+            xBC, rearrange(self.conv1d.weight, "c 1 w -> c w"), self.conv1d.bias,
+            activation="silu",
+            initial_state=None if cache is None else cache.conv_state,
+            output_final_state=cache is not None,
+        )  # (B, T, conv_dim)
+        if cache is not None:
+            cache.conv_state = conv_state
 
         xs, Bm, Cm = torch.split(xBC, [self.d_inner, G * N, G * N], dim=-1)
         xs = rearrange(xs, "b t (h p) -> b t h p", p=P)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from .attention import Attention
+from .deltanet import DeltaNet, GatedDeltaNet
 from .gla import GLA
+from .hgrn2 import HGRN2
+from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mixer import Mixer
+from .retnet import RetNet
+from .rglru import RGLRU
+from .swa import SlidingWindowAttention
 
-MIXERS: dict[str, type[Mixer]] = {cls.name: cls for cls in (Attention, Mamba2, GLA)}
+MIXERS: dict[str, type[Mixer]] = {
+    cls.name: cls
+    for cls in (Attention, Mamba2, GLA, RetNet, DeltaNet, GatedDeltaNet, HGRN2, Mamba, RGLRU, SlidingWindowAttention)
+}
 
 
 def get_mixer(name: str) -> type[Mixer]:

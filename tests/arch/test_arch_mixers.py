@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from postformer.arch import MIXERS, attend, attention_backend, causal_conv1d, causal_conv1d_step
+from postformer.arch import MIXERS, attend, attention_backend
 from postformer.arch.mamba2 import Mamba2
 
 D_MODEL = 64
@@ -17,10 +17,19 @@ D_MODEL = 64
 CASES = [
     ("attn", {"n_heads": 4}),
     ("attn", {"n_heads": 4, "n_kv_heads": 2}),
+    ("mamba", {"d_state": 8}),
+    ("rglru", {"n_heads": 4}),
+    ("swa", {"n_heads": 4, "n_kv_heads": 2, "window": 4}),  # continuation chunks longer than the window
+    ("swa", {"n_heads": 4, "window": 8}),
     ("mamba2", {"d_state": 16, "headdim": 16, "ngroups": 2}),
     ("mamba2", {"d_state": 8}),  # headdim clamps to 64: 2 heads
     ("gla", {}),
     ("gla", {"n_heads": 2, "expand_k": 1.0}),
+    ("deltanet", {"n_heads": 2}),
+    ("gdn", {"n_heads": 2, "head_dim": 16}),
+    ("gdn", {}),  # 1 head of 48 key, 96 value channels
+    ("retnet", {"n_heads": 4}),
+    ("hgrn2", {"expand_ratio": 16}),
 ]
 IDS = [f"{name}-{'-'.join(f'{k}{v}' for k, v in opts.items()) or 'default'}" for name, opts in CASES]
 
@@ -130,24 +139,6 @@ def test_mamba2_params_and_dt_init():
     A = torch.exp(m.A_log)
     assert A.min() >= 1.0 and A.max() <= 16.0
     assert torch.equal(m.D, torch.ones(m.nheads))
-
-
-def test_causal_conv1d_step_matches_full():
-    torch.manual_seed(4)
-    x = torch.randn(2, 9, 6)
-    w, b = torch.randn(6, 4), torch.randn(6)
-    y, state = causal_conv1d(x, w, b)
-    # explicit taps
-    padded = F.pad(x, (0, 0, 3, 0))
-    y_ref = sum(padded[:, j : j + 9] * w[:, j] for j in range(4)) + b
-    torch.testing.assert_close(y, y_ref)
-    s = torch.zeros(2, 6, 3)
-    steps = []
-    for t in range(9):
-        yt, s = causal_conv1d_step(x[:, t], w, b, s)
-        steps.append(yt)
-    torch.testing.assert_close(torch.stack(steps, 1), y)
-    torch.testing.assert_close(s, state)
 
 
 def test_attend_matches_explicit_softmax():

@@ -1,0 +1,285 @@
+"""DeltaNet and Gated DeltaNet mixers.
+
+DeltaNet (Yang et al. 2024, "Parallelizing Linear Transformers with the Delta Rule over
+Sequence Length") replaces linear attention's additive write with the delta rule: per head,
+the matrix state ``S [K, V]`` first reads what it stores for the key ``k_t``, then overwrites
+that with ``v_t`` at the learning rate ``beta_t``:
+
+    S_t = S_{t-1} + beta_t k_t^T (v_t - k_t S_{t-1}),       o_t = q_t S_t / sqrt(K)
+
+(the paper's eq. ``S_t = S_{t-1}(I - beta_t k_t k_t^T) + beta_t v_t k_t^T`` in the transposed,
+column-vector convention). Gated DeltaNet (Yang, Kautz & Hatamizadeh, ICLR 2025, "Gated Delta
+Networks: Improving Mamba2 with Delta Rule", eq. 10) first decays the state by a data-dependent
+scalar per head, Mamba-2 style:
+
+    S' = alpha_t S_{t-1},  alpha_t = exp(g_t),  g_t = -exp(A_log) * softplus(W_a x_t + dt_bias)
+    S_t = S' + beta_t k_t^T (v_t - k_t S')
+
+Both run through ``postformer.kernels.delta_rule``. The block (both papers, section
+"architecture"): q, k, v linear projections; a depthwise causal conv of width 4 on each,
+followed by SiLU; q and k L2-normalised per head (this keeps the delta rule's transition
+``I - beta k^T k`` a contraction); ``beta_t = sigmoid(W_beta x_t)`` per head; the output is
+normalised per head and gated, ``out_proj(rmsnorm(o) * silu(W_g x))``.
+
+Widths: DeltaNet's key dim is ``d_model`` (by default in heads of about 128 channels, as in
+FLA's 1.3B configuration: 16 heads of 128 at d_model 2048) and its value dim equals the key
+dim. Gated DeltaNet follows FLA's GDN configuration: a key dim of about ``0.75 * d_model`` in
+heads of about 256 channels (6 heads of 256 at d_model 2048) and values twice as wide
+(``expand_v = 2``).
+
+Deliberate deviation: the DeltaNet paper's block normalises the output without a gate (the
+gate is an ablation there); here DeltaNet gets the same output gate as Gated DeltaNet, so the
+two differ only by the decay. Init: Gated DeltaNet's ``A = exp(A_log)`` is uniform in
+``[A_init_min, A_init_max] = [0, 16]`` (floored at 1e-4 so ``log`` stays finite) and
+``dt = softplus(dt_bias)`` log-uniform in ``[dt_min, dt_max] = [0.001, 0.1]``, both outside
+the model's Linear init and free of weight decay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from postformer.kernels import causal_conv1d, delta_rule, rms_norm
+
+from .layers import RMSNorm
+from .mixer import Mixer, state_dtype
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x / sqrt(sum(x^2) + eps)`` over the last dim, computed in float32 (float64 stays)."""
+    dt = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(dt)
+    return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+@dataclasses.dataclass
+class DeltaNetCache:
+    """Decoding state of one DeltaNet / Gated DeltaNet layer.
+
+    q_conv_state, k_conv_state: ``[B, key_dim, conv_size-1]``; v_conv_state:
+    ``[B, value_dim, conv_size-1]`` (the last conv inputs, in the model's dtype).
+    state: ``[B, H, K, V]`` float32 (float64 for float64 models).
+    """
+
+    q_conv_state: torch.Tensor
+    k_conv_state: torch.Tensor
+    v_conv_state: torch.Tensor
+    state: torch.Tensor
+
+
+class _DeltaRuleMixer(Mixer):
+    """Shared DeltaNet / Gated DeltaNet block; subclasses set the default widths and the decay."""
+
+    #: heads hold about this many key channels when the head count is not given
+    _max_head_dim: ClassVar[int] = 128
+    #: default key dim = round(_key_ratio * d_model)
+    _key_ratio: ClassVar[float] = 1.0
+
+    @dataclasses.dataclass
+    class Options:
+        #: heads; None: round(key dim / head_dim), head_dim defaulting to 128 (DeltaNet) or
+        #: 256 (Gated DeltaNet); at least 1
+        n_heads: int | None = None
+        #: key channels per head; None: round(key dim / n_heads), where the key dim is d_model
+        #: (DeltaNet) or 0.75 * d_model (Gated DeltaNet)
+        head_dim: int | None = None
+        #: value channels per head = expand_v * head_dim
+        expand_v: float = 1.0
+        #: width of the short causal convs on q, k, v
+        conv_size: int = 4
+
+    @classmethod
+    def _resolve(cls, d_model: int, opts: Options) -> Options:
+        name = cls.name
+        n_heads, head_dim = opts.n_heads, opts.head_dim
+        key_target = cls._key_ratio * d_model
+        if n_heads is not None and n_heads < 1:
+            raise ValueError(f"mixer {name!r}: n_heads must be >= 1, got {n_heads}")
+        if head_dim is not None and head_dim < 1:
+            raise ValueError(f"mixer {name!r}: head_dim must be >= 1, got {head_dim}")
+        if n_heads is None:
+            # as many heads of about _max_head_dim channels as cover the key dim
+            n_heads = max(1, round(key_target / (head_dim or cls._max_head_dim)))
+        if head_dim is None:
+            head_dim = max(1, round(key_target / n_heads))
+        head_v = opts.expand_v * head_dim
+        if opts.expand_v <= 0 or head_v != int(head_v):
+            raise ValueError(
+                f"mixer {name!r}: expand_v {opts.expand_v} * head_dim {head_dim} must be a "
+                f"positive whole number (the value channels per head)"
+            )
+        if opts.conv_size < 2:
+            raise ValueError(f"mixer {name!r}: conv_size must be >= 2, got {opts.conv_size}")
+        return dataclasses.replace(opts, n_heads=n_heads, head_dim=head_dim)
+
+    def __init__(
+        self,
+        d_model: int,
+        options: Options | None = None,
+        norm_eps: float = 1e-5,
+        *,
+        layer_idx: int = 0,
+        n_layers: int = 1,
+    ) -> None:
+        options = self._resolve(d_model, options or self.Options())
+        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+        self.n_heads = options.n_heads
+        self.head_k_dim = options.head_dim
+        self.head_v_dim = int(options.expand_v * options.head_dim)
+        self.key_dim = self.n_heads * self.head_k_dim
+        self.value_dim = self.n_heads * self.head_v_dim
+        self.conv_size = options.conv_size
+
+        self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        # depthwise convs, weight [C, 1, W]; used through kernels.causal_conv1d
+        self.q_conv = nn.Conv1d(self.key_dim, self.key_dim, self.conv_size, groups=self.key_dim, bias=False)
+        self.k_conv = nn.Conv1d(self.key_dim, self.key_dim, self.conv_size, groups=self.key_dim, bias=False)
+        self.v_conv = nn.Conv1d(
+            self.value_dim, self.value_dim, self.conv_size, groups=self.value_dim, bias=False
+        )
+        self.b_proj = nn.Linear(d_model, self.n_heads, bias=False)  # beta logits
+        self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)  # output gate
+        self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)  # holds the weight; applied by rms_norm
+        self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
+
+    def new_cache(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        max_seq_len: int | None = None,
+    ) -> DeltaNetCache:
+        W = self.conv_size - 1
+        return DeltaNetCache(
+            q_conv_state=torch.zeros(batch_size, self.key_dim, W, device=device, dtype=dtype),
+            k_conv_state=torch.zeros(batch_size, self.key_dim, W, device=device, dtype=dtype),
+            v_conv_state=torch.zeros(batch_size, self.value_dim, W, device=device, dtype=dtype),
+            state=torch.zeros(
+                batch_size, self.n_heads, self.head_k_dim, self.head_v_dim,
+                device=device, dtype=state_dtype(dtype),
+            ),
+        )
+
+    def _decay(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Log-space decay ``g [B, T, H]`` (<= 0), or None for no decay (DeltaNet)."""
+        return None
+
+    def _conv(self, x: torch.Tensor, conv: nn.Conv1d, cache: DeltaNetCache | None, attr: str) -> torch.Tensor:
+        """SiLU(depthwise causal conv(x)) for x ``[B, T, C]``, continuing the cache's conv state."""
+        y, state = causal_conv1d(
+            x, rearrange(conv.weight, "c 1 w -> c w"), activation="silu",
+            initial_state=None if cache is None else getattr(cache, attr),
+            output_final_state=cache is not None,
+        )
+        if cache is not None:
+            setattr(cache, attr, state)
+        return y
+
+    def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None) -> torch.Tensor:
+        """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
+        q = self._conv(self.q_proj(x), self.q_conv, cache, "q_conv_state")  # (B, T, key_dim)
+        k = self._conv(self.k_proj(x), self.k_conv, cache, "k_conv_state")  # (B, T, key_dim)
+        v = self._conv(self.v_proj(x), self.v_conv, cache, "v_conv_state")  # (B, T, value_dim)
+        q = l2_normalize(rearrange(q, "b t (h k) -> b t h k", k=self.head_k_dim))
+        k = l2_normalize(rearrange(k, "b t (h k) -> b t h k", k=self.head_k_dim))
+        v = rearrange(v, "b t (h v) -> b t h v", v=self.head_v_dim)
+        beta = torch.sigmoid(self.b_proj(x).to(state_dtype(x.dtype)))  # (B, T, H)
+        o, S = delta_rule(
+            q, k, v, beta, self._decay(x),
+            initial_state=None if cache is None else cache.state,
+            output_final_state=cache is not None,
+        )  # o: (B, T, H, V); S: (B, H, K, V)
+        if cache is not None:
+            cache.state = S
+        gate = rearrange(self.g_proj(x), "b t (h v) -> b t h v", v=self.head_v_dim)
+        o = rms_norm(o, self.o_norm.weight, eps=self.o_norm.eps, gate=gate, norm_before_gate=True)
+        return self.out_proj(rearrange(o, "b t h v -> b t (h v)"))
+
+
+class DeltaNet(_DeltaRuleMixer):
+    """DeltaNet (delta rule, no decay): ``[B, T, d_model] -> [B, T, d_model]``. Has an MLP."""
+
+    name = "deltanet"
+    has_mlp = True
+    _max_head_dim = 128
+    _key_ratio = 1.0
+
+    @dataclasses.dataclass
+    class Options(_DeltaRuleMixer.Options):
+        pass
+
+
+class GatedDeltaNet(_DeltaRuleMixer):
+    """Gated DeltaNet (delta rule + Mamba-2 decay): ``[B, T, d_model] -> [B, T, d_model]``.
+
+    Has an MLP by default (the GDN paper's blocks alternate mixer and SwiGLU MLP).
+    """
+
+    name = "gdn"
+    has_mlp = True
+    _max_head_dim = 256
+    _key_ratio = 0.75
+
+    @dataclasses.dataclass
+    class Options(_DeltaRuleMixer.Options):
+        #: value channels per head = expand_v * head_dim (2 in the GDN paper / FLA)
+        expand_v: float = 2.0
+        #: A = exp(A_log) starts uniform in [A_init_min, A_init_max] (floored at 1e-4)
+        A_init_min: float = 0.0
+        A_init_max: float = 16.0
+        #: dt = softplus(dt_bias) starts log-uniform in [dt_min, dt_max], floored at dt_init_floor
+        dt_min: float = 0.001
+        dt_max: float = 0.1
+        dt_init_floor: float = 1e-4
+
+    @classmethod
+    def _resolve(cls, d_model: int, opts: Options) -> Options:
+        opts = super()._resolve(d_model, opts)
+        if not 0 <= opts.A_init_min < opts.A_init_max:
+            raise ValueError(
+                f"mixer 'gdn': need 0 <= A_init_min < A_init_max, got A_init_min {opts.A_init_min}, "
+                f"A_init_max {opts.A_init_max}"
+            )
+        if not 0 < opts.dt_min <= opts.dt_max or opts.dt_init_floor <= 0:
+            raise ValueError(
+                f"mixer 'gdn': need 0 < dt_min <= dt_max and dt_init_floor > 0, got dt_min "
+                f"{opts.dt_min}, dt_max {opts.dt_max}, dt_init_floor {opts.dt_init_floor}"
+            )
+        return opts
+
+    def __init__(
+        self,
+        d_model: int,
+        options: Options | None = None,
+        norm_eps: float = 1e-5,
+        *,
+        layer_idx: int = 0,
+        n_layers: int = 1,
+    ) -> None:
+        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+        o, H = self.options, self.n_heads
+        self.a_proj = nn.Linear(d_model, H, bias=False)  # dt logits, one per head
+        A = torch.empty(H).uniform_(o.A_init_min, o.A_init_max).clamp(min=1e-4)
+        self.A_log = nn.Parameter(torch.log(A))  # (H,)
+        # dt_bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] (Mamba-2's init)
+        dt = torch.exp(
+            torch.rand(H) * (math.log(o.dt_max) - math.log(o.dt_min)) + math.log(o.dt_min)
+        ).clamp(min=o.dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # (H,)
+        for p in (self.A_log, self.dt_bias):
+            p._no_weight_decay = True
+
+    def _decay(self, x: torch.Tensor) -> torch.Tensor:
+        sdt = state_dtype(x.dtype)
+        dt = F.softplus(self.a_proj(x).to(sdt) + self.dt_bias.to(sdt))  # (B, T, H)
+        return -torch.exp(self.A_log.to(sdt)) * dt  # (B, T, H), <= 0

@@ -1,0 +1,169 @@
+"""Mamba-1 mixer (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State
+Spaces"), the selective SSM block of section 3.4 / Figure 3, with its scan run by ``selective_scan``.
+
+With ``d_inner = expand * d_model`` channels and ``N = d_state`` states per channel:
+
+    x, z   = in_proj(u)                                   [B, T, d_inner] each
+    x      = silu(causal_conv1d(x))                       depthwise, width d_conv, with bias
+    dt_raw, B, C = x_proj(x)                              [R], [N], [N]   (R = dt_rank)
+    dt     = softplus(W_dt dt_raw + b_dt)                 [B, T, d_inner] (Algorithm 2: s_Delta)
+    h_t    = exp(dt_t A) * h_{t-1} + dt_t B_t x_t         h: [d_inner, N], A = -exp(A_log) [d_inner, N]
+    y_t    = C_t h_t + D * x_t
+    out    = out_proj(y * silu(z))
+
+Initialisation as in the paper and its reference code: ``A`` is S4D-real (``A[d, n] = -(n+1)``
+for every channel), ``D = 1``; the step bias ``b_dt = softplus^-1(dt)`` with ``dt``
+log-uniform in ``[dt_min, dt_max]`` floored at ``dt_init_floor``, and ``W_dt`` uniform in
+``+-dt_scale / sqrt(dt_rank)``. ``dt_proj`` is marked ``_keep_init`` so that
+``LanguageModel.reset_parameters`` leaves that init alone. No deviation from the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from postformer.kernels import causal_conv1d, selective_scan
+
+from .mixer import Mixer, state_dtype
+
+
+@dataclasses.dataclass
+class MambaCache:
+    """Decoding state of one Mamba layer.
+
+    conv_state: ``[B, d_inner, d_conv-1]``, the last conv inputs (model dtype).
+    ssm_state: ``[B, d_inner, d_state]`` float32 (float64 for float64 models).
+    """
+
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
+
+
+class Mamba(Mixer):
+    """The Mamba-1 block's mixer: ``[B, T, d_model] -> [B, T, d_model]``. No MLP by default."""
+
+    name = "mamba"
+    has_mlp = False
+
+    @dataclasses.dataclass
+    class Options:
+        #: N, the SSM state size per channel
+        d_state: int = 16
+        #: width of the depthwise causal conv
+        d_conv: int = 4
+        #: d_inner = expand * d_model
+        expand: int = 2
+        #: rank of the dt projection; None: ceil(d_model / 16)
+        dt_rank: int | None = None
+        #: dt is initialised log-uniformly in [dt_min, dt_max], floored at dt_init_floor
+        dt_min: float = 0.001
+        dt_max: float = 0.1
+        dt_init_floor: float = 1e-4
+        #: dt_proj.weight ~ uniform(+-dt_scale / sqrt(dt_rank))
+        dt_scale: float = 1.0
+        conv_bias: bool = True
+
+    @classmethod
+    def _resolve(cls, d_model: int, opts: Options) -> Options:
+        for key in ("d_state", "d_conv", "expand"):
+            if getattr(opts, key) < 1:
+                raise ValueError(f"mixer 'mamba': {key} must be >= 1, got {getattr(opts, key)}")
+        dt_rank = opts.dt_rank if opts.dt_rank is not None else math.ceil(d_model / 16)
+        if dt_rank < 1:
+            raise ValueError(f"mixer 'mamba': dt_rank must be >= 1, got {dt_rank}")
+        if not 0 < opts.dt_min <= opts.dt_max:
+            raise ValueError(
+                f"mixer 'mamba': need 0 < dt_min <= dt_max, got dt_min {opts.dt_min}, dt_max {opts.dt_max}"
+            )
+        if opts.dt_init_floor <= 0 or opts.dt_scale <= 0:
+            raise ValueError(
+                f"mixer 'mamba': dt_init_floor and dt_scale must be > 0, got {opts.dt_init_floor}, "
+                f"{opts.dt_scale}"
+            )
+        return dataclasses.replace(opts, dt_rank=dt_rank)
+
+    def __init__(
+        self,
+        d_model: int,
+        options: Options | None = None,
+        norm_eps: float = 1e-5,
+        *,
+        layer_idx: int = 0,
+        n_layers: int = 1,
+    ) -> None:
+        options = self._resolve(d_model, options or self.Options())
+        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+        o = options
+        self.d_inner = o.expand * d_model
+        self.d_state = o.d_state
+        self.d_conv = o.d_conv
+        self.dt_rank = o.dt_rank
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, o.d_conv, groups=self.d_inner, bias=o.conv_bias
+        )  # used through causal_conv1d, weight [d_inner, 1, d_conv]
+        self.x_proj = nn.Linear(self.d_inner, o.dt_rank + 2 * o.d_state, bias=False)
+
+        self.dt_proj = nn.Linear(o.dt_rank, self.d_inner, bias=True)
+        self.dt_proj._keep_init = True
+        with torch.no_grad():
+            bound = o.dt_scale * o.dt_rank**-0.5
+            self.dt_proj.weight.uniform_(-bound, bound)
+            dt = torch.exp(
+                torch.rand(self.d_inner) * (math.log(o.dt_max) - math.log(o.dt_min)) + math.log(o.dt_min)
+            ).clamp(min=o.dt_init_floor)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.dt_proj.bias._no_weight_decay = True
+
+        A = repeat(torch.arange(1, o.d_state + 1, dtype=torch.float32), "n -> d n", d=self.d_inner)
+        self.A_log = nn.Parameter(torch.log(A))  # (d_inner, N)
+        self.D = nn.Parameter(torch.ones(self.d_inner))  # (d_inner,)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def new_cache(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        max_seq_len: int | None = None,
+    ) -> MambaCache:
+        return MambaCache(
+            conv_state=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            ssm_state=torch.zeros(
+                batch_size, self.d_inner, self.d_state, device=device, dtype=state_dtype(dtype)
+            ),
+        )
+
+    def forward(self, x: torch.Tensor, cache: MambaCache | None = None) -> torch.Tensor:
+        """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, d_inner) each
+        xs, conv_state = causal_conv1d(
+            xs, rearrange(self.conv1d.weight, "d 1 w -> d w"), self.conv1d.bias,
+            activation="silu",
+            initial_state=None if cache is None else cache.conv_state,
+            output_final_state=cache is not None,
+        )  # (B, T, d_inner)
+        dt, Bm, Cm = torch.split(self.x_proj(xs), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, T, d_inner); the bias goes in before softplus
+        A = -torch.exp(self.A_log.to(state_dtype(x.dtype)))  # (d_inner, N)
+        y, ssm_state = selective_scan(
+            xs, dt, A, Bm, Cm, self.D, z,
+            dt_bias=self.dt_proj.bias, dt_softplus=True,
+            initial_state=None if cache is None else cache.ssm_state,
+            output_final_state=cache is not None,
+        )  # y: (B, T, d_inner); ssm_state: (B, d_inner, N)
+        if cache is not None:
+            cache.conv_state = conv_state
+            cache.ssm_state = ssm_state
+        return self.out_proj(y)
