@@ -136,9 +136,7 @@ class ModelConfig:
 
 
 # Shapes the field uses: (d_model, n_layers, attention heads). 125m..1.3b are GPT-3's (Brown
-# et al. 2020, Table 2.1), the Transformer++ baselines of the Mamba and GLA papers. Mamba-2
-# blocks have no MLP, so a Mamba-2 model has twice the layers at the same width, matching the
-# parameter count (Mamba-2's own 130m/370m/780m/1.3b models).
+# et al. 2020, Table 2.1), the Transformer++ baselines of the Mamba and GLA papers.
 _SHAPES: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 1),
     "small": (256, 4, 4),
@@ -147,25 +145,86 @@ _SHAPES: dict[str, tuple[int, int, int]] = {
     "760m": (1536, 24, 16),
     "1.3b": (2048, 24, 32),
 }
-_MAMBA2_D_STATE = {"tiny": 16, "small": 64}  # 128 for the named sizes
+SIZES = tuple(_SHAPES)
+
+#: Architectures: the mixer pattern, the blocks' MLP rule when it differs from the mixers'
+#: defaults, and a description. Mixer options per size come from ``_mixer_options``.
+ARCHS: dict[str, dict[str, Any]] = {
+    "transformer": {"pattern": ["attn"], "about": "Transformer++ (attention with RoPE + SwiGLU MLP)"},
+    "swa": {"pattern": ["swa"], "about": "sliding-window attention + SwiGLU MLP"},
+    "mamba": {"pattern": ["mamba"], "about": "Mamba-1 (Gu & Dao 2023), no MLP"},
+    "mamba2": {"pattern": ["mamba2"], "about": "Mamba-2 (Dao & Gu 2024), no MLP"},
+    "gla": {"pattern": ["gla"], "about": "Gated Linear Attention (Yang et al. 2023)"},
+    "retnet": {"pattern": ["retnet"], "about": "RetNet multi-scale retention (Sun et al. 2023)"},
+    "deltanet": {"pattern": ["deltanet"], "about": "DeltaNet (Yang et al. 2024)"},
+    "gdn": {"pattern": ["gdn"], "about": "Gated DeltaNet (Yang, Kautz & Hatamizadeh 2024)"},
+    "hgrn2": {"pattern": ["hgrn2"], "about": "HGRN2 (Qin et al. 2024)"},
+    "hawk": {"pattern": ["rglru"], "about": "Hawk: RG-LRU recurrent blocks + MLP (De et al. 2024)"},
+    "griffin": {"pattern": ["rglru", "rglru", "swa"],
+                "about": "Griffin: two RG-LRU blocks per local-attention block (De et al. 2024)"},
+    "gdn-hybrid": {"pattern": ["gdn", "gdn", "gdn", "attn"],
+                   "about": "Gated DeltaNet with one attention block in four (as in Qwen3-Next)"},
+    "mamba2-hybrid": {"pattern": ["mamba2", "attn"], "mlp": True,
+                      "about": "Mamba-2 and attention alternating, an MLP after every mixer (Samba/Jamba style)"},
+}
+
+# Matched depth and MLP width: (n_layers, d_ff) per arch and size, chosen so that the parameter
+# count without embeddings is within 10% of the Transformer++ preset of the same size (checked
+# by tests/arch/test_arch_presets.py; recomputed by ``python scripts/match_presets.py``). By
+# default an arch keeps its paper's shape: the Transformer++ depth (twice it when no block has an
+# MLP, like Mamba's) and the default d_ff; where that misses by more than 10%, archs without an
+# MLP are matched by depth, the others by the MLP width. None: the default.
+_MATCHED: dict[str, dict[str, tuple[int | None, int | None]]] = {
+    "mamba": {"tiny": (3, None), "small": (None, None), "125m": (None, None), "350m": (None, None), "760m": (None, None), "1.3b": (None, None)},
+    "retnet": {"tiny": (None, 112), "small": (None, 368), "125m": (None, 1024), "350m": (None, 1408), "760m": (None, 2048), "1.3b": (None, 2752)},
+    "deltanet": {"tiny": (None, 160), "small": (None, 608), "125m": (None, 1792), "350m": (None, 2432), "760m": (None, 3584), "1.3b": (None, 4800)},
+    "gdn": {"tiny": (None, None), "small": (None, 528), "125m": (None, 1536), "350m": (None, 2048), "760m": (None, 3072), "1.3b": (None, 4160)},
+    "hawk": {"tiny": (None, 80), "small": (None, 528), "125m": (None, 1792), "350m": (None, None), "760m": (None, None), "1.3b": (None, None)},
+    "griffin": {"tiny": (None, 32), "small": (None, 576), "125m": (None, 1920), "350m": (None, None), "760m": (None, None), "1.3b": (None, None)},
+    "gdn-hybrid": {"tiny": (None, 48), "small": (None, 576), "125m": (None, 1664), "350m": (None, 2240), "760m": (None, 3328), "1.3b": (None, 4480)},
+    "mamba2-hybrid": {"tiny": (None, 160), "small": (None, 592), "125m": (None, 1728), "350m": (None, 2368), "760m": (None, 3520), "1.3b": (None, 4736)},
+}
+
+
+def _mixer_options(arch: str, size: str) -> dict[str, dict[str, Any]]:
+    """The per-mixer options of ``arch`` at ``size`` (only those that differ from the defaults)."""
+    heads = _SHAPES[size][2]
+    opts: dict[str, dict[str, Any]] = {
+        "attn": {"n_heads": heads},
+        "swa": {"n_heads": heads, "window": {"tiny": 32, "small": 64}.get(size, 1024)},
+        "mamba2": {"d_state": {"tiny": 16, "small": 64}.get(size, 128), "headdim": 64, "expand": 2},
+        "gla": {"n_heads": 4},
+        # Gated DeltaNet: key dim 0.75 d in power-of-two heads (the paper's 1.3b: 6 heads of 256)
+        "gdn": {"tiny": {"n_heads": 1, "head_dim": 32}, "small": {"n_heads": 3, "head_dim": 64},
+                "125m": {"n_heads": 9, "head_dim": 64}, "350m": {"n_heads": 6, "head_dim": 128},
+                "760m": {"n_heads": 9, "head_dim": 128}, "1.3b": {"n_heads": 6, "head_dim": 256}}[size],
+    }
+    return {name: opts[name] for name in ARCHS[arch]["pattern"] if name in opts}
 
 
 def _presets() -> dict[str, dict[str, dict[str, Any]]]:
-    presets: dict[str, dict[str, dict[str, Any]]] = {"transformer": {}, "mamba2": {}, "gla": {}}
-    for size, (d, L, heads) in _SHAPES.items():
-        presets["transformer"][size] = {
-            "d_model": d, "n_layers": L, "pattern": ["attn"], "mixers": {"attn": {"n_heads": heads}},
-        }
-        presets["mamba2"][size] = {
-            "d_model": d, "n_layers": 2 * L, "pattern": ["mamba2"],
-            "mixers": {"mamba2": {"d_state": _MAMBA2_D_STATE.get(size, 128), "headdim": 64, "expand": 2}},
-        }
-        presets["gla"][size] = {
-            "d_model": d, "n_layers": L, "pattern": ["gla"], "mixers": {"gla": {"n_heads": 4}},
-        }
+    presets: dict[str, dict[str, dict[str, Any]]] = {}
+    for arch, spec in ARCHS.items():
+        presets[arch] = {}
+        for size, (d, L, _) in _SHAPES.items():
+            pattern = list(spec["pattern"])
+            n_layers, d_ff = _MATCHED.get(arch, {}).get(size, (None, None))
+            # Blocks without an MLP carry about half the parameters: twice the layers.
+            mult = 1 if spec.get("mlp") or any(get_mixer(m).has_mlp for m in pattern) else 2
+            fields: dict[str, Any] = {
+                "d_model": d,
+                "n_layers": n_layers or max(mult * L, len(pattern)),
+                "pattern": pattern,
+                "mixers": _mixer_options(arch, size),
+            }
+            if "mlp" in spec:
+                fields["mlp"] = spec["mlp"]
+            if d_ff is not None:
+                fields["d_ff"] = d_ff
+            presets[arch][size] = fields
     return presets
 
 
-#: ``PRESETS[arch][size]`` -> ``ModelConfig`` field values; archs ``transformer``, ``mamba2``,
-#: ``gla``; sizes ``tiny``, ``small``, ``125m``, ``350m``, ``760m``, ``1.3b``.
+#: ``PRESETS[arch][size]`` -> ``ModelConfig`` field values; archs are the keys of ``ARCHS``,
+#: sizes ``tiny``, ``small``, ``125m``, ``350m``, ``760m``, ``1.3b``.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = _presets()

@@ -23,7 +23,7 @@ Forward FLOPs per token, per component (``T`` = sequence length, ``d`` = d_model
   performs; Kaplan's ``2 n_layers T d_attn`` forward term is this causal count. Training:
   ``12 n_layers T d_attn`` (full) or about ``6 n_layers T d_attn`` (causal).
 - recurrence (Mamba-2 and GLA through ``kernels.gla``'s chunk form, per head with key dim
-  ``K``, value dim ``V``, chunk ``C``): per chunk the scores ``q k^T`` (``C^2 K`` MACs), their
+  ``K``, value dim ``V``, chunk ``C``; also RetNet with a scalar gate and HGRN2 with per-key gates): per chunk the scores ``q k^T`` (``C^2 K`` MACs), their
   product with ``v`` (``C^2 V``), the chunk's state contribution ``k^T v`` (``C K V``), the
   readout of the entering state ``q S`` (``C K V``), and the state passing ``a S + U``
   (``K V``, one multiply-add per state element). The chunk is what the chunk path uses:
@@ -33,6 +33,19 @@ Forward FLOPs per token, per component (``T`` = sequence length, ``d`` = d_model
   is computed (masked after the fact), so it is counted in full. GLA's per-key decayed
   scores are counted as the ``C^2 K`` MACs they amount to (the exponentials are
   elementwise).
+- recurrence (``delta_rule``, DeltaNet and Gated DeltaNet, chunk ``C = 64``, per head): per chunk
+  the scores ``q k^T`` and ``(beta k) k^T`` (``2 C^2 K``), the unit-triangular solve against
+  ``[beta v | beta k]`` (``C^2 (K + V) / 2``), the products ``Kd^T [U | W]`` (``C K (K + V)``),
+  the sequential state step ``S + R - (Kd^T W) S`` (``K^2 V + K V``), the pseudo-value
+  correction ``W S`` and the readout ``q S`` (``2 C K V``) and the intra-chunk output ``P u``
+  (``C^2 V``).
+- recurrence (``selective_scan``, Mamba-1, and ``linear_scan``, RG-LRU): elementwise scans, no
+  matmul. Counted as the multiply-adds the two-level chunk path performs per state element and
+  token: selective scan ``5 D N`` (the input ``dt x B``, the chunk-local scan, the cumulative
+  decay, the cross-chunk fix-up, the readout ``C h``), linear scan ``3 D`` (scan, cumulative
+  decay, fix-up).
+- sliding-window attention: as attention with the context capped at the window,
+  ``T_ctx = min(T, window)`` (``causal=True``: the mean of ``min(t, window)`` over positions).
 - conv: depthwise causal conv, ``2 * channels * width``.
 
 The count of a dense transformer is thus ``6 N_matmul + 12 n_layers T d`` with ``N_matmul``
@@ -52,6 +65,8 @@ from .config import ModelConfig
 #: chunk lengths of ``kernels.gla``'s chunk path (kept equal to its SCALAR_CHUNK / PER_KEY_CHUNK)
 SCALAR_GATE_CHUNK = 64
 PER_KEY_GATE_CHUNK = 16
+#: chunk length of ``kernels.delta_rule``'s chunk path (its CHUNK)
+DELTA_RULE_CHUNK = 64
 
 COMPONENTS = ("linear", "lm_head", "attention", "recurrence", "conv")
 
@@ -101,11 +116,93 @@ def _gla_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float
     }
 
 
+def _delta_rule_macs(T: int, C: int, K: int, V: int) -> float:
+    """MACs per token per head of ``kernels.delta_rule``'s chunk form (WY/UT representation)."""
+    C = max(1, min(C, T))
+    n_chunks = math.ceil(T / C)
+    per_chunk = (
+        2 * C * C * K  # q k^T and (beta k) k^T
+        + C * C * (K + V) / 2  # unit-triangular solve against [beta v | beta k]
+        + C * K * (K + V)  # Kd^T [U | W]
+        + K * K * V + K * V  # S + R - (Kd^T W) S, the sequential step
+        + 2 * C * K * V  # W S and q S
+        + C * C * V  # P u
+    )
+    return n_chunks * per_chunk / T
+
+
+def _swa_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    macs = _attn_macs(cfg, o, T, causal)
+    W = o.window
+    # mean over positions t = 1..T of min(t, W) (causal), or min(T, W)
+    ctx = (min(T, W) * (min(T, W) + 1) / 2 + max(0, T - W) * W) / T if causal else min(T, W)
+    head_dim = cfg.d_model // o.n_heads
+    macs["attention"] = 2 * o.n_heads * head_dim * ctx
+    return macs
+
+
+def _mamba_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d = cfg.d_model
+    di, R, N = o.expand * d, o.dt_rank, o.d_state
+    return {
+        "linear": d * 2 * di + di * (R + 2 * N) + R * di + di * d,  # in, x, dt, out projections
+        "conv": di * o.d_conv,
+        "recurrence": 5 * di * N,
+    }
+
+
+def _rglru_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d, dr = cfg.d_model, o.d_rnn
+    return {
+        # gate and recurrent branches, out; the block-diagonal gates W_a, W_i (2 dr^2 / n_heads)
+        "linear": 3 * d * dr + 2 * dr * (dr // o.n_heads),
+        "conv": dr * o.d_conv,
+        "recurrence": 3 * dr,
+    }
+
+
+def _deltanet_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d, H = cfg.d_model, o.n_heads
+    K, V = o.head_dim, int(o.expand_v * o.head_dim)
+    key_dim, value_dim = H * K, H * V
+    gated = hasattr(o, "A_init_max")  # Gated DeltaNet: one more projection, the decay's dt
+    return {
+        # q, k, v, output gate, beta (and dt for gdn), out
+        "linear": 2 * d * key_dim + 2 * d * value_dim + d * H * (2 if gated else 1) + value_dim * d,
+        "conv": (2 * key_dim + value_dim) * o.conv_size,
+        "recurrence": H * _delta_rule_macs(T, DELTA_RULE_CHUNK, K, V),
+    }
+
+
+def _retnet_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d, H = cfg.d_model, o.n_heads
+    key_dim, value_dim = int(d * o.expand_k), int(d * o.expand_v)
+    return {
+        "linear": 2 * d * key_dim + 2 * d * value_dim + value_dim * d,  # q, k, v, gate, out
+        "recurrence": H * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, key_dim // H, value_dim // H),
+    }
+
+
+def _hgrn2_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d, E = cfg.d_model, o.expand_ratio
+    return {
+        "linear": 4 * d * d,  # q (output gate), forget gate, input, out
+        "recurrence": (d // E) * _chunked_recurrence_macs(T, PER_KEY_GATE_CHUNK, E, E),
+    }
+
+
 #: mixer name -> forward MACs per token of one layer, by component. A new mixer adds its entry.
 MIXER_MACS: dict[str, Callable[[ModelConfig, Any, int, bool], dict[str, float]]] = {
     "attn": _attn_macs,
     "mamba2": _mamba2_macs,
     "gla": _gla_macs,
+    "swa": _swa_macs,
+    "mamba": _mamba_macs,
+    "rglru": _rglru_macs,
+    "deltanet": _deltanet_macs,
+    "gdn": _deltanet_macs,
+    "retnet": _retnet_macs,
+    "hgrn2": _hgrn2_macs,
 }
 
 

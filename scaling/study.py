@@ -29,7 +29,8 @@ Model shapes. A size is a Transformer++ shape: ``d_model``, ``n_layers`` (and at
 the preset sizes are ``arch.config``'s, GPT-3's from 125m up). An arch's ``n_layers`` is the
 size's times its ``layer_multiplier``, by default 2 when no block of its pattern has an MLP
 (a Mamba-2 block holds about the parameters of half a Transformer++ block, mixer plus MLP;
-this is also how ``PRESETS["mamba2"]`` doubles the depth) and 1 otherwise. Options are merged
+this is also how ``PRESETS["mamba2"]`` doubles the depth) and 1 otherwise; a preset arch at a
+preset size keeps the preset's depth, matched to Transformer++'s parameter count. Options are merged
 in this order, later wins: the preset's (a preset arch at a preset size is exactly
 ``ModelConfig.from_preset``), the size's ``mixers``, the arch's own fields, the size's
 ``overrides[label]``. ``vocab_size`` is the data tokenizer's. A mixer of the pattern that no
@@ -365,7 +366,10 @@ def model_config(study: Study, label: str, size: Any) -> ModelConfig:
             mult = arch["layer_multiplier"]
         else:
             mult = 2 if not any(probe.block_has_mlp(m) for m in probe.pattern) else 1
-        fields["n_layers"] = n_layers * mult
+        if isinstance(size, str) and preset is not None and not (isinstance(arch, dict) and "layer_multiplier" in arch):
+            fields["n_layers"] = PRESETS[preset][size]["n_layers"]  # the preset's matched depth
+        else:
+            fields["n_layers"] = n_layers * mult
         _merge_mixers(mixers, overrides.get("mixers"))
         fields.update({k: v for k, v in overrides.items() if k != "mixers"})
         cfg = ModelConfig(**fields)

@@ -12,8 +12,8 @@ from postformer.arch import MIXERS, PRESETS, ModelConfig
 def test_unknown_mixer_lists_known_names():
     with pytest.raises(ValueError, match=r"unknown mixer 'mamba3'.*'attn'.*'gla'.*'mamba2'"):
         ModelConfig(pattern=["attn", "mamba3"])
-    with pytest.raises(ValueError, match=r"unknown mixer 'retnet'"):
-        ModelConfig(mixers={"retnet": {}})
+    with pytest.raises(ValueError, match=r"unknown mixer 'rwkv7'"):
+        ModelConfig(mixers={"rwkv7": {}})
 
 
 def test_bad_option_key_names_mixer_key_and_accepted():
@@ -84,7 +84,10 @@ def test_mixers_expose_defaults():
 
 
 def test_presets():
-    assert set(PRESETS) == {"transformer", "mamba2", "gla"}
+    assert {"transformer", "mamba", "mamba2", "gla", "retnet", "deltanet", "gdn", "hgrn2", "hawk", "griffin",
+            "swa", "gdn-hybrid", "mamba2-hybrid"} <= set(PRESETS)
+    used = {name for arch in PRESETS.values() for fields in arch.values() for name in fields["pattern"]}
+    assert used == set(MIXERS)  # every mixer has a preset
     for arch in PRESETS:
         assert list(PRESETS[arch]) == ["tiny", "small", "125m", "350m", "760m", "1.3b"]
     t = ModelConfig.from_preset("transformer", "350m", vocab_size=50257)
@@ -114,8 +117,9 @@ def test_config_is_plain_data_for_the_cli():
     parser.add_argument("--model", type=ModelConfig)
     ns = parser.parse_string(
         "model:\n  d_model: 64\n  n_layers: 3\n  pattern: [gla, attn]\n"
-        "  mixers: {attn: {n_heads: 2}}\n  d_ff: null\n"
+        "  mixers: {attn: {n_heads: 2}}\n  d_ff: null\n  mlp: {gla: false}\n"
     )
     cfg = parser.instantiate(ns).model
-    assert cfg == ModelConfig(d_model=64, n_layers=3, pattern=["gla", "attn"], mixers={"attn": {"n_heads": 2}})
+    assert cfg == ModelConfig(d_model=64, n_layers=3, pattern=["gla", "attn"], mixers={"attn": {"n_heads": 2}},
+                              mlp={"gla": False})
     assert ModelConfig(**dataclasses.asdict(cfg)) == cfg

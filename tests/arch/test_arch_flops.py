@@ -1,4 +1,5 @@
-"""arch.flops against independent counts: the model's own linear layers, Kaplan/Chinchilla."""
+"""arch.flops against independent counts: the model's own linear layers, Kaplan/Chinchilla, and
+PyTorch's FlopCounterMode running the model's forward."""
 
 import pytest
 import torch
@@ -20,12 +21,25 @@ CONFIGS = {
     "gla": ModelConfig(d_model=128, n_layers=4, pattern=["gla"]),
     "hybrid": ModelConfig(d_model=128, n_layers=4, pattern=["mamba2", "mamba2", "mamba2", "attn"],
                           mixers={"mamba2": {"d_state": 16, "headdim": 32}, "attn": {"n_heads": 4}}),
+    "swa": ModelConfig(d_model=128, n_layers=2, pattern=["swa"], mixers={"swa": {"window": 32}}),
+    "mamba": ModelConfig(d_model=128, n_layers=2, pattern=["mamba"]),
+    "retnet": ModelConfig(d_model=128, n_layers=2, pattern=["retnet"]),
+    "deltanet": ModelConfig(d_model=128, n_layers=2, pattern=["deltanet"]),
+    "gdn": ModelConfig(d_model=128, n_layers=2, pattern=["gdn"]),
+    "hgrn2": ModelConfig(d_model=128, n_layers=2, pattern=["hgrn2"]),
+    "rglru": ModelConfig(d_model=128, n_layers=2, pattern=["rglru"], mixers={"rglru": {"n_heads": 2}}),
+    "griffin": ModelConfig(d_model=128, n_layers=3, pattern=["rglru", "rglru", "swa"]),
+    "gdn-hybrid": ModelConfig(d_model=128, n_layers=4, pattern=["gdn", "gdn", "gdn", "attn"]),
 }
+#: recurrences whose work is elementwise (no matmul): FlopCounterMode does not see them
+ELEMENTWISE_RECURRENCE = {"mamba", "rglru"}
 
 
 def linear_weights(model: nn.Module) -> int:
-    """Weights of every nn.Linear, the LM head included even when tied (its matmul happens)."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    """Weights of every nn.Linear, the LM head included even when tied (its matmul happens), and
+    RG-LRU's block-diagonal gate matrices (a matmul written as an einsum)."""
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    return linear + sum(p.numel() for name, p in model.named_parameters() if name.endswith("gate_weight"))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -37,6 +51,26 @@ def test_linear_part_is_six_times_matmul_params(name):
     assert parts["linear"] + parts["lm_head"] == 6 * expected
     assert matmul_params(cfg) == expected
     assert param_counts(cfg) == (model.num_params(), model.num_params(include_embeddings=False))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_matmul_work_matches_pytorch_flop_counter(name):
+    """FlopCounterMode counts every matmul and conv the forward actually runs (through the chunk
+    paths of the ops), independently of our formulas. It does not see SDPA on CPU nor
+    elementwise work, so attention and elementwise scans are left out of the comparison; the
+    delta rule's triangular solve is not counted by it either (about 2% here)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg, T = CONFIGS[name], 128
+    torch.manual_seed(0)
+    model = LanguageModel(cfg).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randint(0, cfg.vocab_size, (1, T)))
+    parts = {k: v / 3 for k, v in flops_breakdown(cfg, T).items()}  # forward
+    expected = parts["linear"] + parts["lm_head"] + parts["conv"]
+    if not set(cfg.pattern) & ELEMENTWISE_RECURRENCE:
+        expected += parts["recurrence"]
+    assert counter.get_total_flops() / T == pytest.approx(expected, rel=0.03)
 
 
 def test_dense_transformer_matches_kaplan_and_chinchilla():
@@ -71,9 +105,9 @@ def test_positive_and_linear_in_layers(name):
         for key in parts:
             expected = parts[key] if key == "lm_head" else 3 * parts[key]
             assert parts3[key] == pytest.approx(expected)
-    if name != "transformer":
+    if name not in ("transformer", "swa"):
         assert flops_breakdown(cfg, 1024)["recurrence"] > 0
-    if name in ("mamba2", "hybrid"):
+    if any(m in cfg.pattern for m in ("mamba2", "mamba", "deltanet", "gdn", "rglru")):
         assert flops_breakdown(cfg, 1024)["conv"] > 0
 
 
@@ -113,3 +147,17 @@ def test_meta_build_costs_no_memory():
     n, n_non = param_counts(cfg)
     assert n > 1.2e9 and n - n_non == cfg.vocab_size * cfg.d_model
     assert torch.empty(0).device.type == "cpu"  # the meta device did not leak out
+
+
+def test_sliding_window_caps_the_attention_context():
+    swa, full = CONFIGS["swa"], CONFIGS["transformer"]
+    W, d, L = 32, swa.d_model, swa.n_layers
+    # beyond the window the per-token attention cost stops growing: 2 (QK^T, AV) x 2 FLOPs x 3 (training)
+    for T in (64, 1024):
+        assert flops_breakdown(swa, T)["attention"] == pytest.approx(12 * L * W * d)
+    assert flops_breakdown(swa, 16)["attention"] == pytest.approx(12 * L * 16 * d)  # short: like full attention
+    # causal: mean over t = 1..T of min(t, W)
+    T = 100
+    mean_ctx = sum(min(t, W) for t in range(1, T + 1)) / T
+    assert flops_breakdown(swa, T, causal=True)["attention"] == pytest.approx(12 * L * mean_ctx * d)
+    assert flops_breakdown(full, 16)["attention"] == pytest.approx(12 * full.n_layers * 16 * d)

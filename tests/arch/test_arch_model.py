@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from postformer.arch import LanguageModel, ModelConfig
+from postformer.arch import MIXERS, LanguageModel, ModelConfig
 
 VOCAB = 64
 CONFIGS = {
@@ -18,11 +18,25 @@ CONFIGS = {
     "mamba2+attn": dict(pattern=["mamba2", "attn"], mixers={"mamba2": {"d_state": 8}}),
     "gla+attn-gqa": dict(pattern=["gla", "attn"], mixers={"attn": {"n_heads": 4, "n_kv_heads": 2}}),
 }
+# Every mixer alone, and the hybrids the field uses: for greedy generation and cached decoding.
+ZOO = CONFIGS | {
+    "swa": dict(pattern=["swa"], mixers={"swa": {"n_heads": 2, "window": 5}}),
+    "mamba": dict(pattern=["mamba"], mixers={"mamba": {"d_state": 8}}, init_std=0.5),  # 0.2: one token repeats
+    "deltanet": dict(pattern=["deltanet"], mixers={"deltanet": {"n_heads": 2}}),
+    "gdn": dict(pattern=["gdn"], mixers={"gdn": {"n_heads": 2, "head_dim": 16}}),
+    "retnet": dict(pattern=["retnet"], mixers={"retnet": {"n_heads": 2}}),
+    "hgrn2": dict(pattern=["hgrn2"], mixers={"hgrn2": {"expand_ratio": 8}}),
+    "rglru": dict(pattern=["rglru"], mixers={"rglru": {"n_heads": 2}}),
+    "gdn-hybrid (Qwen3-Next 3:1)": dict(pattern=["gdn", "gdn", "gdn", "attn"], n_layers=4),
+    "griffin": dict(pattern=["rglru", "rglru", "swa"], mixers={"swa": {"window": 4}}),
+    "mamba2+attn (mlp everywhere)": dict(pattern=["mamba2", "attn"], mlp=True,
+                                         mixers={"mamba2": {"d_state": 8, "headdim": 16}}),
+}
 
 
 def tiny_model(name: str, seed: int = 0, **overrides) -> LanguageModel:
     torch.manual_seed(seed)
-    kwargs = dict(vocab_size=VOCAB, d_model=32, n_layers=3, init_std=0.2) | CONFIGS[name] | overrides
+    kwargs = dict(vocab_size=VOCAB, d_model=32, n_layers=3, init_std=0.2) | ZOO[name] | overrides
     return LanguageModel(ModelConfig(**kwargs))
 
 
@@ -35,7 +49,7 @@ def greedy_by_recompute(model: LanguageModel, prompt: torch.Tensor, n: int) -> t
     return seq
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(ZOO))
 def test_greedy_generate_equals_recompute(name):
     model = tiny_model(name).double().eval()
     torch.manual_seed(1)
@@ -46,7 +60,7 @@ def test_greedy_generate_equals_recompute(name):
     assert len(set(out[:, 7:].flatten().tolist())) > 2  # not a degenerate repeat of one token
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(ZOO))
 def test_cached_logits_equal_parallel_logits(name):
     model = tiny_model(name).eval()
     torch.manual_seed(2)
@@ -74,8 +88,9 @@ def test_generate_modes_sampling_and_training_flag():
         model.generate(prompt[:, :0], 3)
 
 
-def test_gradients_reach_every_parameter():
-    model = tiny_model("mamba2+attn", pattern=["mamba2", "gla", "attn"], init_std=0.02)
+@pytest.mark.parametrize("pattern", [["mamba2", "gla", "attn"], sorted(MIXERS)], ids=["three", "every-mixer"])
+def test_gradients_reach_every_parameter(pattern):
+    model = tiny_model("mamba2+attn", pattern=pattern, n_layers=len(pattern), init_std=0.02)
     tokens = torch.randint(0, VOCAB, (2, 24))
     logits = model(tokens[:, :-1])
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
