@@ -49,10 +49,10 @@ def gla_rows():
 
 
 def model_rows():
-    from postformer.arch import LanguageModel, ModelConfig
+    from postformer.arch import PRESETS, LanguageModel, ModelConfig
 
     rows = []
-    for arch in ("transformer", "mamba2", "gla"):
+    for arch in PRESETS:  # every named architecture at 125m (the ops without Triton run their chunk path)
         model = LanguageModel(ModelConfig.from_preset(arch, "125m")).cuda()
         tokens = torch.randint(0, 256, (8, 1024), device="cuda")
 
@@ -62,6 +62,9 @@ def model_rows():
             F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten()).backward()
 
         rows.append({"what": f"{arch}-125m fwd+bwd B=8 T=1024 bf16", "impl": "auto", "ms": do_bench(step)})
+        print(rows[-1], flush=True)
+        del model
+        torch.cuda.empty_cache()
     return rows
 
 
