@@ -349,7 +349,10 @@ def model_config(study: Study, label: str, size: Any) -> ModelConfig:
     fields: dict[str, Any] = {}
     if preset is not None:
         base = PRESETS[preset][size] if isinstance(size, str) else next(iter(PRESETS[preset].values()))
-        fields = copy.deepcopy(base) if isinstance(size, str) else {"pattern": list(base["pattern"])}
+        # at a custom size only the preset's design carries over (pattern, MLP rule), not its widths
+        fields = copy.deepcopy(base) if isinstance(size, str) else {
+            k: copy.deepcopy(base[k]) for k in ("pattern", "mlp") if k in base
+        }
     fields.update({k: v for k, v in own.items() if k != "mixers"})
     pattern = fields.get("pattern", ["attn"])
     mixers = fields.setdefault("mixers", {})

@@ -136,6 +136,14 @@ def test_plan_budget_kinds_and_presets():
     t = points[0]
     assert t.config == ModelConfig.from_preset("transformer", "tiny")
     assert points[1].config == ModelConfig.from_preset("mamba2", "tiny")  # 2x depth by the same rule
+    # a preset at a preset size is the preset, matched depth included (Mamba-1 tiny: 3 layers,
+    # not 2 x 2); at a custom size the preset's MLP rule carries over
+    study = study_from_dict(spec(sizes=["tiny", {"name": "c", "d_model": 32, "n_layers": 2, "n_heads": 2}],
+                                 archs={"mamba": "mamba", "m2h": "mamba2-hybrid"}))
+    by_name = {p.name: p for p in plan(study)}
+    assert by_name["mamba-tiny-s0"].config == ModelConfig.from_preset("mamba", "tiny", vocab_size=256)
+    assert by_name["mamba-tiny-s0"].config.n_layers == 3
+    assert by_name["m2h-c-s0"].config.mlp is True and by_name["m2h-c-s0"].config.n_layers == 2
     assert t.runs[0].steps == math.ceil(2 * t.N / 128) and t.runs[1].steps == math.ceil(t.N / 128)
     C = 6 * t.N * 4096
     study = study_from_dict(spec(sizes=["tiny"], budgets={"flops": [C, C / 4]}))
