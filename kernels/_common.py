@@ -80,3 +80,70 @@ def accumulation_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     if any(t is not None and t.dtype == torch.float64 for t in tensors):
         return torch.float64
     return torch.float32
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """Validate attention-like inputs q, k ``[B, T, H, K]`` and v ``[B, T, H, V]``; return
+    ``(B, T, H, K, V)``."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_float(name, x)
+    if q.dim() != 4:
+        raise ValueError(f"q has shape {fmt_shape(q)}, expected [B, T, H, K] (4 dims)")
+    B, T, H, K = q.shape
+    check_shape("k", k, (B, T, H, K), "[B, T, H, K] like q")
+    if v.dim() != 4 or tuple(v.shape[:3]) != (B, T, H):
+        raise ValueError(f"v has shape {fmt_shape(v)}, expected [B, T, H, V] = [{B}, {T}, {H}, V]")
+    return B, T, H, K, v.shape[-1]
+
+
+def check_initial_state(
+    initial_state: torch.Tensor | None, n_states: int, dims: Sequence[int], dims_layout: str, packed: bool
+) -> None:
+    """``initial_state`` must be None or ``[n_states, *dims]``: one state per batch row, or per
+    packed sequence when ``packed`` (``cu_seqlens`` given). ``dims_layout`` names the dims, e.g.
+    ``"H, K, V"``."""
+    if initial_state is None:
+        return
+    check_float("initial_state", initial_state)
+    layout = f"[N, {dims_layout}] (one per sequence in cu_seqlens)" if packed else f"[B, {dims_layout}]"
+    check_shape("initial_state", initial_state, (n_states, *dims), layout)
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """Every given tensor (None skipped) must live on one device; the error names them all."""
+    devices = {x.device for x in tensors.values() if x is not None}
+    if len(devices) > 1:
+        names = ", ".join(tensors)
+        raise ValueError(f"{names} must share one device, got {sorted(map(str, devices))}")
+
+
+def no_triton_yet(op: str) -> NotImplementedError:
+    """The error of ``impl="triton"`` for a family whose Triton kernels do not exist yet."""
+    return NotImplementedError(
+        f"{op} has no Triton kernels yet; use impl='chunk' (or 'auto', which falls back to it)"
+    )
+
+
+def run_packed(
+    fn,
+    cu_seqlens: torch.Tensor,
+    per_token: Sequence[torch.Tensor | None],
+    initial_state: torch.Tensor | None,
+    *args,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``fn(*sliced per_token, *args, h0) -> (out, state)`` on each packed sequence.
+
+    ``per_token`` tensors (None passes through) are sliced along T (dim 1) by ``cu_seqlens``;
+    each sequence starts from its own row of ``initial_state`` (or zeros). Empty sequences pass
+    their state through. Returns the outputs concatenated along T and the states stacked along
+    dim 0 (``[N, ...]``).
+    """
+    bounds = cu_seqlens.tolist()
+    outs, states = [], []
+    for i, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):
+        h0 = None if initial_state is None else initial_state[i : i + 1]
+        sliced = [None if x is None else x[:, bos:eos] for x in per_token]
+        o_i, S_i = fn(*sliced, *args, h0)
+        outs.append(o_i)
+        states.append(S_i)
+    return torch.cat(outs, dim=1), torch.cat(states, dim=0)

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_cu_seqlens, check_float, check_shape, fmt_shape, resolve_impl
+from .._common import (
+    check_cu_seqlens,
+    check_float,
+    check_initial_state,
+    check_same_device,
+    check_shape,
+    fmt_shape,
+    no_triton_yet,
+    resolve_impl,
+)
 from .chunk import causal_conv1d_chunk, causal_conv1d_step, causal_conv1d_varlen
 from .reference import causal_conv1d_reference
 
@@ -71,21 +80,12 @@ def causal_conv1d(
         check_shape("bias", bias, (D,), "[D]")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not one of {ACTIVATIONS}")
-    n_states = B
-    if cu_seqlens is not None:
-        n_states = check_cu_seqlens(cu_seqlens, B, T)
-    if initial_state is not None:
-        check_float("initial_state", initial_state)
-        layout = "[N, D, W-1] (one per sequence in cu_seqlens)" if cu_seqlens is not None else "[B, D, W-1]"
-        check_shape("initial_state", initial_state, (n_states, D, W - 1), layout)
-    devices = {t.device for t in (x, weight, bias, initial_state) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"x, weight, bias and initial_state must share one device, got {sorted(map(str, devices))}")
+    n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
+    check_initial_state(initial_state, n_states, (D, W - 1), "D, W-1", packed=cu_seqlens is not None)
+    check_same_device(x=x, weight=weight, bias=bias, initial_state=initial_state)
     impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
     if impl == "triton":
-        raise NotImplementedError(
-            "causal_conv1d has no Triton kernels; use impl='chunk' (or 'auto', which falls back to it)"
-        )
+        raise no_triton_yet("causal_conv1d")
 
     if impl == "reference":
         if cu_seqlens is None:

@@ -10,9 +10,13 @@ import torch
 from .._common import (
     check_cu_seqlens,
     check_float,
+    check_initial_state,
+    check_qkv,
+    check_same_device,
     check_shape,
-    fmt_shape,
+    no_triton_yet,
     resolve_impl,
+    run_packed,
 )
 from .chunk import delta_rule_chunk
 from .reference import delta_rule_reference
@@ -61,36 +65,18 @@ def delta_rule(
         ``[B, H, K, V]`` (``[N, H, K, V]`` with ``cu_seqlens``; float64 for float64 inputs),
         or None unless ``output_final_state``.
     """
-    for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta)):
-        check_float(name, x)
-    if q.dim() != 4:
-        raise ValueError(f"q has shape {fmt_shape(q)}, expected [B, T, H, K] (4 dims)")
-    B, T, H, K = q.shape
-    check_shape("k", k, (B, T, H, K), "[B, T, H, K] like q")
-    if v.dim() != 4 or tuple(v.shape[:3]) != (B, T, H):
-        raise ValueError(f"v has shape {fmt_shape(v)}, expected [B, T, H, V] = [{B}, {T}, {H}, V]")
-    V = v.shape[-1]
+    B, T, H, K, V = check_qkv(q, k, v)
+    check_float("beta", beta)
     check_shape("beta", beta, (B, T, H), "[B, T, H]")
     if g is not None:
         check_float("g", g)
         check_shape("g", g, (B, T, H), "None or [B, T, H] (one log decay per head and step)")
-    n_states = B
-    if cu_seqlens is not None:
-        n_states = check_cu_seqlens(cu_seqlens, B, T)
-    if initial_state is not None:
-        check_float("initial_state", initial_state)
-        layout = "[N, H, K, V] (one per sequence in cu_seqlens)" if cu_seqlens is not None else "[B, H, K, V]"
-        check_shape("initial_state", initial_state, (n_states, H, K, V), layout)
-    devices = {x.device for x in (q, k, v, beta, g, initial_state) if x is not None}
-    if len(devices) > 1:
-        raise ValueError(
-            f"q, k, v, beta, g and initial_state must share one device, got {sorted(map(str, devices))}"
-        )
+    n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
+    check_initial_state(initial_state, n_states, (H, K, V), "H, K, V", packed=cu_seqlens is not None)
+    check_same_device(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
     impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON)
     if impl == "triton":
-        raise NotImplementedError(
-            "delta_rule has no Triton kernels yet; use impl='chunk' (or 'auto', which falls back to it)"
-        )
+        raise no_triton_yet("delta_rule")
     if scale is None:
         scale = K**-0.5
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
@@ -98,15 +84,6 @@ def delta_rule(
 
     if cu_seqlens is None:
         o, S = fn(q, k, v, beta, g, scale, initial_state)
-    else:
-        # One sequence at a time: each has its own state. Empty sequences pass their state through.
-        bounds = cu_seqlens.tolist()
-        outs, states = [], []
-        for i, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):
-            h0 = None if initial_state is None else initial_state[i : i + 1]
-            gi = None if g is None else g[:, bos:eos]
-            o_i, S_i = fn(q[:, bos:eos], k[:, bos:eos], v[:, bos:eos], beta[:, bos:eos], gi, scale, h0)
-            outs.append(o_i)
-            states.append(S_i)
-        o, S = torch.cat(outs, dim=1), torch.cat(states, dim=0)
+    else:  # one sequence at a time, each with its own state
+        o, S = run_packed(fn, cu_seqlens, (q, k, v, beta, g), initial_state, scale)
     return o.to(q.dtype), (S if output_final_state else None)

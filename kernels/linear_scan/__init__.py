@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_cu_seqlens, check_float, check_shape, fmt_shape, resolve_impl
+from .._common import (
+    check_cu_seqlens,
+    check_float,
+    check_initial_state,
+    check_same_device,
+    check_shape,
+    fmt_shape,
+    no_triton_yet,
+    resolve_impl,
+)
 from .chunk import linear_scan_chunk, linear_scan_varlen_chunk
 from .reference import linear_scan_reference
 
@@ -51,21 +60,12 @@ def linear_scan(
         raise ValueError(f"x has shape {fmt_shape(x)}, expected [B, T, D] (3 dims)")
     B, T, D = x.shape
     check_shape("g", g, (B, T, D), "[B, T, D] like x")
-    n_states = B
-    if cu_seqlens is not None:
-        n_states = check_cu_seqlens(cu_seqlens, B, T)
-    if initial_state is not None:
-        check_float("initial_state", initial_state)
-        layout = "[N, D] (one per sequence in cu_seqlens)" if cu_seqlens is not None else "[B, D]"
-        check_shape("initial_state", initial_state, (n_states, D), layout)
-    devices = {t.device for t in (x, g, initial_state) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"x, g and initial_state must share one device, got {sorted(map(str, devices))}")
+    n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
+    check_initial_state(initial_state, n_states, (D,), "D", packed=cu_seqlens is not None)
+    check_same_device(x=x, g=g, initial_state=initial_state)
     impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
     if impl == "triton":
-        raise NotImplementedError(
-            "linear_scan has no Triton kernels yet; use impl='chunk' (or 'auto', which falls back to it)"
-        )
+        raise no_triton_yet("linear_scan")
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     fn = linear_scan_reference if impl == "reference" or (T == 1 and cu_seqlens is None) else linear_scan_chunk
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_float, check_shape, fmt_shape, resolve_impl
+from .._common import (
+    check_float,
+    check_same_device,
+    check_shape,
+    fmt_shape,
+    no_triton_yet,
+    resolve_impl,
+)
 from .chunk import rms_norm_chunk
 from .reference import rms_norm_reference
 
@@ -63,13 +70,9 @@ def rms_norm(
         raise ValueError(f"group_size={group_size!r} must be a positive divisor of D={D} (x shape {fmt_shape(x)})")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    devices = {t.device for t in (x, weight, gate) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"x, weight and gate must share one device, got {sorted(map(str, devices))}")
+    check_same_device(x=x, weight=weight, gate=gate)
     impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
     if impl == "triton":
-        raise NotImplementedError(
-            "rms_norm has no Triton kernels yet; use impl='chunk' (or 'auto', which falls back to it)"
-        )
+        raise no_triton_yet("rms_norm")
     fn = rms_norm_reference if impl == "reference" else rms_norm_chunk
     return fn(x, weight, eps, gate, norm_before_gate, group_size).to(x.dtype)

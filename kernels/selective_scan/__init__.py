@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from .._common import check_float, check_shape, fmt_shape, resolve_impl
+from .._common import (
+    check_float,
+    check_initial_state,
+    check_same_device,
+    check_shape,
+    fmt_shape,
+    no_triton_yet,
+    resolve_impl,
+)
 from .chunk import selective_scan_chunk
 from .reference import selective_scan_reference
 
@@ -86,21 +94,11 @@ def selective_scan(
     if dt_bias is not None:
         check_float("dt_bias", dt_bias)
         check_shape("dt_bias", dt_bias, (dim,), "[D]")
-    if initial_state is not None:
-        check_float("initial_state", initial_state)
-        check_shape("initial_state", initial_state, (batch, dim, N), "[B, D, N]")
-    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_state)
-    devices = {t.device for t in tensors if t is not None}
-    if len(devices) > 1:
-        raise ValueError(
-            f"x, dt, A, B, C, D, z, dt_bias and initial_state must share one device, "
-            f"got {sorted(map(str, devices))}"
-        )
+    check_initial_state(initial_state, batch, (dim, N), "D, N", packed=False)
+    check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
     impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
     if impl == "triton":
-        raise NotImplementedError(
-            "selective_scan has no Triton kernels yet; use impl='chunk' (or 'auto', which falls back to it)"
-        )
+        raise no_triton_yet("selective_scan")
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     fn = selective_scan_reference if impl == "reference" or T == 1 else selective_scan_chunk
     y, S = fn(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state)
