@@ -141,17 +141,9 @@ class Attention(Mixer):
             )
         return dataclasses.replace(opts, n_heads=n_heads, n_kv_heads=n_kv)
 
-    def __init__(
-        self,
-        d_model: int,
-        options: Options | None = None,
-        norm_eps: float = 1e-5,
-        *,
-        layer_idx: int = 0,
-        n_layers: int = 1,
-    ) -> None:
-        options = self._resolve(d_model, options or self.Options())
-        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
+        super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers
+        options = self.options
         self.n_heads = options.n_heads
         self.n_kv_heads = options.n_kv_heads
         self.head_dim = d_model // self.n_heads

@@ -38,7 +38,6 @@ the model's Linear init and free of weight decay.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import torch
@@ -48,7 +47,7 @@ from torch import nn
 
 from postformer.kernels import causal_conv1d, delta_rule, rms_norm
 
-from .layers import RMSNorm
+from .layers import RMSNorm, init_dt_bias
 from .mixer import Mixer, state_dtype
 
 
@@ -119,17 +118,9 @@ class _DeltaRuleMixer(Mixer):
             raise ValueError(f"mixer {name!r}: conv_size must be >= 2, got {opts.conv_size}")
         return dataclasses.replace(opts, n_heads=n_heads, head_dim=head_dim)
 
-    def __init__(
-        self,
-        d_model: int,
-        options: Options | None = None,
-        norm_eps: float = 1e-5,
-        *,
-        layer_idx: int = 0,
-        n_layers: int = 1,
-    ) -> None:
-        options = self._resolve(d_model, options or self.Options())
-        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
+        super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers
+        options = self.options
         self.n_heads = options.n_heads
         self.head_k_dim = options.head_dim
         self.head_v_dim = int(options.expand_v * options.head_dim)
@@ -257,25 +248,13 @@ class GatedDeltaNet(_DeltaRuleMixer):
             )
         return opts
 
-    def __init__(
-        self,
-        d_model: int,
-        options: Options | None = None,
-        norm_eps: float = 1e-5,
-        *,
-        layer_idx: int = 0,
-        n_layers: int = 1,
-    ) -> None:
-        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
+        super().__init__(d_model, options, norm_eps, **where)
         o, H = self.options, self.n_heads
         self.a_proj = nn.Linear(d_model, H, bias=False)  # dt logits, one per head
         A = torch.empty(H).uniform_(o.A_init_min, o.A_init_max).clamp(min=1e-4)
         self.A_log = nn.Parameter(torch.log(A))  # (H,)
-        # dt_bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] (Mamba-2's init)
-        dt = torch.exp(
-            torch.rand(H) * (math.log(o.dt_max) - math.log(o.dt_min)) + math.log(o.dt_min)
-        ).clamp(min=o.dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # (H,)
+        self.dt_bias = nn.Parameter(init_dt_bias(H, o.dt_min, o.dt_max, o.dt_init_floor))  # (H,), Mamba-2's init
         for p in (self.A_log, self.dt_bias):
             p._no_weight_decay = True
 

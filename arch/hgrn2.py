@@ -81,21 +81,13 @@ class HGRN2(Mixer):
             )
         return dataclasses.replace(opts, expand_ratio=expand_ratio)
 
-    def __init__(
-        self,
-        d_model: int,
-        options: Options | None = None,
-        norm_eps: float = 1e-5,
-        *,
-        layer_idx: int = 0,
-        n_layers: int = 1,
-    ) -> None:
-        options = self._resolve(d_model, options or self.Options())
-        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
+        super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers
+        options = self.options
         self.head_dim = options.expand_ratio
         self.n_heads = d_model // self.head_dim
         #: the forget gate's lower bound, fixed by depth
-        self.lower_bound = layer_idx / n_layers if options.use_lower_bound else 0.0
+        self.lower_bound = self.layer_idx / self.n_layers if options.use_lower_bound else 0.0
 
         self.q_proj = nn.Linear(d_model, d_model, bias=False)  # output gate = query
         self.f_proj = nn.Linear(d_model, d_model, bias=False)  # forget gate

@@ -62,6 +62,15 @@ class GatedRMSNorm(nn.Module):
         return f"{self.dim}, eps={self.eps}, group_size={self.group_size}"
 
 
+def init_dt_bias(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
+    """The Mamba step-size bias init ``[n]``: ``softplus^-1(dt)`` for ``dt`` log-uniform in
+    ``[dt_min, dt_max]`` (floored at ``dt_init_floor``), so that ``softplus(0 + bias)`` starts at a
+    spread of time scales (Gu & Dao 2023, used by Mamba, Mamba-2 and Gated DeltaNet)."""
+    log_dt = torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+    dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # softplus^-1(dt) = log(exp(dt) - 1)
+
+
 def default_ff_dim(d_model: int, multiple_of: int = 64) -> int:
     """The SwiGLU hidden width: ``8/3 * d_model`` rounded up to ``multiple_of``.
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from postformer.kernels import causal_conv1d, selective_scan
 
+from .layers import init_dt_bias
 from .mixer import Mixer, state_dtype
 
 
@@ -88,17 +89,9 @@ class Mamba(Mixer):
             )
         return dataclasses.replace(opts, dt_rank=dt_rank)
 
-    def __init__(
-        self,
-        d_model: int,
-        options: Options | None = None,
-        norm_eps: float = 1e-5,
-        *,
-        layer_idx: int = 0,
-        n_layers: int = 1,
-    ) -> None:
-        options = self._resolve(d_model, options or self.Options())
-        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
+        super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers
+        options = self.options
         o = options
         self.d_inner = o.expand * d_model
         self.d_state = o.d_state
@@ -116,10 +109,7 @@ class Mamba(Mixer):
         with torch.no_grad():
             bound = o.dt_scale * o.dt_rank**-0.5
             self.dt_proj.weight.uniform_(-bound, bound)
-            dt = torch.exp(
-                torch.rand(self.d_inner) * (math.log(o.dt_max) - math.log(o.dt_min)) + math.log(o.dt_min)
-            ).clamp(min=o.dt_init_floor)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            self.dt_proj.bias.copy_(init_dt_bias(self.d_inner, o.dt_min, o.dt_max, o.dt_init_floor))
         self.dt_proj.bias._no_weight_decay = True
 
         A = repeat(torch.arange(1, o.d_state + 1, dtype=torch.float32), "n -> d n", d=self.d_inner)

@@ -19,7 +19,6 @@ in_proj -> (z, xBC, dt); depthwise causal conv over xBC, SiLU; scan; ``+ D x``;
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,7 @@ from torch import nn
 
 from postformer.kernels import causal_conv1d, gla
 
-from .layers import GatedRMSNorm
+from .layers import GatedRMSNorm, init_dt_bias
 from .mixer import Mixer, state_dtype
 
 
@@ -92,17 +91,9 @@ class Mamba2(Mixer):
             )
         return dataclasses.replace(opts, headdim=headdim)
 
-    def __init__(
-        self,
-        d_model: int,
-        options: Options | None = None,
-        norm_eps: float = 1e-5,
-        *,
-        layer_idx: int = 0,
-        n_layers: int = 1,
-    ) -> None:
-        options = self._resolve(d_model, options or self.Options())
-        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
+        super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers
+        options = self.options
         o = options
         self.d_inner = o.expand * d_model
         self.d_state = o.d_state
@@ -117,12 +108,7 @@ class Mamba2(Mixer):
             self.conv_dim, self.conv_dim, o.d_conv, groups=self.conv_dim, bias=o.conv_bias
         )  # used through kernels.causal_conv1d, weight [conv_dim, 1, d_conv]
 
-        # dt_bias = softplus^-1(dt) for dt log-uniform in [dt_min, dt_max], so that
-        # softplus(0 + dt_bias) starts at a spread of time scales.
-        dt = torch.exp(
-            torch.rand(self.nheads) * (math.log(o.dt_max) - math.log(o.dt_min)) + math.log(o.dt_min)
-        ).clamp(min=o.dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # (H,)
+        self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, o.dt_min, o.dt_max, o.dt_init_floor))  # (H,)
         A = torch.empty(self.nheads).uniform_(o.A_init_min, o.A_init_max)
         self.A_log = nn.Parameter(torch.log(A))  # (H,)
         self.D = nn.Parameter(torch.ones(self.nheads))  # (H,)

@@ -35,19 +35,23 @@ class Mixer(nn.Module):
     def __init__(
         self,
         d_model: int,
-        options: Any,
+        options: Any = None,
         norm_eps: float = 1e-5,
         *,
         layer_idx: int = 0,
         n_layers: int = 1,
     ) -> None:
-        """``layer_idx`` (0-based) and ``n_layers`` tell a mixer where it sits in the stack, for
-        the few designs whose init or gates depend on depth (HGRN2's forget-gate lower bound)."""
+        """Resolves ``options`` (None: the defaults) for ``d_model`` into ``self.options``.
+
+        ``layer_idx`` (0-based) and ``n_layers`` tell a mixer where it sits in the stack, for
+        the few designs whose init or gates depend on depth (HGRN2's forget-gate lower bound);
+        subclasses pass them through as ``**where``.
+        """
         super().__init__()
         if not 0 <= layer_idx < n_layers:
             raise ValueError(f"{type(self).__name__}: layer_idx {layer_idx} is not in [0, n_layers={n_layers})")
         self.d_model = d_model
-        self.options = options
+        self.options = type(self)._resolve(d_model, options if options is not None else type(self).Options())
         self.norm_eps = norm_eps
         self.layer_idx = layer_idx
         self.n_layers = n_layers

@@ -107,17 +107,9 @@ class RetNet(Mixer):
             raise ValueError(f"mixer 'retnet': rope_base must be > 1, got {opts.rope_base}")
         return dataclasses.replace(opts, n_heads=n_heads)
 
-    def __init__(
-        self,
-        d_model: int,
-        options: Options | None = None,
-        norm_eps: float = 1e-5,
-        *,
-        layer_idx: int = 0,
-        n_layers: int = 1,
-    ) -> None:
-        options = self._resolve(d_model, options or self.Options())
-        super().__init__(d_model, options, norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
+        super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers
+        options = self.options
         self.n_heads = options.n_heads
         self.key_dim = int(d_model * options.expand_k)
         self.value_dim = int(d_model * options.expand_v)

@@ -144,16 +144,8 @@ class SlidingWindowAttention(Attention):
             raise ValueError(f"mixer 'swa': window must be >= 1, got {opts.window}")
         return super()._resolve(d_model, opts)  # its messages name cls.name
 
-    def __init__(
-        self,
-        d_model: int,
-        options: Options | None = None,
-        norm_eps: float = 1e-5,
-        *,
-        layer_idx: int = 0,
-        n_layers: int = 1,
-    ) -> None:
-        super().__init__(d_model, options or self.Options(), norm_eps, layer_idx=layer_idx, n_layers=n_layers)
+    def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
+        super().__init__(d_model, options, norm_eps, **where)
         self.window = self.options.window
 
     def new_cache(
