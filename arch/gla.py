@@ -23,7 +23,7 @@ from torch import nn
 from postformer.kernels import gla
 
 from .layers import RMSNorm
-from .mixer import Mixer, state_dtype
+from .mixer import Mixer, check_heads_divide, expanded_dims, state_dtype
 
 
 @dataclasses.dataclass
@@ -54,23 +54,12 @@ class GLA(Mixer):
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
-        key_dim, value_dim = d_model * opts.expand_k, d_model * opts.expand_v
-        if key_dim != int(key_dim) or value_dim != int(value_dim) or key_dim < 1 or value_dim < 1:
-            raise ValueError(
-                f"mixer 'gla': d_model {d_model} * expand_k {opts.expand_k} and * expand_v "
-                f"{opts.expand_v} must be positive whole numbers"
-            )
-        key_dim, value_dim = int(key_dim), int(value_dim)
+        key_dim, value_dim = expanded_dims(cls.name, d_model, opts.expand_k, opts.expand_v)
         n_heads = opts.n_heads
         if n_heads is None:
             n_heads = next(h for h in (4, 3, 2, 1) if key_dim % h == 0 and value_dim % h == 0)
-        for what, dim in (("key dim", key_dim), ("value dim", value_dim)):
-            if n_heads < 1 or dim % n_heads != 0:
-                raise ValueError(
-                    f"mixer 'gla': {what} {dim} (d_model {d_model} * expand "
-                    f"{opts.expand_k if what == 'key dim' else opts.expand_v}) is not divisible "
-                    f"by n_heads {n_heads}"
-                )
+        check_heads_divide(cls.name, d_model, n_heads,
+                           {"expand_k": (key_dim, opts.expand_k), "expand_v": (value_dim, opts.expand_v)})
         if opts.gate_low_rank_dim < 1 or opts.gate_logit_normalizer <= 0:
             raise ValueError(
                 f"mixer 'gla': gate_low_rank_dim must be >= 1 and gate_logit_normalizer > 0, got {opts}"

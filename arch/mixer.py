@@ -100,6 +100,34 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
 
+def expanded_dims(mixer: str, d_model: int, expand_k: float, expand_v: float) -> tuple[int, int]:
+    """The key and value widths ``d_model * expand_k``, ``d_model * expand_v`` of a linear-attention
+    mixer (GLA, RetNet); ValueError naming ``mixer`` unless both are positive whole numbers."""
+    key_dim, value_dim = d_model * expand_k, d_model * expand_v
+    if key_dim != int(key_dim) or value_dim != int(value_dim) or key_dim < 1 or value_dim < 1:
+        raise ValueError(
+            f"mixer {mixer!r}: d_model {d_model} * expand_k {expand_k} and * expand_v "
+            f"{expand_v} must be positive whole numbers"
+        )
+    return int(key_dim), int(value_dim)
+
+
+def check_heads_divide(
+    mixer: str, d_model: int, n_heads: int, dims: dict[str, tuple[int, float]]
+) -> None:
+    """``n_heads >= 1`` divides every width in ``dims`` (``{"expand_k": (key_dim, expand_k), ...}``);
+    the ValueError names the mixer, the width, how it was derived and the head count."""
+    if n_heads < 1:
+        raise ValueError(f"mixer {mixer!r}: n_heads must be >= 1, got {n_heads}")
+    for option, (dim, expand) in dims.items():
+        if dim % n_heads != 0:
+            what = "key dim" if option == "expand_k" else "value dim"
+            raise ValueError(
+                f"mixer {mixer!r}: {what} {dim} (d_model {d_model} * {option} {expand}) is not "
+                f"divisible by n_heads {n_heads}"
+            )
+
+
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """Recurrent states are float32 (float64 for float64 models, e.g. in exactness tests)."""
     return torch.promote_types(dtype, torch.float32)

@@ -40,7 +40,7 @@ from torch import nn
 from postformer.kernels import gla, rms_norm
 
 from .layers import RMSNorm, Rotary
-from .mixer import Mixer, state_dtype
+from .mixer import Mixer, check_heads_divide, expanded_dims, state_dtype
 
 
 @dataclasses.dataclass
@@ -71,13 +71,7 @@ class RetNet(Mixer):
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
-        key_dim, value_dim = d_model * opts.expand_k, d_model * opts.expand_v
-        if key_dim != int(key_dim) or value_dim != int(value_dim) or key_dim < 1 or value_dim < 1:
-            raise ValueError(
-                f"mixer 'retnet': d_model {d_model} * expand_k {opts.expand_k} and * expand_v "
-                f"{opts.expand_v} must be positive whole numbers"
-            )
-        key_dim, value_dim = int(key_dim), int(value_dim)
+        key_dim, value_dim = expanded_dims(cls.name, d_model, opts.expand_k, opts.expand_v)
         n_heads = opts.n_heads
         if n_heads is None:
             n_heads = max(1, key_dim // 256)
@@ -88,16 +82,8 @@ class RetNet(Mixer):
                         f"mixer 'retnet': key dim {key_dim} (d_model {d_model} * expand_k "
                         f"{opts.expand_k}) must be even for the rotary embedding"
                     )
-        if n_heads < 1:
-            raise ValueError(f"mixer 'retnet': n_heads must be >= 1, got {n_heads}")
-        for what, dim in (("key dim", key_dim), ("value dim", value_dim)):
-            if dim % n_heads != 0:
-                raise ValueError(
-                    f"mixer 'retnet': {what} {dim} (d_model {d_model} * "
-                    f"{'expand_k' if what == 'key dim' else 'expand_v'} "
-                    f"{opts.expand_k if what == 'key dim' else opts.expand_v}) is not divisible "
-                    f"by n_heads {n_heads}"
-                )
+        check_heads_divide(cls.name, d_model, n_heads,
+                           {"expand_k": (key_dim, opts.expand_k), "expand_v": (value_dim, opts.expand_v)})
         if (key_dim // n_heads) % 2 != 0:
             raise ValueError(
                 f"mixer 'retnet': key channels per head {key_dim // n_heads} (key dim {key_dim} / "
