@@ -15,14 +15,12 @@ from .._common import (
     check_qkv,
     check_same_device,
     fmt_shape,
-    no_triton_yet,
     resolve_impl,
     run_packed,
 )
+from .._triton import HAS_TRITON
 from .chunk import gla_chunk
 from .reference import gla_reference
-
-HAS_TRITON = False  # Triton kernels for this family arrive with their own issue.
 
 __all__ = ["gla", "gla_chunk", "gla_reference"]
 
@@ -53,7 +51,7 @@ def gla(
         output_final_state: return the state after the last step.
         cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
             each sequence starts from its own initial state (or zeros).
-        impl: ``"auto"`` (Triton on CUDA once it exists, chunked PyTorch otherwise; the
+        impl: ``"auto"`` (the Triton kernels for CUDA tensors, chunked PyTorch otherwise; the
             environment variable ``POSTFORMER_IMPL`` overrides), ``"reference"``, ``"chunk"``
             or ``"triton"``.
 
@@ -73,11 +71,18 @@ def gla(
     n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
     check_initial_state(initial_state, n_states, (H, K, V), "H, K, V", packed=cu_seqlens is not None)
     check_same_device(q=q, k=k, v=v, g=g, initial_state=initial_state)
+    requested = impl
     impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON)
-    if impl == "triton":
-        raise no_triton_yet("gla")
+    if impl == "triton" and requested == "auto" and q.dtype == torch.float64:
+        impl = "chunk"  # the kernels compute in fp32; float64 (gradchecks) stays exact on the chunk path
     if scale is None:
         scale = K**-0.5
+    if impl == "triton":
+        if not HAS_TRITON:
+            raise ValueError("impl='triton' needs the triton package, which is not importable here")
+        from .triton import gla_triton
+
+        return gla_triton(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     fn = gla_reference if impl == "reference" or (T == 1 and cu_seqlens is None) else gla_chunk
 
