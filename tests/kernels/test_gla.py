@@ -229,9 +229,13 @@ def test_bad_cu_seqlens():
         gla(q, k, v, g, cu_seqlens=torch.tensor([0, 4, 10]), initial_state=torch.zeros(1, 2, 4, 4))
 
 
-def test_triton_not_yet_available():
+def test_triton_rejects_what_its_kernels_do_not_cover():
+    pytest.importorskip("triton")
     q, k, v, g, _ = make(1, 4, 1, 4, 4, "scalar")
-    with pytest.raises(NotImplementedError, match="impl='chunk'"):
+    with pytest.raises(ValueError, match="impl='chunk' for float64"):
+        gla(q.double(), k.double(), v.double(), g.double(), impl="triton")
+    q, k, v, g, _ = make(1, 4, 1, 260, 4, "scalar")
+    with pytest.raises(ValueError, match="K, V <= 256"):
         gla(q, k, v, g, impl="triton")
 
 
