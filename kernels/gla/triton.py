@@ -49,6 +49,8 @@ bf16/fp16 inputs. Offsets are int64, so T * H * K may pass 2^31.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .._triton import HAS_TRITON, autotune_configs, interpreting, next_pow2
@@ -506,6 +508,13 @@ class _Plan:
         self.seq_of_row = torch.repeat_interleave(torch.arange(self.n_seqs, **i64), lens)
 
 
+@functools.lru_cache(maxsize=64)
+def _plan(offsets: tuple[int, ...], device: torch.device) -> _Plan:
+    """Plans are cached by shape: a decoding loop (T=1 every step) builds its tables once instead
+    of copying six small tensors to the device per call."""
+    return _Plan(list(offsets), device)
+
+
 def _gate_kind(g: torch.Tensor | None) -> int:
     return 0 if g is None else (2 if g.dim() == 3 else 1)  # flattened: [N, H, K] per-key, [N, H] scalar
 
@@ -666,7 +675,7 @@ def gla_triton(
     if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
         raise ValueError(f"impl='triton' supports K, V <= {MAX_HEAD_DIM}, got K={K}, V={V}")
     offsets = cu_seqlens.tolist() if cu_seqlens is not None else [b * T for b in range(B + 1)]
-    plan = _Plan(offsets, q.device)
+    plan = _plan(tuple(offsets), q.device)
     if mode == "auto":
         mode = "recurrent" if plan.max_len <= RECURRENT_MAX_T else "chunk"
     dtype = q.dtype
