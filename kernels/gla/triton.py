@@ -94,6 +94,32 @@ if HAS_TRITON:
         return G
 
     @triton.jit
+    def _load_block(x, rows, rmask, cols, cmask, i_h, H: tl.constexpr, D: tl.constexpr):
+        """The [rows, cols] block of head ``i_h`` of a packed ``[N, H, D]`` tensor, in fp32 (0 outside
+        the masks)."""
+        return tl.load(x + (rows[:, None] * H + i_h) * D + cols[None, :], mask=rmask[:, None] & cmask[None, :],
+                       other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _state_program(cu, coff, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr):
+        """What a state-passing program (grid: K tiles, V tiles, sequences x heads) works on: its
+        sequence and head, the sequence's rows [bos, eos), its first global chunk c0 and chunk
+        count nc, and its [BK, BV] state tile (offsets and mask)."""
+        i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_n, i_h = i_nh // H, i_nh % H
+        bos = tl.load(cu + i_n).to(tl.int64)
+        eos = tl.load(cu + i_n + 1).to(tl.int64)
+        c0 = tl.load(coff + i_n).to(tl.int64)
+        nc = tl.cdiv(eos - bos, BT)
+        cols_k = i_k * BK + tl.arange(0, BK)
+        cols_v = i_v * BV + tl.arange(0, BV)
+        km, vm = cols_k < K, cols_v < V
+        tile = cols_k[:, None] * V + cols_v[None, :]
+        tm = km[:, None] & vm[None, :]
+        return i_n, i_h, bos, eos, c0, nc, cols_k, cols_v, km, vm, tile, tm
+
+    @triton.jit
     def _chunk_cumsum(g, gc, cstart, cend, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, GATE: tl.constexpr):
         i_t, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -117,17 +143,8 @@ if HAS_TRITON:
     def _fwd_h(k, v, gc, h0, hbuf, ht, cu, coff, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
-        i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        i_n, i_h = i_nh // H, i_nh % H
-        bos = tl.load(cu + i_n).to(tl.int64)
-        eos = tl.load(cu + i_n + 1).to(tl.int64)
-        c0 = tl.load(coff + i_n).to(tl.int64)
-        nc = tl.cdiv(eos - bos, BT)
-        cols_k = i_k * BK + tl.arange(0, BK)
-        cols_v = i_v * BV + tl.arange(0, BV)
-        km, vm = cols_k < K, cols_v < V
-        tile = cols_k[:, None] * V + cols_v[None, :]
-        tm = km[:, None] & vm[None, :]
+        i_n, i_h, bos, eos, c0, nc, cols_k, cols_v, km, vm, tile, tm = _state_program(
+            cu, coff, H, K, V, BT, BK, BV)
         S = tl.zeros([BK, BV], dtype=tl.float32)
         if HAS_H0:
             S += tl.load(h0 + (i_n * H + i_h) * K * V + tile, mask=tm, other=0.0).to(tl.float32)
@@ -135,10 +152,8 @@ if HAS_TRITON:
             tl.store(hbuf + ((c0 + c) * H + i_h) * K * V + tile, S, mask=tm)
             rows = bos + c * BT + tl.arange(0, BT)
             rm = rows < eos
-            kb = tl.load(k + (rows[:, None] * H + i_h) * K + cols_k[None, :], mask=rm[:, None] & km[None, :],
-                         other=0.0).to(tl.float32)
-            vb = tl.load(v + (rows[:, None] * H + i_h) * V + cols_v[None, :], mask=rm[:, None] & vm[None, :],
-                         other=0.0).to(tl.float32)
+            kb = _load_block(k, rows, rm, cols_k, km, i_h, H, K)
+            vb = _load_block(v, rows, rm, cols_v, vm, i_h, H, V)
             if GATE == 0:
                 S += tl.dot(tl.trans(kb), vb, input_precision=PREC)
             else:
@@ -169,10 +184,8 @@ if HAS_TRITON:
         for i_k in range(0, tl.cdiv(K, BK)):
             cols = i_k * BK + tl.arange(0, BK)
             km = cols < K
-            qb = tl.load(q + (ri[:, None] * H + i_h) * K + cols[None, :], mask=mi[:, None] & km[None, :],
-                         other=0.0).to(tl.float32)
-            kb = tl.load(k + (rj[:, None] * H + i_h) * K + cols[None, :], mask=mj[:, None] & km[None, :],
-                         other=0.0).to(tl.float32)
+            qb = _load_block(q, ri, mi, cols, km, i_h, H, K)
+            kb = _load_block(k, rj, mj, cols, km, i_h, H, K)
             if GATE != 2:
                 acc += tl.dot(qb, tl.trans(kb), input_precision=PREC)
             elif i_i > i_j:
@@ -220,8 +233,7 @@ if HAS_TRITON:
         for i_k in range(0, tl.cdiv(K, BK)):
             cols_k = i_k * BK + tl.arange(0, BK)
             km = cols_k < K
-            qb = tl.load(q + (rows[:, None] * H + i_h) * K + cols_k[None, :], mask=rm[:, None] & km[None, :],
-                         other=0.0).to(tl.float32)
+            qb = _load_block(q, rows, rm, cols_k, km, i_h, H, K)
             if GATE != 0:
                 G = _load_G(gc, rows, rm, cols_k, km, i_h, H, K, GATE, BT)
                 qb = qb * tl.exp(tl.where(rm[:, None], G, float("-inf")))
@@ -230,8 +242,7 @@ if HAS_TRITON:
             acc += tl.dot(qb, hb, input_precision=PREC)
         Ab = tl.load(A + (rows[:, None] * H + i_h) * BT + ar[None, :], mask=rm[:, None] & (s + ar < e)[None, :],
                      other=0.0)
-        vb = tl.load(v + (rows[:, None] * H + i_h) * V + cols_v[None, :], mask=rm[:, None] & vm[None, :],
-                     other=0.0).to(tl.float32)
+        vb = _load_block(v, rows, rm, cols_v, vm, i_h, H, V)
         acc += tl.dot(Ab, vb, input_precision=PREC)
         tl.store(o + (rows[:, None] * H + i_h) * V + cols_v[None, :], (acc * scale).to(o.dtype.element_ty),
                  mask=rm[:, None] & vm[None, :])
@@ -272,17 +283,8 @@ if HAS_TRITON:
     def _bwd_dh(q, do, gc, dht, dh0, dhbuf, cu, coff, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                 HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr):
-        i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        i_n, i_h = i_nh // H, i_nh % H
-        bos = tl.load(cu + i_n).to(tl.int64)
-        eos = tl.load(cu + i_n + 1).to(tl.int64)
-        c0 = tl.load(coff + i_n).to(tl.int64)
-        nc = tl.cdiv(eos - bos, BT)
-        cols_k = i_k * BK + tl.arange(0, BK)
-        cols_v = i_v * BV + tl.arange(0, BV)
-        km, vm = cols_k < K, cols_v < V
-        tile = cols_k[:, None] * V + cols_v[None, :]
-        tm = km[:, None] & vm[None, :]
+        i_n, i_h, bos, eos, c0, nc, cols_k, cols_v, km, vm, tile, tm = _state_program(
+            cu, coff, H, K, V, BT, BK, BV)
         dS = tl.zeros([BK, BV], dtype=tl.float32)
         if HAS_DHT:
             dS += tl.load(dht + (i_n * H + i_h) * K * V + tile, mask=tm, other=0.0).to(tl.float32)
@@ -291,10 +293,8 @@ if HAS_TRITON:
             tl.store(dhbuf + ((c0 + c) * H + i_h) * K * V + tile, dS, mask=tm)  # grad of the state leaving c
             rows = bos + c * BT + tl.arange(0, BT)
             rm = rows < eos
-            qb = tl.load(q + (rows[:, None] * H + i_h) * K + cols_k[None, :], mask=rm[:, None] & km[None, :],
-                         other=0.0).to(tl.float32)
-            dob = tl.load(do + (rows[:, None] * H + i_h) * V + cols_v[None, :], mask=rm[:, None] & vm[None, :],
-                          other=0.0).to(tl.float32)
+            qb = _load_block(q, rows, rm, cols_k, km, i_h, H, K)
+            dob = _load_block(do, rows, rm, cols_v, vm, i_h, H, V)
             if GATE == 0:
                 dS += tl.dot(tl.trans(qb * scale), dob, input_precision=PREC)
             else:
@@ -339,15 +339,13 @@ if HAS_TRITON:
         cols_v = i_v * BV + tl.arange(0, BV)
         vm = cols_v < V
         Ab = tl.load(A + (rows[:, None] * H + i_h) * BT + ar[None, :], mask=rm[:, None] & rm[None, :], other=0.0)
-        dob = tl.load(do + (rows[:, None] * H + i_h) * V + cols_v[None, :], mask=rm[:, None] & vm[None, :],
-                      other=0.0).to(tl.float32)
+        dob = _load_block(do, rows, rm, cols_v, vm, i_h, H, V)
         acc = tl.dot(tl.trans(Ab), dob, input_precision=PREC) * scale
         last = tl.minimum(s + BT, e) - 1
         for i_k in range(0, tl.cdiv(K, BK)):
             cols_k = i_k * BK + tl.arange(0, BK)
             km = cols_k < K
-            kb = tl.load(k + (rows[:, None] * H + i_h) * K + cols_k[None, :], mask=rm[:, None] & km[None, :],
-                         other=0.0).to(tl.float32)
+            kb = _load_block(k, rows, rm, cols_k, km, i_h, H, K)
             if GATE != 0:
                 G = _load_G(gc, rows, rm, cols_k, km, i_h, H, K, GATE, BT)
                 Gl = _load_G_row(gc, last, last + 1, cols_k, km, i_h, H, K, GATE)
@@ -423,8 +421,7 @@ if HAS_TRITON:
             rj = s + j * BC + ar
             mj = rj < e
             dAb = tl.load(dA + (rj[:, None] * H + i_h) * BT + i_c * BC + ar[None, :], mask=mj[:, None], other=0.0)
-            qj = tl.load(q + (rj[:, None] * H + i_h) * K + cols[None, :], mask=mj[:, None] & km[None, :],
-                         other=0.0).to(tl.float32)
+            qj = _load_block(q, rj, mj, cols, km, i_h, H, K)
             if GATE == 2:
                 r = s + i_c * BC + BC - 1
                 Gj = _load_G(gc, rj, mj, cols, km, i_h, H, K, GATE, BC)
