@@ -20,7 +20,9 @@ Forward (chunked), with G the chunk-local cumulative log gate (``G_i = g_1 + .. 
    lies between the query and the key rows (the last row of the key sub-block):
    ``exp(G_i - G_j) = exp(G_i - G_r) exp(G_r - G_j)``, both factors <= 1, so the product is a
    tensor-core matmul and nothing can overflow however strong the decay. Diagonal sub-blocks of
-   a per-key gate are summed exactly, one key row at a time; scalar gates use the [BC, BC] decay.
+   a per-key gate are summed exactly, one key row at a time. No gate or a scalar gate needs
+   none of this: ``_fwd_A_full`` takes a whole chunk as one [BT, BT] matmul times the masked
+   decay matrix (and the backward's intra part is two [BT, BT] matmuls in ``_bwd_dqk_inter``).
 4. ``_fwd_o``: ``o = scale * ((q * exp(G)) h_n + A v)``.
 
 Backward (chunked). Kept from the forward: only the inputs (q, k, v, g, initial state) and the
@@ -168,6 +170,7 @@ if HAS_TRITON:
     @triton.jit
     def _fwd_A(q, k, gc, A, cstart, cend, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
                BC: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+        """Scores for per-key gates (GATE == 2), one program per chunk and [BC, BC] sub-block pair."""
         NC: tl.constexpr = BT // BC
         i_t, i_ij, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_i, i_j = i_ij // NC, i_ij % NC
@@ -186,9 +189,7 @@ if HAS_TRITON:
             km = cols < K
             qb = _load_block(q, ri, mi, cols, km, i_h, H, K)
             kb = _load_block(k, rj, mj, cols, km, i_h, H, K)
-            if GATE != 2:
-                acc += tl.dot(qb, tl.trans(kb), input_precision=PREC)
-            elif i_i > i_j:
+            if i_i > i_j:
                 # reference row: the last of the key sub-block, between every key and every query
                 r = s + i_j * BC + BC - 1
                 Gi = _load_G(gc, ri, mi, cols, km, i_h, H, K, GATE, BC)
@@ -209,13 +210,33 @@ if HAS_TRITON:
                     w = tl.exp(tl.where(ok[:, None], Gi - Grow[None, :], float("-inf")))
                     col = tl.sum(qb * krow[None, :] * w, axis=1)
                     acc += tl.where(ar[None, :] == jj, col[:, None], 0.0)
-        if GATE == 1:
-            Gi = tl.load(gc + ri * H + i_h, mask=mi, other=0.0)
-            Gj = tl.load(gc + rj * H + i_h, mask=mj, other=0.0)
-            ok = (ri[:, None] >= rj[None, :]) & mi[:, None] & mj[None, :]
-            acc = acc * tl.exp(tl.where(ok, Gi[:, None] - Gj[None, :], float("-inf")))
         acc = tl.where((ri[:, None] >= rj[None, :]) & mi[:, None] & mj[None, :], acc, 0.0)
         tl.store(A + (ri[:, None] * H + i_h) * BT + i_j * BC + ar[None, :], acc, mask=mi[:, None] & mj[None, :])
+
+    @triton.jit
+    def _fwd_A_full(q, k, gc, A, cstart, cend, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                    BK: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+        """Scores of a whole chunk at once for no gate or a scalar gate: one [BT, BT] matmul per K
+        tile, then the exact decay exp(G_i - G_j), masked to i >= j before the exp."""
+        i_t, i_h = tl.program_id(0), tl.program_id(1)
+        s = tl.load(cstart + i_t).to(tl.int64)
+        e = tl.load(cend + i_t).to(tl.int64)
+        ar = tl.arange(0, BT)
+        rows = s + ar
+        rm = rows < e
+        acc = tl.zeros([BT, BT], dtype=tl.float32)
+        for i_k in range(0, tl.cdiv(K, BK)):
+            cols = i_k * BK + tl.arange(0, BK)
+            km = cols < K
+            qb = _load_block(q, rows, rm, cols, km, i_h, H, K)
+            kb = _load_block(k, rows, rm, cols, km, i_h, H, K)
+            acc += tl.dot(qb, tl.trans(kb), input_precision=PREC)
+        ok = (ar[:, None] >= ar[None, :]) & rm[:, None] & rm[None, :]
+        if GATE == 1:
+            G = tl.load(gc + rows * H + i_h, mask=rm, other=0.0)
+            acc = acc * tl.exp(tl.where(ok, G[:, None] - G[None, :], float("-inf")))
+        acc = tl.where(ok, acc, 0.0)
+        tl.store(A + (rows[:, None] * H + i_h) * BT + ar[None, :], acc, mask=rm[:, None] & rm[None, :])
 
     @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "GATE"])
     @triton.jit
@@ -358,6 +379,7 @@ if HAS_TRITON:
     @triton.jit
     def _bwd_dqk_intra(q, k, gc, dA, dq, dk, cstart, cend, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
                        BC: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+        """Intra-chunk dq, dk for per-key gates (GATE == 2), one program per [BC]-row sub-block."""
         NC: tl.constexpr = BT // BC
         i_k, i_tc, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_t, i_c = i_tc // NC, i_tc % NC
@@ -373,7 +395,6 @@ if HAS_TRITON:
         mik = mi[:, None] & km[None, :]
         Gi = _load_G(gc, ri, mi, cols, km, i_h, H, K, GATE, BC)
         qi = tl.load(q + (ri[:, None] * H + i_h) * K + cols[None, :], mask=mik, other=0.0).to(tl.float32)
-        ki = tl.load(k + (ri[:, None] * H + i_h) * K + cols[None, :], mask=mik, other=0.0).to(tl.float32)
         dqi = tl.zeros([BC, BK], dtype=tl.float32)
         dki = tl.zeros([BC, BK], dtype=tl.float32)
         # dq from the earlier key sub-blocks (all rows valid there)
@@ -381,70 +402,46 @@ if HAS_TRITON:
             rj = s + j * BC + ar
             dAb = tl.load(dA + (ri[:, None] * H + i_h) * BT + j * BC + ar[None, :], mask=mi[:, None], other=0.0)
             kj = tl.load(k + (rj[:, None] * H + i_h) * K + cols[None, :], mask=km[None, :], other=0.0).to(tl.float32)
-            if GATE == 2:
-                r = s + j * BC + BC - 1
-                Gj = _load_G(gc, rj, rj < e, cols, km, i_h, H, K, GATE, BC)
-                Gr = _load_G_row(gc, r, e, cols, km, i_h, H, K, GATE)
-                kd = kj * tl.exp(Gr[None, :] - Gj)
-                dqi += tl.dot(dAb, kd, input_precision=PREC) * tl.exp(
-                    tl.where(mi[:, None], Gi - Gr[None, :], float("-inf")))
-            elif GATE == 1:
-                gi = tl.load(gc + ri * H + i_h, mask=mi, other=0.0)
-                gj = tl.load(gc + rj * H + i_h)
-                D = tl.exp(tl.where(mi[:, None], gi[:, None] - gj[None, :], float("-inf")))
-                dqi += tl.dot(dAb * D, kj, input_precision=PREC)
-            else:
-                dqi += tl.dot(dAb, kj, input_precision=PREC)
+            r = s + j * BC + BC - 1
+            Gj = _load_G(gc, rj, rj < e, cols, km, i_h, H, K, GATE, BC)
+            Gr = _load_G_row(gc, r, e, cols, km, i_h, H, K, GATE)
+            kd = kj * tl.exp(Gr[None, :] - Gj)
+            dqi += tl.dot(dAb, kd, input_precision=PREC) * tl.exp(
+                tl.where(mi[:, None], Gi - Gr[None, :], float("-inf")))
         # the diagonal sub-block (dA is already causal: zero above the diagonal)
         dAd = tl.load(dA + (ri[:, None] * H + i_h) * BT + i_c * BC + ar[None, :], mask=mi[:, None] & mi[None, :],
                       other=0.0)
-        if GATE == 2:
-            for jj in range(0, BC):
-                row = s + i_c * BC + jj
-                valid = cols * 0 + row < e  # a vector: the interpreter rejects block & scalar masks
-                krow = tl.load(k + (row * H + i_h) * K + cols, mask=km & valid, other=0.0).to(tl.float32)
-                Grow = _load_G_row(gc, row, e, cols, km, i_h, H, K, GATE)
-                w = tl.exp(tl.where(((ar >= jj) & mi)[:, None], Gi - Grow[None, :], float("-inf")))
-                dcol = tl.sum(tl.where(ar[None, :] == jj, dAd, 0.0), axis=1)  # dA[:, jj]
-                dqi += dcol[:, None] * krow[None, :] * w
-                dkrow = tl.sum(dcol[:, None] * qi * w, axis=0)
-                dki += tl.where(ar[:, None] == jj, dkrow[None, :], 0.0)
-        else:
-            if GATE == 1:
-                gi = tl.load(gc + ri * H + i_h, mask=mi, other=0.0)
-                ok = (ar[:, None] >= ar[None, :]) & mi[:, None] & mi[None, :]
-                dAd = dAd * tl.exp(tl.where(ok, gi[:, None] - gi[None, :], float("-inf")))
-            dqi += tl.dot(dAd, ki, input_precision=PREC)
-            dki += tl.dot(tl.trans(dAd), qi, input_precision=PREC)
+        for jj in range(0, BC):
+            row = s + i_c * BC + jj
+            valid = cols * 0 + row < e  # a vector: the interpreter rejects block & scalar masks
+            krow = tl.load(k + (row * H + i_h) * K + cols, mask=km & valid, other=0.0).to(tl.float32)
+            Grow = _load_G_row(gc, row, e, cols, km, i_h, H, K, GATE)
+            w = tl.exp(tl.where(((ar >= jj) & mi)[:, None], Gi - Grow[None, :], float("-inf")))
+            dcol = tl.sum(tl.where(ar[None, :] == jj, dAd, 0.0), axis=1)  # dA[:, jj]
+            dqi += dcol[:, None] * krow[None, :] * w
+            dkrow = tl.sum(dcol[:, None] * qi * w, axis=0)
+            dki += tl.where(ar[:, None] == jj, dkrow[None, :], 0.0)
         # dk from the later query sub-blocks
         for j in range(i_c + 1, NC):
             rj = s + j * BC + ar
             mj = rj < e
             dAb = tl.load(dA + (rj[:, None] * H + i_h) * BT + i_c * BC + ar[None, :], mask=mj[:, None], other=0.0)
             qj = _load_block(q, rj, mj, cols, km, i_h, H, K)
-            if GATE == 2:
-                r = s + i_c * BC + BC - 1
-                Gj = _load_G(gc, rj, mj, cols, km, i_h, H, K, GATE, BC)
-                Gr = _load_G_row(gc, r, e, cols, km, i_h, H, K, GATE)
-                qd = qj * tl.exp(tl.where(mj[:, None], Gj - Gr[None, :], float("-inf")))
-                dki += tl.dot(tl.trans(dAb), qd, input_precision=PREC) * tl.exp(
-                    tl.where(mi[:, None], Gr[None, :] - Gi, float("-inf")))
-            elif GATE == 1:
-                gi = tl.load(gc + ri * H + i_h, mask=mi, other=0.0)
-                gj = tl.load(gc + rj * H + i_h, mask=mj, other=0.0)
-                D = tl.exp(tl.where(mj[:, None] & mi[None, :], gj[:, None] - gi[None, :], float("-inf")))
-                dki += tl.dot(tl.trans(dAb * D), qj, input_precision=PREC)
-            else:
-                dki += tl.dot(tl.trans(dAb), qj, input_precision=PREC)
+            r = s + i_c * BC + BC - 1
+            Gj = _load_G(gc, rj, mj, cols, km, i_h, H, K, GATE, BC)
+            Gr = _load_G_row(gc, r, e, cols, km, i_h, H, K, GATE)
+            qd = qj * tl.exp(tl.where(mj[:, None], Gj - Gr[None, :], float("-inf")))
+            dki += tl.dot(tl.trans(dAb), qd, input_precision=PREC) * tl.exp(
+                tl.where(mi[:, None], Gr[None, :] - Gi, float("-inf")))
         off = (ri[:, None] * H + i_h) * K + cols[None, :]
         tl.store(dq + off, dqi, mask=mik)
         tl.store(dk + off, dki, mask=mik)
 
     @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "GATE"])
     @triton.jit
-    def _bwd_dqk_inter(v, do, gc, hbuf, dhbuf, dq, dk, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr,
-                       V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
-                       PREC: tl.constexpr):
+    def _bwd_dqk_inter(q, k, v, do, gc, hbuf, dhbuf, dA, dq, dk, cstart, cend, scale, H: tl.constexpr,
+                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       GATE: tl.constexpr, FULL_INTRA: tl.constexpr, PREC: tl.constexpr):
         i_t, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         s = tl.load(cstart + i_t).to(tl.int64)
         e = tl.load(cend + i_t).to(tl.int64)
@@ -476,8 +473,24 @@ if HAS_TRITON:
             dk_acc = dk_acc * tl.exp(tl.where(rm[:, None], Gl[None, :] - G, float("-inf")))
         off = (rows[:, None] * H + i_h) * K + cols_k[None, :]
         m = rm[:, None] & km[None, :]
-        tl.store(dq + off, tl.load(dq + off, mask=m, other=0.0) + dq_acc, mask=m)
-        tl.store(dk + off, tl.load(dk + off, mask=m, other=0.0) + dk_acc, mask=m)
+        if FULL_INTRA:
+            # no gate or a scalar gate: the intra-chunk part in two [BT, BT] matmuls, here
+            ar = tl.arange(0, BT)
+            dAb = tl.load(dA + (rows[:, None] * H + i_h) * BT + ar[None, :], mask=rm[:, None] & rm[None, :],
+                          other=0.0)
+            if GATE == 1:
+                g1 = tl.load(gc + rows * H + i_h, mask=rm, other=0.0)
+                ok = (ar[:, None] >= ar[None, :]) & rm[:, None] & rm[None, :]
+                dAb = dAb * tl.exp(tl.where(ok, g1[:, None] - g1[None, :], float("-inf")))
+            qb = _load_block(q, rows, rm, cols_k, km, i_h, H, K)
+            kb = _load_block(k, rows, rm, cols_k, km, i_h, H, K)
+            dq_acc += tl.dot(dAb, kb, input_precision=PREC)
+            dk_acc += tl.dot(tl.trans(dAb), qb, input_precision=PREC)
+            tl.store(dq + off, dq_acc, mask=m)
+            tl.store(dk + off, dk_acc, mask=m)
+        else:
+            tl.store(dq + off, tl.load(dq + off, mask=m, other=0.0) + dq_acc, mask=m)
+            tl.store(dk + off, tl.load(dk + off, mask=m, other=0.0) + dk_acc, mask=m)
 
 
 class _Plan:
@@ -544,9 +557,12 @@ def _scores(q, k, gc, plan, H, K, GATE, prec):
     """The causal intra-chunk scores A [rows, H, BT] (fp32, zero above the diagonal)."""
     BK = max(16, min(64, next_pow2(K)))
     A = torch.zeros(q.shape[0], H, BT, device=q.device, dtype=torch.float32)
+    if GATE != 2:  # no gate or a scalar gate: whole chunks
+        _fwd_A_full[(plan.n_chunks, H)](q, k, gc if gc is not None else q, A, plan.cstart, plan.cend, H=H, K=K,
+                                        BT=BT, BK=BK, GATE=GATE, PREC=prec)
+        return A
     grid = (plan.n_chunks, (BT // BC) ** 2, H)
-    _fwd_A[grid](q, k, gc if gc is not None else q, A, plan.cstart, plan.cend, H=H, K=K, BT=BT, BC=BC, BK=BK,
-                 GATE=GATE, PREC=prec)
+    _fwd_A[grid](q, k, gc, A, plan.cstart, plan.cend, H=H, K=K, BT=BT, BC=BC, BK=BK, GATE=GATE, PREC=prec)
     return A
 
 
@@ -600,11 +616,12 @@ def _backward(q, k, v, g, h0, ht, do, dht, scale, plan):
         _bwd_dv[(plan.n_chunks, triton.cdiv(V, BV), H)](
             k, do, gcp, A, dhbuf, dv, plan.cstart, plan.cend, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
             GATE=GATE, PREC=prec)
-        _bwd_dqk_intra[(triton.cdiv(K, BK), plan.n_chunks * (BT // BC), H)](
-            q, k, gcp, dA, dq, dk, plan.cstart, plan.cend, H=H, K=K, BT=BT, BC=BC, BK=BK, GATE=GATE, PREC=prec)
+        if GATE == 2:  # per-key gates: the intra-chunk part in sub-blocks (see _fwd_A)
+            _bwd_dqk_intra[(triton.cdiv(K, BK), plan.n_chunks * (BT // BC), H)](
+                q, k, gcp, dA, dq, dk, plan.cstart, plan.cend, H=H, K=K, BT=BT, BC=BC, BK=BK, GATE=GATE, PREC=prec)
         _bwd_dqk_inter[(plan.n_chunks, triton.cdiv(K, BK), H)](
-            v, do, gcp, hbuf, dhbuf, dq, dk, plan.cstart, plan.cend, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            GATE=GATE, PREC=prec)
+            q, k, v, do, gcp, hbuf, dhbuf, dA, dq, dk, plan.cstart, plan.cend, scale, H=H, K=K, V=V, BT=BT, BK=BK,
+            BV=BV, GATE=GATE, FULL_INTRA=GATE != 2, PREC=prec)
     dg = None
     if GATE:
         dL = q.float() * dq - k.float() * dk  # [N, H, K]: d/dL_t of the cumulative gate
