@@ -9,19 +9,18 @@ from __future__ import annotations
 import torch
 
 from .._common import (
+    accumulation_dtype,
     check_cu_seqlens,
     check_float,
     check_initial_state,
     check_same_device,
     check_shape,
     fmt_shape,
-    no_triton_yet,
     resolve_impl,
 )
+from .._triton import HAS_TRITON
 from .chunk import linear_scan_chunk, linear_scan_varlen_chunk
 from .reference import linear_scan_reference
-
-HAS_TRITON = False  # Triton kernels for this family arrive with their own issue.
 
 __all__ = ["linear_scan", "linear_scan_chunk", "linear_scan_reference"]
 
@@ -46,8 +45,9 @@ def linear_scan(
         cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
             each sequence starts from its own initial state (or zeros); an empty sequence
             passes its initial state through as its final state.
-        impl: ``"auto"`` (chunked PyTorch; the environment variable ``POSTFORMER_IMPL``
-            overrides), ``"reference"``, ``"chunk"`` or ``"triton"`` (not available yet).
+        impl: ``"auto"`` (the Triton kernels for CUDA tensors, chunked PyTorch otherwise; the
+            environment variable ``POSTFORMER_IMPL`` overrides), ``"reference"``, ``"chunk"``
+            or ``"triton"`` (float32/bf16/fp16 only).
 
     Returns:
         ``(h, final_state)``: every state ``h`` ``[B, T, D]`` in x's dtype; ``final_state``
@@ -63,9 +63,16 @@ def linear_scan(
     n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
     check_initial_state(initial_state, n_states, (D,), "D", packed=cu_seqlens is not None)
     check_same_device(x=x, g=g, initial_state=initial_state)
+    requested = impl
     impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
+    if impl == "triton" and requested == "auto" and accumulation_dtype(x, g, initial_state) == torch.float64:
+        impl = "chunk"  # the kernels compute in fp32; float64 (gradchecks) stays exact on the chunk path
     if impl == "triton":
-        raise no_triton_yet("linear_scan")
+        if not HAS_TRITON:
+            raise ValueError("impl='triton' needs the triton package, which is not importable here")
+        from .triton import linear_scan_triton
+
+        return linear_scan_triton(x, g, initial_state, output_final_state, cu_seqlens)
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     fn = linear_scan_reference if impl == "reference" or (T == 1 and cu_seqlens is None) else linear_scan_chunk
 

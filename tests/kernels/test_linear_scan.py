@@ -260,10 +260,18 @@ def test_env_override_and_auto(monkeypatch):
         linear_scan(x, g)
 
 
-def test_triton_not_yet_available():
+def test_triton_impl_refuses_float64():
+    # the kernels themselves are tested in test_linear_scan_triton.py; float64 is never theirs
+    from postformer.kernels._triton import HAS_TRITON
+
     x, g, _ = make(1, 4, 4)
-    with pytest.raises(NotImplementedError, match="impl='chunk'"):
-        linear_scan(x, g, impl="triton")
+    match = "float64" if HAS_TRITON else "needs the triton package"
+    with pytest.raises(ValueError, match=match):
+        linear_scan(x.double(), g.double(), impl="triton")
+    # under auto, float64 stays on the exact chunk path wherever it runs
+    h, _ = linear_scan(x.double(), g.double())
+    h_ref, _ = closed_form(x, g)
+    assert h.dtype == torch.float64 and rel_err(h, h_ref) < 1e-12
 
 
 @pytest.mark.parametrize(
