@@ -145,6 +145,23 @@ def model_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _where(row: dict) -> str:
+    """The shape of a row, for the failure list."""
+    return row.get("shape") or f"T={row.get('T')} K={row.get('K', '-')}"
+
+
+def _ops_table(rows: list[dict]) -> str:
+    """The table of bench/ops_bench.py's rows (loaded from the file: bench/ is not a package)."""
+    if not any(r.get("op") not in ("gla", "attention", "model") for r in rows):
+        return ""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ops_bench", Path(__file__).resolve().parent / "ops_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ops_table(rows)
+
+
 def markdown(data: dict) -> str:
     """The whole report as Markdown."""
     meta, rows = data.get("meta", {}), data.get("rows", [])
@@ -178,6 +195,9 @@ def markdown(data: dict) -> str:
     kern = _kernel_rows(rows)
     for K, mode in _panels(kern):
         out += [f"## {MODE_TITLE.get(mode, mode)}, K = V = {K}: median ms", "", summary_table(kern, K, mode), ""]
+    ops = _ops_table(rows)
+    if ops:
+        out += ["## Other ops (bench/ops_bench.py)", "", ops, ""]
     models = model_table(rows)
     if models:
         out += ["## Models (forward + backward, bf16 autocast)", "", models, ""]
@@ -186,8 +206,8 @@ def markdown(data: dict) -> str:
     failed = [r for r in rows if r.get("status") == "error"]
     if failed:
         out += ["## Failures", ""]
-        out += [f"- {series_label(r) if r.get('op') != 'model' else r.get('arch')} "
-                f"{r.get('mode', '')} T={r.get('T')} K={r.get('K', '-')}: {r.get('note', '')}" for r in failed]
+        out += [f"- {r.get('op')} {series_label(r) if r.get('op') != 'model' else r.get('arch')} "
+                f"{r.get('mode', '')} {_where(r)}: {r.get('note', '')}" for r in failed]
         out.append("")
     return "\n".join(out)
 

@@ -82,6 +82,7 @@ DEFAULTS = dict(
     seqlens=(512, 1024, 2048, 4096, 8192, 16384), tokens=32768, heads=16, dims=(128, 64),
     gates=("scalar", "key"), modes=("fwd", "fwdbwd"), impls=ALL_IMPLS, chunk_max_t=8192,
     models=("transformer", "mamba2", "gla", "gdn"), model_size="125m", model_batch=8, model_t=1024,
+    ops=("delta_rule", "selective_scan", "linear_scan", "causal_conv1d", "rms_norm"),
     warmup_ms=10, rep_ms=40,
 )
 #: ``--smoke``: the same pipeline on shapes a CPU runs in seconds
@@ -417,6 +418,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--impls", type=_csv(str), help=f"subset of {','.join(ALL_IMPLS)}")
     ap.add_argument("--chunk-max-t", type=int, help="longest T the chunk path is timed at (default 8192)")
     ap.add_argument("--models", type=_csv(str), help="preset archs for model rows; 'none' for none")
+    ap.add_argument("--ops", type=_csv(str),
+                    help="other ops to time (bench/ops_bench.py); default all five; 'none' for none")
     ap.add_argument("--model-size")
     ap.add_argument("--model-batch", type=int)
     ap.add_argument("--model-t", type=int)
@@ -465,11 +468,25 @@ def _write_json(data: dict, paths: list[Path]) -> None:
         os.replace(tmp, path)
 
 
-def _load_report():
-    spec = importlib.util.spec_from_file_location("gla_report", HERE / "gla_report.py")
+def _load_module(name: str):
+    """A sibling module of bench/ (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_report():
+    return _load_module("gla_report")
+
+
+def _print_op_row(r: dict) -> None:
+    what = f"{r['op']} {r['impl']} {r['mode']} {r['shape']}"
+    if r.get("status") == "ok":
+        extra = f"{r['ms']:9.3f} ms  ({r['ms_p20']:.3f}-{r['ms_p80']:.3f})  {r['gbps']:7.0f} GB/s"
+    else:
+        extra = f"{r.get('status')}: {r.get('note', '')}"
+    print(f"{what:<60} {extra}", flush=True)
 
 
 def run(args: argparse.Namespace, timer: Callable | None = None) -> dict:
@@ -504,6 +521,14 @@ def run(args: argparse.Namespace, timer: Callable | None = None) -> dict:
         _print_row(row)
         meta["wall_s"] = time.monotonic() - start
         _write_json(data, json_paths)
+    if args.ops:  # the other ops (bench/ops_bench.py): triton, chunk and peers
+        def on_row(row: dict) -> None:
+            _print_op_row(row)
+            _write_json(data, json_paths)
+
+        data["rows"] += _load_module("ops_bench").op_rows(
+            device=device, timer=timer, peak=peak, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
+            smoke=args.smoke, deadline=deadline, ops=args.ops, on_row=on_row)
     if args.models:
         data["rows"] += model_rows(args, device=device, timer=timer, peak=peak, deadline=deadline)
     meta["wall_s"] = time.monotonic() - start

@@ -166,7 +166,7 @@ def test_measure_records_times_throughput_and_failures():
 
 def test_run_on_cpu_writes_json_markdown_and_plot(tmp_path, capsys):
     args = gb.parse_args(["--device", "cpu", "--smoke", "--impls", "chunk,attention", "--models", "none",
-                          "--out", str(tmp_path), "--modes", "fwd"])
+                          "--out", str(tmp_path), "--modes", "fwd", "--ops", "none"])
     calls = []
 
     def fake_timer(fn, leaves, warmup_ms, rep_ms):
@@ -296,3 +296,27 @@ def test_fmt_helpers():
     assert [report.fmt_ms(x) for x in (0.01234, 1.234, 12.34, 123.4, float("nan"))] == [
         "0.0123", "1.23", "12.3", "123", "-"]
     assert [report.fmt_T(T) for T in (512, 1024, 16384, 1000)] == ["512", "1K", "16K", "1000"]
+
+
+def test_op_rows_time_every_op_and_record_failures():
+    """bench/ops_bench.py on CPU: the chunk path of every op times and moves the bytes its docstring
+    counts; an implementation that cannot run becomes an error row."""
+    ob = _load("ops_bench")
+    calls = []
+
+    def fake_timer(fn, leaves, warmup_ms, rep_ms):
+        fn()
+        calls.append(1)
+        return 2.0, 1.0, 3.0
+
+    rows = ob.op_rows(device="cpu", timer=fake_timer, peak={"gbps": 1000.0}, warmup_ms=0, rep_ms=0, smoke=True,
+                      impls=("chunk", "nope"))
+    chunk = [r for r in rows if r["impl"] == "chunk"]
+    assert {(r["op"], r["mode"]) for r in chunk} == {(op, m) for op in ob.SHAPES for m in ("fwd", "fwdbwd")}
+    assert all(r["status"] == "ok" for r in chunk)
+    conv = next(r for r in chunk if r["op"] == "causal_conv1d" and r["mode"] == "fwd")
+    s = ob.SMOKE_SHAPES["causal_conv1d"]
+    assert conv["gbyte"] * 1e9 == 2 * s["B"] * s["T"] * s["D"] * 4  # x read, y written, float32
+    assert conv["gbps"] == pytest.approx(conv["gbyte"] / 2e-3) and conv["pct_bw"] == pytest.approx(conv["gbps"] / 10)
+    assert all(r["status"] == "error" for r in rows if r["impl"] == "nope")
+    assert "| causal_conv1d | chunk | fwd |" in ob.ops_table(rows)
