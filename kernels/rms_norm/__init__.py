@@ -10,17 +10,16 @@ from __future__ import annotations
 import torch
 
 from .._common import (
+    accumulation_dtype,
     check_float,
     check_same_device,
     check_shape,
     fmt_shape,
-    no_triton_yet,
     resolve_impl,
 )
+from .._triton import HAS_TRITON
 from .chunk import rms_norm_chunk
 from .reference import rms_norm_reference
-
-HAS_TRITON = False  # Triton kernels for this family arrive with their own issue.
 
 __all__ = ["rms_norm", "rms_norm_chunk", "rms_norm_reference"]
 
@@ -46,9 +45,10 @@ def rms_norm(
             ``norm(x * silu(gate)) * weight``. Ignored without a gate.
         group_size: normalise each group of ``group_size`` consecutive channels separately
             (Mamba-2 with ``ngroups > 1``); must divide D. None means D (one group).
-        impl: ``"auto"`` (``chunk``; ``POSTFORMER_IMPL`` overrides), ``"reference"`` (the
-            formula written out), ``"chunk"`` (``F.rms_norm``) or ``"triton"`` (not written:
-            NotImplementedError).
+        impl: ``"auto"`` (``triton`` for CUDA tensors, ``chunk`` otherwise and for float64;
+            ``POSTFORMER_IMPL`` overrides), ``"reference"`` (the formula written out),
+            ``"chunk"`` (``F.rms_norm``) or ``"triton"`` (fused kernels; float32/bf16/fp16
+            only, CUDA tensors or ``TRITON_INTERPRET=1``).
 
     Returns:
         y ``[..., D]`` in x's dtype, computed in float32 (float64 for float64 inputs).
@@ -71,8 +71,15 @@ def rms_norm(
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     check_same_device(x=x, weight=weight, gate=gate)
+    requested = impl
     impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
+    if impl == "triton" and requested == "auto" and accumulation_dtype(x, weight, gate) == torch.float64:
+        impl = "chunk"  # the kernels compute in fp32; float64 (gradchecks) stays exact on the chunk path
     if impl == "triton":
-        raise no_triton_yet("rms_norm")
+        if not HAS_TRITON:
+            raise ValueError("impl='triton' needs the triton package, which is not importable here")
+        from .triton import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps, gate, norm_before_gate, group_size)
     fn = rms_norm_reference if impl == "reference" else rms_norm_chunk
     return fn(x, weight, eps, gate, norm_before_gate, group_size).to(x.dtype)

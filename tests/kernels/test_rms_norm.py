@@ -131,9 +131,23 @@ def test_gradient_of_unit_weight_norm_is_orthogonal_to_x():
 
 
 def test_impl_dispatch():
-    x, weight, _ = make((2, 4))
-    with pytest.raises(NotImplementedError, match="Triton"):
-        rms_norm(x, weight, impl="triton")
+    # impl="triton" runs the kernels (tested in test_rms_norm_triton.py) where Triton can run
+    # them (CUDA, or CPU tensors under TRITON_INTERPRET=1, which tests/conftest.py sets without
+    # CUDA); elsewhere it is a ValueError saying why. float64 is always refused by the kernels.
+    from postformer.kernels._triton import HAS_TRITON, interpreting
+
+    x, weight, gate = make((2, 4))
+    if not HAS_TRITON:
+        with pytest.raises(ValueError, match="triton"):
+            rms_norm(x, weight, impl="triton")
+    elif interpreting():
+        y = rms_norm(x, weight, gate=gate, impl="triton")
+        torch.testing.assert_close(y.double(), formula(x, weight, 1e-6, gate), rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match="float64"):
+            rms_norm(x.double(), weight, impl="triton")
+    else:
+        with pytest.raises(ValueError, match="CUDA"):
+            rms_norm(x, weight, impl="triton")
     with pytest.raises(ValueError, match="impl"):
         rms_norm(x, weight, impl="fast")
 
