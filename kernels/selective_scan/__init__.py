@@ -9,18 +9,17 @@ from __future__ import annotations
 import torch
 
 from .._common import (
+    accumulation_dtype,
     check_float,
     check_initial_state,
     check_same_device,
     check_shape,
     fmt_shape,
-    no_triton_yet,
     resolve_impl,
 )
+from .._triton import HAS_TRITON
 from .chunk import selective_scan_chunk
 from .reference import selective_scan_reference
-
-HAS_TRITON = False  # Triton kernels for this family arrive with their own issue.
 
 __all__ = ["selective_scan", "selective_scan_chunk", "selective_scan_reference"]
 
@@ -55,8 +54,9 @@ def selective_scan(
         dt_softplus: apply ``softplus(dt + dt_bias)``.
         initial_state: ``[B, D, N]``, float32 preferred; gradients flow into it.
         output_final_state: return the state after the last step.
-        impl: ``"auto"`` (chunked PyTorch; the environment variable ``POSTFORMER_IMPL``
-            overrides), ``"reference"``, ``"chunk"`` or ``"triton"`` (not available yet).
+        impl: ``"auto"`` (the Triton kernels for CUDA tensors, chunked PyTorch otherwise; the
+            environment variable ``POSTFORMER_IMPL`` overrides), ``"reference"``, ``"chunk"``
+            or ``"triton"`` (fp32/bf16/fp16 only; N <= 256).
 
     Returns:
         ``(y, final_state)``: ``y`` ``[B, T, D]`` in x's dtype; ``final_state`` float32
@@ -96,9 +96,19 @@ def selective_scan(
         check_shape("dt_bias", dt_bias, (dim,), "[D]")
     check_initial_state(initial_state, batch, (dim, N), "D, N", packed=False)
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
+    requested = impl
     impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
+    acc = accumulation_dtype(x, dt, A, B, C, D, z, dt_bias, initial_state)
+    if impl == "triton" and requested == "auto" and (acc == torch.float64 or N > 256):
+        # the kernels compute in fp32 (float64 gradchecks stay exact on the chunk path) and keep
+        # the state in registers (N <= triton.MAX_N = 256)
+        impl = "chunk"
     if impl == "triton":
-        raise no_triton_yet("selective_scan")
+        if not HAS_TRITON:
+            raise ValueError("impl='triton' needs the triton package, which is not importable here")
+        from .triton import selective_scan_triton
+
+        return selective_scan_triton(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, output_final_state)
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     fn = selective_scan_reference if impl == "reference" or T == 1 else selective_scan_chunk
     y, S = fn(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state)

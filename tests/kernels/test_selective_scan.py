@@ -279,9 +279,18 @@ def test_env_override_and_auto(monkeypatch):
         call(inp, "auto")
 
 
-def test_triton_not_yet_available():
-    with pytest.raises(NotImplementedError, match="impl='chunk'"):
-        call(make(1, 4, 4, 2), "triton")
+def test_triton_limits_are_clear_errors():
+    # the Triton kernels compute in float32: float64 under impl="triton" is a ValueError (auto keeps
+    # float64 on the chunk path); without the triton package, impl="triton" says so
+    inp = {k: v.double() for k, v in make(1, 4, 4, 2).items()}
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="needs the triton package"):
+            call(inp, "triton")
+        return
+    with pytest.raises(ValueError, match="float64 inputs need impl='chunk'"):
+        call(inp, "triton")
 
 
 @pytest.mark.parametrize(
