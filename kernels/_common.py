@@ -117,13 +117,6 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
         raise ValueError(f"{names} must share one device, got {sorted(map(str, devices))}")
 
 
-def no_triton_yet(op: str) -> NotImplementedError:
-    """The error of ``impl="triton"`` for a family whose Triton kernels do not exist yet."""
-    return NotImplementedError(
-        f"{op} has no Triton kernels yet; use impl='chunk' (or 'auto', which falls back to it)"
-    )
-
-
 def run_packed(
     fn,
     cu_seqlens: torch.Tensor,

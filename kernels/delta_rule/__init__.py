@@ -14,14 +14,12 @@ from .._common import (
     check_qkv,
     check_same_device,
     check_shape,
-    no_triton_yet,
     resolve_impl,
     run_packed,
 )
+from .._triton import HAS_TRITON
 from .chunk import delta_rule_chunk
 from .reference import delta_rule_reference
-
-HAS_TRITON = False  # Triton kernels for this family arrive with their own issue.
 
 __all__ = ["delta_rule", "delta_rule_chunk", "delta_rule_reference"]
 
@@ -74,13 +72,21 @@ def delta_rule(
     n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
     check_initial_state(initial_state, n_states, (H, K, V), "H, K, V", packed=cu_seqlens is not None)
     check_same_device(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
+    requested = impl
     impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON)
-    if impl == "triton":
-        raise no_triton_yet("delta_rule")
+    if impl == "triton" and requested == "auto" and q.dtype == torch.float64:
+        impl = "chunk"  # the kernels compute in fp32; float64 (gradchecks) stays on the chunk path
+    if impl == "triton" and not HAS_TRITON:
+        raise ValueError("impl='triton' needs the triton package, which is not importable here")
     if scale is None:
         scale = K**-0.5
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
-    fn = delta_rule_reference if impl == "reference" or (T == 1 and cu_seqlens is None) else delta_rule_chunk
+    if impl == "reference" or (T == 1 and cu_seqlens is None and requested != "triton"):
+        fn = delta_rule_reference
+    elif impl == "triton":
+        from .triton import delta_rule_triton as fn
+    else:
+        fn = delta_rule_chunk
 
     if cu_seqlens is None:
         o, S = fn(q, k, v, beta, g, scale, initial_state)

@@ -55,6 +55,24 @@ from .._common import accumulation_dtype
 CHUNK = 64
 
 
+def pass_states(
+    R: torch.Tensor, KW: torch.Tensor, a: torch.Tensor | None, S: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk-to-chunk recurrence ``S_{n+1} = a_n S_n + R_n - KW_n S_n``.
+
+    R ``[B, H, N, K, V]``, KW ``[B, H, N, K, K]``, a None or ``[B, H, N, 1, 1]``, S ``[B, H, K, V]``
+    (the initial state). Returns the state entering every chunk ``[B, H, N, K, V]`` and the final
+    state. A Python loop over the N chunks (``kernels/delta_rule/triton.py`` has it as a kernel).
+    unbind, not R[:, :, n]: each indexing op's backward would allocate a zero tensor as large as R.
+    """
+    a_n = (None,) * R.shape[2] if a is None else a.unbind(2)
+    entering = []
+    for R_n, KW_n, decay in zip(R.unbind(2), KW.unbind(2), a_n):
+        entering.append(S)
+        S = (S if decay is None else decay * S) + (R_n - KW_n @ S)
+    return torch.stack(entering, dim=2), S
+
+
 def delta_rule_chunk(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -64,8 +82,10 @@ def delta_rule_chunk(
     scale: float,
     initial_state: torch.Tensor | None,
     chunk_size: int | None = None,
+    state_pass=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of equal-length sequences, no varlen.
+    """One batch of equal-length sequences, no varlen. ``state_pass`` replaces ``pass_states``
+    (the Triton path passes its kernel).
 
     q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; beta: ``[B, T, H]``; g: None or ``[B, T, H]``
     (log space); initial_state: None or ``[B, H, K, V]``.
@@ -82,7 +102,6 @@ def delta_rule_chunk(
 
     C = min(chunk_size or CHUNK, T)
     pad = (-T) % C
-    N = (T + pad) // C
     q, k, v = (
         rearrange(F.pad(x.to(dt), (0, 0, 0, 0, 0, pad)), "b (n c) h d -> b h n c d", c=C)
         for x in (q, k, v)
@@ -121,14 +140,8 @@ def delta_rule_chunk(
     # R_n = Kd_n^T U_n and KW_n = Kd_n^T W_n, both from one matmul batched over all chunks.
     RKW = Kd.transpose(-1, -2) @ UW  # (B, H, N, K, V + K)
     R, KW = RKW.split([V, K], dim=-1)
-    # The only sequential part: one [K, K] @ [K, V] per chunk. unbind, not R[:, :, n]: each
-    # indexing op's backward would allocate a zero tensor as large as R.
-    a_n = (None,) * N if a is None else a.unbind(2)
-    entering = []
-    for R_n, KW_n, decay in zip(R.unbind(2), KW.unbind(2), a_n):
-        entering.append(S)
-        S = (S if decay is None else decay * S) + (R_n - KW_n @ S)
-    S_in = torch.stack(entering, dim=2)  # (B, H, N, K, V): the state entering each chunk
+    # The only sequential part: one [K, K] @ [K, V] per chunk.
+    S_in, S = (state_pass or pass_states)(R, KW, a, S)  # S_in: (B, H, N, K, V), entering each chunk
     u = U - W @ S_in  # (B, H, N, C, V): the values actually written, eq. (2)
     o = q_in @ S_in + P @ u
     o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]

@@ -1,0 +1,163 @@
+"""Triton path of delta_rule, first stage: the chunk-to-chunk state pass as a kernel.
+
+The chunked form (``chunk.py``, WY/UT representation) does everything inside a chunk as
+matmuls batched over all chunks at once; its one sequential part is the state recurrence
+
+    S_{n+1} = a_n S_n + R_n - KW_n S_n          (a_n = exp(G_C), R_n = Kd^T U, KW_n = Kd^T W)
+
+which the PyTorch path runs as a Python loop of T/64 small matmuls (and as many again in the
+backward). Here it is one kernel launch each way, one program per (batch, head, V tile) carrying
+its [K, BV] state tile in registers through all chunks:
+
+- forward: store the state entering every chunk (needed by the readout and the pseudo-values),
+  then update it; the final state last.
+- backward: the reverse recurrence ``dS_n = dS_in[n] + a_n dS_{n+1} - KW_n^T dS_{n+1}`` with
+  ``dR_n = dS_{n+1}``, ``dKW_n = -dS_{n+1} S_n^T`` and ``da_n = <dS_{n+1}, S_n>``; the last
+  two are summed over V tiles in PyTorch (each program writes its tile's share). Kept from the
+  forward: the entering states (which the chunk form keeps anyway).
+
+Everything else (the triangular solve, the pseudo-values, the output) stays in the chunk path's
+batched PyTorch matmuls, whose gradients autograd provides. Fully fused Triton kernels for the
+intra-chunk work, the backward through the triangular solve and a fused recurrent kernel are the
+remaining part of the delta-rule kernel issue.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._triton import HAS_TRITON, autotune_configs, interpreting, next_pow2
+
+__all__ = ["delta_rule_triton", "pass_states_triton"]
+
+MAX_HEAD_DIM = 256
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    _WARPS = [{"num_warps": 4}, {"num_warps": 8}, {"num_warps": 2}]
+
+    @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "HAS_A"])
+    @triton.jit
+    def _state_fwd(R, KW, a, S0, S_in, S_out, N, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, HAS_A: tl.constexpr):
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        i_bh = i_bh.to(tl.int64)
+        rk = tl.arange(0, BK)
+        cv = i_v * BV + tl.arange(0, BV)
+        km, vm = rk < K, cv < V
+        tile = rk[:, None] * V + cv[None, :]
+        tm = km[:, None] & vm[None, :]
+        kk = rk[:, None] * K + rk[None, :]
+        kkm = km[:, None] & km[None, :]
+        S = tl.load(S0 + i_bh * K * V + tile, mask=tm, other=0.0)
+        for n in range(0, N):
+            base = i_bh * N + n
+            tl.store(S_in + base * K * V + tile, S, mask=tm)
+            Rn = tl.load(R + base * K * V + tile, mask=tm, other=0.0)
+            KWn = tl.load(KW + base * K * K + kk, mask=kkm, other=0.0)
+            upd = Rn - tl.dot(KWn, S, input_precision="ieee")
+            if HAS_A:
+                S = tl.load(a + base) * S + upd
+            else:
+                S = S + upd
+        tl.store(S_out + i_bh * K * V + tile, S, mask=tm)
+
+    @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "HAS_A"])
+    @triton.jit
+    def _state_bwd(KW, a, S_in, dS_in, dS_out, dR, dKW_part, da_part, dS0, N, BH, K: tl.constexpr,
+                   V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_A: tl.constexpr):
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        i_bh = i_bh.to(tl.int64)
+        rk = tl.arange(0, BK)
+        cv = i_v * BV + tl.arange(0, BV)
+        km, vm = rk < K, cv < V
+        tile = rk[:, None] * V + cv[None, :]
+        tm = km[:, None] & vm[None, :]
+        kk = rk[:, None] * K + rk[None, :]
+        kkm = km[:, None] & km[None, :]
+        dS = tl.load(dS_out + i_bh * K * V + tile, mask=tm, other=0.0)  # grad of the state after the last chunk
+        part = i_v.to(tl.int64) * BH + i_bh  # this V tile's share of dKW and da
+        for i in range(0, N):
+            n = N - 1 - i
+            base = i_bh * N + n
+            tl.store(dR + base * K * V + tile, dS, mask=tm)
+            Sn = tl.load(S_in + base * K * V + tile, mask=tm, other=0.0)
+            KWn = tl.load(KW + base * K * K + kk, mask=kkm, other=0.0)
+            tl.store(dKW_part + (part * N + n) * K * K + kk, -tl.dot(dS, tl.trans(Sn), input_precision="ieee"),
+                     mask=kkm)
+            back = -tl.dot(tl.trans(KWn), dS, input_precision="ieee")
+            if HAS_A:
+                tl.store(da_part + part * N + n, tl.sum(tl.sum(dS * Sn, axis=1), axis=0))
+                back += tl.load(a + base) * dS
+            else:
+                back += dS
+            dS = back + tl.load(dS_in + base * K * V + tile, mask=tm, other=0.0)
+        tl.store(dS0 + i_bh * K * V + tile, dS, mask=tm)
+
+
+def _blocks(K: int, V: int) -> tuple[int, int]:
+    return max(16, next_pow2(K)), max(16, min(32, next_pow2(V)))
+
+
+class _StatePassFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, R, KW, a, S0):
+        B, H, N, K, V = R.shape
+        BK, BV = _blocks(K, V)
+        R, KW, S0 = R.contiguous(), KW.contiguous(), S0.contiguous()
+        a_flat = None if a is None else a.reshape(B * H * N).contiguous()
+        S_in = torch.empty_like(R)
+        S_out = torch.empty_like(S0)
+        _state_fwd[(triton.cdiv(V, BV), B * H)](
+            R, KW, a_flat if a_flat is not None else R, S0, S_in, S_out, N, K=K, V=V, BK=BK, BV=BV,
+            HAS_A=a is not None)
+        ctx.save_for_backward(KW, a_flat, S_in)
+        ctx.shape, ctx.a_shape = (B, H, N, K, V), None if a is None else a.shape
+        return S_in, S_out
+
+    @staticmethod
+    def backward(ctx, dS_in, dS_out):
+        KW, a_flat, S_in = ctx.saved_tensors
+        B, H, N, K, V = ctx.shape
+        BK, BV = _blocks(K, V)
+        NV = triton.cdiv(V, BV)
+        dS_in = torch.zeros_like(S_in) if dS_in is None else dS_in.contiguous()
+        dS_out = S_in.new_zeros(B, H, K, V) if dS_out is None else dS_out.contiguous()
+        dR = torch.empty_like(S_in)
+        dKW_part = S_in.new_empty(NV, B * H, N, K, K)
+        da_part = S_in.new_zeros(NV, B * H, N)
+        dS0 = S_in.new_empty(B, H, K, V)
+        _state_bwd[(NV, B * H)](
+            KW, a_flat if a_flat is not None else KW, S_in, dS_in, dS_out, dR, dKW_part, da_part, dS0, N, B * H,
+            K=K, V=V, BK=BK, BV=BV, HAS_A=a_flat is not None)
+        dKW = dKW_part.sum(0).view(B, H, N, K, K)
+        da = None if a_flat is None else da_part.sum(0).view(ctx.a_shape)
+        return dR, dKW, da, dS0
+
+
+def pass_states_triton(R, KW, a, S):
+    """``chunk.pass_states`` as Triton kernels (same arguments and results; float32)."""
+    return _StatePassFn.apply(R, KW, a, S)
+
+
+def delta_rule_triton(q, k, v, beta, g, scale, initial_state):
+    """delta_rule through the chunk form with the Triton state pass, for one batch of equal-length
+    sequences (``__init__`` loops packed sequences). Returns ``(o, final_state)``."""
+    from .chunk import delta_rule_chunk
+
+    if not HAS_TRITON:
+        raise RuntimeError("impl='triton' needs the triton package")
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"impl='triton' takes float32, bfloat16 or float16 inputs, got {q.dtype}; "
+                         "use impl='chunk' for float64")
+    if not (q.is_cuda or interpreting()):
+        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    K, V = q.shape[-1], v.shape[-1]
+    if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
+        raise ValueError(f"impl='triton' supports K, V <= {MAX_HEAD_DIM}, got K={K}, V={V}")
+    if initial_state is None:
+        B, _, H, _ = q.shape
+        initial_state = q.new_zeros(B, H, K, V, dtype=torch.float32)
+    return delta_rule_chunk(q, k, v, beta, g, scale, initial_state.float(), state_pass=pass_states_triton)
