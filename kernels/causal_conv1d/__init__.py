@@ -11,19 +11,18 @@ from __future__ import annotations
 import torch
 
 from .._common import (
+    accumulation_dtype,
     check_cu_seqlens,
     check_float,
     check_initial_state,
     check_same_device,
     check_shape,
     fmt_shape,
-    no_triton_yet,
     resolve_impl,
 )
+from .._triton import HAS_TRITON
 from .chunk import causal_conv1d_chunk, causal_conv1d_step, causal_conv1d_varlen
 from .reference import causal_conv1d_reference
-
-HAS_TRITON = False  # a single fused pass is memory-bound; PyTorch's grouped conv does until profiled
 
 ACTIVATIONS = (None, "silu")
 
@@ -55,9 +54,10 @@ def causal_conv1d(
             when ``T < W-1``).
         cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
             each sequence is convolved on its own, from its own state.
-        impl: ``"auto"`` (``chunk``; ``POSTFORMER_IMPL`` overrides), ``"reference"`` (a loop
-            over time and taps), ``"chunk"`` (grouped ``F.conv1d``) or ``"triton"`` (not
-            written: NotImplementedError).
+        impl: ``"auto"`` (the Triton kernels for CUDA tensors, ``chunk`` otherwise and for
+            float64; ``POSTFORMER_IMPL`` overrides), ``"reference"`` (a loop over time and
+            taps), ``"chunk"`` (grouped ``F.conv1d``) or ``"triton"`` (one fused pass: taps,
+            bias, SiLU and state; float32/bf16/fp16 and ``W <= 8``).
 
     Returns:
         ``(y, final_state)``: ``y`` ``[B, T, D]`` in x's dtype (computed in float32, float64
@@ -83,9 +83,19 @@ def causal_conv1d(
     n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
     check_initial_state(initial_state, n_states, (D, W - 1), "D, W-1", packed=cu_seqlens is not None)
     check_same_device(x=x, weight=weight, bias=bias, initial_state=initial_state)
+    requested = impl
     impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
+    if impl == "triton" and requested == "auto":
+        # the kernels compute in fp32 (float64, e.g. gradchecks, stays exact on the chunk path)
+        # and unroll at most triton.MAX_WIDTH = 8 taps
+        if accumulation_dtype(x, weight, bias, initial_state) == torch.float64 or W > 8:
+            impl = "chunk"
     if impl == "triton":
-        raise no_triton_yet("causal_conv1d")
+        if not HAS_TRITON:
+            raise ValueError("impl='triton' needs the triton package, which is not importable here")
+        from .triton import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, activation, initial_state, output_final_state, cu_seqlens)
 
     if impl == "reference":
         if cu_seqlens is None:

@@ -201,9 +201,22 @@ def test_gradients_reach_every_input(impl, case):
 
 
 def test_impl_dispatch():
+    # impl="triton" runs the kernels (tests/kernels/test_causal_conv1d_triton.py covers them; on
+    # CPU tensors under TRITON_INTERPRET=1, which tests/conftest.py sets without CUDA), or says
+    # why it cannot: float64 inputs, or no Triton installed
+    from postformer.kernels._triton import HAS_TRITON
+
     x, w, b, h0 = make(1, 3, 2, 4)
-    with pytest.raises(NotImplementedError, match="Triton"):
-        causal_conv1d(x, w, impl="triton")
+    if HAS_TRITON:
+        y, s = causal_conv1d(x, w, b, initial_state=h0, output_final_state=True, impl="triton")
+        y_ref, s_ref = naive(x, w, b, None, h0)
+        torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(s.double(), s_ref)
+        with pytest.raises(ValueError, match="float64"):
+            causal_conv1d(x.double(), w.double(), impl="triton")
+    else:
+        with pytest.raises(ValueError, match="triton"):
+            causal_conv1d(x, w, impl="triton")
     with pytest.raises(ValueError, match="impl"):
         causal_conv1d(x, w, impl="fast")
 
