@@ -17,9 +17,13 @@ its [K, BV] state tile in registers through all chunks:
   forward: the entering states (which the chunk form keeps anyway).
 
 Everything else (the triangular solve, the pseudo-values, the output) stays in the chunk path's
-batched PyTorch matmuls, whose gradients autograd provides. Fully fused Triton kernels for the
-intra-chunk work, the backward through the triangular solve and a fused recurrent kernel are the
-remaining part of the delta-rule kernel issue.
+batched PyTorch matmuls, whose gradients autograd provides.
+
+A fused recurrent kernel (``_recurrent_fwd``) runs short sequences and decoding steps (T <=
+``RECURRENT_MAX_T``): the loop over time with the [K, BV] state in registers, one program per
+(batch, head, V tile); its backward recomputes through the chunk form (autograd), which is
+cheap at those lengths. Fully fused Triton kernels for the intra-chunk work and the backward
+through the triangular solve are the remaining part of the delta-rule kernel issue.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import torch
 
 from .._triton import HAS_TRITON, autotune_configs, interpreting, next_pow2
 
-__all__ = ["delta_rule_triton", "pass_states_triton"]
+__all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "pass_states_triton"]
 
 MAX_HEAD_DIM = 256
+RECURRENT_MAX_T = 64  # the fused recurrent kernel runs sequences up to this length
 
 if HAS_TRITON:
     import triton
@@ -97,6 +102,72 @@ if HAS_TRITON:
         tl.store(dS0 + i_bh * K * V + tile, dS, mask=tm)
 
 
+if HAS_TRITON:
+
+    @triton.jit
+    def _recurrent_fwd(q, k, v, beta, g, h0, o, ht, T, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr):
+        """One (batch, head, V tile): S' = exp(g) S; S = S' + beta k^T (v - k S'); o = scale q S."""
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = i_bh // H, i_bh % H
+        rk = tl.arange(0, BK)
+        cv = i_v * BV + tl.arange(0, BV)
+        km, vm = rk < K, cv < V
+        tile = rk[:, None] * V + cv[None, :]
+        tm = km[:, None] & vm[None, :]
+        S = tl.load(h0 + i_bh.to(tl.int64) * K * V + tile, mask=tm, other=0.0)
+        for t in range(0, T):
+            row = (i_b.to(tl.int64) * T + t) * H + i_h  # [B, T, H] position
+            qt = tl.load(q + row * K + rk, mask=km, other=0.0).to(tl.float32)
+            kt = tl.load(k + row * K + rk, mask=km, other=0.0).to(tl.float32)
+            vt = tl.load(v + row * V + cv, mask=vm, other=0.0).to(tl.float32)
+            bt = tl.load(beta + row).to(tl.float32)
+            if HAS_G:
+                S = S * tl.exp(tl.load(g + row).to(tl.float32))
+            u = bt * (vt - tl.sum(S * kt[:, None], axis=0))  # beta (v - k S')
+            S += kt[:, None] * u[None, :]
+            ot = tl.sum(S * qt[:, None], axis=0) * scale
+            tl.store(o + row * V + cv, ot.to(o.dtype.element_ty), mask=vm)
+        tl.store(ht + i_bh.to(tl.int64) * K * V + tile, S, mask=tm)
+
+
+class _RecurrentFn(torch.autograd.Function):
+    """Forward by the fused recurrent kernel; backward by autograd through the chunk form."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, g, h0, scale):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        BK, BV = max(16, next_pow2(K)), max(16, min(32, next_pow2(V)))
+        qc, kc, vc, bc = (x.contiguous() for x in (q, k, v, beta))
+        gc = None if g is None else g.float().contiguous()
+        h0c = h0.float().contiguous()
+        o = torch.empty(B, T, H, V, device=q.device, dtype=torch.float32)
+        ht = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
+        _recurrent_fwd[(triton.cdiv(V, BV), B * H)](
+            qc, kc, vc, bc, gc if gc is not None else bc, h0c, o, ht, T, scale, H=H, K=K, V=V, BK=BK, BV=BV,
+            HAS_G=g is not None)
+        ctx.save_for_backward(q, k, v, beta, g, h0)
+        ctx.scale = scale
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        from .chunk import delta_rule_chunk
+
+        saved = ctx.saved_tensors
+        leaves = [None if x is None else x.detach().requires_grad_() for x in saved]
+        with torch.enable_grad():
+            o, ht = delta_rule_chunk(*leaves[:5], ctx.scale, leaves[5])
+            pairs = [(y, dy) for y, dy in ((o, do), (ht, dht)) if dy is not None and y.requires_grad]
+            wanted = [x for x in leaves if x is not None]
+            if not pairs:  # e.g. an empty sequence whose state is not used
+                return (*(None for _ in leaves), None)
+            grads = torch.autograd.grad([y for y, _ in pairs], wanted, [dy for _, dy in pairs], allow_unused=True)
+        grads = iter(grads)
+        return (*(None if x is None else next(grads) for x in leaves), None)
+
+
 def _blocks(K: int, V: int) -> tuple[int, int]:
     return max(16, next_pow2(K)), max(16, min(32, next_pow2(V)))
 
@@ -142,13 +213,17 @@ def pass_states_triton(R, KW, a, S):
     return _StatePassFn.apply(R, KW, a, S)
 
 
-def delta_rule_triton(q, k, v, beta, g, scale, initial_state):
-    """delta_rule through the chunk form with the Triton state pass, for one batch of equal-length
-    sequences (``__init__`` loops packed sequences). Returns ``(o, final_state)``."""
+def delta_rule_triton(q, k, v, beta, g, scale, initial_state, *, mode: str = "auto"):
+    """delta_rule through Triton for one batch of equal-length sequences (``__init__`` loops
+    packed sequences): the fused recurrent kernel when T <= ``RECURRENT_MAX_T`` (``mode="auto"``)
+    or ``mode="recurrent"``, else the chunk form with the Triton state pass (``mode="chunk"``).
+    Returns ``(o, final_state)``."""
     from .chunk import delta_rule_chunk
 
     if not HAS_TRITON:
         raise RuntimeError("impl='triton' needs the triton package")
+    if mode not in ("auto", "chunk", "recurrent"):
+        raise ValueError(f"mode={mode!r} is not one of ('auto', 'chunk', 'recurrent')")
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"impl='triton' takes float32, bfloat16 or float16 inputs, got {q.dtype}; "
                          "use impl='chunk' for float64")
@@ -160,4 +235,6 @@ def delta_rule_triton(q, k, v, beta, g, scale, initial_state):
     if initial_state is None:
         B, _, H, _ = q.shape
         initial_state = q.new_zeros(B, H, K, V, dtype=torch.float32)
+    if mode == "recurrent" or (mode == "auto" and q.shape[1] <= RECURRENT_MAX_T):
+        return _RecurrentFn.apply(q, k, v, beta, g, initial_state, float(scale))
     return delta_rule_chunk(q, k, v, beta, g, scale, initial_state.float(), state_pass=pass_states_triton)

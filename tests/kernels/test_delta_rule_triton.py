@@ -75,3 +75,29 @@ def test_half_precision_tracks_reference():
     assert o.dtype == torch.bfloat16 and S.dtype == torch.float32
     assert ((o.float() - o_ref).norm() / o_ref.norm()).item() < 2e-2
     assert ((S - S_ref).norm() / S_ref.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize(("mode", "T"), [("chunk", 20), ("recurrent", 100)])
+def test_both_modes_at_any_length(mode, T, monkeypatch):
+    """impl='triton' takes the fused recurrent kernel up to RECURRENT_MAX_T steps and the chunk
+    form with the Triton state pass beyond; each must also be right on the other side."""
+    from postformer.kernels.delta_rule import triton as tri
+
+    monkeypatch.setattr(tri, "RECURRENT_MAX_T", 1000 if mode == "recurrent" else 0)
+    check(make(1, T, 2, 16, 8, True))
+    check(make(1, T, 1, 16, 8, False))
+
+
+def test_decoding_steps_continue_a_prefill():
+    q, k, v, beta, g, h0 = make(2, 40, 2, 16, 16, True)
+    o_full, S_full = delta_rule(q, k, v, beta, g, initial_state=h0, output_final_state=True, impl="reference")
+    o, S = delta_rule(q[:, :30], k[:, :30], v[:, :30], beta[:, :30], g[:, :30], initial_state=h0,
+                      output_final_state=True, impl="triton")
+    outs = [o]
+    for t in range(30, 40):
+        sl = slice(t, t + 1)
+        o_t, S = delta_rule(q[:, sl], k[:, sl], v[:, sl], beta[:, sl], g[:, sl], initial_state=S,
+                            output_final_state=True, impl="triton")
+        outs.append(o_t)
+    torch.testing.assert_close(torch.cat(outs, 1), o_full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(S, S_full, atol=1e-5, rtol=1e-4)
