@@ -33,3 +33,22 @@ def autotune_configs(variants: list[dict]) -> list:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def check_triton_inputs(**tensors) -> None:
+    """The preconditions of ``impl="triton"``, checked before any kernel launches: Triton is
+    importable, every given tensor (None skipped) is float32/bfloat16/float16, and the first one
+    lives on CUDA unless ``TRITON_INTERPRET=1`` (then CPU tensors run on the interpreter)."""
+    import torch
+
+    if not HAS_TRITON:
+        raise ValueError("impl='triton' needs the triton package, which is not importable here")
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(
+                f"impl='triton' computes in float32 and takes float32, bfloat16 or float16 tensors; got "
+                f"{name} of dtype {t.dtype} (float64 inputs need impl='chunk')"
+            )
+    first = next(t for t in tensors.values() if t is not None)
+    if not (first.is_cuda or interpreting()):
+        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")

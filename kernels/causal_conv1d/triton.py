@@ -46,7 +46,7 @@ import functools
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_configs, interpreting, next_pow2
+from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
 
 BT = 64  # rows (time steps) per block
 MAX_BD = 64  # channels per program
@@ -317,16 +317,7 @@ def causal_conv1d_triton(
     None or ``"silu"``; initial_state ``[B or N, D, W-1]`` or None. Returns ``(y [B, T, D],
     final state [B or N, D, W-1] or None)``, both in x's dtype.
     """
-    if not HAS_TRITON:
-        raise RuntimeError("impl='triton' needs the triton package")
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"impl='triton' takes float32, bfloat16 or float16 inputs, got x of dtype {x.dtype}; "
-                         "use impl='chunk' for float64")
-    for name, t in (("weight", weight), ("bias", bias), ("initial_state", initial_state)):
-        if t is not None and t.dtype == torch.float64:
-            raise ValueError(f"impl='triton' computes in float32, got {name} of dtype float64; use impl='chunk'")
-    if not (x.is_cuda or interpreting()):
-        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    check_triton_inputs(x=x, weight=weight, bias=bias, initial_state=initial_state)
     B, T, D = x.shape
     W = weight.shape[1]
     if W > MAX_WIDTH:

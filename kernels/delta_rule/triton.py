@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_configs, interpreting, next_pow2
+from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
 
 __all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "pass_states_triton"]
 
@@ -220,15 +220,9 @@ def delta_rule_triton(q, k, v, beta, g, scale, initial_state, *, mode: str = "au
     Returns ``(o, final_state)``."""
     from .chunk import delta_rule_chunk
 
-    if not HAS_TRITON:
-        raise RuntimeError("impl='triton' needs the triton package")
     if mode not in ("auto", "chunk", "recurrent"):
         raise ValueError(f"mode={mode!r} is not one of ('auto', 'chunk', 'recurrent')")
-    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"impl='triton' takes float32, bfloat16 or float16 inputs, got {q.dtype}; "
-                         "use impl='chunk' for float64")
-    if not (q.is_cuda or interpreting()):
-        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    check_triton_inputs(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
     K, V = q.shape[-1], v.shape[-1]
     if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
         raise ValueError(f"impl='triton' supports K, V <= {MAX_HEAD_DIM}, got K={K}, V={V}")

@@ -55,7 +55,7 @@ import functools
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_configs, interpreting, next_pow2
+from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
 
 BT = 64  # chunk length
 BC = 16  # sub-block length inside a chunk (tl.dot needs >= 16 on each side)
@@ -675,15 +675,9 @@ def gla_triton(
     (recurrent when the longest sequence has at most ``RECURRENT_MAX_T`` steps). Returns
     ``(o [B, T, H, V] in q's dtype, final state fp32 or None)``.
     """
-    if not HAS_TRITON:
-        raise RuntimeError("impl='triton' needs the triton package")
     if mode not in ("auto", "chunk", "recurrent"):
         raise ValueError(f"mode={mode!r} is not one of ('auto', 'chunk', 'recurrent')")
-    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"impl='triton' takes float32, bfloat16 or float16 inputs, got {q.dtype}; "
-                         "use impl='chunk' for float64")
-    if not (q.is_cuda or interpreting()):
-        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    check_triton_inputs(q=q, k=k, v=v, g=g, initial_state=initial_state)
     B, T, H, K = q.shape
     V = v.shape[-1]
     if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:

@@ -38,7 +38,7 @@ import functools
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_configs, interpreting, next_pow2
+from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
 
 BT = 64  # time steps per block
 
@@ -189,14 +189,7 @@ def linear_scan_triton(
     x, g ``[B, T, D]``; initial_state ``[B, D]`` (``[N, D]`` with ``cu_seqlens``) or None.
     Returns ``(h [B, T, D] in x's dtype, final state [B or N, D] fp32, or None)``.
     """
-    if not HAS_TRITON:
-        raise RuntimeError("impl='triton' needs the triton package")
-    for name, t in (("x", x), ("g", g), ("initial_state", initial_state)):
-        if t is not None and t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"impl='triton' takes float32, bfloat16 or float16 {name}, got {t.dtype}; "
-                             "use impl='chunk' for float64")
-    if not (x.is_cuda or interpreting()):
-        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    check_triton_inputs(x=x, g=g, initial_state=initial_state)
     B, T, D = x.shape
     offsets = cu_seqlens.tolist() if cu_seqlens is not None else [b * T for b in range(B + 1)]
     cu = _offsets(tuple(offsets), x.device)

@@ -39,7 +39,7 @@ import functools
 
 import torch
 
-from .._triton import HAS_TRITON, interpreting, next_pow2
+from .._triton import HAS_TRITON, check_triton_inputs, next_pow2
 
 MAX_BLOCK = 8192  # channels of one group held in registers at once (read at call time: tests lower it)
 MAX_ROWS = 16  # rows per tile when groups are small
@@ -292,14 +292,7 @@ def rms_norm_triton(
     x, gate ``[..., D]``; weight ``[D]`` or None; groups of ``group_size`` channels. Returns y
     ``[..., D]`` in x's dtype (computed in fp32). Gradients flow to x, weight and gate.
     """
-    if not HAS_TRITON:
-        raise RuntimeError("impl='triton' needs the triton package")
-    for name, t in (("x", x), ("weight", weight), ("gate", gate)):
-        if t is not None and t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"impl='triton' takes float32, bfloat16 or float16 inputs, got {name} of dtype "
-                             f"{t.dtype}; use impl='chunk' for float64")
-    if not (x.is_cuda or interpreting()):
-        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    check_triton_inputs(x=x, weight=weight, gate=gate)
     shape = x.shape
     D = shape[-1]
     x2 = x.reshape(-1, D).contiguous()

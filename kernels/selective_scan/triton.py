@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from .._triton import HAS_TRITON, next_pow2
+from .._triton import HAS_TRITON, check_triton_inputs, next_pow2
 
 CHK = 64  # time steps per checkpointed block (forward checkpoints, backward recompute)
 MAX_N = 256
@@ -279,10 +279,7 @@ def selective_scan_triton(
     initial_state ``[B, D, N]``. Returns y ``[B, T, D]`` in x's dtype and the final state
     ``[B, D, N]`` fp32 (None unless ``output_final_state``).
     """
-    if not HAS_TRITON:
-        raise ValueError("impl='triton' needs the triton package, which is not importable here")
-    if any(t is not None and t.dtype == torch.float64 for t in (x, dt, A, B, C, D, z, dt_bias, initial_state)):
-        raise ValueError("selective_scan's Triton kernels compute in float32; float64 inputs need impl='chunk'")
+    check_triton_inputs(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
     if A.shape[1] > MAX_N:
         raise ValueError(f"A has shape {list(A.shape)}: the Triton kernels take N <= {MAX_N}; use impl='chunk'")
     batch, T, dim = x.shape

@@ -266,7 +266,7 @@ def test_bad_cu_seqlens():
 def test_triton_refuses_float64():
     pytest.importorskip("triton")
     q, k, v, beta, g, _ = make(1, 4, 1, 4, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="impl='chunk' for float64"):
+    with pytest.raises(ValueError, match="float64 inputs need impl='chunk'"):
         delta_rule(q, k, v, beta, g, impl="triton")
 
 
