@@ -43,19 +43,23 @@ if HAS_TRITON:
 
     _WARPS = [{"num_warps": 4}, {"num_warps": 8}, {"num_warps": 2}]
 
+    @triton.jit
+    def _tiles(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+        """Offsets and masks of a program's [BK, BV] state tile (all K rows, V tile ``i_v``) and of
+        a full [BK, BK] matrix of the chunk map."""
+        rk = tl.arange(0, BK)
+        cv = i_v * BV + tl.arange(0, BV)
+        km, vm = rk < K, cv < V
+        return (rk[:, None] * V + cv[None, :], km[:, None] & vm[None, :],
+                rk[:, None] * K + rk[None, :], km[:, None] & km[None, :])
+
     @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "HAS_A"])
     @triton.jit
     def _state_fwd(R, KW, a, S0, S_in, S_out, N, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, HAS_A: tl.constexpr):
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
         i_bh = i_bh.to(tl.int64)
-        rk = tl.arange(0, BK)
-        cv = i_v * BV + tl.arange(0, BV)
-        km, vm = rk < K, cv < V
-        tile = rk[:, None] * V + cv[None, :]
-        tm = km[:, None] & vm[None, :]
-        kk = rk[:, None] * K + rk[None, :]
-        kkm = km[:, None] & km[None, :]
+        tile, tm, kk, kkm = _tiles(i_v, K, V, BK, BV)
         S = tl.load(S0 + i_bh * K * V + tile, mask=tm, other=0.0)
         for n in range(0, N):
             base = i_bh * N + n
@@ -75,13 +79,7 @@ if HAS_TRITON:
                    V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_A: tl.constexpr):
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
         i_bh = i_bh.to(tl.int64)
-        rk = tl.arange(0, BK)
-        cv = i_v * BV + tl.arange(0, BV)
-        km, vm = rk < K, cv < V
-        tile = rk[:, None] * V + cv[None, :]
-        tm = km[:, None] & vm[None, :]
-        kk = rk[:, None] * K + rk[None, :]
-        kkm = km[:, None] & km[None, :]
+        tile, tm, kk, kkm = _tiles(i_v, K, V, BK, BV)
         dS = tl.load(dS_out + i_bh * K * V + tile, mask=tm, other=0.0)  # grad of the state after the last chunk
         part = i_v.to(tl.int64) * BH + i_bh  # this V tile's share of dKW and da
         for i in range(0, N):

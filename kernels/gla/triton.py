@@ -103,6 +103,16 @@ if HAS_TRITON:
                        other=0.0).to(tl.float32)
 
     @triton.jit
+    def _chunk_rows(cstart, cend, i_t, BT: tl.constexpr):
+        """Chunk ``i_t``'s rows: its first and one-past-last row, the offsets 0..BT-1, the rows and
+        their validity mask."""
+        s = tl.load(cstart + i_t).to(tl.int64)
+        e = tl.load(cend + i_t).to(tl.int64)
+        ar = tl.arange(0, BT)
+        rows = s + ar
+        return s, e, ar, rows, rows < e
+
+    @triton.jit
     def _state_program(cu, coff, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr):
         """What a state-passing program (grid: K tiles, V tiles, sequences x heads) works on: its
@@ -125,10 +135,7 @@ if HAS_TRITON:
     def _chunk_cumsum(g, gc, cstart, cend, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, GATE: tl.constexpr):
         i_t, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        s = tl.load(cstart + i_t).to(tl.int64)
-        e = tl.load(cend + i_t).to(tl.int64)
-        rows = s + tl.arange(0, BT)
-        rm = rows < e
+        s, e, _, rows, rm = _chunk_rows(cstart, cend, i_t, BT)
         if GATE == 2:
             cols = i_k * BK + tl.arange(0, BK)
             m = rm[:, None] & (cols[None, :] < K)
@@ -219,11 +226,7 @@ if HAS_TRITON:
         """Scores of a whole chunk at once for no gate or a scalar gate: one [BT, BT] matmul per K
         tile, then the exact decay exp(G_i - G_j), masked to i >= j before the exp."""
         i_t, i_h = tl.program_id(0), tl.program_id(1)
-        s = tl.load(cstart + i_t).to(tl.int64)
-        e = tl.load(cend + i_t).to(tl.int64)
-        ar = tl.arange(0, BT)
-        rows = s + ar
-        rm = rows < e
+        s, e, ar, rows, rm = _chunk_rows(cstart, cend, i_t, BT)
         acc = tl.zeros([BT, BT], dtype=tl.float32)
         for i_k in range(0, tl.cdiv(K, BK)):
             cols = i_k * BK + tl.arange(0, BK)
@@ -243,11 +246,7 @@ if HAS_TRITON:
     def _fwd_o(q, v, gc, hbuf, A, o, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
         i_t, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        s = tl.load(cstart + i_t).to(tl.int64)
-        e = tl.load(cend + i_t).to(tl.int64)
-        ar = tl.arange(0, BT)
-        rows = s + ar
-        rm = rows < e
+        s, e, ar, rows, rm = _chunk_rows(cstart, cend, i_t, BT)
         cols_v = i_v * BV + tl.arange(0, BV)
         vm = cols_v < V
         acc = tl.zeros([BT, BV], dtype=tl.float32)
@@ -331,11 +330,7 @@ if HAS_TRITON:
     def _bwd_dA(do, v, dA, cstart, cend, scale, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                 BV: tl.constexpr, PREC: tl.constexpr):
         i_t, i_h = tl.program_id(0), tl.program_id(1)
-        s = tl.load(cstart + i_t).to(tl.int64)
-        e = tl.load(cend + i_t).to(tl.int64)
-        ar = tl.arange(0, BT)
-        rows = s + ar
-        rm = rows < e
+        s, e, ar, rows, rm = _chunk_rows(cstart, cend, i_t, BT)
         acc = tl.zeros([BT, BT], dtype=tl.float32)
         for i_v in range(0, tl.cdiv(V, BV)):
             cols = i_v * BV + tl.arange(0, BV)
@@ -352,11 +347,7 @@ if HAS_TRITON:
                 V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                 PREC: tl.constexpr):
         i_t, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        s = tl.load(cstart + i_t).to(tl.int64)
-        e = tl.load(cend + i_t).to(tl.int64)
-        ar = tl.arange(0, BT)
-        rows = s + ar
-        rm = rows < e
+        s, e, ar, rows, rm = _chunk_rows(cstart, cend, i_t, BT)
         cols_v = i_v * BV + tl.arange(0, BV)
         vm = cols_v < V
         Ab = tl.load(A + (rows[:, None] * H + i_h) * BT + ar[None, :], mask=rm[:, None] & rm[None, :], other=0.0)
@@ -443,10 +434,7 @@ if HAS_TRITON:
                        K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                        GATE: tl.constexpr, FULL_INTRA: tl.constexpr, PREC: tl.constexpr):
         i_t, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        s = tl.load(cstart + i_t).to(tl.int64)
-        e = tl.load(cend + i_t).to(tl.int64)
-        rows = s + tl.arange(0, BT)
-        rm = rows < e
+        s, e, _, rows, rm = _chunk_rows(cstart, cend, i_t, BT)
         cols_k = i_k * BK + tl.arange(0, BK)
         km = cols_k < K
         dq_acc = tl.zeros([BT, BK], dtype=tl.float32)
@@ -642,7 +630,7 @@ def _backward(q, k, v, g, h0, ht, do, dht, scale, plan):
 class _GLATritonFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, h0, scale, plan, output_final_state, mode):
-        o, ht = _forward(q, k, v, g, h0, scale, plan, want_ht=True, mode=mode)
+        o, ht = _forward(q, k, v, g, h0, scale, plan, want_ht=output_final_state, mode=mode)
         ctx.save_for_backward(q, k, v, g, h0, ht)
         ctx.scale, ctx.plan = scale, plan
         return o, (ht if output_final_state else None)
