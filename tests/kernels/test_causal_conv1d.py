@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_testing import conv_inputs as make
 
 from postformer.kernels import causal_conv1d
 
@@ -38,15 +39,6 @@ def naive(x, w, b=None, activation=None, h0=None):
         y = y * torch.sigmoid(y)
     final = xp[:, xp.shape[1] - (W - 1) :].transpose(1, 2)  # (B, D, W-1)
     return y, final
-
-
-def make(B, T, D, W, dtype=torch.float32, seed=0, n_states=None):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, D, generator=gen)
-    w = torch.randn(D, W, generator=gen)
-    b = torch.randn(D, generator=gen)
-    h0 = torch.randn(n_states or B, D, W - 1, generator=gen)
-    return [t.to(dtype) for t in (x, w, b, h0)]
 
 
 W_VALUES = [4, 2, 1]

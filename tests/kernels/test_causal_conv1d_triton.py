@@ -21,6 +21,8 @@ import torch
 
 pytest.importorskip("triton", reason="Triton is not installed (e.g. macOS): no Triton kernels to test")
 
+from kernel_testing import conv_inputs
+
 from postformer.kernels import causal_conv1d  # noqa: E402
 from postformer.kernels._triton import interpreting  # noqa: E402
 from postformer.kernels.causal_conv1d.triton import BT, causal_conv1d_triton  # noqa: E402
@@ -36,12 +38,7 @@ T_OF_W = {"0": lambda W: 0, "1": lambda W: 1, "2": lambda W: 2, "W-2": lambda W:
 
 
 def make(B, T, D, W, dtype=torch.float32, seed=0, n_states=None):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, D, generator=gen)
-    w = torch.randn(D, W, generator=gen)
-    b = torch.randn(D, generator=gen)
-    h0 = torch.randn(n_states or B, D, W - 1, generator=gen)
-    return [t.to(dtype).to(DEVICE) for t in (x, w, b, h0)]
+    return conv_inputs(B, T, D, W, dtype, seed, n_states, device=DEVICE)
 
 
 def unfold_formula(x, w, b, activation, h0):

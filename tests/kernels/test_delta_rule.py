@@ -18,6 +18,7 @@ import pathlib
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_testing import rel_err
 
 from postformer.kernels import delta_rule
 from postformer.kernels.delta_rule import delta_rule_chunk
@@ -66,10 +67,6 @@ def make(B, T, H, K, V, gated=True, dtype=torch.float32, seed=0):
     h0 = torch.randn(B, H, K, V, generator=gen)
     return [x if x is None else x.to(dtype) for x in (q, k, v, beta, g)] + [h0]
 
-
-def rel_err(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("gated", [False, True])

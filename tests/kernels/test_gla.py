@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_testing import rel_err
 
 from postformer.kernels import gla
 
@@ -48,10 +49,6 @@ def make(B, T, H, K, V, gate, dtype=torch.float32, strength=1.0, seed=0):
     h0 = torch.randn(B, H, K, V, generator=gen)
     return [x if x is None else x.to(dtype) for x in (q, k, v, g)] + [h0]
 
-
-def rel_err(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("gate", ["none", "scalar", "key"])

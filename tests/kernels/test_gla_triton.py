@@ -27,6 +27,8 @@ import torch
 triton = pytest.importorskip("triton", reason="Triton is not installed (e.g. macOS): no Triton kernels to test")
 tl = pytest.importorskip("triton.language")
 
+from kernel_testing import rel_err  # noqa: E402
+
 from postformer.kernels import gla  # noqa: E402
 from postformer.kernels._triton import interpreting  # noqa: E402
 from postformer.kernels.gla import gla_reference  # noqa: E402
@@ -84,10 +86,6 @@ def make(B, T, H, K, V, gate, dtype=torch.float32, strength=1.0, seed=0, n_state
     xs = [None if x is None else x.to(dtype).to(DEVICE) for x in (q, k, v, g)]
     return xs + [h0.to(DEVICE)]
 
-
-def rel_err(a, b):
-    a, b = a.detach().cpu().double(), b.detach().cpu().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def reference64(q, k, v, g, scale, h0, cu_seqlens=None):

@@ -13,7 +13,8 @@ import importlib
 
 import pytest
 import torch
-import torch.nn.functional as F
+from kernel_testing import linear_scan_inputs as make
+from kernel_testing import rel_err
 
 from postformer.kernels import linear_scan
 
@@ -36,18 +37,6 @@ def closed_form(x, g, h0=None):
         return h, h[:, -1]
     return h, (torch.zeros(B, D, dtype=torch.float64) if h0 is None else h0.double())
 
-
-def make(B, T, D, dtype=torch.float32, n_states=None, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, D, generator=gen).to(dtype)
-    g = F.logsigmoid(torch.randn(B, T, D, generator=gen) + 1).to(dtype)
-    h0 = torch.randn(n_states or B, D, generator=gen)
-    return x, g, h0
-
-
-def rel_err(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("T", [1, 7, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 3])

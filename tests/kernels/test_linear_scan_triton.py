@@ -22,9 +22,11 @@ import importlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (e.g. macOS): no Triton kernels to test")
+
+from kernel_testing import linear_scan_inputs as make  # noqa: E402
+from kernel_testing import rel_err  # noqa: E402
 
 from postformer.kernels import linear_scan  # noqa: E402
 from postformer.kernels._triton import interpreting  # noqa: E402
@@ -46,18 +48,6 @@ def small_blocks(monkeypatch):
     if INTERPRET:
         monkeypatch.setattr(ls_triton, "BT", SMALL_BT)
 
-
-def make(B, T, D, dtype=torch.float32, n_states=None, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, D, generator=gen).to(dtype)
-    g = F.logsigmoid(torch.randn(B, T, D, generator=gen) + 1).to(dtype)
-    h0 = torch.randn(n_states or B, D, generator=gen)
-    return x, g, h0
-
-
-def rel_err(a, b):
-    a, b = a.detach().cpu().double(), b.detach().cpu().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def closed_form(x, g, h0):

@@ -17,6 +17,7 @@ import importlib
 
 import pytest
 import torch
+from kernel_testing import rel_err
 
 from postformer.kernels import gla, selective_scan
 
@@ -86,10 +87,6 @@ def truth(inp, D=True, z=True, bias=True, softplus=True, h0=True):
                  inp["z"] if z else None, inp["dt_bias"] if bias else None, softplus,
                  inp["h0"] if h0 else None)
 
-
-def rel_err(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("T", [1, 7, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 3])
