@@ -22,13 +22,20 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes")
 
 
+def autotune_enabled() -> bool:
+    """False under the interpreter (autotuning there would time nothing and may crash) and when
+    ``POSTFORMER_AUTOTUNE=0`` (correctness runs on a GPU: one compilation per kernel instead of
+    one per configuration)."""
+    return not interpreting() and os.environ.get("POSTFORMER_AUTOTUNE", "1").lower() not in ("0", "false", "no")
+
+
 def autotune_configs(variants: list[dict]) -> list:
-    """``triton.Config`` objects for ``num_warps``/``num_stages`` variants; under the interpreter
-    only the first (autotuning there would time nothing and may crash)."""
+    """``triton.Config`` objects for ``num_warps``/``num_stages`` variants; only the first when
+    autotuning is off (:func:`autotune_enabled`). Read when a kernel module is imported."""
     import triton
 
     configs = [triton.Config({}, num_warps=v["num_warps"], num_stages=v.get("num_stages", 2)) for v in variants]
-    return configs[:1] if interpreting() else configs
+    return configs if autotune_enabled() else configs[:1]
 
 
 def next_pow2(n: int) -> int:
