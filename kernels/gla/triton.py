@@ -14,7 +14,8 @@ Forward (chunked), with G the chunk-local cumulative log gate (``G_i = g_1 + .. 
 1. ``_chunk_cumsum``: G for every chunk.
 2. ``_fwd_h`` (one program per sequence, head and [BK, BV] tile): the state entering every chunk,
    ``S_{n+1} = exp(G_C) * S_n + (k * exp(G_C - G))^T v``, written to ``h [n_chunks, H, K, V]``
-   (fp32); also the final state.
+   (fp32 for fp32 inputs; in the input dtype for bf16/fp16, as FLA does: the chunk states are
+   the largest intermediate); the final state is always fp32.
 3. ``_fwd_A``: the intra-chunk scores ``A_ij = sum_k q_ik k_jk exp(G_ik - G_jk)`` for i >= j, in
    sub-blocks of ``BC = 16`` rows. Off-diagonal sub-blocks factor through a reference row r that
    lies between the query and the key rows (the last row of the key sub-block):
@@ -45,8 +46,9 @@ The fused recurrent kernel (``_fwd_recurrent``) runs the loop over time in regis
 program per sequence, head and V tile; ``mode="auto"`` takes it when the longest sequence has at
 most ``RECURRENT_MAX_T`` steps (decoding, short prompts). Its backward is the chunked one.
 
-Precision: accumulation in fp32; matmuls in fp32 ("ieee") for fp32 inputs and TF32 for
-bf16/fp16 inputs. Offsets are int64, so T * H * K may pass 2^31.
+Precision: accumulation in fp32; matmuls in fp32 ("ieee") for fp32 inputs. For bf16/fp16
+inputs the products with the chunk states (and their gradients) take operands in the input dtype,
+the others TF32. Offsets are int64, so T * H * K may pass 2^31.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import functools
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
+from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, interpreting, next_pow2
 
 BT = 64  # chunk length
 BC = 16  # sub-block length inside a chunk (tl.dot needs >= 16 on each side)
@@ -94,6 +96,16 @@ if HAS_TRITON:
         else:
             G = tl.zeros([1], dtype=tl.float32)
         return G
+
+    @triton.jit
+    def _sdot(a, h, PREC: tl.constexpr, HALF: tl.constexpr):
+        """``a @ h`` with ``h`` a tile of chunk states as stored: bf16/fp16 operands when the
+        states are kept in half precision (``HALF``), fp32 otherwise. ``HALF`` is off under the
+        interpreter, whose half-precision products are wrong (it multiplies raw bit patterns)."""
+        if HALF:
+            return tl.dot(a.to(h.dtype), h)
+        else:
+            return tl.dot(a, h.to(tl.float32), input_precision=PREC)
 
     @triton.jit
     def _load_block(x, rows, rmask, cols, cmask, i_h, H: tl.constexpr, D: tl.constexpr):
@@ -158,7 +170,7 @@ if HAS_TRITON:
         if HAS_H0:
             S += tl.load(h0 + (i_n * H + i_h) * K * V + tile, mask=tm, other=0.0).to(tl.float32)
         for c in range(0, nc):
-            tl.store(hbuf + ((c0 + c) * H + i_h) * K * V + tile, S, mask=tm)
+            tl.store(hbuf + ((c0 + c) * H + i_h) * K * V + tile, S.to(hbuf.dtype.element_ty), mask=tm)
             rows = bos + c * BT + tl.arange(0, BT)
             rm = rows < eos
             kb = _load_block(k, rows, rm, cols_k, km, i_h, H, K)
@@ -244,7 +256,8 @@ if HAS_TRITON:
     @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "GATE"])
     @triton.jit
     def _fwd_o(q, v, gc, hbuf, A, o, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
+               HALF: tl.constexpr):
         i_t, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         s, e, ar, rows, rm = _chunk_rows(cstart, cend, i_t, BT)
         cols_v = i_v * BV + tl.arange(0, BV)
@@ -259,7 +272,7 @@ if HAS_TRITON:
                 qb = qb * tl.exp(tl.where(rm[:, None], G, float("-inf")))
             hb = tl.load(hbuf + (i_t.to(tl.int64) * H + i_h) * K * V + cols_k[:, None] * V + cols_v[None, :],
                          mask=km[:, None] & vm[None, :], other=0.0)
-            acc += tl.dot(qb, hb, input_precision=PREC)
+            acc += _sdot(qb, hb, PREC, HALF)
         Ab = tl.load(A + (rows[:, None] * H + i_h) * BT + ar[None, :], mask=rm[:, None] & (s + ar < e)[None, :],
                      other=0.0)
         vb = _load_block(v, rows, rm, cols_v, vm, i_h, H, V)
@@ -310,7 +323,7 @@ if HAS_TRITON:
             dS += tl.load(dht + (i_n * H + i_h) * K * V + tile, mask=tm, other=0.0).to(tl.float32)
         for ci in range(0, nc):
             c = nc - 1 - ci
-            tl.store(dhbuf + ((c0 + c) * H + i_h) * K * V + tile, dS, mask=tm)  # grad of the state leaving c
+            tl.store(dhbuf + ((c0 + c) * H + i_h) * K * V + tile, dS.to(dhbuf.dtype.element_ty), mask=tm)  # leaving c
             rows = bos + c * BT + tl.arange(0, BT)
             rm = rows < eos
             qb = _load_block(q, rows, rm, cols_k, km, i_h, H, K)
@@ -345,7 +358,7 @@ if HAS_TRITON:
     @triton.jit
     def _bwd_dv(k, do, gc, A, dhbuf, dv, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr,
                 V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
-                PREC: tl.constexpr):
+                PREC: tl.constexpr, HALF: tl.constexpr):
         i_t, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         s, e, ar, rows, rm = _chunk_rows(cstart, cend, i_t, BT)
         cols_v = i_v * BV + tl.arange(0, BV)
@@ -364,7 +377,7 @@ if HAS_TRITON:
                 kb = kb * tl.exp(tl.where(rm[:, None], Gl[None, :] - G, float("-inf")))
             dhb = tl.load(dhbuf + (i_t.to(tl.int64) * H + i_h) * K * V + cols_k[:, None] * V + cols_v[None, :],
                           mask=km[:, None] & vm[None, :], other=0.0)
-            acc += tl.dot(kb, dhb, input_precision=PREC)
+            acc += _sdot(kb, dhb, PREC, HALF)
         tl.store(dv + (rows[:, None] * H + i_h) * V + cols_v[None, :], acc, mask=rm[:, None] & vm[None, :])
 
     @triton.jit
@@ -432,7 +445,7 @@ if HAS_TRITON:
     @triton.jit
     def _bwd_dqk_inter(q, k, v, do, gc, hbuf, dhbuf, dA, dq, dk, cstart, cend, scale, H: tl.constexpr,
                        K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       GATE: tl.constexpr, FULL_INTRA: tl.constexpr, PREC: tl.constexpr):
+                       GATE: tl.constexpr, FULL_INTRA: tl.constexpr, PREC: tl.constexpr, HALF: tl.constexpr):
         i_t, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         s, e, _, rows, rm = _chunk_rows(cstart, cend, i_t, BT)
         cols_k = i_k * BK + tl.arange(0, BK)
@@ -450,8 +463,8 @@ if HAS_TRITON:
             tmask = vm[:, None] & km[None, :]
             hT = tl.load(hbuf + base + tile, mask=tmask, other=0.0)
             dhT = tl.load(dhbuf + base + tile, mask=tmask, other=0.0)
-            dq_acc += tl.dot(dob, hT, input_precision=PREC)
-            dk_acc += tl.dot(vb, dhT, input_precision=PREC)
+            dq_acc += _sdot(dob, hT, PREC, HALF)
+            dk_acc += _sdot(vb, dhT, PREC, HALF)
         dq_acc = dq_acc * scale
         if GATE != 0:
             last = tl.minimum(s + BT, e) - 1
@@ -532,7 +545,10 @@ def _cumsum(g, plan, H, K, GATE):
 def _states(k, v, gc, h0, plan, H, K, V, GATE, prec, want_ht):
     """The state entering every chunk [n_chunks, H, K, V] and the final states [N, H, K, V]."""
     BK, BV = _blocks(K, V)
-    hbuf = torch.empty(max(plan.n_chunks, 1), H, K, V, device=k.device, dtype=torch.float32)
+    # bf16/fp16 inputs keep the chunk states in their own dtype: half the traffic of the largest
+    # intermediate (K V values per chunk and head) and bf16 tensor-core products with q, k, v, do.
+    hdt = k.dtype if k.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    hbuf = torch.empty(max(plan.n_chunks, 1), H, K, V, device=k.device, dtype=hdt)
     ht = torch.empty(plan.n_seqs, H, K, V, device=k.device, dtype=torch.float32) if want_ht else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), plan.n_seqs * H)
     _fwd_h[grid](k, v, gc if gc is not None else k, h0 if h0 is not None else k, hbuf,
@@ -541,14 +557,20 @@ def _states(k, v, gc, h0, plan, H, K, V, GATE, prec, want_ht):
     return hbuf, ht
 
 
+def _half_states(hbuf: torch.Tensor) -> bool:
+    """Products with the chunk states take half-precision operands (see ``_sdot``)."""
+    return hbuf.dtype != torch.float32 and not interpreting()
+
+
 def _scores(q, k, gc, plan, H, K, GATE, prec):
     """The causal intra-chunk scores A [rows, H, BT] (fp32, zero above the diagonal)."""
     BK = max(16, min(64, next_pow2(K)))
-    A = torch.zeros(q.shape[0], H, BT, device=q.device, dtype=torch.float32)
-    if GATE != 2:  # no gate or a scalar gate: whole chunks
+    if GATE != 2:  # no gate or a scalar gate: whole chunks (every entry read later is written)
+        A = torch.empty(q.shape[0], H, BT, device=q.device, dtype=torch.float32)
         _fwd_A_full[(plan.n_chunks, H)](q, k, gc if gc is not None else q, A, plan.cstart, plan.cend, H=H, K=K,
                                         BT=BT, BK=BK, GATE=GATE, PREC=prec)
         return A
+    A = torch.zeros(q.shape[0], H, BT, device=q.device, dtype=torch.float32)  # upper blocks never written
     grid = (plan.n_chunks, (BT // BC) ** 2, H)
     _fwd_A[grid](q, k, gc, A, plan.cstart, plan.cend, H=H, K=K, BT=BT, BC=BC, BK=BK, GATE=GATE, PREC=prec)
     return A
@@ -575,7 +597,7 @@ def _forward(q, k, v, g, h0, scale, plan, want_ht, mode):
         BK, BV = _blocks(K, V)
         _fwd_o[(plan.n_chunks, triton.cdiv(V, BV), H)](
             q, v, gc if gc is not None else q, hbuf, A, o, plan.cstart, plan.cend, scale,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=GATE, PREC=prec)
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=GATE, PREC=prec, HALF=_half_states(hbuf))
     return o, ht
 
 
@@ -603,13 +625,13 @@ def _backward(q, k, v, g, h0, ht, do, dht, scale, plan):
         _bwd_dA[(plan.n_chunks, H)](do, v, dA, plan.cstart, plan.cend, scale, H=H, V=V, BT=BT, BV=BV, PREC=prec)
         _bwd_dv[(plan.n_chunks, triton.cdiv(V, BV), H)](
             k, do, gcp, A, dhbuf, dv, plan.cstart, plan.cend, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            GATE=GATE, PREC=prec)
+            GATE=GATE, PREC=prec, HALF=_half_states(hbuf))
         if GATE == 2:  # per-key gates: the intra-chunk part in sub-blocks (see _fwd_A)
             _bwd_dqk_intra[(triton.cdiv(K, BK), plan.n_chunks * (BT // BC), H)](
                 q, k, gcp, dA, dq, dk, plan.cstart, plan.cend, H=H, K=K, BT=BT, BC=BC, BK=BK, GATE=GATE, PREC=prec)
         _bwd_dqk_inter[(plan.n_chunks, triton.cdiv(K, BK), H)](
             q, k, v, do, gcp, hbuf, dhbuf, dA, dq, dk, plan.cstart, plan.cend, scale, H=H, K=K, V=V, BT=BT, BK=BK,
-            BV=BV, GATE=GATE, FULL_INTRA=GATE != 2, PREC=prec)
+            BV=BV, GATE=GATE, FULL_INTRA=GATE != 2, PREC=prec, HALF=_half_states(hbuf))
     dg = None
     if GATE:
         dL = q.float() * dq - k.float() * dk  # [N, H, K]: d/dL_t of the cumulative gate
