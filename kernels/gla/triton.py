@@ -24,7 +24,8 @@ Forward (chunked), with G the chunk-local cumulative log gate (``G_i = g_1 + .. 
    a per-key gate are summed exactly, one key row at a time. No gate or a scalar gate needs
    none of this: ``_fwd_A_full`` takes a whole chunk as one [BT, BT] matmul times the masked
    decay matrix (and the backward's intra part is two [BT, BT] matmuls in ``_bwd_dqk_inter``).
-4. ``_fwd_o``: ``o = scale * ((q * exp(G)) h_n + A v)``.
+4. ``_fwd_o``: ``o = scale * ((q * exp(G)) h_n + A v)``; for no gate or a scalar gate it forms
+   A itself from the q and k tiles it loads (step 3 is then skipped in the forward).
 
 Backward (chunked). Kept from the forward: only the inputs (q, k, v, g, initial state) and the
 final state; the chunk states ``h`` and the scores ``A`` are recomputed (one pass each over the
@@ -255,26 +256,41 @@ if HAS_TRITON:
 
     @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "GATE"])
     @triton.jit
-    def _fwd_o(q, v, gc, hbuf, A, o, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    def _fwd_o(q, k, v, gc, hbuf, A, o, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
-               HALF: tl.constexpr):
+               HALF: tl.constexpr, FUSE_A: tl.constexpr):
+        """``o = scale ((q exp(G)) h + A v)``. ``FUSE_A`` (no gate or a scalar gate): the scores are
+        formed here from the same q tiles, ``A = (q k^T) exp(G_i - G_j)`` masked to i >= j, instead
+        of being read from ``A`` (which then is unused): a [BT, BT] fp32 tile per chunk and head
+        neither written nor read back."""
         i_t, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         s, e, ar, rows, rm = _chunk_rows(cstart, cend, i_t, BT)
         cols_v = i_v * BV + tl.arange(0, BV)
         vm = cols_v < V
         acc = tl.zeros([BT, BV], dtype=tl.float32)
+        qk = tl.zeros([BT, BT], dtype=tl.float32)
         for i_k in range(0, tl.cdiv(K, BK)):
             cols_k = i_k * BK + tl.arange(0, BK)
             km = cols_k < K
             qb = _load_block(q, rows, rm, cols_k, km, i_h, H, K)
+            if FUSE_A:
+                kb = _load_block(k, rows, rm, cols_k, km, i_h, H, K)
+                qk += tl.dot(qb, tl.trans(kb), input_precision=PREC)
             if GATE != 0:
                 G = _load_G(gc, rows, rm, cols_k, km, i_h, H, K, GATE, BT)
                 qb = qb * tl.exp(tl.where(rm[:, None], G, float("-inf")))
             hb = tl.load(hbuf + (i_t.to(tl.int64) * H + i_h) * K * V + cols_k[:, None] * V + cols_v[None, :],
                          mask=km[:, None] & vm[None, :], other=0.0)
             acc += _sdot(qb, hb, PREC, HALF)
-        Ab = tl.load(A + (rows[:, None] * H + i_h) * BT + ar[None, :], mask=rm[:, None] & (s + ar < e)[None, :],
-                     other=0.0)
+        if FUSE_A:
+            ok = (ar[:, None] >= ar[None, :]) & rm[:, None] & rm[None, :]
+            if GATE == 1:
+                Gs = tl.load(gc + rows * H + i_h, mask=rm, other=0.0)
+                qk = qk * tl.exp(tl.where(ok, Gs[:, None] - Gs[None, :], float("-inf")))
+            Ab = tl.where(ok, qk, 0.0)
+        else:
+            Ab = tl.load(A + (rows[:, None] * H + i_h) * BT + ar[None, :], mask=rm[:, None] & (s + ar < e)[None, :],
+                         other=0.0)
         vb = _load_block(v, rows, rm, cols_v, vm, i_h, H, V)
         acc += tl.dot(Ab, vb, input_precision=PREC)
         tl.store(o + (rows[:, None] * H + i_h) * V + cols_v[None, :], (acc * scale).to(o.dtype.element_ty),
@@ -593,11 +609,12 @@ def _forward(q, k, v, g, h0, scale, plan, want_ht, mode):
     gc = _cumsum(g, plan, H, K, GATE) if GATE else None
     hbuf, ht = _states(k, v, gc, h0, plan, H, K, V, GATE, prec, want_ht)
     if plan.n_chunks:
-        A = _scores(q, k, gc, plan, H, K, GATE, prec)
+        fuse = GATE != 2  # per-key gates need the sub-block factorisation of _fwd_A
+        A = q if fuse else _scores(q, k, gc, plan, H, K, GATE, prec)
         BK, BV = _blocks(K, V)
         _fwd_o[(plan.n_chunks, triton.cdiv(V, BV), H)](
-            q, v, gc if gc is not None else q, hbuf, A, o, plan.cstart, plan.cend, scale,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=GATE, PREC=prec, HALF=_half_states(hbuf))
+            q, k, v, gc if gc is not None else q, hbuf, A, o, plan.cstart, plan.cend, scale,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=GATE, PREC=prec, HALF=_half_states(hbuf), FUSE_A=fuse)
     return o, ht
 
 
