@@ -55,6 +55,13 @@ from .._common import accumulation_dtype
 CHUNK = 64
 
 
+def solve_unit_lower(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``(I + tril(A, -1))^{-1} rhs`` for A ``[..., C, C]``, rhs ``[..., C, D]``: one unit-lower-
+    triangular solve per matrix. Only the strictly lower triangle of A is read
+    (``linalg.solve_triangular(..., unitriangular=True)``)."""
+    return torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+
+
 def pass_states(
     R: torch.Tensor, KW: torch.Tensor, a: torch.Tensor | None, S: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,9 +90,11 @@ def delta_rule_chunk(
     initial_state: torch.Tensor | None,
     chunk_size: int | None = None,
     state_pass=None,
+    solve=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch of equal-length sequences, no varlen. ``state_pass`` replaces ``pass_states``
-    (the Triton path passes its kernel).
+    and ``solve`` replaces ``solve_unit_lower`` (same arguments and result; the Triton path
+    passes its kernels).
 
     q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; beta: ``[B, T, H]``; g: None or ``[B, T, H]``
     (log space); initial_state: None or ``[B, H, K, V]``.
@@ -109,8 +118,8 @@ def delta_rule_chunk(
     beta = rearrange(F.pad(beta.to(dt), (0, 0, 0, pad)), "b (n c) h -> b h n c 1", c=C)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
 
-    # linalg.solve_triangular(..., unitriangular=True) reads only the strictly lower triangle
-    # of its matrix, so (k*beta) k^T (decayed) can be passed as it is: the solve is with I + A.
+    # The solve (linalg.solve_triangular(..., unitriangular=True)) reads only the strictly lower
+    # triangle of its matrix, so (k*beta) k^T (decayed) can be passed as it is: the solve is with I + A.
     k_beta = k * beta
     kbk = k_beta @ k.transpose(-1, -2)  # (B, H, N, C, C): beta_i k_i . k_j
     qk = (q * scale) @ k.transpose(-1, -2)
@@ -132,8 +141,7 @@ def delta_rule_chunk(
         a = G_last.exp().unsqueeze(-1)  # (B, H, N, 1, 1)
 
     # One unit-lower-triangular solve per chunk, all chunks at once: (I + A)^{-1} [beta*v | beta*e^G*k].
-    UW = torch.linalg.solve_triangular(A, torch.cat([v * beta, rhs_k], -1), upper=False,
-                                       unitriangular=True)
+    UW = (solve or solve_unit_lower)(A, torch.cat([v * beta, rhs_k], -1))
     U, W = UW.split([V, K], dim=-1)  # (B, H, N, C, V), (B, H, N, C, K)
 
     # Per chunk the state map is affine: S_{n+1} = exp(G_C) S_n + R_n - KW_n S_n with

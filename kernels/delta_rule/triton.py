@@ -1,13 +1,30 @@
-"""Triton path of delta_rule, first stage: the chunk-to-chunk state pass as a kernel.
+"""Triton path of delta_rule: the chunk form (``chunk.py``, WY/UT representation) with its
+intra-chunk triangular solve and its chunk-to-chunk state pass as Triton kernels.
 
-The chunked form (``chunk.py``, WY/UT representation) does everything inside a chunk as
-matmuls batched over all chunks at once; its one sequential part is the state recurrence
+UT solve (``_ut_fwd``, ``solve_unit_lower_triton``; passed to ``delta_rule_chunk`` as ``solve``).
+The chunk form builds, for every chunk at once in PyTorch (float32 even for bf16/fp16 inputs),
+``A_ij = beta_i (k_i . k_j) exp(G_i - G_j)`` (i > j; the exponent is masked to -inf above the
+diagonal before exp, so strong decay underflows to 0 and never overflows) and the right-hand side
+``R = [beta v | beta exp(G) k]``. One kernel program per (chunk, batch*head) then computes, in
+fp32, ``Tm = (I + A)^{-1}`` by 16 x 16 blocks (C <= 64; padded rows are masked and invert to the
+identity):
+
+- the four diagonal blocks by forward substitution, one masked vector update per row;
+- the off-diagonal blocks as ``Tm_ij = -Tm_ii sum_{j<=k<i} A_ik Tm_kj`` (``tl.dot``, "ieee");
+- ``UW = Tm R`` in [C, 64] column tiles, stored float32 ``[B, H, N, C, V + K]`` with Tm
+  ``[B, H, N, C, C]``.
+
+Only A's strictly lower triangle is read, as in ``solve_triangular(..., unitriangular=True)``.
+The backward is PyTorch, batched over all chunks: ``dR = Tm^T dUW`` and ``dA = -tril(dR UW^T, -1)``
+(``dTm = dUW R^T``, ``dA = -Tm^T dTm Tm^T``); autograd chains dA and dR to k, beta, v and g
+through the chunk form's PyTorch. ``ut_inverse_triton`` exposes the inverse alone (same kernel).
+
+State pass (``_state_fwd`` / ``_state_bwd``): the one sequential part of the chunk form,
 
     S_{n+1} = a_n S_n + R_n - KW_n S_n          (a_n = exp(G_C), R_n = Kd^T U, KW_n = Kd^T W)
 
-which the PyTorch path runs as a Python loop of T/64 small matmuls (and as many again in the
-backward). Here it is one kernel launch each way, one program per (batch, head, V tile) carrying
-its [K, BV] state tile in registers through all chunks:
+as one kernel launch each way instead of a Python loop of T/64 small matmuls, one program per
+(batch, head, V tile) carrying its [K, BV] state tile in registers through all chunks:
 
 - forward: store the state entering every chunk (needed by the readout and the pseudo-values),
   then update it; the final state last.
@@ -16,14 +33,14 @@ its [K, BV] state tile in registers through all chunks:
   two are summed over V tiles in PyTorch (each program writes its tile's share). Kept from the
   forward: the entering states (which the chunk form keeps anyway).
 
-Everything else (the triangular solve, the pseudo-values, the output) stays in the chunk path's
-batched PyTorch matmuls, whose gradients autograd provides.
+Still PyTorch (batched matmuls over all chunks, autograd gradients): A and R, the products
+``Kd^T [U | W]``, the written values ``u = U - W S`` and the output.
 
 A fused recurrent kernel (``_recurrent_fwd``) runs short sequences and decoding steps (T <=
 ``RECURRENT_MAX_T``): the loop over time with the [K, BV] state in registers, one program per
 (batch, head, V tile); its backward recomputes through the chunk form (autograd), which is
-cheap at those lengths. Fully fused Triton kernels for the intra-chunk work and the backward
-through the triangular solve are the remaining part of the delta-rule kernel issue.
+cheap at those lengths. Remaining for the delta-rule kernel issue: forming A (and R) inside the
+UT kernel, and fused kernels for the output and the backward.
 """
 
 from __future__ import annotations
@@ -32,7 +49,8 @@ import torch
 
 from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
 
-__all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "pass_states_triton"]
+__all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "pass_states_triton", "solve_unit_lower_triton",
+           "ut_inverse_triton"]
 
 MAX_HEAD_DIM = 256
 RECURRENT_MAX_T = 64  # the fused recurrent kernel runs sequences up to this length
@@ -127,6 +145,210 @@ if HAS_TRITON:
             ot = tl.sum(S * qt[:, None], axis=0) * scale
             tl.store(o + row * V + cv, ot.to(o.dtype.element_ty), mask=vm)
         tl.store(ht + i_bh.to(tl.int64) * K * V + tile, S, mask=tm)
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _ut_load(A, base, C, bi: tl.constexpr, bj: tl.constexpr, BS: tl.constexpr):
+        """Block (bi, bj) ``[BS, BS]`` of the ``[C, C]`` matrix at ``A + base``, in fp32, zero
+        outside the matrix; a diagonal block keeps only its strictly lower part (the diagonal and
+        upper triangle of A are never read, as in a unit-triangular solve)."""
+        r = bi * BS + tl.arange(0, BS)
+        c = bj * BS + tl.arange(0, BS)
+        mask = (r[:, None] < C) & (c[None, :] < C)
+        if bi == bj:
+            mask = mask & (r[:, None] > c[None, :])
+        return tl.load(A + base + r[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _ut_store(Tm, base, C, x, bi: tl.constexpr, bj: tl.constexpr, BS: tl.constexpr):
+        r = bi * BS + tl.arange(0, BS)
+        c = bj * BS + tl.arange(0, BS)
+        tl.store(Tm + base + r[:, None] * C + c[None, :], x, mask=(r[:, None] < C) & (c[None, :] < C))
+
+    @triton.jit
+    def _ut_load_rows(R, base, C, D, r, cols, bi: tl.constexpr, BS: tl.constexpr):
+        """Rows ``bi*BS ..`` (block bi) and columns ``cols`` of the [C, D] matrix at ``R + base``."""
+        rows = bi * BS + r
+        mask = (rows[:, None] < C) & (cols[None, :] < D)
+        return tl.load(R + base + rows[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _ut_store_rows(UW, base, C, D, r, cols, x, bi: tl.constexpr, BS: tl.constexpr):
+        rows = bi * BS + r
+        tl.store(UW + base + rows[:, None] * D + cols[None, :], x, mask=(rows[:, None] < C) & (cols[None, :] < D))
+
+    @triton.jit
+    def _ut_inv_diag(Ad, BS: tl.constexpr):
+        """``(I + Ad)^{-1}`` of a strictly lower ``[BS, BS]`` block by forward substitution: row i
+        of the inverse is ``e_i - sum_{k<i} Ad_ik Tm_k``, one masked vector update per row (rows
+        k >= i still hold e_k, which Ad_ik = 0 leaves out)."""
+        r = tl.arange(0, BS)
+        rows = r[:, None] + 0 * r[None, :]
+        cols = 0 * r[:, None] + r[None, :]
+        Tm = tl.where(rows == cols, 1.0, 0.0)
+        for i in tl.static_range(1, BS):
+            a_i = tl.sum(tl.where(rows == i, Ad, 0.0), axis=0)  # row i of Ad, indexed by column k
+            upd = tl.sum(a_i[:, None] * Tm, axis=0)  # sum_k Ad_ik Tm_k
+            Tm = tl.where(rows == i, Tm - upd[None, :], Tm)
+        return Tm
+
+    # sm_90 with BD = 64: about 210-255 registers per thread at 4 warps (a few bytes spilled with
+    # HAS_R), none spilled at 8; 1 and 2 warps spill heavily, so they are not offered.
+    @triton.autotune(configs=autotune_configs([{"num_warps": 4}, {"num_warps": 8}]), key=["C", "D", "HAS_R"])
+    @triton.jit
+    def _ut_fwd(A, R, Tm, UW, N, C, D, BS: tl.constexpr, BD: tl.constexpr, HAS_R: tl.constexpr):
+        """One chunk's ``Tm = (I + A)^{-1}`` (A strictly lower, C <= 4 * BS rows; rows past C are
+        padding whose inverse is the identity, never stored). Blocks of BS = 16: the four diagonal
+        blocks by forward substitution, then ``Tm_ij = -Tm_ii sum_{j<=k<i} A_ik Tm_kj``. Every
+        upper block is stored as zeros, so Tm can be allocated uninitialised. With ``HAS_R``, also
+        ``UW = Tm R`` for the chunk's right-hand side R ``[C, D]``, in [C, BD] column tiles."""
+        i_n, i_bh = tl.program_id(0), tl.program_id(1)
+        base = (i_bh.to(tl.int64) * N + i_n) * C * C
+        T00 = _ut_inv_diag(_ut_load(A, base, C, 0, 0, BS), BS)
+        T11 = _ut_inv_diag(_ut_load(A, base, C, 1, 1, BS), BS)
+        T22 = _ut_inv_diag(_ut_load(A, base, C, 2, 2, BS), BS)
+        T33 = _ut_inv_diag(_ut_load(A, base, C, 3, 3, BS), BS)
+        A10 = _ut_load(A, base, C, 1, 0, BS)
+        A20 = _ut_load(A, base, C, 2, 0, BS)
+        A21 = _ut_load(A, base, C, 2, 1, BS)
+        A30 = _ut_load(A, base, C, 3, 0, BS)
+        A31 = _ut_load(A, base, C, 3, 1, BS)
+        A32 = _ut_load(A, base, C, 3, 2, BS)
+        T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision="ieee"), input_precision="ieee")
+        T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision="ieee"), input_precision="ieee")
+        T20 = -tl.dot(T22, tl.dot(A20, T00, input_precision="ieee") + tl.dot(A21, T10, input_precision="ieee"),
+                      input_precision="ieee")
+        T32 = -tl.dot(T33, tl.dot(A32, T22, input_precision="ieee"), input_precision="ieee")
+        T31 = -tl.dot(T33, tl.dot(A31, T11, input_precision="ieee") + tl.dot(A32, T21, input_precision="ieee"),
+                      input_precision="ieee")
+        acc = tl.dot(A30, T00, input_precision="ieee") + tl.dot(A31, T10, input_precision="ieee")
+        T30 = -tl.dot(T33, acc + tl.dot(A32, T20, input_precision="ieee"), input_precision="ieee")
+        zero = tl.zeros([BS, BS], dtype=tl.float32)
+        _ut_store(Tm, base, C, T00, 0, 0, BS)
+        _ut_store(Tm, base, C, zero, 0, 1, BS)
+        _ut_store(Tm, base, C, zero, 0, 2, BS)
+        _ut_store(Tm, base, C, zero, 0, 3, BS)
+        _ut_store(Tm, base, C, T10, 1, 0, BS)
+        _ut_store(Tm, base, C, T11, 1, 1, BS)
+        _ut_store(Tm, base, C, zero, 1, 2, BS)
+        _ut_store(Tm, base, C, zero, 1, 3, BS)
+        _ut_store(Tm, base, C, T20, 2, 0, BS)
+        _ut_store(Tm, base, C, T21, 2, 1, BS)
+        _ut_store(Tm, base, C, T22, 2, 2, BS)
+        _ut_store(Tm, base, C, zero, 2, 3, BS)
+        _ut_store(Tm, base, C, T30, 3, 0, BS)
+        _ut_store(Tm, base, C, T31, 3, 1, BS)
+        _ut_store(Tm, base, C, T32, 3, 2, BS)
+        _ut_store(Tm, base, C, T33, 3, 3, BS)
+        if HAS_R:
+            rbase = (i_bh.to(tl.int64) * N + i_n) * C * D
+            r = tl.arange(0, BS)
+            for d0 in range(0, D, BD):
+                cols = d0 + tl.arange(0, BD)
+                R0 = _ut_load_rows(R, rbase, C, D, r, cols, 0, BS)
+                R1 = _ut_load_rows(R, rbase, C, D, r, cols, 1, BS)
+                R2 = _ut_load_rows(R, rbase, C, D, r, cols, 2, BS)
+                R3 = _ut_load_rows(R, rbase, C, D, r, cols, 3, BS)
+                U0 = tl.dot(T00, R0, input_precision="ieee")
+                U1 = tl.dot(T10, R0, input_precision="ieee") + tl.dot(T11, R1, input_precision="ieee")
+                U2 = tl.dot(T20, R0, input_precision="ieee") + tl.dot(T21, R1, input_precision="ieee")
+                U2 += tl.dot(T22, R2, input_precision="ieee")
+                U3 = tl.dot(T30, R0, input_precision="ieee") + tl.dot(T31, R1, input_precision="ieee")
+                U3 += tl.dot(T32, R2, input_precision="ieee") + tl.dot(T33, R3, input_precision="ieee")
+                _ut_store_rows(UW, rbase, C, D, r, cols, U0, 0, BS)
+                _ut_store_rows(UW, rbase, C, D, r, cols, U1, 1, BS)
+                _ut_store_rows(UW, rbase, C, D, r, cols, U2, 2, BS)
+                _ut_store_rows(UW, rbase, C, D, r, cols, U3, 3, BS)
+
+
+UT_BLOCK = 16  # the inverse's block size (tl.dot needs >= 16 per side)
+UT_MAX_C = 4 * UT_BLOCK  # the largest chunk the kernel inverts (the chunk form uses 64)
+
+
+def _ut_launch(A, R=None):
+    """Tm (and ``UW = Tm R`` when R ``[..., C, D]`` is given) for A ``[..., C, C]``; float32."""
+    C = A.shape[-1]
+    M = A.numel() // (C * C) if C else 0
+    N = A.shape[-3] if A.dim() >= 3 else 1
+    Ac = A.float().contiguous()
+    Tm = torch.empty(Ac.shape, device=A.device, dtype=torch.float32)
+    D = 0 if R is None else R.shape[-1]
+    Rc = None if R is None else R.float().contiguous()
+    UW = None if R is None else torch.empty(Rc.shape, device=A.device, dtype=torch.float32)
+    if M and C:
+        BD = max(16, min(64, next_pow2(D)))
+        _ut_fwd[(N, M // N)](Ac, Ac if Rc is None else Rc, Tm, Tm if UW is None else UW, N, C, max(D, 1),
+                             BS=UT_BLOCK, BD=BD, HAS_R=R is not None)
+    return Tm, UW
+
+
+class _UTInverseFn(torch.autograd.Function):
+    """``Tm = (I + tril(A, -1))^{-1}``: forward by ``_ut_fwd``, backward in PyTorch."""
+
+    @staticmethod
+    def forward(ctx, A):
+        Tm, _ = _ut_launch(A)
+        ctx.save_for_backward(Tm)
+        ctx.a_dtype = A.dtype
+        return Tm
+
+    @staticmethod
+    def backward(ctx, dTm):
+        # d(M^{-1}) = -M^{-1} dM M^{-1}, so dM = -Tm^T dTm Tm^T; A enters M = I + A only through
+        # its strictly lower triangle.
+        (Tm,) = ctx.saved_tensors
+        TmT = Tm.transpose(-1, -2)
+        dA = -(TmT @ dTm.to(Tm.dtype) @ TmT)
+        return dA.tril_(-1).to(ctx.a_dtype)
+
+
+class _UTSolveFn(torch.autograd.Function):
+    """``UW = (I + tril(A, -1))^{-1} R``: forward by ``_ut_fwd`` (inverse and product in one
+    kernel), backward in PyTorch: ``dR = Tm^T dUW`` and ``dA = -tril(dR UW^T, -1)`` (from
+    ``dTm = dUW R^T`` and ``dA = -Tm^T dTm Tm^T``, with ``Tm R = UW``)."""
+
+    @staticmethod
+    def forward(ctx, A, R):
+        Tm, UW = _ut_launch(A, R)
+        ctx.save_for_backward(Tm, UW)
+        ctx.dtypes = A.dtype, R.dtype
+        return UW
+
+    @staticmethod
+    def backward(ctx, dUW):
+        Tm, UW = ctx.saved_tensors
+        dR = Tm.transpose(-1, -2) @ dUW.to(Tm.dtype)
+        dA = -(dR @ UW.transpose(-1, -2))
+        return dA.tril_(-1).to(ctx.dtypes[0]), dR.to(ctx.dtypes[1])
+
+
+def ut_inverse_triton(A: torch.Tensor) -> torch.Tensor:
+    """``(I + tril(A, -1))^{-1}`` of every ``[C, C]`` matrix of A ``[..., N, C, C]`` (C <=
+    ``UT_MAX_C``; only A's strictly lower triangle is read), float32, through the blocked Triton
+    kernel (one program per matrix, grid ``(N, prod(...))``); differentiable (PyTorch backward)."""
+    if A.dim() < 2 or A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"ut_inverse_triton: A must be [..., C, C] (square), got {tuple(A.shape)}")
+    if A.shape[-1] > UT_MAX_C:
+        raise ValueError(f"ut_inverse_triton: chunks of at most {UT_MAX_C} rows, got C={A.shape[-1]}")
+    check_triton_inputs(A=A)
+    return _UTInverseFn.apply(A)
+
+
+def solve_unit_lower_triton(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``chunk.solve_unit_lower`` by the Triton kernel: ``(I + tril(A, -1))^{-1} rhs`` for A
+    ``[..., N, C, C]`` and rhs ``[..., N, C, D]``, inverse and product in one launch (float32;
+    differentiable, PyTorch backward). Chunks longer than ``UT_MAX_C`` take the PyTorch solve."""
+    if A.shape[-1] > UT_MAX_C:
+        from .chunk import solve_unit_lower
+
+        return solve_unit_lower(A, rhs)
+    if A.dim() < 2 or A.shape[-1] != A.shape[-2] or rhs.shape[:-1] != A.shape[:-1]:
+        raise ValueError(f"solve_unit_lower_triton: A [..., C, C] and rhs [..., C, D] expected, got "
+                         f"{tuple(A.shape)} and {tuple(rhs.shape)}")
+    check_triton_inputs(A=A, rhs=rhs)
+    return _UTSolveFn.apply(A, rhs)
 
 
 class _RecurrentFn(torch.autograd.Function):
@@ -229,4 +451,5 @@ def delta_rule_triton(q, k, v, beta, g, scale, initial_state, *, mode: str = "au
         initial_state = q.new_zeros(B, H, K, V, dtype=torch.float32)
     if mode == "recurrent" or (mode == "auto" and q.shape[1] <= RECURRENT_MAX_T):
         return _RecurrentFn.apply(q, k, v, beta, g, initial_state, float(scale))
-    return delta_rule_chunk(q, k, v, beta, g, scale, initial_state.float(), state_pass=pass_states_triton)
+    return delta_rule_chunk(q, k, v, beta, g, scale, initial_state.float(), state_pass=pass_states_triton,
+                            solve=solve_unit_lower_triton)

@@ -1,6 +1,7 @@
-"""delta_rule's Triton path (the chunk form with the state pass as a Triton kernel) against the
-reference loop, under the Triton interpreter on CPU (tests/conftest.py sets TRITON_INTERPRET=1
-without CUDA). Forward, final state and gradients of every input, with the final state in the loss."""
+"""delta_rule's Triton path (the chunk form with the UT inverse and the state pass as Triton
+kernels) against the reference loop, under the Triton interpreter on CPU (tests/conftest.py sets
+TRITON_INTERPRET=1 without CUDA). Forward, final state and gradients of every input, with the final
+state in the loss; and the blocked inverse kernel on its own against float64 PyTorch."""
 
 from __future__ import annotations
 
@@ -101,3 +102,180 @@ def test_decoding_steps_continue_a_prefill():
         outs.append(o_t)
     torch.testing.assert_close(torch.cat(outs, 1), o_full, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(S, S_full, atol=1e-5, rtol=1e-4)
+
+
+# The blocked UT inverse Tm = (I + tril(A, -1))^{-1} on its own.
+
+
+def chunk_A(M, C, K, corr=0.0, g_scale=None, seed=0):
+    """A ``[M, C, C]`` as the chunk form builds it: beta_i (k_i . k_j) exp(G_i - G_j), from unit
+    keys (``corr`` pulls them towards one shared direction, so |A_ij| approaches 1) and, with
+    ``g_scale``, log gates uniform in (-g_scale, 0). The diagonal and upper triangle are left
+    as they come (nonzero): the kernel must not read them."""
+    gen = torch.Generator().manual_seed(seed)
+    k = F.normalize(corr * torch.randn(M, 1, K, generator=gen) + torch.randn(M, C, K, generator=gen), dim=-1)
+    beta = torch.sigmoid(torch.randn(M, C, 1, generator=gen) + 1)
+    A = (beta * k) @ k.transpose(-1, -2)
+    if g_scale is not None:
+        G = (-g_scale * torch.rand(M, C, generator=gen)).cumsum(-1)
+        causal = torch.ones(C, C, dtype=torch.bool).tril()
+        A = A * (G[:, :, None] - G[:, None, :]).masked_fill(~causal, float("-inf")).exp()
+    return A
+
+
+def inverse64(A):
+    eye = torch.eye(A.shape[-1], dtype=torch.float64)
+    return torch.linalg.inv(eye + A.double().tril(-1))
+
+
+@pytest.mark.parametrize("C", [64, 40])
+def test_ut_inverse_matches_float64(C):
+    """Keys from independent to nearly parallel (|A_ij| up to ~1), uniform noise in (-1, 1) (an
+    inverse with entries in the thousands), the chunk form's full C = 64 and a shorter chunk (rows
+    past C masked), and a last chunk whose trailing rows are padding (A rows zero, Tm rows
+    identity). Garbage on and above A's diagonal must be ignored."""
+    from postformer.kernels.delta_rule.triton import ut_inverse_triton
+
+    gen = torch.Generator().manual_seed(3)
+    A = torch.cat([chunk_A(2, C, 16, corr) for corr in (0.0, 1.0, 10.0)]
+                  + [2 * torch.rand(2, C, C, generator=gen) - 1])  # (8, C, C)
+    A[-1, C - 13:] = 0.0  # a ragged last chunk: padded rows
+    A = A.view(2, 1, 4, C, C)  # (B, H, N, C, C)
+    Tm = ut_inverse_triton(A)
+    ref = inverse64(A)
+    assert Tm.shape == A.shape and Tm.dtype == torch.float32
+    assert torch.equal(Tm.triu(1), torch.zeros_like(Tm)) and torch.equal(Tm.diagonal(0, -2, -1), torch.ones(2, 1, 4, C))
+    for n in range(A.shape[2]):  # each chunk on its own: the well-conditioned ones are not hidden by the rest
+        err = ((Tm[:, :, n].double() - ref[:, :, n]).norm() / ref[:, :, n].norm()).item()
+        assert err < 2e-6, f"chunk {n}: relative error {err:.2e}"
+    torch.testing.assert_close(Tm[1, 0, -1, C - 13:].double(), ref[1, 0, -1, C - 13:], atol=0, rtol=0)
+
+
+def test_ut_inverse_strong_decay_stays_finite_and_exact():
+    """g down to -10 per step: A's subdiagonals fall like exp(-10 d) and underflow; the inverse must
+    stay finite, entries above 1e-6 must keep full relative accuracy, and every entry fp32 can
+    represent must meet the componentwise forward-substitution bound
+    ``|Tm - ref| <= c u (|ref| |I + A| |ref|)`` (c u = 1e-6: about 16 fp32 roundings)."""
+    from postformer.kernels.delta_rule.triton import ut_inverse_triton
+
+    A = chunk_A(4, 64, 16, corr=3.0, g_scale=10.0)
+    Tm = ut_inverse_triton(A).double()
+    ref = inverse64(A)
+    assert torch.isfinite(Tm).all()
+    big = ref.abs() > 1e-6
+    assert ((Tm - ref).abs()[big] <= 1e-5 * ref.abs()[big]).all()
+    bound = ref.abs() @ (torch.eye(64, dtype=torch.float64) + A.double().tril(-1)).abs() @ ref.abs()
+    normal = bound > 1e-30
+    assert ((Tm - ref).abs()[normal] <= 1e-6 * bound[normal]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ut_inverse_gradient_matches_float64_autograd(dtype):
+    """dA = -(Tm^T dTm Tm^T) on the strictly lower triangle, zero on and above the diagonal, against
+    autograd through torch.linalg.inv in float64 (bf16 A: the kernel still works in fp32)."""
+    from postformer.kernels.delta_rule.triton import ut_inverse_triton
+
+    A = chunk_A(3, 50, 16, corr=2.0, g_scale=1.0).to(dtype)
+    w = torch.randn(3, 50, 50, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    a = A.detach().requires_grad_()
+    (ut_inverse_triton(a).double() * w).sum().backward()
+    a64 = A.detach().double().requires_grad_()
+    (inverse64(a64) * w).sum().backward()
+    assert a.grad.dtype == dtype
+    err = ((a.grad.double() - a64.grad).norm() / a64.grad.norm()).item()
+    assert err < (1e-5 if dtype == torch.float32 else 1e-2), f"relative error {err:.2e}"
+    assert torch.equal(a.grad.triu(), torch.zeros_like(a.grad))
+
+
+@pytest.mark.parametrize(("C", "D"), [(64, 24), (40, 100)])
+def test_ut_solve_matches_float64_with_gradients(C, D):
+    """The fused kernel's UW = Tm R (R in [C, 64] column tiles, D ragged) and its backward
+    (dR = Tm^T dUW, dA = -tril(dR UW^T, -1)) against autograd through solve_triangular in float64."""
+    from postformer.kernels.delta_rule.triton import solve_unit_lower_triton
+
+    gen = torch.Generator().manual_seed(7)
+    A = torch.cat([chunk_A(2, C, 16, corr=2.0, g_scale=1.0), 2 * torch.rand(1, C, C, generator=gen) - 1]).view(1, 3, C, C)
+    R = torch.randn(1, 3, C, D, generator=gen)
+    w = torch.randn(1, 3, C, D, generator=gen, dtype=torch.float64)
+    a, r = A.detach().requires_grad_(), R.detach().requires_grad_()
+    UW = solve_unit_lower_triton(a, r)
+    (UW.double() * w).sum().backward()
+    a64, r64 = A.detach().double().requires_grad_(), R.detach().double().requires_grad_()
+    ref = torch.linalg.solve_triangular(a64, r64, upper=False, unitriangular=True)
+    (ref * w).sum().backward()
+    assert UW.dtype == torch.float32
+    for name, x, y in (("UW", UW, ref), ("dA", a.grad, a64.grad), ("dR", r.grad, r64.grad)):
+        err = ((x.double() - y).norm() / y.norm()).item()
+        assert err < 2e-6, f"{name}: relative error {err:.2e}"
+    assert torch.equal(a.grad.triu(), torch.zeros_like(a.grad))
+
+
+def test_ut_solve_hook_runs_in_chunk_mode(monkeypatch):
+    """impl='triton' beyond RECURRENT_MAX_T passes the Triton solve to the chunk form; impl='chunk'
+    keeps the PyTorch solve."""
+    from postformer.kernels.delta_rule import triton as tri
+
+    calls, solve = [], tri.solve_unit_lower_triton
+
+    def spy(A, rhs):
+        calls.append(A.shape)
+        return solve(A, rhs)
+
+    monkeypatch.setattr(tri, "solve_unit_lower_triton", spy)
+    inputs = make(1, 70, 1, 16, 8, True)
+    delta_rule(*inputs[:5], initial_state=inputs[5], impl="chunk")
+    assert calls == []
+    delta_rule(*inputs[:5], initial_state=inputs[5], impl="triton")
+    assert calls == [(1, 1, 2, 64, 64)]
+
+
+def test_ut_inverse_rejects_bad_shapes():
+    from postformer.kernels.delta_rule.triton import solve_unit_lower_triton, ut_inverse_triton
+
+    with pytest.raises(ValueError, match="square"):
+        ut_inverse_triton(torch.zeros(2, 8, 4))
+    with pytest.raises(ValueError, match="at most 64"):
+        ut_inverse_triton(torch.zeros(1, 65, 65))
+    with pytest.raises(ValueError, match="float64"):
+        ut_inverse_triton(torch.zeros(1, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rhs"):
+        solve_unit_lower_triton(torch.zeros(1, 8, 8), torch.zeros(1, 7, 3))
+
+
+# GPU only: compiled kernels at a realistic size against the CPU float64 references.
+
+
+@pytest.mark.gpu
+def test_cuda_ut_solve_matches_float64():
+    from postformer.kernels.delta_rule.triton import solve_unit_lower_triton, ut_inverse_triton
+
+    A = torch.cat([chunk_A(16, 64, 64, 1.0), chunk_A(16, 64, 64, 3.0, g_scale=10.0)]).view(2, 4, 4, 64, 64)
+    R = torch.randn(2, 4, 4, 64, 192, generator=torch.Generator().manual_seed(9))
+    ref_T = inverse64(A)
+    ref = ref_T @ R.double()
+    Tm = ut_inverse_triton(A.cuda()).cpu()
+    UW = solve_unit_lower_triton(A.cuda(), R.cuda()).cpu()
+    assert ((Tm.double() - ref_T).norm() / ref_T.norm()).item() < 1e-5
+    assert ((UW.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strong", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_realistic_size(dtype, strong):
+    """impl='auto' on CUDA tensors (the Triton path) against the float64 reference on the CPU:
+    forward, final state and every gradient."""
+    inputs = make(2, 300, 4, 64, 64, True, seed=11, strong=strong)
+    gen = torch.Generator().manual_seed(1)
+    w_o = torch.randn(2, 300, 4, 64, generator=gen, dtype=torch.float64)
+    w_s = torch.randn(2, 4, 64, 64, generator=gen, dtype=torch.float64)
+    inputs = [x.to(dtype) for x in inputs[:5]] + [inputs[5]]  # the reference sees the same rounded inputs
+    o_ref, S_ref, grads_ref = run("reference", inputs, w_o, w_s, dtype=torch.float64)
+    leaves = [x.to(dtype).cuda().requires_grad_() for x in inputs[:5]] + [inputs[5].cuda().requires_grad_()]
+    o, S = delta_rule(*leaves[:5], initial_state=leaves[5], output_final_state=True)
+    ((o.double() * w_o.cuda()).sum() + (S.double() * w_s.cuda()).sum()).backward()
+    tol = 1e-3 if dtype == torch.float32 else 3e-2
+    for name, a, b in [("o", o, o_ref), ("S", S, S_ref)] + [
+            (n, x.grad, gr) for n, x, gr in zip("q k v beta g h0".split(), leaves, grads_ref)]:
+        err = ((a.detach().cpu().double() - b).norm() / b.norm()).item()
+        assert err < tol, f"{name}: relative error {err:.2e}"
