@@ -9,9 +9,12 @@ inputs (gradients included), and the float64 closed form ``naive`` of
 tests/kernels/test_selective_scan.py (every state at once, no recurrence). The kernels run in
 float32: outputs are held to ~1e-5 relative error, gradients to ~1e-4.
 
-The backward recomputes states from checkpoints every ``CHK`` steps; the tests shrink ``CHK``
-to 4 so that short sequences cross several blocks and end in a partial one. The interpreter
-runs the loop over time step by step in Python, so shapes are tiny (T <= 19 but for one forward of 70 steps, D <= 16).
+The kernels scan blocks of ``BT = min(16, CHK)`` steps in parallel and the backward recomputes
+states from checkpoints every ``CHK`` steps; the tests shrink ``CHK`` to 4 (so ``BT`` = 4) so that
+short sequences cross several blocks and end in a partial one, and some tests shrink ``BT`` below
+``CHK`` (several scan blocks per checkpoint) or the register budgets (several channel tiles per
+B/C group). The interpreter runs ``tl.associative_scan`` element by element in Python, so shapes
+are tiny (T <= 70, D <= 16, N <= 16).
 """
 
 from __future__ import annotations
@@ -98,11 +101,45 @@ def test_gradients_across_many_blocks():
 
 
 def test_full_block_length_and_wide_state(monkeypatch):
-    monkeypatch.setattr(ss_triton, "CHK", 64)  # the real block length: 70 steps = one full block and a partial one
+    # the real sizes: 70 steps = a full checkpoint block (4 scan blocks of 16) and a partial one
+    monkeypatch.setattr(ss_triton, "CHK", 64)
     inp = make(1, 70, 4, 16, G=None, seed=12)
     y, S = call(on_device(inp), "triton")
     y_ref, S_ref = truth(inp)
     assert rel_err(y.cpu(), y_ref) < FWD_TOL and rel_err(S.cpu(), S_ref) < FWD_TOL
+
+
+@pytest.mark.parametrize(
+    "dim, G, opts, bwd_tile, bwd_meta",
+    [
+        (12, 3, {}, 64, (2, 4)),  # every option; 6 tiles of 2 channels, 2 tiles per group
+        # no gate, no skip, dt used as given; the backward's budget halves its blocks to 2 steps
+        # (1-channel tiles) while the forward keeps 4
+        (6, None, dict(D=False, z=False, softplus=False), 16, (1, 2)),
+    ],
+)
+def test_several_scan_blocks_per_checkpoint(monkeypatch, dim, G, opts, bwd_tile, bwd_meta):
+    # blocks of BT = 4 steps, checkpoints every 8: 29 steps = 3 checkpoint blocks of 2 scan blocks,
+    # then one of a full scan block and a 1-step one. N = 5 is padded to NP = 8; the small tile
+    # budgets give 1- or 2-channel tiles, so D and each B/C group are covered by several programs.
+    monkeypatch.setattr(ss_triton, "CHK", 8)
+    monkeypatch.setattr(ss_triton, "BT", 4)
+    monkeypatch.setattr(ss_triton, "FWD_TILE", 64)
+    monkeypatch.setattr(ss_triton, "BWD_TILE", bwd_tile)
+    inp = make(2, 29, dim, 5, G=G, seed=13)
+    if not opts.get("softplus", True):
+        inp["dt"] = inp["dt"].abs()
+    Bg = inp["B"] if G else inp["B"].unsqueeze(2)
+    assert ss_triton._meta(inp["x"], inp["A"], Bg, 64)[6:8] == (2, 4)  # (BD, BT) of the forward
+    assert ss_triton._meta(inp["x"], inp["A"], Bg, bwd_tile)[6:8] == bwd_meta  # ... of the backward
+    assert_grads_match(inp, opts)
+
+
+def test_default_blocks_gradients(monkeypatch):
+    # the real sizes: CHK = 64, BT = 16; 70 steps = 4 full scan blocks, then a partial one of 6 steps
+    monkeypatch.setattr(ss_triton, "CHK", 64)
+    assert ss_triton.BT == 16
+    assert_grads_match(make(1, 70, 4, 5, G=None, seed=14), {})
 
 
 def test_strong_decay_stays_exact():
