@@ -5,8 +5,8 @@
 #
 # Needs torch, triton, einops, pytest and pytest-benchmark (fla-core and flash-attn are
 # optional peers; no network). Each step runs under `timeout`; worst case about 7.5 minutes
-# on one H100/H200 (30 + 60 + 120 + 240 + 30 s), usually much less. Writes into OUTDIR:
-# env.txt, gpu_tests.log, gpu_bench.{log,json,md} and gla_time_vs_T.png.
+# on one H100/H200 (30 + 60 + 120 + 90 + 240 + 30 s), usually much less. Writes into OUTDIR:
+# env.txt, gpu_tests.log, gpu_profile.{log,json}, gpu_bench.{log,json,md} and gla_time_vs_T.png.
 #
 # Without a CUDA device it runs the CPU-side steps only (environment, install check, the quick
 # CPU benchmarks of bench/test_gla.py, a CPU smoke run of the benchmark pipeline into
@@ -95,7 +95,11 @@ if [ "$has_cuda" = 1 ]; then
     # POSTFORMER_AUTOTUNE=0: one configuration per kernel (correctness needs no tuning; it cuts
     # the compilations several-fold). -rA: one line per test, so a cut-short log still names them.
     run "CUDA tests" 120 "$out/gpu_tests.log" env POSTFORMER_AUTOTUNE=0 \
-        "$PY" -m pytest -q -rfE -m gpu -p no:cacheprovider "${par[@]}" -v --durations=10 tests
+        "$PY" -m pytest -rfE -m gpu -p no:cacheprovider "${par[@]}" -v --durations=10 tests
+
+    step "where the time goes: each op's kernels, fwd+bwd (bench/gpu_profile.py)"
+    : >"$out/gpu_profile.log"
+    run "profile" 90 "$out/gpu_profile.log" "$PY" bench/gpu_profile.py --json "$out/gpu_profile.json"
 
     step "CUDA benchmarks (bench/gpu_bench.py, budget 200 s)"
     : >"$out/gpu_bench.log"
