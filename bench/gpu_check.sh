@@ -4,8 +4,8 @@
 #   bench/gpu_check.sh [OUTDIR]        (default bench/out; PYTHON=... picks the interpreter)
 #
 # Needs torch, triton, einops, pytest and pytest-benchmark (fla-core and flash-attn are
-# optional peers; no network). Each step runs under `timeout`; worst case about 7.5 minutes
-# on one H100/H200 (30 + 60 + 120 + 90 + 240 + 30 s), usually much less. Writes into OUTDIR:
+# optional peers; no network). Each step runs under `timeout`; worst case about 7.7 minutes
+# on one H100/H200 (30 + 60 + 100 + 60 + 180 + 30 s), usually much less. Writes into OUTDIR:
 # env.txt, gpu_tests.log, gpu_profile.{log,json}, gpu_bench.{log,json,md} and gla_time_vs_T.png.
 #
 # Without a CUDA device it runs the CPU-side steps only (environment, install check, the quick
@@ -94,17 +94,17 @@ if [ "$has_cuda" = 1 ]; then
     "$PY" -c 'import xdist' 2>/dev/null && par=(-n 8)
     # POSTFORMER_AUTOTUNE=0: one configuration per kernel (correctness needs no tuning; it cuts
     # the compilations several-fold). -rA: one line per test, so a cut-short log still names them.
-    run "CUDA tests" 120 "$out/gpu_tests.log" env POSTFORMER_AUTOTUNE=0 \
+    run "CUDA tests" 100 "$out/gpu_tests.log" env POSTFORMER_AUTOTUNE=0 \
         "$PY" -m pytest -rfE -m gpu -p no:cacheprovider "${par[@]}" -v --durations=10 tests
 
     step "where the time goes: each op's kernels, fwd+bwd (bench/gpu_profile.py)"
     : >"$out/gpu_profile.log"
-    run "profile" 90 "$out/gpu_profile.log" "$PY" bench/gpu_profile.py --json "$out/gpu_profile.json"
+    run "profile" 60 "$out/gpu_profile.log" "$PY" bench/gpu_profile.py --json "$out/gpu_profile.json"
 
-    step "CUDA benchmarks (bench/gpu_bench.py, budget 200 s)"
+    step "CUDA benchmarks (bench/gpu_bench.py, budget 160 s)"
     : >"$out/gpu_bench.log"
-    run "CUDA benchmarks" 240 "$out/gpu_bench.log" \
-        "$PY" bench/gpu_bench.py --out "$out" --budget-s 200 --seqlens 8192,2048 --dims 128 \
+    run "CUDA benchmarks" 180 "$out/gpu_bench.log" \
+        "$PY" bench/gpu_bench.py --out "$out" --budget-s 160 --seqlens 8192,2048 --dims 128 \
         --models gdn,gla,mamba2,transformer
 
     step "report (rebuilt from the JSON, so a cut-short benchmark still gets one)"
