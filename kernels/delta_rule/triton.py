@@ -28,10 +28,15 @@ as one kernel launch each way instead of a Python loop of T/64 small matmuls, on
 
 - forward: store the state entering every chunk (needed by the readout and the pseudo-values),
   then update it; the final state last.
-- backward: the reverse recurrence ``dS_n = dS_in[n] + a_n dS_{n+1} - KW_n^T dS_{n+1}`` with
-  ``dR_n = dS_{n+1}``, ``dKW_n = -dS_{n+1} S_n^T`` and ``da_n = <dS_{n+1}, S_n>``; the last
-  two are summed over V tiles in PyTorch (each program writes its tile's share). Kept from the
-  forward: the entering states (which the chunk form keeps anyway).
+- backward: the reverse recurrence ``dS_n = dS_in[n] + a_n dS_{n+1} - KW_n^T dS_{n+1}``,
+  storing ``dR_n = dS_{n+1}``; then ``dKW_n = -dR_n S_n^T`` (one batched matmul) and
+  ``da_n = <dR_n, S_n>`` in PyTorch. Kept from the forward: the entering states (which the
+  chunk form keeps anyway).
+
+The [K, K] @ [K, BV] products run as ``tf32x3`` (``MM_PREC``): "ieee" fp32 dots of these tiles
+compile to scalar FMAs with kilobytes of register spills per thread (sm_90, checked offline with
+``triton.compile`` + ``cuobjdump``); the forward took 33 ms at B=4, T=8K, H=16, K=V=128 on an
+H200 that way. BV = 16 at K = 128 with 8 warps keeps spills to a few words.
 
 Still PyTorch (batched matmuls over all chunks, autograd gradients): A and R, the products
 ``Kd^T [U | W]``, the written values ``u = U - W S`` and the output.
@@ -54,12 +59,20 @@ __all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "pass_states_triton", "solve_
 
 MAX_HEAD_DIM = 256
 RECURRENT_MAX_T = 64  # the fused recurrent kernel runs sequences up to this length
+#: precision of the large fp32 products (state pass, ``Tm R``): three TF32 tensor-core products
+#: (``tf32x3``: about fp32 accuracy). Plain fp32 ("ieee") lowers [128, 128] tiles to scalar FMAs,
+#: which on the first H200 run made the T=8K forward take 33 ms. The 16 x 16 blocks of the
+#: inverse itself stay "ieee". (The interpreter computes all of them in fp32.)
+MM_PREC = "tf32x3"  # read by the kernels as the constexpr _MM_PREC
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    _MM_PREC = tl.constexpr(MM_PREC)
+
     _WARPS = [{"num_warps": 4}, {"num_warps": 8}, {"num_warps": 2}]
+    _STATE_WARPS = [{"num_warps": 8}, {"num_warps": 4}]  # 8 first: the one used untuned
 
     @triton.jit
     def _tiles(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
@@ -71,7 +84,7 @@ if HAS_TRITON:
         return (rk[:, None] * V + cv[None, :], km[:, None] & vm[None, :],
                 rk[:, None] * K + rk[None, :], km[:, None] & km[None, :])
 
-    @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "HAS_A"])
+    @triton.autotune(configs=autotune_configs(_STATE_WARPS), key=["BK", "BV", "HAS_A"])
     @triton.jit
     def _state_fwd(R, KW, a, S0, S_in, S_out, N, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, HAS_A: tl.constexpr):
@@ -84,33 +97,30 @@ if HAS_TRITON:
             tl.store(S_in + base * K * V + tile, S, mask=tm)
             Rn = tl.load(R + base * K * V + tile, mask=tm, other=0.0)
             KWn = tl.load(KW + base * K * K + kk, mask=kkm, other=0.0)
-            upd = Rn - tl.dot(KWn, S, input_precision="ieee")
+            upd = Rn - tl.dot(KWn, S, input_precision=_MM_PREC)
             if HAS_A:
                 S = tl.load(a + base) * S + upd
             else:
                 S = S + upd
         tl.store(S_out + i_bh * K * V + tile, S, mask=tm)
 
-    @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "HAS_A"])
+    @triton.autotune(configs=autotune_configs(_STATE_WARPS), key=["BK", "BV", "HAS_A"])
     @triton.jit
-    def _state_bwd(KW, a, S_in, dS_in, dS_out, dR, dKW_part, da_part, dS0, N, BH, K: tl.constexpr,
-                   V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_A: tl.constexpr):
+    def _state_bwd(KW, a, dS_in, dS_out, dR, dS0, N, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, HAS_A: tl.constexpr):
+        """The reverse recurrence only; dKW and da are products of its output dR with the kept
+        entering states, formed in PyTorch (one batched matmul, no per-V-tile partial sums)."""
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
         i_bh = i_bh.to(tl.int64)
         tile, tm, kk, kkm = _tiles(i_v, K, V, BK, BV)
         dS = tl.load(dS_out + i_bh * K * V + tile, mask=tm, other=0.0)  # grad of the state after the last chunk
-        part = i_v.to(tl.int64) * BH + i_bh  # this V tile's share of dKW and da
         for i in range(0, N):
             n = N - 1 - i
             base = i_bh * N + n
             tl.store(dR + base * K * V + tile, dS, mask=tm)
-            Sn = tl.load(S_in + base * K * V + tile, mask=tm, other=0.0)
             KWn = tl.load(KW + base * K * K + kk, mask=kkm, other=0.0)
-            tl.store(dKW_part + (part * N + n) * K * K + kk, -tl.dot(dS, tl.trans(Sn), input_precision="ieee"),
-                     mask=kkm)
-            back = -tl.dot(tl.trans(KWn), dS, input_precision="ieee")
+            back = -tl.dot(tl.trans(KWn), dS, input_precision=_MM_PREC)
             if HAS_A:
-                tl.store(da_part + part * N + n, tl.sum(tl.sum(dS * Sn, axis=1), axis=0))
                 back += tl.load(a + base) * dS
             else:
                 back += dS
@@ -196,7 +206,7 @@ if HAS_TRITON:
 
     # sm_90 with BD = 64: about 210-255 registers per thread at 4 warps (a few bytes spilled with
     # HAS_R), none spilled at 8; 1 and 2 warps spill heavily, so they are not offered.
-    @triton.autotune(configs=autotune_configs([{"num_warps": 4}, {"num_warps": 8}]), key=["C", "D", "HAS_R"])
+    @triton.autotune(configs=autotune_configs([{"num_warps": 8}, {"num_warps": 4}]), key=["C", "D", "HAS_R"])
     @triton.jit
     def _ut_fwd(A, R, Tm, UW, N, C, D, BS: tl.constexpr, BD: tl.constexpr, HAS_R: tl.constexpr):
         """One chunk's ``Tm = (I + A)^{-1}`` (A strictly lower, C <= 4 * BS rows; rows past C are
@@ -251,12 +261,12 @@ if HAS_TRITON:
                 R1 = _ut_load_rows(R, rbase, C, D, r, cols, 1, BS)
                 R2 = _ut_load_rows(R, rbase, C, D, r, cols, 2, BS)
                 R3 = _ut_load_rows(R, rbase, C, D, r, cols, 3, BS)
-                U0 = tl.dot(T00, R0, input_precision="ieee")
-                U1 = tl.dot(T10, R0, input_precision="ieee") + tl.dot(T11, R1, input_precision="ieee")
-                U2 = tl.dot(T20, R0, input_precision="ieee") + tl.dot(T21, R1, input_precision="ieee")
-                U2 += tl.dot(T22, R2, input_precision="ieee")
-                U3 = tl.dot(T30, R0, input_precision="ieee") + tl.dot(T31, R1, input_precision="ieee")
-                U3 += tl.dot(T32, R2, input_precision="ieee") + tl.dot(T33, R3, input_precision="ieee")
+                U0 = tl.dot(T00, R0, input_precision=_MM_PREC)
+                U1 = tl.dot(T10, R0, input_precision=_MM_PREC) + tl.dot(T11, R1, input_precision=_MM_PREC)
+                U2 = tl.dot(T20, R0, input_precision=_MM_PREC) + tl.dot(T21, R1, input_precision=_MM_PREC)
+                U2 += tl.dot(T22, R2, input_precision=_MM_PREC)
+                U3 = tl.dot(T30, R0, input_precision=_MM_PREC) + tl.dot(T31, R1, input_precision=_MM_PREC)
+                U3 += tl.dot(T32, R2, input_precision=_MM_PREC) + tl.dot(T33, R3, input_precision=_MM_PREC)
                 _ut_store_rows(UW, rbase, C, D, r, cols, U0, 0, BS)
                 _ut_store_rows(UW, rbase, C, D, r, cols, U1, 1, BS)
                 _ut_store_rows(UW, rbase, C, D, r, cols, U2, 2, BS)
@@ -389,7 +399,10 @@ class _RecurrentFn(torch.autograd.Function):
 
 
 def _blocks(K: int, V: int) -> tuple[int, int]:
-    return max(16, next_pow2(K)), max(16, min(32, next_pow2(V)))
+    """State tiles [BK = all of K, BV]: BV = 16 for K >= 128 keeps the [K, K] operand and the
+    state in registers at 8 warps (sm_90 compile: 15 spilled words with tf32x3, against ~75 at
+    BV = 32 and thousands with "ieee" at any BV)."""
+    return max(16, next_pow2(K)), 16 if K >= 128 else max(16, min(32, next_pow2(V)))
 
 
 class _StatePassFn(torch.autograd.Function):
@@ -417,14 +430,13 @@ class _StatePassFn(torch.autograd.Function):
         dS_in = torch.zeros_like(S_in) if dS_in is None else dS_in.contiguous()
         dS_out = S_in.new_zeros(B, H, K, V) if dS_out is None else dS_out.contiguous()
         dR = torch.empty_like(S_in)
-        dKW_part = S_in.new_empty(NV, B * H, N, K, K)
-        da_part = S_in.new_zeros(NV, B * H, N)
         dS0 = S_in.new_empty(B, H, K, V)
         _state_bwd[(NV, B * H)](
-            KW, a_flat if a_flat is not None else KW, S_in, dS_in, dS_out, dR, dKW_part, da_part, dS0, N, B * H,
-            K=K, V=V, BK=BK, BV=BV, HAS_A=a_flat is not None)
-        dKW = dKW_part.sum(0).view(B, H, N, K, K)
-        da = None if a_flat is None else da_part.sum(0).view(ctx.a_shape)
+            KW, a_flat if a_flat is not None else KW, dS_in, dS_out, dR, dS0, N, K=K, V=V, BK=BK, BV=BV,
+            HAS_A=a_flat is not None)
+        # dR_n is the gradient of the state leaving chunk n; S_in[n] the state entering it
+        dKW = -(dR @ S_in.transpose(-1, -2))
+        da = None if a_flat is None else (dR * S_in).sum((-2, -1)).view(ctx.a_shape)
         return dR, dKW, da, dS0
 
 
