@@ -457,7 +457,9 @@ if HAS_TRITON:
         tl.store(dq + off, dqi, mask=mik)
         tl.store(dk + off, dki, mask=mik)
 
-    @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "GATE"])
+    # restore_value: with per-key gates this kernel adds to the dq/dk that _bwd_dqk_intra wrote,
+    # so autotuning (which runs it several times on the real buffers) must restore them.
+    @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "GATE"], restore_value=["dq", "dk"])
     @triton.jit
     def _bwd_dqk_inter(q, k, v, do, gc, hbuf, dhbuf, dA, dq, dk, cstart, cend, scale, H: tl.constexpr,
                        K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,

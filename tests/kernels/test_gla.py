@@ -252,7 +252,11 @@ def test_cuda_matches_cpu_reference(gate):
     o_ref, S_ref = parallel_form(q, k, v, g, 64**-0.5, h0)
     cuda = [x if x is None else x.cuda() for x in (q, k, v, g, h0)]
     o, S = gla(*cuda[:4], initial_state=cuda[4], output_final_state=True)
-    assert rel_err(o.cpu(), o_ref) < 1e-2 and rel_err(S.cpu(), S_ref) < 1e-4
+    # The state is accumulated in fp32, but with a gate the decayed keys k exp(G_C - G) enter its
+    # update as TF32 operands (11-bit mantissa, as in FLA): ~5e-4 relative. Ungated bf16 keys are
+    # exact in TF32. (The first GPU run failed the former 1e-4 for both gated cases.)
+    s_tol = 1e-4 if gate == "none" else 2e-3
+    assert rel_err(o.cpu(), o_ref) < 1e-2 and rel_err(S.cpu(), S_ref) < s_tol
 
 
 @pytest.mark.parametrize("gate", ["none", "scalar", "key"])
