@@ -16,8 +16,26 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+#: op families; a GPU test belongs to the first one named in its function's name, else its file's
+OPS = ("delta_rule", "selective_scan", "linear_scan", "causal_conv1d", "rms_norm", "gla")
+
+
+def _op_of(item) -> str:
+    for where in (item.originalname, item.path.name):
+        for op in OPS:
+            if op in where:
+                return op
+    return "other"
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
+        # With pytest-xdist's --dist loadgroup (bench/gpu_check.sh), all GPU tests of one op run
+        # in one worker, so each kernel variant is compiled once, not once per worker: the
+        # compilations, not the tests, are what takes the time on a fresh GPU machine.
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(pytest.mark.xdist_group(name=_op_of(item)))
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

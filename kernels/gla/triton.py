@@ -47,7 +47,7 @@ The fused recurrent kernel (``_fwd_recurrent``) runs the loop over time in regis
 program per sequence, head and V tile; ``mode="auto"`` takes it when the longest sequence has at
 most ``RECURRENT_MAX_T`` steps (decoding, short prompts). Its backward is the chunked one.
 
-Precision: accumulation in fp32; matmuls in fp32 ("ieee") for fp32 inputs. For bf16/fp16
+Precision: accumulation in fp32; matmuls as ``tf32x3`` (about fp32 accuracy) for fp32 inputs. For bf16/fp16
 inputs the products with the chunk states (and their gradients) take operands in the input dtype,
 the others TF32. Offsets are int64, so T * H * K may pass 2^31.
 """
@@ -577,6 +577,14 @@ def _states(k, v, gc, h0, plan, H, K, V, GATE, prec, want_ht):
     return hbuf, ht
 
 
+def _precision(q: torch.Tensor) -> str:
+    """``tl.dot`` input precision: TF32 for bf16/fp16 inputs (exact for their values, not for the
+    fp32 decayed operands); ``tf32x3`` (three TF32 products, about fp32 accuracy) for fp32 inputs.
+    Not "ieee": on sm_90 that lowers [64, 64] tiles to scalar FMAs with heavy register spills
+    (scripts/sm90_check.py), slow to compile and to run."""
+    return "tf32x3" if q.dtype == torch.float32 else "tf32"
+
+
 def _half_states(hbuf: torch.Tensor) -> bool:
     """Products with the chunk states take half-precision operands (see ``_sdot``)."""
     return hbuf.dtype != torch.float32 and not interpreting()
@@ -601,7 +609,7 @@ def _forward(q, k, v, g, h0, scale, plan, want_ht, mode):
     N, H, K = q.shape
     V = v.shape[-1]
     GATE = _gate_kind(g)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    prec = _precision(q)
     o = torch.empty(N, H, V, device=q.device, dtype=q.dtype)
     if mode == "recurrent":
         BK, BV = next_pow2(max(K, 16)), max(16, min(32, next_pow2(V)))
@@ -626,7 +634,7 @@ def _backward(q, k, v, g, h0, ht, do, dht, scale, plan):
     N, H, K = q.shape
     V = v.shape[-1]
     GATE = _gate_kind(g)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    prec = _precision(q)
     BK, BV = _blocks(K, V)
     gc = _cumsum(g, plan, H, K, GATE) if GATE else None
     gcp = gc if gc is not None else q
