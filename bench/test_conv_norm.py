@@ -12,6 +12,7 @@ interpreter their time means nothing.
 from __future__ import annotations
 
 import torch
+from bench_util import run_fwd_bwd
 
 from postformer.kernels import causal_conv1d, rms_norm
 
@@ -25,17 +26,6 @@ def _leaves(*shapes):
     gen = torch.Generator().manual_seed(0)
     return [torch.randn(*s, generator=gen).requires_grad_() for s in shapes]
 
-
-def _fwd_bwd(fn, *args):
-    for t in args:
-        t.grad = None
-    fn(*args).sum().backward()
-
-
-def _run(benchmark, group, impl, fn, args, rounds=5):
-    benchmark.group = group
-    benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(_fwd_bwd, args=(fn, *args), rounds=rounds, warmup_rounds=1)
 
 
 def _conv(impl):
@@ -57,16 +47,16 @@ def _norm_inputs():
 
 
 def test_causal_conv1d_chunk(benchmark):
-    _run(benchmark, CONV_GROUP, "chunk", _conv("chunk"), _conv_inputs())
+    run_fwd_bwd(benchmark, CONV_GROUP, "chunk", _conv("chunk"), _conv_inputs())
 
 
 def test_causal_conv1d_reference(benchmark):
-    _run(benchmark, CONV_GROUP, "reference", _conv("reference"), _conv_inputs(), rounds=2)
+    run_fwd_bwd(benchmark, CONV_GROUP, "reference", _conv("reference"), _conv_inputs(), rounds=2)
 
 
 def test_rms_norm_chunk(benchmark):
-    _run(benchmark, NORM_GROUP, "chunk", _norm("chunk"), _norm_inputs())
+    run_fwd_bwd(benchmark, NORM_GROUP, "chunk", _norm("chunk"), _norm_inputs())
 
 
 def test_rms_norm_reference(benchmark):
-    _run(benchmark, NORM_GROUP, "reference", _norm("reference"), _norm_inputs())
+    run_fwd_bwd(benchmark, NORM_GROUP, "reference", _norm("reference"), _norm_inputs())

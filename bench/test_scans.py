@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from bench_util import run_fwd_bwd
 
 from postformer.kernels import linear_scan, selective_scan
 
@@ -39,17 +40,6 @@ def ls_inputs():
     return x, g
 
 
-def fwd_bwd(fn, *args):
-    for t in args:
-        t.grad = None
-    fn(*args).sum().backward()
-
-
-def _run(benchmark, group, impl, fn, args, rounds=5):
-    benchmark.group = group
-    benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(fwd_bwd, args=(fn, *args), rounds=rounds, warmup_rounds=1)
-
 
 SS_GROUP = "selective_scan fwd+bwd T={T} D={D} N={N}".format(**SS)
 LS_GROUP = "linear_scan fwd+bwd T={T} D={D}".format(**LS)
@@ -63,18 +53,18 @@ def _ss(impl):
 
 
 def test_selective_scan_chunk(benchmark):
-    _run(benchmark, SS_GROUP, "chunk", _ss("chunk"), ss_inputs())
+    run_fwd_bwd(benchmark, SS_GROUP, "chunk", _ss("chunk"), ss_inputs())
 
 
 def test_selective_scan_reference(benchmark):
-    _run(benchmark, SS_GROUP, "reference", _ss("reference"), ss_inputs(), rounds=1)
+    run_fwd_bwd(benchmark, SS_GROUP, "reference", _ss("reference"), ss_inputs(), rounds=1)
 
 
 def test_linear_scan_chunk(benchmark):
-    _run(benchmark, LS_GROUP, "chunk", lambda x, g: linear_scan(x, g, impl="chunk")[0], ls_inputs())
+    run_fwd_bwd(benchmark, LS_GROUP, "chunk", lambda x, g: linear_scan(x, g, impl="chunk")[0], ls_inputs())
 
 
 def test_linear_scan_reference(benchmark):
-    _run(benchmark, LS_GROUP, "reference", lambda x, g: linear_scan(x, g, impl="reference")[0], ls_inputs(),
+    run_fwd_bwd(benchmark, LS_GROUP, "reference", lambda x, g: linear_scan(x, g, impl="reference")[0], ls_inputs(),
          rounds=1)
 

@@ -114,6 +114,22 @@ if HAS_TRITON:
         return raw, delta
 
     @triton.jit
+    def _block_inputs(x, dt, Bm, Cm, Am, bias_d, b, rows, T, cols_d, dm, grp, cols_n, nm, D: tl.constexpr,
+                      G: tl.constexpr, N: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """One time block's inputs: row offsets r, validity ok [BT] and m2 [BT, BD], x, the raw
+        step and delta [BT, BD], B and C of the group [BT, NP], and the decays exp(delta A)
+        [BT, BD, NP] (1 on rows past T, where delta is 0)."""
+        ok = rows < T
+        r = b * T + rows
+        m2 = ok[:, None] & dm[None, :]
+        xv = _rows_d(x, r, ok, cols_d, dm, D)
+        raw, delta = _rows_delta(dt, r, ok, cols_d, dm, bias_d, D, HAS_BIAS, SOFTPLUS)
+        Bv = _rows_n(Bm, r, ok, grp, cols_n, nm, G, N)
+        Cv = _rows_n(Cm, r, ok, grp, cols_n, nm, G, N)
+        a = tl.exp(delta[:, :, None] * Am[None, :, :])
+        return ok, r, m2, xv, raw, delta, Bv, Cv, a
+
+    @triton.jit
     def _rows_gate(dout, z, r, ok, cols_d, dm, D: tl.constexpr, HAS_Z: tl.constexpr):
         """dy = dout silu(z) [BT, BD] (dout where there is no gate), 0 on rows that are not ok."""
         g = _rows_d(dout, r, ok, cols_d, dm, D)
@@ -147,15 +163,9 @@ if HAS_TRITON:
             if STORE_CK:
                 tl.store(hck + (b * NCK + c) * D * N + tile, h, mask=tm)
             for k in range(0, tl.minimum(T - c * CHK, CHK), BT):
-                rows = c * CHK + k + it
-                ok = rows < T
-                r = b * T + rows
-                m2 = ok[:, None] & dm[None, :]
-                xv = _rows_d(x, r, ok, cols_d, dm, D)
-                raw, delta = _rows_delta(dt, r, ok, cols_d, dm, bias_d, D, HAS_BIAS, SOFTPLUS)
-                Bv = _rows_n(Bm, r, ok, grp, cols_n, nm, G, N)
-                Cv = _rows_n(Cm, r, ok, grp, cols_n, nm, G, N)
-                a = tl.exp(delta[:, :, None] * Am[None, :, :])
+                ok, r, m2, xv, raw, delta, Bv, Cv, a = _block_inputs(
+                    x, dt, Bm, Cm, Am, bias_d, b, c * CHK + k + it, T, cols_d, dm, grp, cols_n, nm, D, G, N,
+                    HAS_BIAS, SOFTPLUS)
                 bb = (delta * xv)[:, :, None] * Bv[:, None, :]
                 P, Q = tl.associative_scan((a, bb), 0, _combine)
                 hs = P * h[None, :, :] + Q  # [BT, BD, NP]: the state after each step
@@ -218,16 +228,9 @@ if HAS_TRITON:
             for kk in range(nsb):
                 k = nsb - 1 - kk
                 h_in = tl.load(wbase + k * BD * NP + wtile)
-                rows = c * CHK + k * BT + it
-                ok = rows < T
-                r = b * T + rows
-                m2 = ok[:, None] & dm[None, :]
-                # this block's rows
-                xv = _rows_d(x, r, ok, cols_d, dm, D)
-                raw, delta = _rows_delta(dt, r, ok, cols_d, dm, bias_d, D, HAS_BIAS, SOFTPLUS)
-                Bv = _rows_n(Bm, r, ok, grp, cols_n, nm, G, N)
-                Cv = _rows_n(Cm, r, ok, grp, cols_n, nm, G, N)
-                a = tl.exp(delta[:, :, None] * Am[None, :, :])
+                rows = c * CHK + k * BT + it  # this block's rows
+                ok, r, m2, xv, raw, delta, Bv, Cv, a = _block_inputs(
+                    x, dt, Bm, Cm, Am, bias_d, b, rows, T, cols_d, dm, grp, cols_n, nm, D, G, N, HAS_BIAS, SOFTPLUS)
                 u = delta * xv
                 # the state entering each step: the scan of the pairs one row earlier (identity in row 0)
                 okp = (it >= 1) & (rows - 1 < T)
