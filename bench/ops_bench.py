@@ -1,6 +1,6 @@
 """Timings of the other ops (delta_rule, selective_scan, linear_scan, causal_conv1d, rms_norm) for
 the prepared GPU check: ours through ``impl="triton"`` and ``impl="chunk"``, and the peers when
-they are importable (FLA's ``chunk_gated_delta_rule`` and ``fused_recurrent_hgrn``; mamba_ssm's
+they are importable (FLA's ``chunk_gated_delta_rule``, ``chunk_hgrn`` and ``fused_recurrent_hgrn``; mamba_ssm's
 ``selective_scan_fn``; the ``causal_conv1d`` package's ``causal_conv1d_fn``).
 
 Called by ``bench/gpu_bench.py`` after the gla sweep; every row carries ``op``, ``impl``,
@@ -36,26 +36,30 @@ SMOKE_SHAPES: dict[str, dict] = {
 }
 
 
-def _peers() -> dict[str, Callable]:
-    """The peer implementations importable here, by op."""
-    peers: dict[str, Callable] = {}
+def _peers() -> dict[str, dict[str, Callable]]:
+    """The peer implementations importable here: ``{op: {name: fn}}`` (a name is the row's impl)."""
+    peers: dict[str, dict[str, Callable]] = {}
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
-        peers["delta_rule"] = lambda q, k, v, beta, g: chunk_gated_delta_rule(q, k, v, g, beta)[0]
+        peers.setdefault("delta_rule", {})["fla-chunk"] = (
+            lambda q, k, v, beta, g: chunk_gated_delta_rule(q, k, v, g, beta)[0])
     except Exception:
         pass
     try:
-        from fla.ops.hgrn import fused_recurrent_hgrn
+        from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
 
-        peers["linear_scan"] = lambda x, g: fused_recurrent_hgrn(x, g)[0]
+        peers.setdefault("linear_scan", {}).update({
+            "fla-chunk": lambda x, g: chunk_hgrn(x, g)[0],
+            "fla-recurrent": lambda x, g: fused_recurrent_hgrn(x, g)[0],
+        })
     except Exception:
         pass
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         # mamba_ssm's layout is [B, D, T]
-        peers["selective_scan"] = lambda x, dt, A, Bm, Cm, D, z: selective_scan_fn(
+        peers.setdefault("selective_scan", {})["mamba_ssm"] = lambda x, dt, A, Bm, Cm, D, z: selective_scan_fn(
             x.transpose(1, 2), dt.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
             z.transpose(1, 2), delta_softplus=True)
     except Exception:
@@ -63,7 +67,8 @@ def _peers() -> dict[str, Callable]:
     try:
         from causal_conv1d import causal_conv1d_fn
 
-        peers["causal_conv1d"] = lambda x, w, b: causal_conv1d_fn(x.transpose(1, 2), w, b, activation="silu")
+        peers.setdefault("causal_conv1d", {})["causal_conv1d"] = (
+            lambda x, w, b: causal_conv1d_fn(x.transpose(1, 2), w, b, activation="silu"))
     except Exception:
         pass
     return peers
@@ -107,11 +112,11 @@ def _inputs(op: str, s: dict, device: str, dtype: torch.dtype) -> tuple[list[tor
     raise ValueError(f"unknown op {op!r}")
 
 
-def _call(op: str, impl: str, peers: dict[str, Callable]) -> Callable:
+def _call(op: str, impl: str, peers: dict[str, dict[str, Callable]]) -> Callable:
     from postformer import kernels
 
-    if impl == "peer":
-        return peers[op]
+    if impl in peers.get(op, {}):
+        return peers[op][impl]
     if op == "delta_rule":
         return lambda q, k, v, beta, g: kernels.delta_rule(q, k, v, beta, g, impl=impl)[0]
     if op == "selective_scan":
@@ -128,19 +133,19 @@ def op_rows(*, device: str, timer: Callable, peak: dict | None, warmup_ms: float
             smoke: bool = False, deadline: float = math.inf, ops: tuple[str, ...] | None = None,
             impls: tuple[str, ...] = ("triton", "chunk", "peer"), dtype: torch.dtype | None = None,
             on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Time every (op, impl, mode); return the rows (see the module docstring)."""
+    """Time every (op, impl, mode); return the rows (see the module docstring). ``"peer"`` in
+    ``impls`` stands for every peer importable for the op (rows named after the peer)."""
     shapes = SMOKE_SHAPES if smoke else SHAPES
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     peers = _peers()
     rows = []
     for op in ops or tuple(shapes):
-        for impl in impls:
+        names = [i for i in impls if i != "peer"] + (list(peers.get(op, {})) if "peer" in impls else [])
+        for impl in names:
             for mode in ("fwd", "fwdbwd"):
                 s = shapes[op]
                 row = {"op": op, "impl": impl, "mode": mode, "shape": ",".join(f"{k}={v}" for k, v in s.items()),
                        "dtype": str(dtype).replace("torch.", "")}
-                if impl == "peer" and op not in peers:
-                    continue  # no peer installed for this op: nothing to report
                 if time.monotonic() > deadline:
                     rows.append({**row, "status": "skipped", "note": "time budget used up"})
                     continue
