@@ -13,16 +13,23 @@ import torch
 IMPLS = ("auto", "reference", "chunk", "triton")
 
 
-def resolve_impl(impl: str, device: torch.device, *, has_triton: bool) -> str:
+def resolve_impl(impl: str, device: torch.device, *, has_triton: bool, dtype: torch.dtype | None = None,
+                 triton_ok: bool = True) -> str:
     """Turn ``impl`` into the implementation that runs.
 
     ``auto`` picks ``triton`` for CUDA tensors when the family has Triton kernels, ``chunk``
-    otherwise. The environment variable ``POSTFORMER_IMPL`` overrides ``auto`` (and only
-    ``auto``), e.g. ``POSTFORMER_IMPL=reference`` to debug a whole model against the loops.
+    otherwise, and also ``chunk`` when the computation is in float64 (``dtype``: the kernels
+    compute in fp32, so gradchecks stay exact on the chunk path) or the op says its kernels do
+    not cover the call (``triton_ok=False``, e.g. a conv wider than the kernels unroll). The
+    environment variable ``POSTFORMER_IMPL`` overrides ``auto`` (and only ``auto``), e.g.
+    ``POSTFORMER_IMPL=reference`` to debug a whole model against the loops; the float64 and
+    ``triton_ok`` fallbacks still apply to it. An explicit ``triton`` without the triton package
+    is a ValueError.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
-    if impl == "auto":
+    automatic = impl == "auto"
+    if automatic:
         env = os.environ.get("POSTFORMER_IMPL", "").strip()
         if env:
             if env not in IMPLS:
@@ -30,6 +37,10 @@ def resolve_impl(impl: str, device: torch.device, *, has_triton: bool) -> str:
             impl = env
     if impl == "auto":
         impl = "triton" if (device.type == "cuda" and has_triton) else "chunk"
+    if automatic and impl == "triton" and (dtype == torch.float64 or not triton_ok):
+        impl = "chunk"
+    if impl == "triton" and not has_triton:
+        raise ValueError("impl='triton' needs the triton package, which is not importable here")
     return impl
 
 

@@ -83,16 +83,10 @@ def causal_conv1d(
     n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
     check_initial_state(initial_state, n_states, (D, W - 1), "D, W-1", packed=cu_seqlens is not None)
     check_same_device(x=x, weight=weight, bias=bias, initial_state=initial_state)
-    requested = impl
-    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
-    if impl == "triton" and requested == "auto":
-        # the kernels compute in fp32 (float64, e.g. gradchecks, stays exact on the chunk path)
-        # and unroll at most triton.MAX_WIDTH = 8 taps
-        if accumulation_dtype(x, weight, bias, initial_state) == torch.float64 or W > 8:
-            impl = "chunk"
+    # the kernels unroll at most triton.MAX_WIDTH = 8 taps
+    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON,
+                        dtype=accumulation_dtype(x, weight, bias, initial_state), triton_ok=W <= 8)
     if impl == "triton":
-        if not HAS_TRITON:
-            raise ValueError("impl='triton' needs the triton package, which is not importable here")
         from .triton import causal_conv1d_triton
 
         return causal_conv1d_triton(x, weight, bias, activation, initial_state, output_final_state, cu_seqlens)

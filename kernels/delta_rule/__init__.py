@@ -54,7 +54,7 @@ def delta_rule(
         output_final_state: return the state after the last step.
         cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
             each sequence starts from its own initial state (or zeros).
-        impl: ``"auto"`` (Triton on CUDA once it exists, chunked PyTorch otherwise; the
+        impl: ``"auto"`` (the Triton path for CUDA tensors, chunked PyTorch otherwise; the
             environment variable ``POSTFORMER_IMPL`` overrides), ``"reference"``, ``"chunk"``
             or ``"triton"``.
 
@@ -73,11 +73,7 @@ def delta_rule(
     check_initial_state(initial_state, n_states, (H, K, V), "H, K, V", packed=cu_seqlens is not None)
     check_same_device(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
     requested = impl
-    impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON)
-    if impl == "triton" and requested == "auto" and q.dtype == torch.float64:
-        impl = "chunk"  # the kernels compute in fp32; float64 (gradchecks) stays on the chunk path
-    if impl == "triton" and not HAS_TRITON:
-        raise ValueError("impl='triton' needs the triton package, which is not importable here")
+    impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON, dtype=q.dtype)
     if scale is None:
         scale = K**-0.5
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.

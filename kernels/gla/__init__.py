@@ -71,15 +71,10 @@ def gla(
     n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
     check_initial_state(initial_state, n_states, (H, K, V), "H, K, V", packed=cu_seqlens is not None)
     check_same_device(q=q, k=k, v=v, g=g, initial_state=initial_state)
-    requested = impl
-    impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON)
-    if impl == "triton" and requested == "auto" and q.dtype == torch.float64:
-        impl = "chunk"  # the kernels compute in fp32; float64 (gradchecks) stays exact on the chunk path
+    impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON, dtype=q.dtype)
     if scale is None:
         scale = K**-0.5
     if impl == "triton":
-        if not HAS_TRITON:
-            raise ValueError("impl='triton' needs the triton package, which is not importable here")
         from .triton import gla_triton
 
         return gla_triton(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)

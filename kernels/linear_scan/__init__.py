@@ -63,13 +63,8 @@ def linear_scan(
     n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
     check_initial_state(initial_state, n_states, (D,), "D", packed=cu_seqlens is not None)
     check_same_device(x=x, g=g, initial_state=initial_state)
-    requested = impl
-    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
-    if impl == "triton" and requested == "auto" and accumulation_dtype(x, g, initial_state) == torch.float64:
-        impl = "chunk"  # the kernels compute in fp32; float64 (gradchecks) stays exact on the chunk path
+    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON, dtype=accumulation_dtype(x, g, initial_state))
     if impl == "triton":
-        if not HAS_TRITON:
-            raise ValueError("impl='triton' needs the triton package, which is not importable here")
         from .triton import linear_scan_triton
 
         return linear_scan_triton(x, g, initial_state, output_final_state, cu_seqlens)

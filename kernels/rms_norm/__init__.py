@@ -71,13 +71,8 @@ def rms_norm(
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     check_same_device(x=x, weight=weight, gate=gate)
-    requested = impl
-    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
-    if impl == "triton" and requested == "auto" and accumulation_dtype(x, weight, gate) == torch.float64:
-        impl = "chunk"  # the kernels compute in fp32; float64 (gradchecks) stays exact on the chunk path
+    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON, dtype=accumulation_dtype(x, weight, gate))
     if impl == "triton":
-        if not HAS_TRITON:
-            raise ValueError("impl='triton' needs the triton package, which is not importable here")
         from .triton import rms_norm_triton
 
         return rms_norm_triton(x, weight, eps, gate, norm_before_gate, group_size)

@@ -96,16 +96,10 @@ def selective_scan(
         check_shape("dt_bias", dt_bias, (dim,), "[D]")
     check_initial_state(initial_state, batch, (dim, N), "D, N", packed=False)
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
-    requested = impl
-    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON)
-    acc = accumulation_dtype(x, dt, A, B, C, D, z, dt_bias, initial_state)
-    if impl == "triton" and requested == "auto" and (acc == torch.float64 or N > 256):
-        # the kernels compute in fp32 (float64 gradchecks stay exact on the chunk path) and keep
-        # the state in registers (N <= triton.MAX_N = 256)
-        impl = "chunk"
+    # the kernels keep the state in registers (N <= triton.MAX_N = 256)
+    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON,
+                        dtype=accumulation_dtype(x, dt, A, B, C, D, z, dt_bias, initial_state), triton_ok=N <= 256)
     if impl == "triton":
-        if not HAS_TRITON:
-            raise ValueError("impl='triton' needs the triton package, which is not importable here")
         from .triton import selective_scan_triton
 
         return selective_scan_triton(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, output_final_state)
