@@ -114,6 +114,22 @@ if HAS_TRITON:
         return raw, delta
 
     @triton.jit
+    def _channel_tile(A, bias, i_d, D: tl.constexpr, N: tl.constexpr, DG: tl.constexpr, BD: tl.constexpr,
+              NP: tl.constexpr, HAS_BIAS: tl.constexpr):
+        """A program's channel tile: channels cols_d [BD] and states cols_n [NP] with their masks,
+        its B/C group, the [BD, NP] offsets and mask of A and of a state tile, A [BD, NP] and the
+        dt bias [BD] (zeros without one), in fp32."""
+        cols_d = i_d * BD + tl.arange(0, BD)
+        cols_n = tl.arange(0, NP)
+        dm, nm = cols_d < D, cols_n < N
+        grp = (i_d * BD) // DG
+        tile = cols_d[:, None] * N + cols_n[None, :]
+        tm = dm[:, None] & nm[None, :]
+        Am = tl.load(A + tile, mask=tm, other=0.0).to(tl.float32)
+        bias_d = tl.load(bias + cols_d, mask=dm, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BD], tl.float32)
+        return cols_d, cols_n, dm, nm, grp, tile, tm, Am, bias_d
+
+    @triton.jit
     def _block_inputs(x, dt, Bm, Cm, Am, bias_d, b, rows, T, cols_d, dm, grp, cols_n, nm, D: tl.constexpr,
                       G: tl.constexpr, N: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
         """One time block's inputs: row offsets r, validity ok [BT] and m2 [BT, BD], x, the raw
@@ -145,14 +161,7 @@ if HAS_TRITON:
              CHK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
              SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, STORE_CK: tl.constexpr):
         i_d, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
-        cols_d = i_d * BD + tl.arange(0, BD)
-        cols_n = tl.arange(0, NP)
-        dm, nm = cols_d < D, cols_n < N
-        grp = (i_d * BD) // DG
-        tile = cols_d[:, None] * N + cols_n[None, :]
-        tm = dm[:, None] & nm[None, :]
-        Am = tl.load(A + tile, mask=tm, other=0.0).to(tl.float32)
-        bias_d = tl.load(bias + cols_d, mask=dm, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BD], tl.float32)
+        cols_d, cols_n, dm, nm, grp, tile, tm, Am, bias_d = _channel_tile(A, bias, i_d, D, N, DG, BD, NP, HAS_BIAS)
         Dv = tl.load(Dp + cols_d, mask=dm, other=0.0).to(tl.float32) if HAS_D else tl.zeros([BD], tl.float32)
         h = tl.zeros([BD, NP], dtype=tl.float32)
         if HAS_H0:
@@ -188,16 +197,9 @@ if HAS_TRITON:
         i_d, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
         NT: tl.constexpr = D // BD
         NS: tl.constexpr = CHK // BT
-        cols_d = i_d * BD + tl.arange(0, BD)
-        cols_n = tl.arange(0, NP)
-        dm, nm = cols_d < D, cols_n < N
-        grp = (i_d * BD) // DG
-        tile = cols_d[:, None] * N + cols_n[None, :]
-        tm = dm[:, None] & nm[None, :]
+        cols_d, cols_n, dm, nm, grp, tile, tm, Am, bias_d = _channel_tile(A, bias, i_d, D, N, DG, BD, NP, HAS_BIAS)
         wtile = tl.arange(0, BD)[:, None] * NP + cols_n[None, :]
         wbase = ws + (b * NT + i_d) * NS * BD * NP
-        Am = tl.load(A + tile, mask=tm, other=0.0).to(tl.float32)
-        bias_d = tl.load(bias + cols_d, mask=dm, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BD], tl.float32)
         Dv = tl.load(Dp + cols_d, mask=dm, other=0.0).to(tl.float32) if HAS_D else tl.zeros([BD], tl.float32)
         carry = tl.zeros([BD, NP], dtype=tl.float32)  # d loss / d(state leaving the current block)
         if HAS_DHT:
