@@ -1,51 +1,55 @@
-"""Triton path of delta_rule: the chunk form (``chunk.py``, WY/UT representation) with its
-intra-chunk triangular solve and its chunk-to-chunk state pass as Triton kernels.
+"""Triton path of delta_rule: the chunked WY/UT form of ``chunk.py`` (read its derivation first)
+as fused kernels, forward and backward, plus a fused recurrent kernel for short sequences.
 
-UT solve (``_ut_fwd``, ``solve_unit_lower_triton``; passed to ``delta_rule_chunk`` as ``solve``).
-The chunk form builds, for every chunk at once in PyTorch (float32 even for bf16/fp16 inputs),
-``A_ij = beta_i (k_i . k_j) exp(G_i - G_j)`` (i > j; the exponent is masked to -inf above the
-diagonal before exp, so strong decay underflows to 0 and never overflows) and the right-hand side
-``R = [beta v | beta exp(G) k]``. One kernel program per (chunk, batch*head) then computes, in
-fp32, ``Tm = (I + A)^{-1}`` by 16 x 16 blocks (C <= 64; padded rows are masked and invert to the
-identity):
+Notation per chunk of C = 64 steps and (batch, head): ``G`` the chunk-local cumulative log gate
+(``G_C`` its last value), ``A = tril(beta_i (k_i . k_j) exp(G_i - G_j), -1)``, ``Tm = (I + A)^{-1}``,
+``U = Tm (beta v)``, ``W = Tm (beta exp(G) k)``, S the state entering the chunk. Then
 
-- the four diagonal blocks by forward substitution, one masked vector update per row;
-- the off-diagonal blocks as ``Tm_ij = -Tm_ii sum_{j<=k<i} A_ik Tm_kj`` (``tl.dot``, "ieee");
-- ``UW = Tm R`` in [C, 64] column tiles, stored float32 ``[B, H, N, C, V + K]`` with Tm
-  ``[B, H, N, C, C]``.
+    u = U - W S                                                 (the values actually written)
+    o = scale [(q exp(G)) S + (q k^T exp(G_i - G_j), i >= j) u]
+    S_next = exp(G_C) S + (k exp(G_C - G))^T u
 
-Only A's strictly lower triangle is read, as in ``solve_triangular(..., unitriangular=True)``.
-The backward is PyTorch, batched over all chunks: ``dR = Tm^T dUW`` and ``dA = -tril(dR UW^T, -1)``
-(``dTm = dUW R^T``, ``dA = -Tm^T dTm Tm^T``); autograd chains dA and dR to k, beta, v and g
-through the chunk form's PyTorch. ``ut_inverse_triton`` exposes the inverse alone (same kernel).
+Forward, three launches (``_ChunkFn.forward``):
 
-State pass (``_state_fwd`` / ``_state_bwd``): the one sequential part of the chunk form,
+1. ``_prep_fwd``, one program per (chunk, batch*head): A by 16 x 16 blocks over K tiles (the
+   exponent masked before exp, so strong decay underflows to 0 and never overflows), the inverse
+   by blocks in fp32 (``_ut_invert``: diagonal blocks by forward substitution, then
+   ``Tm_ij = -Tm_ii sum_{j<=k<i} A_ik Tm_kj``), then U and W. Stores Tm, U, W.
+2. ``_h_fwd``, one program per (V tile, batch*head), the only sequential part: the [K, BV] state
+   tile stays in registers through all chunks; stores every entering state and u.
+3. ``_o_fwd``, one program per (V tile, chunk, batch*head): the output.
 
-    S_{n+1} = a_n S_n + R_n - KW_n S_n          (a_n = exp(G_C), R_n = Kd^T U, KW_n = Kd^T W)
+Backward, four launches (``_ChunkFn.backward``), nothing recomputed:
 
-as one kernel launch each way instead of a Python loop of T/64 small matmuls, one program per
-(batch, head, V tile) carrying its [K, BV] state tile in registers through all chunks:
+1. ``_du_local``: the intra-chunk part of u's gradient, ``P^T do``.
+2. ``_h_bwd``, sequential, chunks last to first: ``dH`` (gradient of the state leaving the
+   chunk), ``du += (k exp(G_C - G)) dH``, and the entering state's
+   ``dS = exp(G_C) dH + scale (q exp(G))^T do - W^T du``; the last one is the initial state's.
+3. ``_bwd_chunk``, per (K tile, chunk, batch*head): dq, dk's output and state-update terms and
+   ``dW = -du S^T``, with the gate gradients of those terms: every q_i enters as
+   ``q_i exp(G_i)`` and every k_j as ``k_j exp(-G_j)``, so they contribute
+   ``q_i . dq_i - k_i . dk_i`` to dG_i (plus a chunk-end term for ``G_C``).
+4. ``_bwd_wy``, per (chunk, batch*head): ``dRv = Tm^T du``, ``dRk = Tm^T dW``,
+   ``dA = -tril(dRv U^T + dRk W^T, -1)`` (from ``d(M^{-1}) = -M^{-1} dM M^{-1}``), and from them
+   dv, dbeta, the rest of dk and the gate gradient of A and W's right-hand side.
+   g's gradient is the reverse cumulative sum of dG within each chunk (PyTorch, [B, T, H]).
 
-- forward: store the state entering every chunk (needed by the readout and the pseudo-values),
-  then update it; the final state last.
-- backward: the reverse recurrence ``dS_n = dS_in[n] + a_n dS_{n+1} - KW_n^T dS_{n+1}``,
-  storing ``dR_n = dS_{n+1}``; then ``dKW_n = -dR_n S_n^T`` (one batched matmul) and
-  ``da_n = <dR_n, S_n>`` in PyTorch. Kept from the forward: the entering states (which the
-  chunk form keeps anyway).
+Precision: every kernel computes in fp32 and keeps fp32 intermediates (U, W, u, the states),
+also for bf16/fp16 inputs. The large products run as ``tf32x3`` (``MM_PREC``): "ieee" fp32
+dots of [64, 128] x [128, BV] tiles compile to scalar FMAs with kilobytes of register spills per
+thread on sm_90 (the first H200 run's T=8K forward took 33 ms that way); the 16 x 16 blocks of
+the inverse stay "ieee". BV = 16 at K >= 128 keeps the sequential kernels' tiles in registers.
+Memory kept for the backward: fp32 U, W, u (as large as k and v), Tm (C floats per step) and the
+entering states (K * V floats per chunk).
 
-The [K, K] @ [K, BV] products run as ``tf32x3`` (``MM_PREC``): "ieee" fp32 dots of these tiles
-compile to scalar FMAs with kilobytes of register spills per thread (sm_90, checked offline with
-``triton.compile`` + ``cuobjdump``); the forward took 33 ms at B=4, T=8K, H=16, K=V=128 on an
-H200 that way. BV = 16 at K = 128 with 8 warps keeps spills to a few words.
-
-Still PyTorch (batched matmuls over all chunks, autograd gradients): A and R, the products
-``Kd^T [U | W]``, the written values ``u = U - W S`` and the output.
+The UT solve alone (``_ut_fwd``: inverse from A in memory, optionally ``Tm R``) is exposed as
+``ut_inverse_triton`` / ``solve_unit_lower_triton`` (PyTorch backward), e.g. for the chunk form's
+``solve=`` hook; it shares the block routines with ``_prep_fwd``.
 
 A fused recurrent kernel (``_recurrent_fwd``) runs short sequences and decoding steps (T <=
 ``RECURRENT_MAX_T``): the loop over time with the [K, BV] state in registers, one program per
 (batch, head, V tile); its backward recomputes through the chunk form (autograd), which is
-cheap at those lengths. Remaining for the delta-rule kernel issue: forming A (and R) inside the
-UT kernel, and fused kernels for the output and the backward.
+cheap at those lengths.
 """
 
 from __future__ import annotations
@@ -54,13 +58,12 @@ import torch
 
 from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
 
-__all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "pass_states_triton", "solve_unit_lower_triton",
-           "ut_inverse_triton"]
+__all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "solve_unit_lower_triton", "ut_inverse_triton"]
 
 MAX_HEAD_DIM = 256
 RECURRENT_MAX_T = 64  # the fused recurrent kernel runs sequences up to this length
-#: precision of the large fp32 products (state pass, ``Tm R``): three TF32 tensor-core products
-#: (``tf32x3``: about fp32 accuracy). Plain fp32 ("ieee") lowers [128, 128] tiles to scalar FMAs,
+#: precision of the large fp32 products (all but the inverse's 16 x 16 blocks): three TF32
+#: tensor-core products (``tf32x3``: about fp32 accuracy). Plain fp32 ("ieee") lowers [128, 128] tiles to scalar FMAs,
 #: which on the first H200 run made the T=8K forward take 33 ms. The 16 x 16 blocks of the
 #: inverse itself stay "ieee". (The interpreter computes all of them in fp32.)
 MM_PREC = "tf32x3"  # read by the kernels as the constexpr _MM_PREC
@@ -72,61 +75,7 @@ if HAS_TRITON:
     _MM_PREC = tl.constexpr(MM_PREC)
 
     _WARPS = [{"num_warps": 4}, {"num_warps": 8}, {"num_warps": 2}]
-    _STATE_WARPS = [{"num_warps": 8}, {"num_warps": 4}]  # 8 first: the one used untuned
-
-    @triton.jit
-    def _tiles(i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-        """Offsets and masks of a program's [BK, BV] state tile (all K rows, V tile ``i_v``) and of
-        a full [BK, BK] matrix of the chunk map."""
-        rk = tl.arange(0, BK)
-        cv = i_v * BV + tl.arange(0, BV)
-        km, vm = rk < K, cv < V
-        return (rk[:, None] * V + cv[None, :], km[:, None] & vm[None, :],
-                rk[:, None] * K + rk[None, :], km[:, None] & km[None, :])
-
-    @triton.autotune(configs=autotune_configs(_STATE_WARPS), key=["BK", "BV", "HAS_A"])
-    @triton.jit
-    def _state_fwd(R, KW, a, S0, S_in, S_out, N, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, HAS_A: tl.constexpr):
-        i_v, i_bh = tl.program_id(0), tl.program_id(1)
-        i_bh = i_bh.to(tl.int64)
-        tile, tm, kk, kkm = _tiles(i_v, K, V, BK, BV)
-        S = tl.load(S0 + i_bh * K * V + tile, mask=tm, other=0.0)
-        for n in range(0, N):
-            base = i_bh * N + n
-            tl.store(S_in + base * K * V + tile, S, mask=tm)
-            Rn = tl.load(R + base * K * V + tile, mask=tm, other=0.0)
-            KWn = tl.load(KW + base * K * K + kk, mask=kkm, other=0.0)
-            upd = Rn - tl.dot(KWn, S, input_precision=_MM_PREC)
-            if HAS_A:
-                S = tl.load(a + base) * S + upd
-            else:
-                S = S + upd
-        tl.store(S_out + i_bh * K * V + tile, S, mask=tm)
-
-    @triton.autotune(configs=autotune_configs(_STATE_WARPS), key=["BK", "BV", "HAS_A"])
-    @triton.jit
-    def _state_bwd(KW, a, dS_in, dS_out, dR, dS0, N, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, HAS_A: tl.constexpr):
-        """The reverse recurrence only; dKW and da are products of its output dR with the kept
-        entering states, formed in PyTorch (one batched matmul, no per-V-tile partial sums)."""
-        i_v, i_bh = tl.program_id(0), tl.program_id(1)
-        i_bh = i_bh.to(tl.int64)
-        tile, tm, kk, kkm = _tiles(i_v, K, V, BK, BV)
-        dS = tl.load(dS_out + i_bh * K * V + tile, mask=tm, other=0.0)  # grad of the state after the last chunk
-        for i in range(0, N):
-            n = N - 1 - i
-            base = i_bh * N + n
-            tl.store(dR + base * K * V + tile, dS, mask=tm)
-            KWn = tl.load(KW + base * K * K + kk, mask=kkm, other=0.0)
-            back = -tl.dot(tl.trans(KWn), dS, input_precision=_MM_PREC)
-            if HAS_A:
-                back += tl.load(a + base) * dS
-            else:
-                back += dS
-            dS = back + tl.load(dS_in + base * K * V + tile, mask=tm, other=0.0)
-        tl.store(dS0 + i_bh * K * V + tile, dS, mask=tm)
-
+    _WARPS_BIG = [{"num_warps": 8}, {"num_warps": 4}]  # kernels holding [64, K] tiles: 8 first
 
 if HAS_TRITON:
 
@@ -204,28 +153,16 @@ if HAS_TRITON:
             Tm = tl.where(rows == i, Tm - upd[None, :], Tm)
         return Tm
 
-    # sm_90 with BD = 64: about 210-255 registers per thread at 4 warps (a few bytes spilled with
-    # HAS_R), none spilled at 8; 1 and 2 warps spill heavily, so they are not offered.
-    @triton.autotune(configs=autotune_configs([{"num_warps": 8}, {"num_warps": 4}]), key=["C", "D", "HAS_R"])
     @triton.jit
-    def _ut_fwd(A, R, Tm, UW, N, C, D, BS: tl.constexpr, BD: tl.constexpr, HAS_R: tl.constexpr):
-        """One chunk's ``Tm = (I + A)^{-1}`` (A strictly lower, C <= 4 * BS rows; rows past C are
-        padding whose inverse is the identity, never stored). Blocks of BS = 16: the four diagonal
-        blocks by forward substitution, then ``Tm_ij = -Tm_ii sum_{j<=k<i} A_ik Tm_kj``. Every
-        upper block is stored as zeros, so Tm can be allocated uninitialised. With ``HAS_R``, also
-        ``UW = Tm R`` for the chunk's right-hand side R ``[C, D]``, in [C, BD] column tiles."""
-        i_n, i_bh = tl.program_id(0), tl.program_id(1)
-        base = (i_bh.to(tl.int64) * N + i_n) * C * C
-        T00 = _ut_inv_diag(_ut_load(A, base, C, 0, 0, BS), BS)
-        T11 = _ut_inv_diag(_ut_load(A, base, C, 1, 1, BS), BS)
-        T22 = _ut_inv_diag(_ut_load(A, base, C, 2, 2, BS), BS)
-        T33 = _ut_inv_diag(_ut_load(A, base, C, 3, 3, BS), BS)
-        A10 = _ut_load(A, base, C, 1, 0, BS)
-        A20 = _ut_load(A, base, C, 2, 0, BS)
-        A21 = _ut_load(A, base, C, 2, 1, BS)
-        A30 = _ut_load(A, base, C, 3, 0, BS)
-        A31 = _ut_load(A, base, C, 3, 1, BS)
-        A32 = _ut_load(A, base, C, 3, 2, BS)
+    def _ut_invert(A00, A10, A11, A20, A21, A22, A30, A31, A32, A33, BS: tl.constexpr):
+        """``Tm = (I + A)^{-1}`` of a strictly lower [4 BS, 4 BS] matrix given as its ten lower
+        [BS, BS] blocks (diagonal blocks strictly lower); returns Tm's ten lower blocks in the same
+        order. Diagonal blocks by forward substitution, then ``Tm_ij = -Tm_ii sum_{j<=k<i} A_ik Tm_kj``
+        (fp32, "ieee": these 16 x 16 products are cheap and the inverse is where precision is lost)."""
+        T00 = _ut_inv_diag(A00, BS)
+        T11 = _ut_inv_diag(A11, BS)
+        T22 = _ut_inv_diag(A22, BS)
+        T33 = _ut_inv_diag(A33, BS)
         T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision="ieee"), input_precision="ieee")
         T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision="ieee"), input_precision="ieee")
         T20 = -tl.dot(T22, tl.dot(A20, T00, input_precision="ieee") + tl.dot(A21, T10, input_precision="ieee"),
@@ -235,6 +172,12 @@ if HAS_TRITON:
                       input_precision="ieee")
         acc = tl.dot(A30, T00, input_precision="ieee") + tl.dot(A31, T10, input_precision="ieee")
         T30 = -tl.dot(T33, acc + tl.dot(A32, T20, input_precision="ieee"), input_precision="ieee")
+        return T00, T10, T11, T20, T21, T22, T30, T31, T32, T33
+
+    @triton.jit
+    def _ut_store_all(Tm, base, C, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, BS: tl.constexpr):
+        """All sixteen blocks of Tm at ``Tm + base`` ([C, C] row-major), the upper ones as zeros
+        (so Tm can be allocated uninitialised)."""
         zero = tl.zeros([BS, BS], dtype=tl.float32)
         _ut_store(Tm, base, C, T00, 0, 0, BS)
         _ut_store(Tm, base, C, zero, 0, 1, BS)
@@ -252,25 +195,432 @@ if HAS_TRITON:
         _ut_store(Tm, base, C, T31, 3, 1, BS)
         _ut_store(Tm, base, C, T32, 3, 2, BS)
         _ut_store(Tm, base, C, T33, 3, 3, BS)
+
+    @triton.jit
+    def _ut_apply(T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, R0, R1, R2, R3):
+        """``Tm R`` by row blocks: block i is ``sum_{j<=i} Tm_ij R_j``."""
+        U0 = tl.dot(T00, R0, input_precision=_MM_PREC)
+        U1 = tl.dot(T10, R0, input_precision=_MM_PREC) + tl.dot(T11, R1, input_precision=_MM_PREC)
+        U2 = tl.dot(T20, R0, input_precision=_MM_PREC) + tl.dot(T21, R1, input_precision=_MM_PREC)
+        U2 += tl.dot(T22, R2, input_precision=_MM_PREC)
+        U3 = tl.dot(T30, R0, input_precision=_MM_PREC) + tl.dot(T31, R1, input_precision=_MM_PREC)
+        U3 += tl.dot(T32, R2, input_precision=_MM_PREC) + tl.dot(T33, R3, input_precision=_MM_PREC)
+        return U0, U1, U2, U3
+
+    # sm_90 with BD = 64: about 210-255 registers per thread at 4 warps (a few bytes spilled with
+    # HAS_R), none spilled at 8; 1 and 2 warps spill heavily, so they are not offered.
+    @triton.autotune(configs=autotune_configs([{"num_warps": 8}, {"num_warps": 4}]), key=["C", "D", "HAS_R"])
+    @triton.jit
+    def _ut_fwd(A, R, Tm, UW, N, C, D, BS: tl.constexpr, BD: tl.constexpr, HAS_R: tl.constexpr):
+        """One chunk's ``Tm = (I + A)^{-1}`` (A strictly lower, C <= 4 * BS rows; rows past C are
+        padding whose inverse is the identity, never stored), read from A in global memory. With
+        ``HAS_R``, also ``UW = Tm R`` for the chunk's right-hand side R ``[C, D]``, in [C, BD]
+        column tiles."""
+        i_n, i_bh = tl.program_id(0), tl.program_id(1)
+        base = (i_bh.to(tl.int64) * N + i_n) * C * C
+        T00, T10, T11, T20, T21, T22, T30, T31, T32, T33 = _ut_invert(
+            _ut_load(A, base, C, 0, 0, BS), _ut_load(A, base, C, 1, 0, BS), _ut_load(A, base, C, 1, 1, BS),
+            _ut_load(A, base, C, 2, 0, BS), _ut_load(A, base, C, 2, 1, BS), _ut_load(A, base, C, 2, 2, BS),
+            _ut_load(A, base, C, 3, 0, BS), _ut_load(A, base, C, 3, 1, BS), _ut_load(A, base, C, 3, 2, BS),
+            _ut_load(A, base, C, 3, 3, BS), BS)
+        _ut_store_all(Tm, base, C, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, BS)
         if HAS_R:
             rbase = (i_bh.to(tl.int64) * N + i_n) * C * D
             r = tl.arange(0, BS)
             for d0 in range(0, D, BD):
                 cols = d0 + tl.arange(0, BD)
-                R0 = _ut_load_rows(R, rbase, C, D, r, cols, 0, BS)
-                R1 = _ut_load_rows(R, rbase, C, D, r, cols, 1, BS)
-                R2 = _ut_load_rows(R, rbase, C, D, r, cols, 2, BS)
-                R3 = _ut_load_rows(R, rbase, C, D, r, cols, 3, BS)
-                U0 = tl.dot(T00, R0, input_precision=_MM_PREC)
-                U1 = tl.dot(T10, R0, input_precision=_MM_PREC) + tl.dot(T11, R1, input_precision=_MM_PREC)
-                U2 = tl.dot(T20, R0, input_precision=_MM_PREC) + tl.dot(T21, R1, input_precision=_MM_PREC)
-                U2 += tl.dot(T22, R2, input_precision=_MM_PREC)
-                U3 = tl.dot(T30, R0, input_precision=_MM_PREC) + tl.dot(T31, R1, input_precision=_MM_PREC)
-                U3 += tl.dot(T32, R2, input_precision=_MM_PREC) + tl.dot(T33, R3, input_precision=_MM_PREC)
+                U0, U1, U2, U3 = _ut_apply(
+                    T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
+                    _ut_load_rows(R, rbase, C, D, r, cols, 0, BS), _ut_load_rows(R, rbase, C, D, r, cols, 1, BS),
+                    _ut_load_rows(R, rbase, C, D, r, cols, 2, BS), _ut_load_rows(R, rbase, C, D, r, cols, 3, BS))
                 _ut_store_rows(UW, rbase, C, D, r, cols, U0, 0, BS)
                 _ut_store_rows(UW, rbase, C, D, r, cols, U1, 1, BS)
                 _ut_store_rows(UW, rbase, C, D, r, cols, U2, 2, BS)
                 _ut_store_rows(UW, rbase, C, D, r, cols, U3, 3, BS)
+
+
+if HAS_TRITON:
+    # The fused chunk path: every kernel reads q, k, v, beta ([B, T, H, *], any of fp32/bf16/fp16)
+    # in place and computes in fp32; G is the chunk-local cumulative log gate, fp32 [B, Tp, H]
+    # with Tp = N * C (padded steps repeat the last real G). Intermediates ([B, T, H, *] fp32):
+    # U, W (pseudo-values and keys), u (written values); per chunk: Tm [B*H, N, C, C], the
+    # entering states S_in [B*H, N, K, V] (and dH, the gradient of each chunk's leaving state).
+
+    @triton.jit
+    def _ld(x, i_b, i_h, t, tm, c0, T, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
+        """Rows ``t`` (mask ``tm``) and columns ``c0 .. c0 + BD`` of the [B, T, H, D] tensor x for
+        (batch i_b, head i_h), in fp32, 0 outside."""
+        cols = c0 + tl.arange(0, BD)
+        ptr = x + ((i_b.to(tl.int64) * T + t[:, None]) * H + i_h) * D + cols[None, :]
+        return tl.load(ptr, mask=tm[:, None] & (cols[None, :] < D), other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _st(x, val, i_b, i_h, t, tm, c0, T, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
+        cols = c0 + tl.arange(0, BD)
+        ptr = x + ((i_b.to(tl.int64) * T + t[:, None]) * H + i_h) * D + cols[None, :]
+        tl.store(ptr, val.to(x.dtype.element_ty), mask=tm[:, None] & (cols[None, :] < D))
+
+    @triton.jit
+    def _ldr(x, i_b, i_h, t, tm, T, H: tl.constexpr):
+        """Rows ``t`` of the [B, T, H] tensor x (fp32, 0 where ``tm`` is False)."""
+        return tl.load(x + (i_b.to(tl.int64) * T + t) * H + i_h, mask=tm, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _ld_state(x, base, k0, v0, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+        """Rows ``k0 ..`` and columns ``v0 ..`` of the [K, V] state at ``x + base``."""
+        rk = k0 + tl.arange(0, BK)
+        cv = v0 + tl.arange(0, BV)
+        return tl.load(x + base + rk[:, None] * V + cv[None, :], mask=(rk[:, None] < K) & (cv[None, :] < V),
+                       other=0.0)
+
+    @triton.jit
+    def _st_state(x, base, val, k0, v0, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+        rk = k0 + tl.arange(0, BK)
+        cv = v0 + tl.arange(0, BV)
+        tl.store(x + base + rk[:, None] * V + cv[None, :], val, mask=(rk[:, None] < K) & (cv[None, :] < V))
+
+    @triton.jit
+    def _gates(G, i_b, i_h, n, Tp, H: tl.constexpr, C: tl.constexpr, HAS_G: tl.constexpr):
+        """Chunk n's cumulative log gates ``G_i`` [C] and ``G_C`` (0 without gates)."""
+        t = n * C + tl.arange(0, C)
+        if HAS_G:
+            Gr = _ldr(G, i_b, i_h, t, t < Tp, Tp, H)
+            Gc = tl.load(G + (i_b.to(tl.int64) * Tp + n * C + C - 1) * H + i_h)
+        else:
+            Gr = tl.zeros([C], dtype=tl.float32)
+            Gc = 0.0
+        return Gr, Gc
+
+    @triton.jit
+    def _decay(Gr, C: tl.constexpr, STRICT: tl.constexpr, HAS_G: tl.constexpr):
+        """``exp(G_i - G_j)`` on the causal triangle (i >= j, or i > j with ``STRICT``), 0 above;
+        the exponent is masked before exp, so it never overflows."""
+        r = tl.arange(0, C)
+        if STRICT:
+            low = r[:, None] > r[None, :]
+        else:
+            low = r[:, None] >= r[None, :]
+        if HAS_G:
+            return tl.where(low, tl.exp(tl.where(low, Gr[:, None] - Gr[None, :], 0.0)), 0.0)
+        else:
+            return tl.where(low, 1.0, 0.0)
+
+    @triton.jit
+    def _scores(q, k, i_b, i_h, t, tm, T, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr):
+        """``q k^T`` [C, C] of one chunk, over K in BKT tiles."""
+        qk = tl.zeros([C, C], dtype=tl.float32)
+        for k0 in range(0, K, BKT):
+            qk += tl.dot(_ld(q, i_b, i_h, t, tm, k0, T, H, K, BKT), tl.trans(_ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)),
+                         input_precision=_MM_PREC)
+        return qk
+
+    @triton.jit
+    def _kkt_gated(A, beta_i, Gi, Gj, BS: tl.constexpr, DIAG: tl.constexpr, HAS_G: tl.constexpr):
+        """A block of ``beta_i (k_i . k_j) exp(G_i - G_j)`` from its ``k_i . k_j`` block; a diagonal
+        block keeps its strictly lower part only (exponent masked before exp)."""
+        x = A * beta_i[:, None]
+        if DIAG:
+            r = tl.arange(0, BS)
+            low = r[:, None] > r[None, :]
+            if HAS_G:
+                x = x * tl.exp(tl.where(low, Gi[:, None] - Gj[None, :], 0.0))
+            x = tl.where(low, x, 0.0)
+        else:
+            if HAS_G:
+                x = x * tl.exp(Gi[:, None] - Gj[None, :])  # rows after columns: exponent <= 0
+        return x
+
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G"])
+    @triton.jit
+    def _prep_fwd(k, v, beta, G, Tm, U, W, T, Tp, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  C: tl.constexpr, BS: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr):
+        """One chunk, one (batch, head): A = strictly lower ``beta_i (k_i . k_j) exp(G_i - G_j)``
+        formed by [BS, BS] blocks over K tiles, ``Tm = (I + A)^{-1}`` (stored), then
+        ``U = Tm (beta v)`` and ``W = Tm (beta exp(G) k)``."""
+        i_n, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = i_bh // H, i_bh % H
+        r = tl.arange(0, BS)
+        t0 = i_n * C + r
+        t1 = t0 + BS
+        t2 = t0 + 2 * BS
+        t3 = t0 + 3 * BS
+        m0, m1, m2, m3 = t0 < T, t1 < T, t2 < T, t3 < T
+        b0 = _ldr(beta, i_b, i_h, t0, m0, T, H)
+        b1 = _ldr(beta, i_b, i_h, t1, m1, T, H)
+        b2 = _ldr(beta, i_b, i_h, t2, m2, T, H)
+        b3 = _ldr(beta, i_b, i_h, t3, m3, T, H)
+        if HAS_G:
+            G0 = _ldr(G, i_b, i_h, t0, t0 < Tp, Tp, H)
+            G1 = _ldr(G, i_b, i_h, t1, t1 < Tp, Tp, H)
+            G2 = _ldr(G, i_b, i_h, t2, t2 < Tp, Tp, H)
+            G3 = _ldr(G, i_b, i_h, t3, t3 < Tp, Tp, H)
+        else:
+            G0 = tl.zeros([BS], dtype=tl.float32)
+            G1 = G0
+            G2 = G0
+            G3 = G0
+        A00 = tl.zeros([BS, BS], dtype=tl.float32)
+        A10 = A00
+        A11 = A00
+        A20 = A00
+        A21 = A00
+        A22 = A00
+        A30 = A00
+        A31 = A00
+        A32 = A00
+        A33 = A00
+        for k0 in range(0, K, BKT):
+            k0s = _ld(k, i_b, i_h, t0, m0, k0, T, H, K, BKT)
+            k1s = _ld(k, i_b, i_h, t1, m1, k0, T, H, K, BKT)
+            k2s = _ld(k, i_b, i_h, t2, m2, k0, T, H, K, BKT)
+            k3s = _ld(k, i_b, i_h, t3, m3, k0, T, H, K, BKT)
+            A00 += tl.dot(k0s, tl.trans(k0s), input_precision=_MM_PREC)
+            A10 += tl.dot(k1s, tl.trans(k0s), input_precision=_MM_PREC)
+            A11 += tl.dot(k1s, tl.trans(k1s), input_precision=_MM_PREC)
+            A20 += tl.dot(k2s, tl.trans(k0s), input_precision=_MM_PREC)
+            A21 += tl.dot(k2s, tl.trans(k1s), input_precision=_MM_PREC)
+            A22 += tl.dot(k2s, tl.trans(k2s), input_precision=_MM_PREC)
+            A30 += tl.dot(k3s, tl.trans(k0s), input_precision=_MM_PREC)
+            A31 += tl.dot(k3s, tl.trans(k1s), input_precision=_MM_PREC)
+            A32 += tl.dot(k3s, tl.trans(k2s), input_precision=_MM_PREC)
+            A33 += tl.dot(k3s, tl.trans(k3s), input_precision=_MM_PREC)
+        T00, T10, T11, T20, T21, T22, T30, T31, T32, T33 = _ut_invert(
+            _kkt_gated(A00, b0, G0, G0, BS, True, HAS_G), _kkt_gated(A10, b1, G1, G0, BS, False, HAS_G),
+            _kkt_gated(A11, b1, G1, G1, BS, True, HAS_G), _kkt_gated(A20, b2, G2, G0, BS, False, HAS_G),
+            _kkt_gated(A21, b2, G2, G1, BS, False, HAS_G), _kkt_gated(A22, b2, G2, G2, BS, True, HAS_G),
+            _kkt_gated(A30, b3, G3, G0, BS, False, HAS_G), _kkt_gated(A31, b3, G3, G1, BS, False, HAS_G),
+            _kkt_gated(A32, b3, G3, G2, BS, False, HAS_G), _kkt_gated(A33, b3, G3, G3, BS, True, HAS_G), BS)
+        _ut_store_all(Tm, (i_bh.to(tl.int64) * N + i_n) * C * C, C, T00, T10, T11, T20, T21, T22, T30, T31, T32,
+                      T33, BS)
+        for v0 in range(0, V, BVT):
+            U0, U1, U2, U3 = _ut_apply(
+                T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
+                _ld(v, i_b, i_h, t0, m0, v0, T, H, V, BVT) * b0[:, None],
+                _ld(v, i_b, i_h, t1, m1, v0, T, H, V, BVT) * b1[:, None],
+                _ld(v, i_b, i_h, t2, m2, v0, T, H, V, BVT) * b2[:, None],
+                _ld(v, i_b, i_h, t3, m3, v0, T, H, V, BVT) * b3[:, None])
+            _st(U, U0, i_b, i_h, t0, m0, v0, T, H, V, BVT)
+            _st(U, U1, i_b, i_h, t1, m1, v0, T, H, V, BVT)
+            _st(U, U2, i_b, i_h, t2, m2, v0, T, H, V, BVT)
+            _st(U, U3, i_b, i_h, t3, m3, v0, T, H, V, BVT)
+        e0 = b0 * tl.exp(G0)
+        e1 = b1 * tl.exp(G1)
+        e2 = b2 * tl.exp(G2)
+        e3 = b3 * tl.exp(G3)
+        for k0 in range(0, K, BKT):
+            W0, W1, W2, W3 = _ut_apply(
+                T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
+                _ld(k, i_b, i_h, t0, m0, k0, T, H, K, BKT) * e0[:, None],
+                _ld(k, i_b, i_h, t1, m1, k0, T, H, K, BKT) * e1[:, None],
+                _ld(k, i_b, i_h, t2, m2, k0, T, H, K, BKT) * e2[:, None],
+                _ld(k, i_b, i_h, t3, m3, k0, T, H, K, BKT) * e3[:, None])
+            _st(W, W0, i_b, i_h, t0, m0, k0, T, H, K, BKT)
+            _st(W, W1, i_b, i_h, t1, m1, k0, T, H, K, BKT)
+            _st(W, W2, i_b, i_h, t2, m2, k0, T, H, K, BKT)
+            _st(W, W3, i_b, i_h, t3, m3, k0, T, H, K, BKT)
+
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G"])
+    @triton.jit
+    def _h_fwd(k, G, U, W, u, S0, S_in, S_out, T, Tp, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+               C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr):
+        """The sequential part, one program per (V tile, batch*head) with its [K, BV] state tile in
+        registers: per chunk, store the entering state, form the written values
+        ``u = U - W S`` (stored), then ``S = exp(G_C) S + (k exp(G_C - G))^T u``."""
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = i_bh // H, i_bh % H
+        v0 = i_v * BV
+        S = _ld_state(S0, i_bh.to(tl.int64) * K * V, 0, v0, K, V, BK, BV)
+        for n in range(0, N):
+            _st_state(S_in, (i_bh.to(tl.int64) * N + n) * K * V, S, 0, v0, K, V, BK, BV)
+            t = n * C + tl.arange(0, C)
+            tm = t < T
+            un = _ld(U, i_b, i_h, t, tm, v0, T, H, V, BV) - tl.dot(
+                _ld(W, i_b, i_h, t, tm, 0, T, H, K, BK), S, input_precision=_MM_PREC)
+            _st(u, un, i_b, i_h, t, tm, v0, T, H, V, BV)
+            kn = _ld(k, i_b, i_h, t, tm, 0, T, H, K, BK)
+            if HAS_G:
+                Gr, Gc = _gates(G, i_b, i_h, n, Tp, H, C, HAS_G)
+                kn = kn * tl.exp(Gc - Gr)[:, None]
+                S = S * tl.exp(Gc)
+            S += tl.dot(tl.trans(kn), un, input_precision=_MM_PREC)
+        _st_state(S_out, i_bh.to(tl.int64) * K * V, S, 0, v0, K, V, BK, BV)
+
+    @triton.autotune(configs=autotune_configs(_WARPS), key=["K", "V", "HAS_G"])
+    @triton.jit
+    def _o_fwd(q, k, G, u, S_in, o, scale, T, Tp, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+               C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr):
+        """``o = scale [(q exp(G)) S + (q k^T exp(G_i - G_j), i >= j) u]`` for one chunk and V tile."""
+        i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_b, i_h = i_bh // H, i_bh % H
+        v0 = i_v * BVT
+        t = i_n * C + tl.arange(0, C)
+        tm = t < T
+        base = (i_bh.to(tl.int64) * N + i_n) * K * V
+        qk = tl.zeros([C, C], dtype=tl.float32)
+        qs = tl.zeros([C, BVT], dtype=tl.float32)
+        for k0 in range(0, K, BKT):
+            qt = _ld(q, i_b, i_h, t, tm, k0, T, H, K, BKT)
+            qk += tl.dot(qt, tl.trans(_ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)), input_precision=_MM_PREC)
+            qs += tl.dot(qt, _ld_state(S_in, base, k0, v0, K, V, BKT, BVT), input_precision=_MM_PREC)
+        Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
+        P = qk * _decay(Gr, C, False, HAS_G) * scale
+        out = qs * (scale * tl.exp(Gr))[:, None] + tl.dot(P, _ld(u, i_b, i_h, t, tm, v0, T, H, V, BVT),
+                                                          input_precision=_MM_PREC)
+        _st(o, out, i_b, i_h, t, tm, v0, T, H, V, BVT)
+
+    @triton.autotune(configs=autotune_configs(_WARPS), key=["K", "V", "HAS_G"])
+    @triton.jit
+    def _du_local(q, k, G, do, du, scale, T, Tp, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr):
+        """The intra-chunk part of the written values' gradient, ``P^T do`` with
+        ``P = scale q k^T exp(G_i - G_j)`` (i >= j), for one chunk and V tile."""
+        i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_b, i_h = i_bh // H, i_bh % H
+        v0 = i_v * BVT
+        t = i_n * C + tl.arange(0, C)
+        tm = t < T
+        Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
+        P = _scores(q, k, i_b, i_h, t, tm, T, H, K, C, BKT) * _decay(Gr, C, False, HAS_G) * scale
+        _st(du, tl.dot(tl.trans(P), _ld(do, i_b, i_h, t, tm, v0, T, H, V, BVT), input_precision=_MM_PREC),
+            i_b, i_h, t, tm, v0, T, H, V, BVT)
+
+    # du is read and written in place: the autotuner's timing runs must each start from the original
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "HAS_DSF"],
+                     restore_value=["du"])
+    @triton.jit
+    def _h_bwd(q, k, G, W, do, du, dSf, dH, dS0, scale, T, Tp, N, H: tl.constexpr, K: tl.constexpr,
+               V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr,
+               HAS_DSF: tl.constexpr):
+        """The reverse recurrence, one program per (V tile, batch*head), chunks last to first:
+        store dH (the gradient of the state leaving the chunk), complete the written values'
+        gradient ``du = du_local + (k exp(G_C - G)) dH`` (in place), then the entering state's
+        ``dS = exp(G_C) dH + scale (q exp(G))^T do - W^T du``."""
+        i_v, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = i_bh // H, i_bh % H
+        v0 = i_v * BV
+        if HAS_DSF:
+            dS = _ld_state(dSf, i_bh.to(tl.int64) * K * V, 0, v0, K, V, BK, BV)
+        else:
+            dS = tl.zeros([BK, BV], dtype=tl.float32)
+        for i in range(0, N):
+            n = N - 1 - i
+            _st_state(dH, (i_bh.to(tl.int64) * N + n) * K * V, dS, 0, v0, K, V, BK, BV)
+            t = n * C + tl.arange(0, C)
+            tm = t < T
+            Gr, Gc = _gates(G, i_b, i_h, n, Tp, H, C, HAS_G)
+            kn = _ld(k, i_b, i_h, t, tm, 0, T, H, K, BK)
+            if HAS_G:
+                kn = kn * tl.exp(Gc - Gr)[:, None]
+            dun = _ld(du, i_b, i_h, t, tm, v0, T, H, V, BV) + tl.dot(kn, dS, input_precision=_MM_PREC)
+            _st(du, dun, i_b, i_h, t, tm, v0, T, H, V, BV)
+            qn = _ld(q, i_b, i_h, t, tm, 0, T, H, K, BK) * (scale * tl.exp(Gr))[:, None]
+            back = tl.dot(tl.trans(qn), _ld(do, i_b, i_h, t, tm, v0, T, H, V, BV), input_precision=_MM_PREC)
+            back -= tl.dot(tl.trans(_ld(W, i_b, i_h, t, tm, 0, T, H, K, BK)), dun, input_precision=_MM_PREC)
+            if HAS_G:
+                dS = dS * tl.exp(Gc) + back
+            else:
+                dS = dS + back
+        _st_state(dS0, i_bh.to(tl.int64) * K * V, dS, 0, v0, K, V, BK, BV)
+
+    @triton.autotune(configs=autotune_configs(_WARPS), key=["K", "V", "HAS_G"])
+    @triton.jit
+    def _bwd_chunk(q, k, G, u, du, do, S_in, dH, dq, dk, dW, dgr, dgc, scale, T, Tp, N, NK,
+                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr,
+                   BVT: tl.constexpr, HAS_G: tl.constexpr):
+        """The chunk-parallel gradients for one chunk and K tile: dq, the output's and the state
+        update's part of dk, ``dW = -du S^T``; with gates, the per-step gate gradient of these
+        terms (``q.dq - k.dk``, per K tile in ``dgr``) and the chunk-end term (``dgc``)."""
+        i_k, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_b, i_h = i_bh // H, i_bh % H
+        k0 = i_k * BKT
+        t = i_n * C + tl.arange(0, C)
+        tm = t < T
+        base = (i_bh.to(tl.int64) * N + i_n) * K * V
+        dWt = tl.zeros([C, BKT], dtype=tl.float32)
+        dqs = tl.zeros([C, BKT], dtype=tl.float32)
+        dkd = tl.zeros([C, BKT], dtype=tl.float32)
+        dP = tl.zeros([C, C], dtype=tl.float32)
+        da = tl.zeros([BKT], dtype=tl.float32)
+        for v0 in range(0, V, BVT):
+            St = _ld_state(S_in, base, k0, v0, K, V, BKT, BVT)
+            dHt = _ld_state(dH, base, k0, v0, K, V, BKT, BVT)
+            ut = _ld(u, i_b, i_h, t, tm, v0, T, H, V, BVT)
+            dot_ = _ld(do, i_b, i_h, t, tm, v0, T, H, V, BVT)
+            dWt -= tl.dot(_ld(du, i_b, i_h, t, tm, v0, T, H, V, BVT), tl.trans(St), input_precision=_MM_PREC)
+            dqs += tl.dot(dot_, tl.trans(St), input_precision=_MM_PREC)
+            dkd += tl.dot(ut, tl.trans(dHt), input_precision=_MM_PREC)
+            dP += tl.dot(dot_, tl.trans(ut), input_precision=_MM_PREC)
+            da += tl.sum(dHt * St, axis=1)
+        qt = _ld(q, i_b, i_h, t, tm, k0, T, H, K, BKT)
+        kt = _ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)
+        Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
+        dPs = dP * _decay(Gr, C, False, HAS_G) * scale
+        dqt = dqs * (scale * tl.exp(Gr))[:, None] + tl.dot(dPs, kt, input_precision=_MM_PREC)
+        if HAS_G:
+            dkd = dkd * tl.exp(Gc - Gr)[:, None]
+        dkt = tl.dot(tl.trans(dPs), qt, input_precision=_MM_PREC) + dkd
+        _st(dq, dqt, i_b, i_h, t, tm, k0, T, H, K, BKT)
+        _st(dk, dkt, i_b, i_h, t, tm, k0, T, H, K, BKT)
+        _st(dW, dWt, i_b, i_h, t, tm, k0, T, H, K, BKT)
+        if HAS_G:
+            # every q_i enters as q_i exp(G_i) and every k_j as k_j exp(-G_j) (times exp(G_C) in
+            # the state update), so these terms' dG_i is q_i . dq_i - k_i . dk_i ...
+            gr = tl.sum(qt * dqt - kt * dkt, axis=1)
+            tl.store(dgr + ((i_b.to(tl.int64) * Tp + t) * H + i_h) * NK + i_k, gr)
+            # ... and G_C's: the state update's k_j . dk_j summed, and the decay exp(G_C) of S
+            gc = tl.sum(tl.sum(kt * dkd, axis=1), axis=0) + tl.sum(da, axis=0) * tl.exp(Gc)
+            tl.store(dgc + (i_bh.to(tl.int64) * N + i_n) * NK + i_k, gc)
+
+    @triton.autotune(configs=autotune_configs(_WARPS), key=["K", "V", "HAS_G"], restore_value=["dk"])
+    @triton.jit
+    def _bwd_wy(k, v, beta, G, Tm, U, W, du, dW, dk, dv, dbeta, dgw, T, Tp, N, H: tl.constexpr,
+                K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr,
+                HAS_G: tl.constexpr):
+        """Back through ``U = Tm (beta v)``, ``W = Tm (beta exp(G) k)`` and
+        ``A = beta_i (k_i . k_j) exp(G_i - G_j)`` for one chunk: ``dRv = Tm^T dU``,
+        ``dRk = Tm^T dW``, ``dA = -tril(dRv U^T + dRk W^T, -1)``; writes dv, dbeta, the gate
+        gradient of these terms (``dgw``, every padded row too) and adds to dk."""
+        i_n, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = i_bh // H, i_bh % H
+        r = tl.arange(0, C)
+        t = i_n * C + r
+        tm = t < T
+        Tmm = tl.load(Tm + (i_bh.to(tl.int64) * N + i_n) * C * C + r[:, None] * C + r[None, :])
+        TmT = tl.trans(Tmm)
+        b = _ldr(beta, i_b, i_h, t, tm, T, H)
+        Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
+        eb = b * tl.exp(Gr)  # the row scale of W's right-hand side
+        dA = tl.zeros([C, C], dtype=tl.float32)
+        kk = tl.zeros([C, C], dtype=tl.float32)
+        db = tl.zeros([C], dtype=tl.float32)
+        dg = tl.zeros([C], dtype=tl.float32)
+        for v0 in range(0, V, BVT):
+            dRv = tl.dot(TmT, _ld(du, i_b, i_h, t, tm, v0, T, H, V, BVT), input_precision=_MM_PREC)
+            _st(dv, dRv * b[:, None], i_b, i_h, t, tm, v0, T, H, V, BVT)
+            db += tl.sum(dRv * _ld(v, i_b, i_h, t, tm, v0, T, H, V, BVT), axis=1)
+            dA += tl.dot(dRv, tl.trans(_ld(U, i_b, i_h, t, tm, v0, T, H, V, BVT)), input_precision=_MM_PREC)
+        for k0 in range(0, K, BKT):
+            kt = _ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)
+            dRk = tl.dot(TmT, _ld(dW, i_b, i_h, t, tm, k0, T, H, K, BKT), input_precision=_MM_PREC)
+            dA += tl.dot(dRk, tl.trans(_ld(W, i_b, i_h, t, tm, k0, T, H, K, BKT)), input_precision=_MM_PREC)
+            s = tl.sum(dRk * kt, axis=1) * tl.exp(Gr)
+            db += s
+            dg += s * b
+            kk += tl.dot(kt, tl.trans(kt), input_precision=_MM_PREC)
+        dAD = -dA * _decay(Gr, C, True, HAS_G)  # d(beta_i kk_ij) for i > j, 0 elsewhere
+        db += tl.sum(dAD * kk, axis=1)
+        Bm = dAD * b[:, None]  # d(kk_ij)
+        if HAS_G:
+            M = Bm * kk  # dA_ij A_ij: +G_i, -G_j
+            dg += tl.sum(M, axis=1) - tl.sum(M, axis=0)
+            tl.store(dgw + (i_b.to(tl.int64) * Tp + t) * H + i_h, dg)
+        tl.store(dbeta + (i_b.to(tl.int64) * T + t) * H + i_h, db, mask=tm)
+        for k0 in range(0, K, BKT):
+            kt = _ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)
+            dRk = tl.dot(TmT, _ld(dW, i_b, i_h, t, tm, k0, T, H, K, BKT), input_precision=_MM_PREC)
+            dkt = _ld(dk, i_b, i_h, t, tm, k0, T, H, K, BKT) + dRk * eb[:, None]
+            dkt += tl.dot(Bm, kt, input_precision=_MM_PREC) + tl.dot(tl.trans(Bm), kt, input_precision=_MM_PREC)
+            _st(dk, dkt, i_b, i_h, t, tm, k0, T, H, K, BKT)
 
 
 UT_BLOCK = 16  # the inverse's block size (tl.dot needs >= 16 per side)
@@ -405,53 +755,96 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
     return max(16, next_pow2(K)), 16 if K >= 128 else max(16, min(32, next_pow2(V)))
 
 
-class _StatePassFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, R, KW, a, S0):
-        B, H, N, K, V = R.shape
-        BK, BV = _blocks(K, V)
-        R, KW, S0 = R.contiguous(), KW.contiguous(), S0.contiguous()
-        a_flat = None if a is None else a.reshape(B * H * N).contiguous()
-        S_in = torch.empty_like(R)
-        S_out = torch.empty_like(S0)
-        _state_fwd[(triton.cdiv(V, BV), B * H)](
-            R, KW, a_flat if a_flat is not None else R, S0, S_in, S_out, N, K=K, V=V, BK=BK, BV=BV,
-            HAS_A=a is not None)
-        ctx.save_for_backward(KW, a_flat, S_in)
-        ctx.shape, ctx.a_shape = (B, H, N, K, V), None if a is None else a.shape
-        return S_in, S_out
+CHUNK = 64  # the fused chunk path's chunk length (= 4 * UT_BLOCK, the inverse's blocking)
+
+
+def _chunk_cumsum(g: torch.Tensor, C: int, Tp: int) -> torch.Tensor:
+    """Chunk-local cumulative sums of the log gates, fp32 ``[B, Tp, H]`` (padded steps add 0)."""
+    B, T, H = g.shape
+    gp = torch.nn.functional.pad(g.float(), (0, 0, 0, Tp - T))
+    return gp.view(B, Tp // C, C, H).cumsum(2).view(B, Tp, H).contiguous()
+
+
+class _ChunkFn(torch.autograd.Function):
+    """delta_rule by the fused chunk kernels, forward and backward (see the module docstring).
+
+    Saved for the backward: the inputs, the chunk-local G, Tm, U, W, the written values u and
+    the entering states (fp32; the forward's intermediates, nothing recomputed)."""
 
     @staticmethod
-    def backward(ctx, dS_in, dS_out):
-        KW, a_flat, S_in = ctx.saved_tensors
-        B, H, N, K, V = ctx.shape
+    def forward(ctx, q, k, v, beta, g, h0, scale):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        C = CHUNK
+        N = triton.cdiv(T, C)
+        Tp = N * C
+        q, k, v, beta, h0 = (x.contiguous() for x in (q, k, v, beta, h0))
+        G = None if g is None else _chunk_cumsum(g, C, Tp)
+        f32 = dict(device=q.device, dtype=torch.float32)
+        BKT, BVT = min(64, max(16, next_pow2(K))), min(64, max(16, next_pow2(V)))
         BK, BV = _blocks(K, V)
-        NV = triton.cdiv(V, BV)
-        dS_in = torch.zeros_like(S_in) if dS_in is None else dS_in.contiguous()
-        dS_out = S_in.new_zeros(B, H, K, V) if dS_out is None else dS_out.contiguous()
-        dR = torch.empty_like(S_in)
-        dS0 = S_in.new_empty(B, H, K, V)
-        _state_bwd[(NV, B * H)](
-            KW, a_flat if a_flat is not None else KW, dS_in, dS_out, dR, dS0, N, K=K, V=V, BK=BK, BV=BV,
-            HAS_A=a_flat is not None)
-        # dR_n is the gradient of the state leaving chunk n; S_in[n] the state entering it
-        dKW = -(dR @ S_in.transpose(-1, -2))
-        da = None if a_flat is None else (dR * S_in).sum((-2, -1)).view(ctx.a_shape)
-        return dR, dKW, da, dS0
+        dims = dict(H=H, K=K, V=V, C=C, HAS_G=g is not None)
+        Gp = beta if G is None else G  # a placeholder pointer without gates (never read)
+        Tm = torch.empty(B * H, N, C, C, **f32)
+        U = torch.empty(B, T, H, V, **f32)
+        W = torch.empty(B, T, H, K, **f32)
+        _prep_fwd[(N, B * H)](k, v, beta, Gp, Tm, U, W, T, Tp, N, BS=UT_BLOCK, BKT=BKT, BVT=BVT, **dims)
+        u = torch.empty_like(U)
+        S_in = torch.empty(B * H, N, K, V, **f32)
+        S_T = torch.empty(B, H, K, V, **f32)
+        _h_fwd[(triton.cdiv(V, BV), B * H)](k, Gp, U, W, u, h0, S_in, S_T, T, Tp, N, BK=BK, BV=BV, **dims)
+        o = torch.empty(B, T, H, V, **f32)
+        _o_fwd[(triton.cdiv(V, BVT), N, B * H)](q, k, Gp, u, S_in, o, scale, T, Tp, N, BKT=BKT, BVT=BVT, **dims)
+        ctx.save_for_backward(q, k, v, beta, G, Tm, U, W, u, S_in)
+        ctx.meta = scale, g is not None, None if g is None else g.dtype, h0.dtype
+        return o, S_T
 
-
-def pass_states_triton(R, KW, a, S):
-    """``chunk.pass_states`` as Triton kernels (same arguments and results; float32)."""
-    return _StatePassFn.apply(R, KW, a, S)
+    @staticmethod
+    def backward(ctx, do, dS_T):
+        q, k, v, beta, G, Tm, U, W, u, S_in = ctx.saved_tensors
+        scale, gated, g_dtype, h0_dtype = ctx.meta
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        N, C = Tm.shape[1], Tm.shape[2]
+        Tp = N * C
+        f32 = dict(device=q.device, dtype=torch.float32)
+        BKT, BVT = min(64, max(16, next_pow2(K))), min(64, max(16, next_pow2(V)))
+        BK, BV = _blocks(K, V)
+        NK = triton.cdiv(K, BKT)
+        dims = dict(H=H, K=K, V=V, C=C, HAS_G=gated)
+        Gp = beta if G is None else G
+        do = torch.zeros(B, T, H, V, **f32) if do is None else do.float().contiguous()
+        du = torch.empty(B, T, H, V, **f32)
+        _du_local[(triton.cdiv(V, BVT), N, B * H)](q, k, Gp, do, du, scale, T, Tp, BKT=BKT, BVT=BVT, **dims)
+        dH = torch.empty_like(S_in)
+        dS0 = torch.empty(B, H, K, V, **f32)
+        dS_T = None if dS_T is None else dS_T.float().contiguous()
+        _h_bwd[(triton.cdiv(V, BV), B * H)](q, k, Gp, W, do, du, du if dS_T is None else dS_T, dH, dS0, scale,
+                                            T, Tp, N, BK=BK, BV=BV, HAS_DSF=dS_T is not None, **dims)
+        dq, dk, dW = (torch.empty(B, T, H, K, **f32) for _ in range(3))
+        dgr = torch.empty(B, Tp, H, NK, **f32) if gated else dq
+        dgc = torch.empty(B * H, N, NK, **f32) if gated else dq
+        _bwd_chunk[(NK, N, B * H)](q, k, Gp, u, du, do, S_in, dH, dq, dk, dW, dgr, dgc, scale, T, Tp, N, NK,
+                                   BKT=BKT, BVT=BVT, **dims)
+        dv = torch.empty(B, T, H, V, **f32)
+        dbeta = torch.empty(B, T, H, **f32)
+        dgw = torch.empty(B, Tp, H, **f32) if gated else dq
+        _bwd_wy[(N, B * H)](k, v, beta, Gp, Tm, U, W, du, dW, dk, dv, dbeta, dgw, T, Tp, N, BKT=BKT, BVT=BVT,
+                            **dims)
+        dg = None
+        if gated:
+            dG = (dgw + dgr.sum(-1)).view(B, N, C, H)
+            dG[:, :, -1] += dgc.sum(-1).view(B, H, N).transpose(1, 2)
+            # G is the chunk-local cumulative sum of g: g_t's gradient sums dG over the chunk's steps >= t
+            dg = dG.flip(2).cumsum(2).flip(2).reshape(B, Tp, H)[:, :T].to(g_dtype)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbeta.to(beta.dtype), dg, dS0.to(h0_dtype), None)
 
 
 def delta_rule_triton(q, k, v, beta, g, scale, initial_state, *, mode: str = "auto"):
     """delta_rule through Triton for one batch of equal-length sequences (``__init__`` loops
     packed sequences): the fused recurrent kernel when T <= ``RECURRENT_MAX_T`` (``mode="auto"``)
-    or ``mode="recurrent"``, else the chunk form with the Triton state pass (``mode="chunk"``).
+    or ``mode="recurrent"``, else the fused chunk kernels (``mode="chunk"``).
     Returns ``(o, final_state)``."""
-    from .chunk import delta_rule_chunk
-
     if mode not in ("auto", "chunk", "recurrent"):
         raise ValueError(f"mode={mode!r} is not one of ('auto', 'chunk', 'recurrent')")
     check_triton_inputs(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
@@ -463,5 +856,6 @@ def delta_rule_triton(q, k, v, beta, g, scale, initial_state, *, mode: str = "au
         initial_state = q.new_zeros(B, H, K, V, dtype=torch.float32)
     if mode == "recurrent" or (mode == "auto" and q.shape[1] <= RECURRENT_MAX_T):
         return _RecurrentFn.apply(q, k, v, beta, g, initial_state, float(scale))
-    return delta_rule_chunk(q, k, v, beta, g, scale, initial_state.float(), state_pass=pass_states_triton,
-                            solve=solve_unit_lower_triton)
+    if q.shape[1] == 0:
+        return q.new_zeros(*q.shape[:3], V, dtype=torch.float32), initial_state.float()
+    return _ChunkFn.apply(q, k, v, beta, g, initial_state.float(), float(scale))

@@ -210,23 +210,44 @@ def test_ut_solve_matches_float64_with_gradients(C, D):
     assert torch.equal(a.grad.triu(), torch.zeros_like(a.grad))
 
 
-def test_ut_solve_hook_runs_in_chunk_mode(monkeypatch):
-    """impl='triton' beyond RECURRENT_MAX_T passes the Triton solve to the chunk form; impl='chunk'
-    keeps the PyTorch solve."""
+def test_chunk_kernels_run_beyond_the_recurrent_length(monkeypatch):
+    """impl='triton' beyond RECURRENT_MAX_T runs the fused chunk kernels (_ChunkFn), forward and
+    backward; impl='chunk' does not."""
     from postformer.kernels.delta_rule import triton as tri
 
-    calls, solve = [], tri.solve_unit_lower_triton
-
-    def spy(A, rhs):
-        calls.append(A.shape)
-        return solve(A, rhs)
-
-    monkeypatch.setattr(tri, "solve_unit_lower_triton", spy)
+    calls, apply = [], tri._ChunkFn.apply
+    monkeypatch.setattr(tri._ChunkFn, "apply", lambda *a: calls.append(a[0].shape) or apply(*a))
     inputs = make(1, 70, 1, 16, 8, True)
     delta_rule(*inputs[:5], initial_state=inputs[5], impl="chunk")
     assert calls == []
     delta_rule(*inputs[:5], initial_state=inputs[5], impl="triton")
-    assert calls == [(1, 1, 2, 64, 64)]
+    assert calls == [(1, 70, 1, 16)]
+
+
+@pytest.mark.parametrize(("K", "V"), [(80, 72), (128, 16), (16, 130)], ids=["two-tiles", "K128", "V130"])
+def test_several_key_and_value_tiles(K, V, monkeypatch):
+    """Head sizes that split into several K tiles (64 wide) and V tiles in the chunk kernels."""
+    from postformer.kernels.delta_rule import triton as tri
+
+    monkeypatch.setattr(tri, "RECURRENT_MAX_T", 0)
+    check(make(1, 129, 1, K, V, True, seed=3))
+
+
+@pytest.mark.parametrize("used", ["o", "S"])
+def test_gradient_through_one_output_only(used, monkeypatch):
+    """The backward with no gradient for the final state (dS_T None) or none for o."""
+    from postformer.kernels.delta_rule import triton as tri
+
+    monkeypatch.setattr(tri, "RECURRENT_MAX_T", 0)
+    inputs = make(2, 100, 2, 16, 16, True, seed=5)
+    grads = {}
+    for impl in ("triton", "reference"):
+        leaves = [x.detach().clone().requires_grad_() for x in inputs]
+        o, S = delta_rule(*leaves[:5], initial_state=leaves[5], output_final_state=True, impl=impl)
+        (o if used == "o" else S).square().sum().backward()
+        grads[impl] = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]  # q: no path to S
+    for name, a, b in zip("q k v beta g h0".split(), grads["triton"], grads["reference"]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
 
 
 def test_ut_inverse_rejects_bad_shapes():
