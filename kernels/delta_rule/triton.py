@@ -62,8 +62,9 @@ __all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "solve_unit_lower_triton", "u
 
 MAX_HEAD_DIM = 256
 RECURRENT_MAX_T = 64  # the fused recurrent kernel runs sequences up to this length
-#: precision of the large fp32 products (all but the inverse's 16 x 16 blocks): three TF32
-#: tensor-core products (``tf32x3``: about fp32 accuracy). Plain fp32 ("ieee") lowers [128, 128] tiles to scalar FMAs,
+#: precision of the large fp32 products (all but the inverse's 16 x 16 blocks) for fp32 inputs:
+#: three TF32 tensor-core products (``tf32x3``: about fp32 accuracy; half inputs take one TF32
+#: product, see ``_precision``). Plain fp32 ("ieee") lowers [128, 128] tiles to scalar FMAs,
 #: which on the first H200 run made the T=8K forward take 33 ms. The 16 x 16 blocks of the
 #: inverse itself stay "ieee". (The interpreter computes all of them in fp32.)
 MM_PREC = "tf32x3"  # read by the kernels as the constexpr _MM_PREC
@@ -74,8 +75,10 @@ if HAS_TRITON:
 
     _MM_PREC = tl.constexpr(MM_PREC)
 
-    _WARPS = [{"num_warps": 4}, {"num_warps": 8}, {"num_warps": 2}]
-    _WARPS_BIG = [{"num_warps": 8}, {"num_warps": 4}]  # kernels holding [64, K] tiles: 8 first
+    # The chunk kernels hold [64, K] tiles: at K = V = 128 with bf16 inputs (one TF32 product)
+    # sm_90 compiles show no spills at 8 warps and up to 280 B at 4 (scripts/sm90_check.py), except
+    # _prep_fwd (none at 4, 24 B at 8); 2 warps spill kilobytes. The first entry runs untuned.
+    _WARPS_BIG = [{"num_warps": 8}, {"num_warps": 4}]
 
 if HAS_TRITON:
 
@@ -197,14 +200,14 @@ if HAS_TRITON:
         _ut_store(Tm, base, C, T33, 3, 3, BS)
 
     @triton.jit
-    def _ut_apply(T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, R0, R1, R2, R3):
+    def _ut_apply(PREC: tl.constexpr, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, R0, R1, R2, R3):
         """``Tm R`` by row blocks: block i is ``sum_{j<=i} Tm_ij R_j``."""
-        U0 = tl.dot(T00, R0, input_precision=_MM_PREC)
-        U1 = tl.dot(T10, R0, input_precision=_MM_PREC) + tl.dot(T11, R1, input_precision=_MM_PREC)
-        U2 = tl.dot(T20, R0, input_precision=_MM_PREC) + tl.dot(T21, R1, input_precision=_MM_PREC)
-        U2 += tl.dot(T22, R2, input_precision=_MM_PREC)
-        U3 = tl.dot(T30, R0, input_precision=_MM_PREC) + tl.dot(T31, R1, input_precision=_MM_PREC)
-        U3 += tl.dot(T32, R2, input_precision=_MM_PREC) + tl.dot(T33, R3, input_precision=_MM_PREC)
+        U0 = tl.dot(T00, R0, input_precision=PREC)
+        U1 = tl.dot(T10, R0, input_precision=PREC) + tl.dot(T11, R1, input_precision=PREC)
+        U2 = tl.dot(T20, R0, input_precision=PREC) + tl.dot(T21, R1, input_precision=PREC)
+        U2 += tl.dot(T22, R2, input_precision=PREC)
+        U3 = tl.dot(T30, R0, input_precision=PREC) + tl.dot(T31, R1, input_precision=PREC)
+        U3 += tl.dot(T32, R2, input_precision=PREC) + tl.dot(T33, R3, input_precision=PREC)
         return U0, U1, U2, U3
 
     # sm_90 with BD = 64: about 210-255 registers per thread at 4 warps (a few bytes spilled with
@@ -230,7 +233,7 @@ if HAS_TRITON:
             for d0 in range(0, D, BD):
                 cols = d0 + tl.arange(0, BD)
                 U0, U1, U2, U3 = _ut_apply(
-                    T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
+                    _MM_PREC, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
                     _ut_load_rows(R, rbase, C, D, r, cols, 0, BS), _ut_load_rows(R, rbase, C, D, r, cols, 1, BS),
                     _ut_load_rows(R, rbase, C, D, r, cols, 2, BS), _ut_load_rows(R, rbase, C, D, r, cols, 3, BS))
                 _ut_store_rows(UW, rbase, C, D, r, cols, U0, 0, BS)
@@ -306,12 +309,13 @@ if HAS_TRITON:
             return tl.where(low, 1.0, 0.0)
 
     @triton.jit
-    def _scores(q, k, i_b, i_h, t, tm, T, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr):
+    def _scores(q, k, i_b, i_h, t, tm, T, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr,
+                PREC: tl.constexpr):
         """``q k^T`` [C, C] of one chunk, over K in BKT tiles."""
         qk = tl.zeros([C, C], dtype=tl.float32)
         for k0 in range(0, K, BKT):
             qk += tl.dot(_ld(q, i_b, i_h, t, tm, k0, T, H, K, BKT), tl.trans(_ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)),
-                         input_precision=_MM_PREC)
+                         input_precision=PREC)
         return qk
 
     @triton.jit
@@ -330,10 +334,10 @@ if HAS_TRITON:
                 x = x * tl.exp(Gi[:, None] - Gj[None, :])  # rows after columns: exponent <= 0
         return x
 
-    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG[::-1]), key=["K", "V", "HAS_G", "PREC"])
     @triton.jit
     def _prep_fwd(k, v, beta, G, Tm, U, W, T, Tp, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                  C: tl.constexpr, BS: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr):
+                  C: tl.constexpr, BS: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
         """One chunk, one (batch, head): A = strictly lower ``beta_i (k_i . k_j) exp(G_i - G_j)``
         formed by [BS, BS] blocks over K tiles, ``Tm = (I + A)^{-1}`` (stored), then
         ``U = Tm (beta v)`` and ``W = Tm (beta exp(G) k)``."""
@@ -374,16 +378,16 @@ if HAS_TRITON:
             k1s = _ld(k, i_b, i_h, t1, m1, k0, T, H, K, BKT)
             k2s = _ld(k, i_b, i_h, t2, m2, k0, T, H, K, BKT)
             k3s = _ld(k, i_b, i_h, t3, m3, k0, T, H, K, BKT)
-            A00 += tl.dot(k0s, tl.trans(k0s), input_precision=_MM_PREC)
-            A10 += tl.dot(k1s, tl.trans(k0s), input_precision=_MM_PREC)
-            A11 += tl.dot(k1s, tl.trans(k1s), input_precision=_MM_PREC)
-            A20 += tl.dot(k2s, tl.trans(k0s), input_precision=_MM_PREC)
-            A21 += tl.dot(k2s, tl.trans(k1s), input_precision=_MM_PREC)
-            A22 += tl.dot(k2s, tl.trans(k2s), input_precision=_MM_PREC)
-            A30 += tl.dot(k3s, tl.trans(k0s), input_precision=_MM_PREC)
-            A31 += tl.dot(k3s, tl.trans(k1s), input_precision=_MM_PREC)
-            A32 += tl.dot(k3s, tl.trans(k2s), input_precision=_MM_PREC)
-            A33 += tl.dot(k3s, tl.trans(k3s), input_precision=_MM_PREC)
+            A00 += tl.dot(k0s, tl.trans(k0s), input_precision=PREC)
+            A10 += tl.dot(k1s, tl.trans(k0s), input_precision=PREC)
+            A11 += tl.dot(k1s, tl.trans(k1s), input_precision=PREC)
+            A20 += tl.dot(k2s, tl.trans(k0s), input_precision=PREC)
+            A21 += tl.dot(k2s, tl.trans(k1s), input_precision=PREC)
+            A22 += tl.dot(k2s, tl.trans(k2s), input_precision=PREC)
+            A30 += tl.dot(k3s, tl.trans(k0s), input_precision=PREC)
+            A31 += tl.dot(k3s, tl.trans(k1s), input_precision=PREC)
+            A32 += tl.dot(k3s, tl.trans(k2s), input_precision=PREC)
+            A33 += tl.dot(k3s, tl.trans(k3s), input_precision=PREC)
         T00, T10, T11, T20, T21, T22, T30, T31, T32, T33 = _ut_invert(
             _kkt_gated(A00, b0, G0, G0, BS, True, HAS_G), _kkt_gated(A10, b1, G1, G0, BS, False, HAS_G),
             _kkt_gated(A11, b1, G1, G1, BS, True, HAS_G), _kkt_gated(A20, b2, G2, G0, BS, False, HAS_G),
@@ -394,7 +398,7 @@ if HAS_TRITON:
                       T33, BS)
         for v0 in range(0, V, BVT):
             U0, U1, U2, U3 = _ut_apply(
-                T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
+                PREC, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
                 _ld(v, i_b, i_h, t0, m0, v0, T, H, V, BVT) * b0[:, None],
                 _ld(v, i_b, i_h, t1, m1, v0, T, H, V, BVT) * b1[:, None],
                 _ld(v, i_b, i_h, t2, m2, v0, T, H, V, BVT) * b2[:, None],
@@ -409,7 +413,7 @@ if HAS_TRITON:
         e3 = b3 * tl.exp(G3)
         for k0 in range(0, K, BKT):
             W0, W1, W2, W3 = _ut_apply(
-                T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
+                PREC, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
                 _ld(k, i_b, i_h, t0, m0, k0, T, H, K, BKT) * e0[:, None],
                 _ld(k, i_b, i_h, t1, m1, k0, T, H, K, BKT) * e1[:, None],
                 _ld(k, i_b, i_h, t2, m2, k0, T, H, K, BKT) * e2[:, None],
@@ -419,10 +423,10 @@ if HAS_TRITON:
             _st(W, W2, i_b, i_h, t2, m2, k0, T, H, K, BKT)
             _st(W, W3, i_b, i_h, t3, m3, k0, T, H, K, BKT)
 
-    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "PREC"])
     @triton.jit
     def _h_fwd(k, G, U, W, u, S0, S_in, S_out, T, Tp, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr):
+               C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
         """The sequential part, one program per (V tile, batch*head) with its [K, BV] state tile in
         registers: per chunk, store the entering state, form the written values
         ``u = U - W S`` (stored), then ``S = exp(G_C) S + (k exp(G_C - G))^T u``."""
@@ -435,20 +439,20 @@ if HAS_TRITON:
             t = n * C + tl.arange(0, C)
             tm = t < T
             un = _ld(U, i_b, i_h, t, tm, v0, T, H, V, BV) - tl.dot(
-                _ld(W, i_b, i_h, t, tm, 0, T, H, K, BK), S, input_precision=_MM_PREC)
+                _ld(W, i_b, i_h, t, tm, 0, T, H, K, BK), S, input_precision=PREC)
             _st(u, un, i_b, i_h, t, tm, v0, T, H, V, BV)
             kn = _ld(k, i_b, i_h, t, tm, 0, T, H, K, BK)
             if HAS_G:
                 Gr, Gc = _gates(G, i_b, i_h, n, Tp, H, C, HAS_G)
                 kn = kn * tl.exp(Gc - Gr)[:, None]
                 S = S * tl.exp(Gc)
-            S += tl.dot(tl.trans(kn), un, input_precision=_MM_PREC)
+            S += tl.dot(tl.trans(kn), un, input_precision=PREC)
         _st_state(S_out, i_bh.to(tl.int64) * K * V, S, 0, v0, K, V, BK, BV)
 
-    @triton.autotune(configs=autotune_configs(_WARPS), key=["K", "V", "HAS_G"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"])
     @triton.jit
     def _o_fwd(q, k, G, u, S_in, o, scale, T, Tp, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr):
+               C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
         """``o = scale [(q exp(G)) S + (q k^T exp(G_i - G_j), i >= j) u]`` for one chunk and V tile."""
         i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_b, i_h = i_bh // H, i_bh % H
@@ -460,18 +464,18 @@ if HAS_TRITON:
         qs = tl.zeros([C, BVT], dtype=tl.float32)
         for k0 in range(0, K, BKT):
             qt = _ld(q, i_b, i_h, t, tm, k0, T, H, K, BKT)
-            qk += tl.dot(qt, tl.trans(_ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)), input_precision=_MM_PREC)
-            qs += tl.dot(qt, _ld_state(S_in, base, k0, v0, K, V, BKT, BVT), input_precision=_MM_PREC)
+            qk += tl.dot(qt, tl.trans(_ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)), input_precision=PREC)
+            qs += tl.dot(qt, _ld_state(S_in, base, k0, v0, K, V, BKT, BVT), input_precision=PREC)
         Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
         P = qk * _decay(Gr, C, False, HAS_G) * scale
         out = qs * (scale * tl.exp(Gr))[:, None] + tl.dot(P, _ld(u, i_b, i_h, t, tm, v0, T, H, V, BVT),
-                                                          input_precision=_MM_PREC)
+                                                          input_precision=PREC)
         _st(o, out, i_b, i_h, t, tm, v0, T, H, V, BVT)
 
-    @triton.autotune(configs=autotune_configs(_WARPS), key=["K", "V", "HAS_G"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"])
     @triton.jit
     def _du_local(q, k, G, do, du, scale, T, Tp, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                  C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr):
+                  C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
         """The intra-chunk part of the written values' gradient, ``P^T do`` with
         ``P = scale q k^T exp(G_i - G_j)`` (i >= j), for one chunk and V tile."""
         i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -480,16 +484,16 @@ if HAS_TRITON:
         t = i_n * C + tl.arange(0, C)
         tm = t < T
         Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
-        P = _scores(q, k, i_b, i_h, t, tm, T, H, K, C, BKT) * _decay(Gr, C, False, HAS_G) * scale
-        _st(du, tl.dot(tl.trans(P), _ld(do, i_b, i_h, t, tm, v0, T, H, V, BVT), input_precision=_MM_PREC),
+        P = _scores(q, k, i_b, i_h, t, tm, T, H, K, C, BKT, PREC) * _decay(Gr, C, False, HAS_G) * scale
+        _st(du, tl.dot(tl.trans(P), _ld(do, i_b, i_h, t, tm, v0, T, H, V, BVT), input_precision=PREC),
             i_b, i_h, t, tm, v0, T, H, V, BVT)
 
     # du is read and written in place: the autotuner's timing runs must each start from the original
-    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "HAS_DSF"],
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "HAS_DSF", "PREC"],
                      restore_value=["du"])
     @triton.jit
     def _h_bwd(q, k, G, W, do, du, dSf, dH, dS0, scale, T, Tp, N, H: tl.constexpr, K: tl.constexpr,
-               V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr,
+               V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr,
                HAS_DSF: tl.constexpr):
         """The reverse recurrence, one program per (V tile, batch*head), chunks last to first:
         store dH (the gradient of the state leaving the chunk), complete the written values'
@@ -511,22 +515,22 @@ if HAS_TRITON:
             kn = _ld(k, i_b, i_h, t, tm, 0, T, H, K, BK)
             if HAS_G:
                 kn = kn * tl.exp(Gc - Gr)[:, None]
-            dun = _ld(du, i_b, i_h, t, tm, v0, T, H, V, BV) + tl.dot(kn, dS, input_precision=_MM_PREC)
+            dun = _ld(du, i_b, i_h, t, tm, v0, T, H, V, BV) + tl.dot(kn, dS, input_precision=PREC)
             _st(du, dun, i_b, i_h, t, tm, v0, T, H, V, BV)
             qn = _ld(q, i_b, i_h, t, tm, 0, T, H, K, BK) * (scale * tl.exp(Gr))[:, None]
-            back = tl.dot(tl.trans(qn), _ld(do, i_b, i_h, t, tm, v0, T, H, V, BV), input_precision=_MM_PREC)
-            back -= tl.dot(tl.trans(_ld(W, i_b, i_h, t, tm, 0, T, H, K, BK)), dun, input_precision=_MM_PREC)
+            back = tl.dot(tl.trans(qn), _ld(do, i_b, i_h, t, tm, v0, T, H, V, BV), input_precision=PREC)
+            back -= tl.dot(tl.trans(_ld(W, i_b, i_h, t, tm, 0, T, H, K, BK)), dun, input_precision=PREC)
             if HAS_G:
                 dS = dS * tl.exp(Gc) + back
             else:
                 dS = dS + back
         _st_state(dS0, i_bh.to(tl.int64) * K * V, dS, 0, v0, K, V, BK, BV)
 
-    @triton.autotune(configs=autotune_configs(_WARPS), key=["K", "V", "HAS_G"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"])
     @triton.jit
     def _bwd_chunk(q, k, G, u, du, do, S_in, dH, dq, dk, dW, dgr, dgc, scale, T, Tp, N, NK,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr,
-                   BVT: tl.constexpr, HAS_G: tl.constexpr):
+                   BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
         """The chunk-parallel gradients for one chunk and K tile: dq, the output's and the state
         update's part of dk, ``dW = -du S^T``; with gates, the per-step gate gradient of these
         terms (``q.dq - k.dk``, per K tile in ``dgr``) and the chunk-end term (``dgc``)."""
@@ -546,19 +550,19 @@ if HAS_TRITON:
             dHt = _ld_state(dH, base, k0, v0, K, V, BKT, BVT)
             ut = _ld(u, i_b, i_h, t, tm, v0, T, H, V, BVT)
             dot_ = _ld(do, i_b, i_h, t, tm, v0, T, H, V, BVT)
-            dWt -= tl.dot(_ld(du, i_b, i_h, t, tm, v0, T, H, V, BVT), tl.trans(St), input_precision=_MM_PREC)
-            dqs += tl.dot(dot_, tl.trans(St), input_precision=_MM_PREC)
-            dkd += tl.dot(ut, tl.trans(dHt), input_precision=_MM_PREC)
-            dP += tl.dot(dot_, tl.trans(ut), input_precision=_MM_PREC)
+            dWt -= tl.dot(_ld(du, i_b, i_h, t, tm, v0, T, H, V, BVT), tl.trans(St), input_precision=PREC)
+            dqs += tl.dot(dot_, tl.trans(St), input_precision=PREC)
+            dkd += tl.dot(ut, tl.trans(dHt), input_precision=PREC)
+            dP += tl.dot(dot_, tl.trans(ut), input_precision=PREC)
             da += tl.sum(dHt * St, axis=1)
         qt = _ld(q, i_b, i_h, t, tm, k0, T, H, K, BKT)
         kt = _ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)
         Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
         dPs = dP * _decay(Gr, C, False, HAS_G) * scale
-        dqt = dqs * (scale * tl.exp(Gr))[:, None] + tl.dot(dPs, kt, input_precision=_MM_PREC)
+        dqt = dqs * (scale * tl.exp(Gr))[:, None] + tl.dot(dPs, kt, input_precision=PREC)
         if HAS_G:
             dkd = dkd * tl.exp(Gc - Gr)[:, None]
-        dkt = tl.dot(tl.trans(dPs), qt, input_precision=_MM_PREC) + dkd
+        dkt = tl.dot(tl.trans(dPs), qt, input_precision=PREC) + dkd
         _st(dq, dqt, i_b, i_h, t, tm, k0, T, H, K, BKT)
         _st(dk, dkt, i_b, i_h, t, tm, k0, T, H, K, BKT)
         _st(dW, dWt, i_b, i_h, t, tm, k0, T, H, K, BKT)
@@ -571,11 +575,11 @@ if HAS_TRITON:
             gc = tl.sum(tl.sum(kt * dkd, axis=1), axis=0) + tl.sum(da, axis=0) * tl.exp(Gc)
             tl.store(dgc + (i_bh.to(tl.int64) * N + i_n) * NK + i_k, gc)
 
-    @triton.autotune(configs=autotune_configs(_WARPS), key=["K", "V", "HAS_G"], restore_value=["dk"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"], restore_value=["dk"])
     @triton.jit
     def _bwd_wy(k, v, beta, G, Tm, U, W, du, dW, dk, dv, dbeta, dgw, T, Tp, N, H: tl.constexpr,
                 K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr,
-                HAS_G: tl.constexpr):
+                HAS_G: tl.constexpr, PREC: tl.constexpr):
         """Back through ``U = Tm (beta v)``, ``W = Tm (beta exp(G) k)`` and
         ``A = beta_i (k_i . k_j) exp(G_i - G_j)`` for one chunk: ``dRv = Tm^T dU``,
         ``dRk = Tm^T dW``, ``dA = -tril(dRv U^T + dRk W^T, -1)``; writes dv, dbeta, the gate
@@ -595,18 +599,18 @@ if HAS_TRITON:
         db = tl.zeros([C], dtype=tl.float32)
         dg = tl.zeros([C], dtype=tl.float32)
         for v0 in range(0, V, BVT):
-            dRv = tl.dot(TmT, _ld(du, i_b, i_h, t, tm, v0, T, H, V, BVT), input_precision=_MM_PREC)
+            dRv = tl.dot(TmT, _ld(du, i_b, i_h, t, tm, v0, T, H, V, BVT), input_precision=PREC)
             _st(dv, dRv * b[:, None], i_b, i_h, t, tm, v0, T, H, V, BVT)
             db += tl.sum(dRv * _ld(v, i_b, i_h, t, tm, v0, T, H, V, BVT), axis=1)
-            dA += tl.dot(dRv, tl.trans(_ld(U, i_b, i_h, t, tm, v0, T, H, V, BVT)), input_precision=_MM_PREC)
+            dA += tl.dot(dRv, tl.trans(_ld(U, i_b, i_h, t, tm, v0, T, H, V, BVT)), input_precision=PREC)
         for k0 in range(0, K, BKT):
             kt = _ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)
-            dRk = tl.dot(TmT, _ld(dW, i_b, i_h, t, tm, k0, T, H, K, BKT), input_precision=_MM_PREC)
-            dA += tl.dot(dRk, tl.trans(_ld(W, i_b, i_h, t, tm, k0, T, H, K, BKT)), input_precision=_MM_PREC)
+            dRk = tl.dot(TmT, _ld(dW, i_b, i_h, t, tm, k0, T, H, K, BKT), input_precision=PREC)
+            dA += tl.dot(dRk, tl.trans(_ld(W, i_b, i_h, t, tm, k0, T, H, K, BKT)), input_precision=PREC)
             s = tl.sum(dRk * kt, axis=1) * tl.exp(Gr)
             db += s
             dg += s * b
-            kk += tl.dot(kt, tl.trans(kt), input_precision=_MM_PREC)
+            kk += tl.dot(kt, tl.trans(kt), input_precision=PREC)
         dAD = -dA * _decay(Gr, C, True, HAS_G)  # d(beta_i kk_ij) for i > j, 0 elsewhere
         db += tl.sum(dAD * kk, axis=1)
         Bm = dAD * b[:, None]  # d(kk_ij)
@@ -617,9 +621,9 @@ if HAS_TRITON:
         tl.store(dbeta + (i_b.to(tl.int64) * T + t) * H + i_h, db, mask=tm)
         for k0 in range(0, K, BKT):
             kt = _ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)
-            dRk = tl.dot(TmT, _ld(dW, i_b, i_h, t, tm, k0, T, H, K, BKT), input_precision=_MM_PREC)
+            dRk = tl.dot(TmT, _ld(dW, i_b, i_h, t, tm, k0, T, H, K, BKT), input_precision=PREC)
             dkt = _ld(dk, i_b, i_h, t, tm, k0, T, H, K, BKT) + dRk * eb[:, None]
-            dkt += tl.dot(Bm, kt, input_precision=_MM_PREC) + tl.dot(tl.trans(Bm), kt, input_precision=_MM_PREC)
+            dkt += tl.dot(Bm, kt, input_precision=PREC) + tl.dot(tl.trans(Bm), kt, input_precision=PREC)
             _st(dk, dkt, i_b, i_h, t, tm, k0, T, H, K, BKT)
 
 
@@ -755,6 +759,14 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
     return max(16, next_pow2(K)), 16 if K >= 128 else max(16, min(32, next_pow2(V)))
 
 
+def _precision(q: torch.Tensor) -> str:
+    """The chunk kernels' ``tl.dot`` precision: ``MM_PREC`` (tf32x3) for fp32 inputs; one TF32
+    product for bf16/fp16 inputs, whose values TF32 holds exactly (products with the fp32
+    intermediates round to TF32's 10-bit mantissa, finer than the inputs), at a third of the
+    tensor-core work and without tf32x3's split operands in registers."""
+    return MM_PREC if q.dtype == torch.float32 else "tf32"
+
+
 CHUNK = 64  # the fused chunk path's chunk length (= 4 * UT_BLOCK, the inverse's blocking)
 
 
@@ -783,7 +795,7 @@ class _ChunkFn(torch.autograd.Function):
         f32 = dict(device=q.device, dtype=torch.float32)
         BKT, BVT = min(64, max(16, next_pow2(K))), min(64, max(16, next_pow2(V)))
         BK, BV = _blocks(K, V)
-        dims = dict(H=H, K=K, V=V, C=C, HAS_G=g is not None)
+        dims = dict(H=H, K=K, V=V, C=C, HAS_G=g is not None, PREC=_precision(q))
         Gp = beta if G is None else G  # a placeholder pointer without gates (never read)
         Tm = torch.empty(B * H, N, C, C, **f32)
         U = torch.empty(B, T, H, V, **f32)
@@ -811,7 +823,7 @@ class _ChunkFn(torch.autograd.Function):
         BKT, BVT = min(64, max(16, next_pow2(K))), min(64, max(16, next_pow2(V)))
         BK, BV = _blocks(K, V)
         NK = triton.cdiv(K, BKT)
-        dims = dict(H=H, K=K, V=V, C=C, HAS_G=gated)
+        dims = dict(H=H, K=K, V=V, C=C, HAS_G=gated, PREC=_precision(q))
         Gp = beta if G is None else G
         do = torch.zeros(B, T, H, V, **f32) if do is None else do.float().contiguous()
         du = torch.empty(B, T, H, V, **f32)
