@@ -54,11 +54,10 @@ the others TF32. Offsets are int64, so T * H * K may pass 2^31.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, interpreting, next_pow2
+from .._triton.plan import ChunkPlan, chunk_plan
 
 BT = 64  # chunk length
 BC = 16  # sub-block length inside a chunk (tl.dot needs >= 16 on each side)
@@ -514,36 +513,8 @@ if HAS_TRITON:
             tl.store(dk + off, tl.load(dk + off, mask=m, other=0.0) + dk_acc, mask=m)
 
 
-class _Plan:
-    """Host-side chunk tables of one call: which rows every chunk covers, per sequence."""
-
-    def __init__(self, offsets: list[int], device: torch.device) -> None:
-        starts, ends, first = [], [], [0]
-        for bos, eos in zip(offsets[:-1], offsets[1:]):
-            for s in range(bos, eos, BT):
-                starts.append(s)
-                ends.append(min(s + BT, eos))
-            first.append(len(starts))
-        self.n_seqs = len(offsets) - 1
-        self.n_chunks = len(starts)
-        self.max_len = max((b - a for a, b in zip(offsets[:-1], offsets[1:])), default=0)
-        self.last_rows = [eos - 1 for bos, eos in zip(offsets[:-1], offsets[1:]) if eos > bos]
-        self.nonempty = [i for i, (bos, eos) in enumerate(zip(offsets[:-1], offsets[1:])) if eos > bos]
-        i64 = dict(device=device, dtype=torch.int64)
-        self.cu = torch.tensor(offsets, **i64)
-        self.coff = torch.tensor(first, **i64)
-        self.cstart = torch.tensor(starts or [0], **i64)
-        self.cend = torch.tensor(ends or [0], **i64)
-        # sequence id of every row, for the per-sequence reverse cumsum of dg
-        lens = torch.tensor([b - a for a, b in zip(offsets[:-1], offsets[1:])], **i64)
-        self.seq_of_row = torch.repeat_interleave(torch.arange(self.n_seqs, **i64), lens)
-
-
-@functools.lru_cache(maxsize=64)
-def _plan(offsets: tuple[int, ...], device: torch.device) -> _Plan:
-    """Plans are cached by shape: a decoding loop (T=1 every step) builds its tables once instead
-    of copying six small tensors to the device per call."""
-    return _Plan(list(offsets), device)
+def _plan(offsets: tuple[int, ...], device: torch.device) -> ChunkPlan:
+    return chunk_plan(offsets, device, BT)
 
 
 def _gate_kind(g: torch.Tensor | None) -> int:
