@@ -79,8 +79,11 @@ def delta_rule(
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     if impl == "reference" or (T == 1 and cu_seqlens is None and requested != "triton"):
         fn = delta_rule_reference
-    elif impl == "triton":
-        from .triton import delta_rule_triton as fn
+    elif impl == "triton":  # the kernels take packed sequences themselves
+        from .triton import delta_rule_triton
+
+        o, S = delta_rule_triton(q, k, v, beta, g, scale, initial_state, cu_seqlens)
+        return o.to(q.dtype), (S if output_final_state else None)
     else:
         fn = delta_rule_chunk
 

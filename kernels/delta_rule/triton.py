@@ -56,7 +56,9 @@ from __future__ import annotations
 
 import torch
 
+from .._common import run_packed
 from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
+from .._triton.plan import chunk_plan
 
 __all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "solve_unit_lower_triton", "ut_inverse_triton"]
 
@@ -243,30 +245,35 @@ if HAS_TRITON:
 
 
 if HAS_TRITON:
-    # The fused chunk path: every kernel reads q, k, v, beta ([B, T, H, *], any of fp32/bf16/fp16)
-    # in place and computes in fp32; G is the chunk-local cumulative log gate, fp32 [B, Tp, H]
-    # with Tp = N * C (padded steps repeat the last real G). Intermediates ([B, T, H, *] fp32):
-    # U, W (pseudo-values and keys), u (written values); per chunk: Tm [B*H, N, C, C], the
-    # entering states S_in [B*H, N, K, V] (and dH, the gradient of each chunk's leaving state).
+    # The fused chunk path. Layout: every call is packed ([B, T, H, D] flattened to [B*T, H, D],
+    # varlen calls as given) and cut into chunks of C = 64 rows that never cross a sequence
+    # (kernels/_triton/plan.py: chunk n covers rows cstart[n] .. cend[n] - 1; sequence s owns
+    # chunks coff[s] .. coff[s+1] - 1). q, k, v, beta are read in place (fp32/bf16/fp16) and every
+    # product is in fp32. Chunk layout ([n_chunks * C, H], padded rows included): G, the
+    # chunk-local cumulative log gate (a padded row repeats its chunk's last G), and the gate
+    # gradients. Per chunk: Tm [n_chunks, H, C, C], the entering states S_in (and dH, the
+    # gradient of each chunk's leaving state) [n_chunks, H, K, V]. Per row, fp32 [rows, H, *]:
+    # U, W (pseudo-values and keys), u (written values) and the gradients.
 
     @triton.jit
-    def _ld(x, i_b, i_h, t, tm, c0, T, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
-        """Rows ``t`` (mask ``tm``) and columns ``c0 .. c0 + BD`` of the [B, T, H, D] tensor x for
-        (batch i_b, head i_h), in fp32, 0 outside."""
+    def _chunk(cstart, cend, i_n, C: tl.constexpr):
+        """Chunk ``i_n``'s packed rows [C] and their validity mask."""
+        rows = tl.load(cstart + i_n).to(tl.int64) + tl.arange(0, C)
+        return rows, rows < tl.load(cend + i_n)
+
+    @triton.jit
+    def _ld(x, i_h, rows, rm, c0, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
+        """``rows`` (mask ``rm``) and columns ``c0 .. c0 + BD`` of head ``i_h`` of the packed
+        [rows, H, D] tensor x, in fp32, 0 outside."""
         cols = c0 + tl.arange(0, BD)
-        ptr = x + ((i_b.to(tl.int64) * T + t[:, None]) * H + i_h) * D + cols[None, :]
-        return tl.load(ptr, mask=tm[:, None] & (cols[None, :] < D), other=0.0).to(tl.float32)
+        ptr = x + (rows[:, None] * H + i_h) * D + cols[None, :]
+        return tl.load(ptr, mask=rm[:, None] & (cols[None, :] < D), other=0.0).to(tl.float32)
 
     @triton.jit
-    def _st(x, val, i_b, i_h, t, tm, c0, T, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
+    def _st(x, val, i_h, rows, rm, c0, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
         cols = c0 + tl.arange(0, BD)
-        ptr = x + ((i_b.to(tl.int64) * T + t[:, None]) * H + i_h) * D + cols[None, :]
-        tl.store(ptr, val.to(x.dtype.element_ty), mask=tm[:, None] & (cols[None, :] < D))
-
-    @triton.jit
-    def _ldr(x, i_b, i_h, t, tm, T, H: tl.constexpr):
-        """Rows ``t`` of the [B, T, H] tensor x (fp32, 0 where ``tm`` is False)."""
-        return tl.load(x + (i_b.to(tl.int64) * T + t) * H + i_h, mask=tm, other=0.0).to(tl.float32)
+        ptr = x + (rows[:, None] * H + i_h) * D + cols[None, :]
+        tl.store(ptr, val.to(x.dtype.element_ty), mask=rm[:, None] & (cols[None, :] < D))
 
     @triton.jit
     def _ld_state(x, base, k0, v0, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
@@ -283,12 +290,14 @@ if HAS_TRITON:
         tl.store(x + base + rk[:, None] * V + cv[None, :], val, mask=(rk[:, None] < K) & (cv[None, :] < V))
 
     @triton.jit
-    def _gates(G, i_b, i_h, n, Tp, H: tl.constexpr, C: tl.constexpr, HAS_G: tl.constexpr):
-        """Chunk n's cumulative log gates ``G_i`` [C] and ``G_C`` (0 without gates)."""
-        t = n * C + tl.arange(0, C)
+    def _gates(G, i_h, i_n, H: tl.constexpr, C: tl.constexpr, HAS_G: tl.constexpr):
+        """Chunk i_n's cumulative log gates ``G_i`` [C] and ``G_C`` (zeros without gates). Chunk
+        indices reach the kernels as int64 (program ids converted; loop indices over int64 bounds),
+        so the [n_chunks, H, K, V] offsets formed from them cannot overflow."""
+        t = i_n * C + tl.arange(0, C)
         if HAS_G:
-            Gr = _ldr(G, i_b, i_h, t, t < Tp, Tp, H)
-            Gc = tl.load(G + (i_b.to(tl.int64) * Tp + n * C + C - 1) * H + i_h)
+            Gr = tl.load(G + t * H + i_h)
+            Gc = tl.load(G + (i_n * C + C - 1) * H + i_h)
         else:
             Gr = tl.zeros([C], dtype=tl.float32)
             Gc = 0.0
@@ -309,16 +318,6 @@ if HAS_TRITON:
             return tl.where(low, 1.0, 0.0)
 
     @triton.jit
-    def _scores(q, k, i_b, i_h, t, tm, T, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr,
-                PREC: tl.constexpr):
-        """``q k^T`` [C, C] of one chunk, over K in BKT tiles."""
-        qk = tl.zeros([C, C], dtype=tl.float32)
-        for k0 in range(0, K, BKT):
-            qk += tl.dot(_ld(q, i_b, i_h, t, tm, k0, T, H, K, BKT), tl.trans(_ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)),
-                         input_precision=PREC)
-        return qk
-
-    @triton.jit
     def _kkt_gated(A, beta_i, Gi, Gj, BS: tl.constexpr, DIAG: tl.constexpr, HAS_G: tl.constexpr):
         """A block of ``beta_i (k_i . k_j) exp(G_i - G_j)`` from its ``k_i . k_j`` block; a diagonal
         block keeps its strictly lower part only (exponent masked before exp)."""
@@ -334,30 +333,46 @@ if HAS_TRITON:
                 x = x * tl.exp(Gi[:, None] - Gj[None, :])  # rows after columns: exponent <= 0
         return x
 
+    @triton.jit
+    def _ld_blk(x, i_h, s, e, bi: tl.constexpr, c0, H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+                BD: tl.constexpr):
+        """Row block ``bi`` ([BS, BD]) of the chunk whose rows start at s and end before e."""
+        rows = s + bi * BS + tl.arange(0, BS)
+        return _ld(x, i_h, rows, rows < e, c0, H, D, BD)
+
+    @triton.jit
+    def _st_blk(x, val, i_h, s, e, bi: tl.constexpr, c0, H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+                BD: tl.constexpr):
+        rows = s + bi * BS + tl.arange(0, BS)
+        _st(x, val, i_h, rows, rows < e, c0, H, D, BD)
+
+    @triton.jit
+    def _vec_blk(x, i_h, s, e, bi: tl.constexpr, H: tl.constexpr, BS: tl.constexpr):
+        """Row block ``bi`` of a per-row [rows, H] tensor (fp32, 0 past the chunk's end)."""
+        rows = s + bi * BS + tl.arange(0, BS)
+        return tl.load(x + rows * H + i_h, mask=rows < e, other=0.0).to(tl.float32)
+
     @triton.autotune(configs=autotune_configs(_WARPS_BIG[::-1]), key=["K", "V", "HAS_G", "PREC"])
     @triton.jit
-    def _prep_fwd(k, v, beta, G, Tm, U, W, T, Tp, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                  C: tl.constexpr, BS: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
-        """One chunk, one (batch, head): A = strictly lower ``beta_i (k_i . k_j) exp(G_i - G_j)``
-        formed by [BS, BS] blocks over K tiles, ``Tm = (I + A)^{-1}`` (stored), then
-        ``U = Tm (beta v)`` and ``W = Tm (beta exp(G) k)``."""
-        i_n, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
-        r = tl.arange(0, BS)
-        t0 = i_n * C + r
-        t1 = t0 + BS
-        t2 = t0 + 2 * BS
-        t3 = t0 + 3 * BS
-        m0, m1, m2, m3 = t0 < T, t1 < T, t2 < T, t3 < T
-        b0 = _ldr(beta, i_b, i_h, t0, m0, T, H)
-        b1 = _ldr(beta, i_b, i_h, t1, m1, T, H)
-        b2 = _ldr(beta, i_b, i_h, t2, m2, T, H)
-        b3 = _ldr(beta, i_b, i_h, t3, m3, T, H)
-        if HAS_G:
-            G0 = _ldr(G, i_b, i_h, t0, t0 < Tp, Tp, H)
-            G1 = _ldr(G, i_b, i_h, t1, t1 < Tp, Tp, H)
-            G2 = _ldr(G, i_b, i_h, t2, t2 < Tp, Tp, H)
-            G3 = _ldr(G, i_b, i_h, t3, t3 < Tp, Tp, H)
+    def _prep_fwd(k, v, beta, G, Tm, U, W, cstart, cend, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  C: tl.constexpr, BS: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr,
+                  PREC: tl.constexpr):
+        """One chunk and head: A = strictly lower ``beta_i (k_i . k_j) exp(G_i - G_j)`` formed by
+        [BS, BS] blocks over K tiles, ``Tm = (I + A)^{-1}`` (stored), then ``U = Tm (beta v)`` and
+        ``W = Tm (beta exp(G) k)``."""
+        i_n, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        s = tl.load(cstart + i_n).to(tl.int64)
+        e = tl.load(cend + i_n)
+        b0 = _vec_blk(beta, i_h, s, e, 0, H, BS)
+        b1 = _vec_blk(beta, i_h, s, e, 1, H, BS)
+        b2 = _vec_blk(beta, i_h, s, e, 2, H, BS)
+        b3 = _vec_blk(beta, i_h, s, e, 3, H, BS)
+        if HAS_G:  # chunk layout: every row present
+            g0 = i_n * C
+            G0 = _vec_blk(G, i_h, g0, g0 + C, 0, H, BS)
+            G1 = _vec_blk(G, i_h, g0, g0 + C, 1, H, BS)
+            G2 = _vec_blk(G, i_h, g0, g0 + C, 2, H, BS)
+            G3 = _vec_blk(G, i_h, g0, g0 + C, 3, H, BS)
         else:
             G0 = tl.zeros([BS], dtype=tl.float32)
             G1 = G0
@@ -374,10 +389,10 @@ if HAS_TRITON:
         A32 = A00
         A33 = A00
         for k0 in range(0, K, BKT):
-            k0s = _ld(k, i_b, i_h, t0, m0, k0, T, H, K, BKT)
-            k1s = _ld(k, i_b, i_h, t1, m1, k0, T, H, K, BKT)
-            k2s = _ld(k, i_b, i_h, t2, m2, k0, T, H, K, BKT)
-            k3s = _ld(k, i_b, i_h, t3, m3, k0, T, H, K, BKT)
+            k0s = _ld_blk(k, i_h, s, e, 0, k0, H, K, BS, BKT)
+            k1s = _ld_blk(k, i_h, s, e, 1, k0, H, K, BS, BKT)
+            k2s = _ld_blk(k, i_h, s, e, 2, k0, H, K, BS, BKT)
+            k3s = _ld_blk(k, i_h, s, e, 3, k0, H, K, BS, BKT)
             A00 += tl.dot(k0s, tl.trans(k0s), input_precision=PREC)
             A10 += tl.dot(k1s, tl.trans(k0s), input_precision=PREC)
             A11 += tl.dot(k1s, tl.trans(k1s), input_precision=PREC)
@@ -394,19 +409,19 @@ if HAS_TRITON:
             _kkt_gated(A21, b2, G2, G1, BS, False, HAS_G), _kkt_gated(A22, b2, G2, G2, BS, True, HAS_G),
             _kkt_gated(A30, b3, G3, G0, BS, False, HAS_G), _kkt_gated(A31, b3, G3, G1, BS, False, HAS_G),
             _kkt_gated(A32, b3, G3, G2, BS, False, HAS_G), _kkt_gated(A33, b3, G3, G3, BS, True, HAS_G), BS)
-        _ut_store_all(Tm, (i_bh.to(tl.int64) * N + i_n) * C * C, C, T00, T10, T11, T20, T21, T22, T30, T31, T32,
+        _ut_store_all(Tm, (i_n * H + i_h) * C * C, C, T00, T10, T11, T20, T21, T22, T30, T31, T32,
                       T33, BS)
         for v0 in range(0, V, BVT):
             U0, U1, U2, U3 = _ut_apply(
                 PREC, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
-                _ld(v, i_b, i_h, t0, m0, v0, T, H, V, BVT) * b0[:, None],
-                _ld(v, i_b, i_h, t1, m1, v0, T, H, V, BVT) * b1[:, None],
-                _ld(v, i_b, i_h, t2, m2, v0, T, H, V, BVT) * b2[:, None],
-                _ld(v, i_b, i_h, t3, m3, v0, T, H, V, BVT) * b3[:, None])
-            _st(U, U0, i_b, i_h, t0, m0, v0, T, H, V, BVT)
-            _st(U, U1, i_b, i_h, t1, m1, v0, T, H, V, BVT)
-            _st(U, U2, i_b, i_h, t2, m2, v0, T, H, V, BVT)
-            _st(U, U3, i_b, i_h, t3, m3, v0, T, H, V, BVT)
+                _ld_blk(v, i_h, s, e, 0, v0, H, V, BS, BVT) * b0[:, None],
+                _ld_blk(v, i_h, s, e, 1, v0, H, V, BS, BVT) * b1[:, None],
+                _ld_blk(v, i_h, s, e, 2, v0, H, V, BS, BVT) * b2[:, None],
+                _ld_blk(v, i_h, s, e, 3, v0, H, V, BS, BVT) * b3[:, None])
+            _st_blk(U, U0, i_h, s, e, 0, v0, H, V, BS, BVT)
+            _st_blk(U, U1, i_h, s, e, 1, v0, H, V, BS, BVT)
+            _st_blk(U, U2, i_h, s, e, 2, v0, H, V, BS, BVT)
+            _st_blk(U, U3, i_h, s, e, 3, v0, H, V, BS, BVT)
         e0 = b0 * tl.exp(G0)
         e1 = b1 * tl.exp(G1)
         e2 = b2 * tl.exp(G2)
@@ -414,132 +429,131 @@ if HAS_TRITON:
         for k0 in range(0, K, BKT):
             W0, W1, W2, W3 = _ut_apply(
                 PREC, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
-                _ld(k, i_b, i_h, t0, m0, k0, T, H, K, BKT) * e0[:, None],
-                _ld(k, i_b, i_h, t1, m1, k0, T, H, K, BKT) * e1[:, None],
-                _ld(k, i_b, i_h, t2, m2, k0, T, H, K, BKT) * e2[:, None],
-                _ld(k, i_b, i_h, t3, m3, k0, T, H, K, BKT) * e3[:, None])
-            _st(W, W0, i_b, i_h, t0, m0, k0, T, H, K, BKT)
-            _st(W, W1, i_b, i_h, t1, m1, k0, T, H, K, BKT)
-            _st(W, W2, i_b, i_h, t2, m2, k0, T, H, K, BKT)
-            _st(W, W3, i_b, i_h, t3, m3, k0, T, H, K, BKT)
+                _ld_blk(k, i_h, s, e, 0, k0, H, K, BS, BKT) * e0[:, None],
+                _ld_blk(k, i_h, s, e, 1, k0, H, K, BS, BKT) * e1[:, None],
+                _ld_blk(k, i_h, s, e, 2, k0, H, K, BS, BKT) * e2[:, None],
+                _ld_blk(k, i_h, s, e, 3, k0, H, K, BS, BKT) * e3[:, None])
+            _st_blk(W, W0, i_h, s, e, 0, k0, H, K, BS, BKT)
+            _st_blk(W, W1, i_h, s, e, 1, k0, H, K, BS, BKT)
+            _st_blk(W, W2, i_h, s, e, 2, k0, H, K, BS, BKT)
+            _st_blk(W, W3, i_h, s, e, 3, k0, H, K, BS, BKT)
 
     @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "PREC"])
     @triton.jit
-    def _h_fwd(k, G, U, W, u, S0, S_in, S_out, T, Tp, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
-        """The sequential part, one program per (V tile, batch*head) with its [K, BV] state tile in
-        registers: per chunk, store the entering state, form the written values
+    def _h_fwd(k, G, U, W, u, S0, S_in, S_out, cstart, cend, coff, H: tl.constexpr, K: tl.constexpr,
+               V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr,
+               PREC: tl.constexpr):
+        """The sequential part, one program per (V tile, sequence * head) with its [K, BV] state tile
+        in registers: per chunk of the sequence, store the entering state, form the written values
         ``u = U - W S`` (stored), then ``S = exp(G_C) S + (k exp(G_C - G))^T u``."""
-        i_v, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
+        i_v, i_sh = tl.program_id(0), tl.program_id(1)
+        i_s, i_h = i_sh // H, i_sh % H
         v0 = i_v * BV
-        S = _ld_state(S0, i_bh.to(tl.int64) * K * V, 0, v0, K, V, BK, BV)
-        for n in range(0, N):
-            _st_state(S_in, (i_bh.to(tl.int64) * N + n) * K * V, S, 0, v0, K, V, BK, BV)
-            t = n * C + tl.arange(0, C)
-            tm = t < T
-            un = _ld(U, i_b, i_h, t, tm, v0, T, H, V, BV) - tl.dot(
-                _ld(W, i_b, i_h, t, tm, 0, T, H, K, BK), S, input_precision=PREC)
-            _st(u, un, i_b, i_h, t, tm, v0, T, H, V, BV)
-            kn = _ld(k, i_b, i_h, t, tm, 0, T, H, K, BK)
+        S = _ld_state(S0, i_sh.to(tl.int64) * K * V, 0, v0, K, V, BK, BV)
+        for n in range(tl.load(coff + i_s), tl.load(coff + i_s + 1)):
+            _st_state(S_in, (n * H + i_h) * K * V, S, 0, v0, K, V, BK, BV)
+            rows, rm = _chunk(cstart, cend, n, C)
+            un = _ld(U, i_h, rows, rm, v0, H, V, BV) - tl.dot(_ld(W, i_h, rows, rm, 0, H, K, BK), S,
+                                                            input_precision=PREC)
+            _st(u, un, i_h, rows, rm, v0, H, V, BV)
+            kn = _ld(k, i_h, rows, rm, 0, H, K, BK)
             if HAS_G:
-                Gr, Gc = _gates(G, i_b, i_h, n, Tp, H, C, HAS_G)
+                Gr, Gc = _gates(G, i_h, n, H, C, HAS_G)
                 kn = kn * tl.exp(Gc - Gr)[:, None]
                 S = S * tl.exp(Gc)
             S += tl.dot(tl.trans(kn), un, input_precision=PREC)
-        _st_state(S_out, i_bh.to(tl.int64) * K * V, S, 0, v0, K, V, BK, BV)
+        _st_state(S_out, i_sh.to(tl.int64) * K * V, S, 0, v0, K, V, BK, BV)
 
     @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"])
     @triton.jit
-    def _o_fwd(q, k, G, u, S_in, o, scale, T, Tp, N, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    def _o_fwd(q, k, G, u, S_in, o, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
-        """``o = scale [(q exp(G)) S + (q k^T exp(G_i - G_j), i >= j) u]`` for one chunk and V tile."""
-        i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        i_b, i_h = i_bh // H, i_bh % H
+        """``o = scale [(q exp(G)) S + (q k^T exp(G_i - G_j), i >= j) u]`` for one chunk, head and V tile."""
+        i_v, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
         v0 = i_v * BVT
-        t = i_n * C + tl.arange(0, C)
-        tm = t < T
-        base = (i_bh.to(tl.int64) * N + i_n) * K * V
+        rows, rm = _chunk(cstart, cend, i_n, C)
+        base = (i_n * H + i_h) * K * V
         qk = tl.zeros([C, C], dtype=tl.float32)
         qs = tl.zeros([C, BVT], dtype=tl.float32)
         for k0 in range(0, K, BKT):
-            qt = _ld(q, i_b, i_h, t, tm, k0, T, H, K, BKT)
-            qk += tl.dot(qt, tl.trans(_ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)), input_precision=PREC)
+            qt = _ld(q, i_h, rows, rm, k0, H, K, BKT)
+            qk += tl.dot(qt, tl.trans(_ld(k, i_h, rows, rm, k0, H, K, BKT)), input_precision=PREC)
             qs += tl.dot(qt, _ld_state(S_in, base, k0, v0, K, V, BKT, BVT), input_precision=PREC)
-        Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
+        Gr, Gc = _gates(G, i_h, i_n, H, C, HAS_G)
         P = qk * _decay(Gr, C, False, HAS_G) * scale
-        out = qs * (scale * tl.exp(Gr))[:, None] + tl.dot(P, _ld(u, i_b, i_h, t, tm, v0, T, H, V, BVT),
+        out = qs * (scale * tl.exp(Gr))[:, None] + tl.dot(P, _ld(u, i_h, rows, rm, v0, H, V, BVT),
                                                           input_precision=PREC)
-        _st(o, out, i_b, i_h, t, tm, v0, T, H, V, BVT)
+        _st(o, out, i_h, rows, rm, v0, H, V, BVT)
 
     @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"])
     @triton.jit
-    def _du_local(q, k, G, do, du, scale, T, Tp, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    def _du_local(q, k, G, do, du, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                   C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
         """The intra-chunk part of the written values' gradient, ``P^T do`` with
-        ``P = scale q k^T exp(G_i - G_j)`` (i >= j), for one chunk and V tile."""
-        i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        i_b, i_h = i_bh // H, i_bh % H
+        ``P = scale q k^T exp(G_i - G_j)`` (i >= j), for one chunk, head and V tile."""
+        i_v, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
         v0 = i_v * BVT
-        t = i_n * C + tl.arange(0, C)
-        tm = t < T
-        Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
-        P = _scores(q, k, i_b, i_h, t, tm, T, H, K, C, BKT, PREC) * _decay(Gr, C, False, HAS_G) * scale
-        _st(du, tl.dot(tl.trans(P), _ld(do, i_b, i_h, t, tm, v0, T, H, V, BVT), input_precision=PREC),
-            i_b, i_h, t, tm, v0, T, H, V, BVT)
+        rows, rm = _chunk(cstart, cend, i_n, C)
+        qk = tl.zeros([C, C], dtype=tl.float32)
+        for k0 in range(0, K, BKT):
+            qk += tl.dot(_ld(q, i_h, rows, rm, k0, H, K, BKT), tl.trans(_ld(k, i_h, rows, rm, k0, H, K, BKT)),
+                         input_precision=PREC)
+        Gr, Gc = _gates(G, i_h, i_n, H, C, HAS_G)
+        P = qk * _decay(Gr, C, False, HAS_G) * scale
+        _st(du, tl.dot(tl.trans(P), _ld(do, i_h, rows, rm, v0, H, V, BVT), input_precision=PREC),
+            i_h, rows, rm, v0, H, V, BVT)
 
     # du is read and written in place: the autotuner's timing runs must each start from the original
     @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "HAS_DSF", "PREC"],
                      restore_value=["du"])
     @triton.jit
-    def _h_bwd(q, k, G, W, do, du, dSf, dH, dS0, scale, T, Tp, N, H: tl.constexpr, K: tl.constexpr,
-               V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr,
-               HAS_DSF: tl.constexpr):
-        """The reverse recurrence, one program per (V tile, batch*head), chunks last to first:
-        store dH (the gradient of the state leaving the chunk), complete the written values'
-        gradient ``du = du_local + (k exp(G_C - G)) dH`` (in place), then the entering state's
-        ``dS = exp(G_C) dH + scale (q exp(G))^T do - W^T du``."""
-        i_v, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
+    def _h_bwd(q, k, G, W, do, du, dSf, dH, dS0, cstart, cend, coff, scale, H: tl.constexpr, K: tl.constexpr,
+               V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr,
+               HAS_DSF: tl.constexpr, PREC: tl.constexpr):
+        """The reverse recurrence, one program per (V tile, sequence * head), the sequence's chunks
+        last to first: store dH (the gradient of the state leaving the chunk), complete the written
+        values' gradient ``du = du_local + (k exp(G_C - G)) dH`` (in place), then the entering
+        state's ``dS = exp(G_C) dH + scale (q exp(G))^T do - W^T du``."""
+        i_v, i_sh = tl.program_id(0), tl.program_id(1)
+        i_s, i_h = i_sh // H, i_sh % H
         v0 = i_v * BV
         if HAS_DSF:
-            dS = _ld_state(dSf, i_bh.to(tl.int64) * K * V, 0, v0, K, V, BK, BV)
+            dS = _ld_state(dSf, i_sh.to(tl.int64) * K * V, 0, v0, K, V, BK, BV)
         else:
             dS = tl.zeros([BK, BV], dtype=tl.float32)
-        for i in range(0, N):
-            n = N - 1 - i
-            _st_state(dH, (i_bh.to(tl.int64) * N + n) * K * V, dS, 0, v0, K, V, BK, BV)
-            t = n * C + tl.arange(0, C)
-            tm = t < T
-            Gr, Gc = _gates(G, i_b, i_h, n, Tp, H, C, HAS_G)
-            kn = _ld(k, i_b, i_h, t, tm, 0, T, H, K, BK)
+        c0 = tl.load(coff + i_s)
+        c1 = tl.load(coff + i_s + 1)
+        for i in range(0, c1 - c0):
+            n = c1 - 1 - i
+            _st_state(dH, (n * H + i_h) * K * V, dS, 0, v0, K, V, BK, BV)
+            rows, rm = _chunk(cstart, cend, n, C)
+            Gr, Gc = _gates(G, i_h, n, H, C, HAS_G)
+            kn = _ld(k, i_h, rows, rm, 0, H, K, BK)
             if HAS_G:
                 kn = kn * tl.exp(Gc - Gr)[:, None]
-            dun = _ld(du, i_b, i_h, t, tm, v0, T, H, V, BV) + tl.dot(kn, dS, input_precision=PREC)
-            _st(du, dun, i_b, i_h, t, tm, v0, T, H, V, BV)
-            qn = _ld(q, i_b, i_h, t, tm, 0, T, H, K, BK) * (scale * tl.exp(Gr))[:, None]
-            back = tl.dot(tl.trans(qn), _ld(do, i_b, i_h, t, tm, v0, T, H, V, BV), input_precision=PREC)
-            back -= tl.dot(tl.trans(_ld(W, i_b, i_h, t, tm, 0, T, H, K, BK)), dun, input_precision=PREC)
+            dun = _ld(du, i_h, rows, rm, v0, H, V, BV) + tl.dot(kn, dS, input_precision=PREC)
+            _st(du, dun, i_h, rows, rm, v0, H, V, BV)
+            qn = _ld(q, i_h, rows, rm, 0, H, K, BK) * (scale * tl.exp(Gr))[:, None]
+            back = tl.dot(tl.trans(qn), _ld(do, i_h, rows, rm, v0, H, V, BV), input_precision=PREC)
+            back -= tl.dot(tl.trans(_ld(W, i_h, rows, rm, 0, H, K, BK)), dun, input_precision=PREC)
             if HAS_G:
                 dS = dS * tl.exp(Gc) + back
             else:
                 dS = dS + back
-        _st_state(dS0, i_bh.to(tl.int64) * K * V, dS, 0, v0, K, V, BK, BV)
+        _st_state(dS0, i_sh.to(tl.int64) * K * V, dS, 0, v0, K, V, BK, BV)
 
     @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"])
     @triton.jit
-    def _bwd_chunk(q, k, G, u, du, do, S_in, dH, dq, dk, dW, dgr, dgc, scale, T, Tp, N, NK,
+    def _bwd_chunk(q, k, G, u, du, do, S_in, dH, dq, dk, dW, dgr, dgc, cstart, cend, scale, NK,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr,
                    BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
-        """The chunk-parallel gradients for one chunk and K tile: dq, the output's and the state
-        update's part of dk, ``dW = -du S^T``; with gates, the per-step gate gradient of these
-        terms (``q.dq - k.dk``, per K tile in ``dgr``) and the chunk-end term (``dgc``)."""
-        i_k, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        i_b, i_h = i_bh // H, i_bh % H
+        """The chunk-parallel gradients for one chunk, head and K tile: dq, the output's and the
+        state update's part of dk, ``dW = -du S^T``; with gates, the per-step gate gradient of
+        these terms (``q.dq - k.dk``, per K tile in ``dgr``) and the chunk-end term (``dgc``)."""
+        i_k, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
         k0 = i_k * BKT
-        t = i_n * C + tl.arange(0, C)
-        tm = t < T
-        base = (i_bh.to(tl.int64) * N + i_n) * K * V
+        rows, rm = _chunk(cstart, cend, i_n, C)
+        base = (i_n * H + i_h) * K * V
         dWt = tl.zeros([C, BKT], dtype=tl.float32)
         dqs = tl.zeros([C, BKT], dtype=tl.float32)
         dkd = tl.zeros([C, BKT], dtype=tl.float32)
@@ -548,65 +562,64 @@ if HAS_TRITON:
         for v0 in range(0, V, BVT):
             St = _ld_state(S_in, base, k0, v0, K, V, BKT, BVT)
             dHt = _ld_state(dH, base, k0, v0, K, V, BKT, BVT)
-            ut = _ld(u, i_b, i_h, t, tm, v0, T, H, V, BVT)
-            dot_ = _ld(do, i_b, i_h, t, tm, v0, T, H, V, BVT)
-            dWt -= tl.dot(_ld(du, i_b, i_h, t, tm, v0, T, H, V, BVT), tl.trans(St), input_precision=PREC)
+            ut = _ld(u, i_h, rows, rm, v0, H, V, BVT)
+            dot_ = _ld(do, i_h, rows, rm, v0, H, V, BVT)
+            dWt -= tl.dot(_ld(du, i_h, rows, rm, v0, H, V, BVT), tl.trans(St), input_precision=PREC)
             dqs += tl.dot(dot_, tl.trans(St), input_precision=PREC)
             dkd += tl.dot(ut, tl.trans(dHt), input_precision=PREC)
             dP += tl.dot(dot_, tl.trans(ut), input_precision=PREC)
             da += tl.sum(dHt * St, axis=1)
-        qt = _ld(q, i_b, i_h, t, tm, k0, T, H, K, BKT)
-        kt = _ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)
-        Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
+        qt = _ld(q, i_h, rows, rm, k0, H, K, BKT)
+        kt = _ld(k, i_h, rows, rm, k0, H, K, BKT)
+        Gr, Gc = _gates(G, i_h, i_n, H, C, HAS_G)
         dPs = dP * _decay(Gr, C, False, HAS_G) * scale
         dqt = dqs * (scale * tl.exp(Gr))[:, None] + tl.dot(dPs, kt, input_precision=PREC)
         if HAS_G:
             dkd = dkd * tl.exp(Gc - Gr)[:, None]
         dkt = tl.dot(tl.trans(dPs), qt, input_precision=PREC) + dkd
-        _st(dq, dqt, i_b, i_h, t, tm, k0, T, H, K, BKT)
-        _st(dk, dkt, i_b, i_h, t, tm, k0, T, H, K, BKT)
-        _st(dW, dWt, i_b, i_h, t, tm, k0, T, H, K, BKT)
+        _st(dq, dqt, i_h, rows, rm, k0, H, K, BKT)
+        _st(dk, dkt, i_h, rows, rm, k0, H, K, BKT)
+        _st(dW, dWt, i_h, rows, rm, k0, H, K, BKT)
         if HAS_G:
             # every q_i enters as q_i exp(G_i) and every k_j as k_j exp(-G_j) (times exp(G_C) in
             # the state update), so these terms' dG_i is q_i . dq_i - k_i . dk_i ...
             gr = tl.sum(qt * dqt - kt * dkt, axis=1)
-            tl.store(dgr + ((i_b.to(tl.int64) * Tp + t) * H + i_h) * NK + i_k, gr)
+            t = i_n * C + tl.arange(0, C)
+            tl.store(dgr + (t * H + i_h) * NK + i_k, gr)
             # ... and G_C's: the state update's k_j . dk_j summed, and the decay exp(G_C) of S
             gc = tl.sum(tl.sum(kt * dkd, axis=1), axis=0) + tl.sum(da, axis=0) * tl.exp(Gc)
-            tl.store(dgc + (i_bh.to(tl.int64) * N + i_n) * NK + i_k, gc)
+            tl.store(dgc + (i_n * H + i_h) * NK + i_k, gc)
 
     @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"], restore_value=["dk"])
     @triton.jit
-    def _bwd_wy(k, v, beta, G, Tm, U, W, du, dW, dk, dv, dbeta, dgw, T, Tp, N, H: tl.constexpr,
+    def _bwd_wy(k, v, beta, G, Tm, U, W, du, dW, dk, dv, dbeta, dgw, cstart, cend, H: tl.constexpr,
                 K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr,
                 HAS_G: tl.constexpr, PREC: tl.constexpr):
         """Back through ``U = Tm (beta v)``, ``W = Tm (beta exp(G) k)`` and
-        ``A = beta_i (k_i . k_j) exp(G_i - G_j)`` for one chunk: ``dRv = Tm^T dU``,
+        ``A = beta_i (k_i . k_j) exp(G_i - G_j)`` for one chunk and head: ``dRv = Tm^T dU``,
         ``dRk = Tm^T dW``, ``dA = -tril(dRv U^T + dRk W^T, -1)``; writes dv, dbeta, the gate
-        gradient of these terms (``dgw``, every padded row too) and adds to dk."""
-        i_n, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
+        gradient of these terms (``dgw``, chunk layout) and adds to dk."""
+        i_n, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
         r = tl.arange(0, C)
-        t = i_n * C + r
-        tm = t < T
-        Tmm = tl.load(Tm + (i_bh.to(tl.int64) * N + i_n) * C * C + r[:, None] * C + r[None, :])
+        rows, rm = _chunk(cstart, cend, i_n, C)
+        Tmm = tl.load(Tm + (i_n * H + i_h) * C * C + r[:, None] * C + r[None, :])
         TmT = tl.trans(Tmm)
-        b = _ldr(beta, i_b, i_h, t, tm, T, H)
-        Gr, Gc = _gates(G, i_b, i_h, i_n, Tp, H, C, HAS_G)
+        b = tl.load(beta + rows * H + i_h, mask=rm, other=0.0).to(tl.float32)
+        Gr, Gc = _gates(G, i_h, i_n, H, C, HAS_G)
         eb = b * tl.exp(Gr)  # the row scale of W's right-hand side
         dA = tl.zeros([C, C], dtype=tl.float32)
         kk = tl.zeros([C, C], dtype=tl.float32)
         db = tl.zeros([C], dtype=tl.float32)
         dg = tl.zeros([C], dtype=tl.float32)
         for v0 in range(0, V, BVT):
-            dRv = tl.dot(TmT, _ld(du, i_b, i_h, t, tm, v0, T, H, V, BVT), input_precision=PREC)
-            _st(dv, dRv * b[:, None], i_b, i_h, t, tm, v0, T, H, V, BVT)
-            db += tl.sum(dRv * _ld(v, i_b, i_h, t, tm, v0, T, H, V, BVT), axis=1)
-            dA += tl.dot(dRv, tl.trans(_ld(U, i_b, i_h, t, tm, v0, T, H, V, BVT)), input_precision=PREC)
+            dRv = tl.dot(TmT, _ld(du, i_h, rows, rm, v0, H, V, BVT), input_precision=PREC)
+            _st(dv, dRv * b[:, None], i_h, rows, rm, v0, H, V, BVT)
+            db += tl.sum(dRv * _ld(v, i_h, rows, rm, v0, H, V, BVT), axis=1)
+            dA += tl.dot(dRv, tl.trans(_ld(U, i_h, rows, rm, v0, H, V, BVT)), input_precision=PREC)
         for k0 in range(0, K, BKT):
-            kt = _ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)
-            dRk = tl.dot(TmT, _ld(dW, i_b, i_h, t, tm, k0, T, H, K, BKT), input_precision=PREC)
-            dA += tl.dot(dRk, tl.trans(_ld(W, i_b, i_h, t, tm, k0, T, H, K, BKT)), input_precision=PREC)
+            kt = _ld(k, i_h, rows, rm, k0, H, K, BKT)
+            dRk = tl.dot(TmT, _ld(dW, i_h, rows, rm, k0, H, K, BKT), input_precision=PREC)
+            dA += tl.dot(dRk, tl.trans(_ld(W, i_h, rows, rm, k0, H, K, BKT)), input_precision=PREC)
             s = tl.sum(dRk * kt, axis=1) * tl.exp(Gr)
             db += s
             dg += s * b
@@ -617,14 +630,14 @@ if HAS_TRITON:
         if HAS_G:
             M = Bm * kk  # dA_ij A_ij: +G_i, -G_j
             dg += tl.sum(M, axis=1) - tl.sum(M, axis=0)
-            tl.store(dgw + (i_b.to(tl.int64) * Tp + t) * H + i_h, dg)
-        tl.store(dbeta + (i_b.to(tl.int64) * T + t) * H + i_h, db, mask=tm)
+            tl.store(dgw + (i_n * C + r) * H + i_h, dg)
+        tl.store(dbeta + rows * H + i_h, db, mask=rm)
         for k0 in range(0, K, BKT):
-            kt = _ld(k, i_b, i_h, t, tm, k0, T, H, K, BKT)
-            dRk = tl.dot(TmT, _ld(dW, i_b, i_h, t, tm, k0, T, H, K, BKT), input_precision=PREC)
-            dkt = _ld(dk, i_b, i_h, t, tm, k0, T, H, K, BKT) + dRk * eb[:, None]
+            kt = _ld(k, i_h, rows, rm, k0, H, K, BKT)
+            dRk = tl.dot(TmT, _ld(dW, i_h, rows, rm, k0, H, K, BKT), input_precision=PREC)
+            dkt = _ld(dk, i_h, rows, rm, k0, H, K, BKT) + dRk * eb[:, None]
             dkt += tl.dot(Bm, kt, input_precision=PREC) + tl.dot(tl.trans(Bm), kt, input_precision=PREC)
-            _st(dk, dkt, i_b, i_h, t, tm, k0, T, H, K, BKT)
+            _st(dk, dkt, i_h, rows, rm, k0, H, K, BKT)
 
 
 UT_BLOCK = 16  # the inverse's block size (tl.dot needs >= 16 per side)
@@ -716,7 +729,8 @@ def solve_unit_lower_triton(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 class _RecurrentFn(torch.autograd.Function):
-    """Forward by the fused recurrent kernel; backward by autograd through the chunk form."""
+    """Forward by the fused recurrent kernel; backward by autograd through the fused chunk kernels
+    (a recomputed forward, cheap at the lengths this runs)."""
 
     @staticmethod
     def forward(ctx, q, k, v, beta, g, h0, scale):
@@ -737,12 +751,11 @@ class _RecurrentFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        from .chunk import delta_rule_chunk
-
         saved = ctx.saved_tensors
         leaves = [None if x is None else x.detach().requires_grad_() for x in saved]
+        B, T = leaves[0].shape[:2]
         with torch.enable_grad():
-            o, ht = delta_rule_chunk(*leaves[:5], ctx.scale, leaves[5])
+            o, ht = delta_rule_triton_packed(*leaves[:5], ctx.scale, leaves[5], _batch_offsets(B, T))
             pairs = [(y, dy) for y, dy in ((o, do), (ht, dht)) if dy is not None and y.requires_grad]
             wanted = [x for x in leaves if x is not None]
             if not pairs:  # e.g. an empty sequence whose state is not used
@@ -770,104 +783,144 @@ def _precision(q: torch.Tensor) -> str:
 CHUNK = 64  # the fused chunk path's chunk length (= 4 * UT_BLOCK, the inverse's blocking)
 
 
-def _chunk_cumsum(g: torch.Tensor, C: int, Tp: int) -> torch.Tensor:
-    """Chunk-local cumulative sums of the log gates, fp32 ``[B, Tp, H]`` (padded steps add 0)."""
-    B, T, H = g.shape
-    gp = torch.nn.functional.pad(g.float(), (0, 0, 0, Tp - T))
-    return gp.view(B, Tp // C, C, H).cumsum(2).view(B, Tp, H).contiguous()
+def _tiles(K: int, V: int) -> tuple[int, int]:
+    """The chunk-parallel kernels' K and V tiles."""
+    return min(64, max(16, next_pow2(K))), min(64, max(16, next_pow2(V)))
 
 
 class _ChunkFn(torch.autograd.Function):
-    """delta_rule by the fused chunk kernels, forward and backward (see the module docstring).
+    """delta_rule by the fused chunk kernels, forward and backward (see the module docstring), on
+    packed sequences: q, k ``[rows, H, K]``, v ``[rows, H, V]``, beta and g ``[rows, H]``, h0
+    ``[n_seqs, H, K, V]`` fp32, ``plan`` a ChunkPlan. Returns o ``[rows, H, V]`` and the final
+    states ``[n_seqs, H, K, V]``, fp32.
 
-    Saved for the backward: the inputs, the chunk-local G, Tm, U, W, the written values u and
-    the entering states (fp32; the forward's intermediates, nothing recomputed)."""
+    Saved for the backward: the inputs, the chunk-layout G, Tm, U, W, the written values u and
+    the entering states (fp32; nothing is recomputed)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, g, h0, scale):
-        B, T, H, K = q.shape
+    def forward(ctx, q, k, v, beta, g, h0, scale, plan):
+        _, H, K = q.shape
         V = v.shape[-1]
-        C = CHUNK
-        N = triton.cdiv(T, C)
-        Tp = N * C
+        C, NC = CHUNK, plan.n_chunks
         q, k, v, beta, h0 = (x.contiguous() for x in (q, k, v, beta, h0))
-        G = None if g is None else _chunk_cumsum(g, C, Tp)
+        G = None
+        if g is not None:  # chunk-local cumulative sums in the chunk layout; padded rows add 0
+            rows, valid = plan.chunk_rows
+            G = torch.where(valid[..., None], g.float()[rows], 0.0).cumsum(1).reshape(NC * C, H).contiguous()
         f32 = dict(device=q.device, dtype=torch.float32)
-        BKT, BVT = min(64, max(16, next_pow2(K))), min(64, max(16, next_pow2(V)))
+        BKT, BVT = _tiles(K, V)
         BK, BV = _blocks(K, V)
         dims = dict(H=H, K=K, V=V, C=C, HAS_G=g is not None, PREC=_precision(q))
         Gp = beta if G is None else G  # a placeholder pointer without gates (never read)
-        Tm = torch.empty(B * H, N, C, C, **f32)
-        U = torch.empty(B, T, H, V, **f32)
-        W = torch.empty(B, T, H, K, **f32)
-        _prep_fwd[(N, B * H)](k, v, beta, Gp, Tm, U, W, T, Tp, N, BS=UT_BLOCK, BKT=BKT, BVT=BVT, **dims)
-        u = torch.empty_like(U)
-        S_in = torch.empty(B * H, N, K, V, **f32)
-        S_T = torch.empty(B, H, K, V, **f32)
-        _h_fwd[(triton.cdiv(V, BV), B * H)](k, Gp, U, W, u, h0, S_in, S_T, T, Tp, N, BK=BK, BV=BV, **dims)
-        o = torch.empty(B, T, H, V, **f32)
-        _o_fwd[(triton.cdiv(V, BVT), N, B * H)](q, k, Gp, u, S_in, o, scale, T, Tp, N, BKT=BKT, BVT=BVT, **dims)
+        Tm = torch.empty(NC, H, C, C, **f32)
+        U = torch.empty(v.shape, **f32)
+        W = torch.empty(k.shape, **f32)
+        u = torch.empty(v.shape, **f32)
+        o = torch.empty(v.shape, **f32)
+        S_in = torch.empty(NC, H, K, V, **f32)
+        S_T = torch.empty(plan.n_seqs, H, K, V, **f32)
+        if NC:
+            _prep_fwd[(NC, H)](k, v, beta, Gp, Tm, U, W, plan.cstart, plan.cend, BS=UT_BLOCK, BKT=BKT, BVT=BVT,
+                               **dims)
+        _h_fwd[(triton.cdiv(V, BV), plan.n_seqs * H)](k, Gp, U, W, u, h0, S_in, S_T, plan.cstart, plan.cend,
+                                                      plan.coff, BK=BK, BV=BV, **dims)
+        if NC:
+            _o_fwd[(triton.cdiv(V, BVT), NC, H)](q, k, Gp, u, S_in, o, plan.cstart, plan.cend, scale, BKT=BKT,
+                                                 BVT=BVT, **dims)
         ctx.save_for_backward(q, k, v, beta, G, Tm, U, W, u, S_in)
-        ctx.meta = scale, g is not None, None if g is None else g.dtype, h0.dtype
+        ctx.meta = scale, plan, g is not None, None if g is None else g.dtype
         return o, S_T
 
     @staticmethod
     def backward(ctx, do, dS_T):
         q, k, v, beta, G, Tm, U, W, u, S_in = ctx.saved_tensors
-        scale, gated, g_dtype, h0_dtype = ctx.meta
-        B, T, H, K = q.shape
+        scale, plan, gated, g_dtype = ctx.meta
+        _, H, K = q.shape
         V = v.shape[-1]
-        N, C = Tm.shape[1], Tm.shape[2]
-        Tp = N * C
+        C, NC = CHUNK, plan.n_chunks
         f32 = dict(device=q.device, dtype=torch.float32)
-        BKT, BVT = min(64, max(16, next_pow2(K))), min(64, max(16, next_pow2(V)))
+        BKT, BVT = _tiles(K, V)
         BK, BV = _blocks(K, V)
         NK = triton.cdiv(K, BKT)
         dims = dict(H=H, K=K, V=V, C=C, HAS_G=gated, PREC=_precision(q))
         Gp = beta if G is None else G
-        do = torch.zeros(B, T, H, V, **f32) if do is None else do.float().contiguous()
-        du = torch.empty(B, T, H, V, **f32)
-        _du_local[(triton.cdiv(V, BVT), N, B * H)](q, k, Gp, do, du, scale, T, Tp, BKT=BKT, BVT=BVT, **dims)
-        dH = torch.empty_like(S_in)
-        dS0 = torch.empty(B, H, K, V, **f32)
+        do = torch.zeros(v.shape, **f32) if do is None else do.float().contiguous()
         dS_T = None if dS_T is None else dS_T.float().contiguous()
-        _h_bwd[(triton.cdiv(V, BV), B * H)](q, k, Gp, W, do, du, du if dS_T is None else dS_T, dH, dS0, scale,
-                                            T, Tp, N, BK=BK, BV=BV, HAS_DSF=dS_T is not None, **dims)
-        dq, dk, dW = (torch.empty(B, T, H, K, **f32) for _ in range(3))
-        dgr = torch.empty(B, Tp, H, NK, **f32) if gated else dq
-        dgc = torch.empty(B * H, N, NK, **f32) if gated else dq
-        _bwd_chunk[(NK, N, B * H)](q, k, Gp, u, du, do, S_in, dH, dq, dk, dW, dgr, dgc, scale, T, Tp, N, NK,
-                                   BKT=BKT, BVT=BVT, **dims)
-        dv = torch.empty(B, T, H, V, **f32)
-        dbeta = torch.empty(B, T, H, **f32)
-        dgw = torch.empty(B, Tp, H, **f32) if gated else dq
-        _bwd_wy[(N, B * H)](k, v, beta, Gp, Tm, U, W, du, dW, dk, dv, dbeta, dgw, T, Tp, N, BKT=BKT, BVT=BVT,
-                            **dims)
+        du = torch.empty(v.shape, **f32)
+        dH = torch.empty_like(S_in)
+        dS0 = torch.empty(plan.n_seqs, H, K, V, **f32)
+        dq, dk, dW = (torch.empty(k.shape, **f32) for _ in range(3))
+        dv = torch.empty(v.shape, **f32)
+        dbeta = torch.empty(beta.shape, **f32)
+        dgr = torch.empty(NC * C, H, NK, **f32) if gated else dq
+        dgc = torch.empty(NC, H, NK, **f32) if gated else dq
+        dgw = torch.empty(NC * C, H, **f32) if gated else dq
+        if NC:
+            _du_local[(triton.cdiv(V, BVT), NC, H)](q, k, Gp, do, du, plan.cstart, plan.cend, scale, BKT=BKT,
+                                                    BVT=BVT, **dims)
+        _h_bwd[(triton.cdiv(V, BV), plan.n_seqs * H)](
+            q, k, Gp, W, do, du, du if dS_T is None else dS_T, dH, dS0, plan.cstart, plan.cend, plan.coff, scale,
+            BK=BK, BV=BV, HAS_DSF=dS_T is not None, **dims)
+        if NC:
+            _bwd_chunk[(NK, NC, H)](q, k, Gp, u, du, do, S_in, dH, dq, dk, dW, dgr, dgc, plan.cstart, plan.cend,
+                                    scale, NK, BKT=BKT, BVT=BVT, **dims)
+            _bwd_wy[(NC, H)](k, v, beta, Gp, Tm, U, W, du, dW, dk, dv, dbeta, dgw, plan.cstart, plan.cend, BKT=BKT,
+                             BVT=BVT, **dims)
         dg = None
         if gated:
-            dG = (dgw + dgr.sum(-1)).view(B, N, C, H)
-            dG[:, :, -1] += dgc.sum(-1).view(B, H, N).transpose(1, 2)
+            dG = (dgw + dgr.sum(-1)).view(NC, C, H)
+            dG[:, -1] += dgc.sum(-1)
             # G is the chunk-local cumulative sum of g: g_t's gradient sums dG over the chunk's steps >= t
-            dg = dG.flip(2).cumsum(2).flip(2).reshape(B, Tp, H)[:, :T].to(g_dtype)
-        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbeta.to(beta.dtype), dg, dS0.to(h0_dtype), None)
+            dG = dG.flip(1).cumsum(1).flip(1)
+            rows, valid = plan.chunk_rows
+            dg = torch.zeros(beta.shape, **f32)
+            dg[rows[valid]] = dG[valid]
+            dg = dg.to(g_dtype)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbeta.to(beta.dtype), dg, dS0, None, None)
 
 
-def delta_rule_triton(q, k, v, beta, g, scale, initial_state, *, mode: str = "auto"):
-    """delta_rule through Triton for one batch of equal-length sequences (``__init__`` loops
-    packed sequences): the fused recurrent kernel when T <= ``RECURRENT_MAX_T`` (``mode="auto"``)
-    or ``mode="recurrent"``, else the fused chunk kernels (``mode="chunk"``).
-    Returns ``(o, final_state)``."""
+def delta_rule_triton_packed(q, k, v, beta, g, scale, initial_state, offsets):
+    """The fused chunk kernels on packed sequences: q, k ``[B, T, H, K]`` etc. with ``offsets``
+    the packed sequence boundaries along ``B*T`` (``(0, T, 2T, ...)`` for a batch; ``cu_seqlens``
+    for varlen, B = 1). Returns ``(o [B, T, H, V], final states [n_seqs, H, K, V])``, fp32."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    plan = chunk_plan(tuple(offsets), q.device, CHUNK)
+    if initial_state is None:
+        initial_state = q.new_zeros(plan.n_seqs, H, K, V, dtype=torch.float32)
+    o, S = _ChunkFn.apply(q.reshape(B * T, H, K), k.reshape(B * T, H, K), v.reshape(B * T, H, V),
+                          beta.reshape(B * T, H), None if g is None else g.reshape(B * T, H),
+                          initial_state.float(), float(scale), plan)
+    return o.view(B, T, H, V), S
+
+
+def delta_rule_triton(q, k, v, beta, g, scale, initial_state, cu_seqlens=None, *, mode: str = "auto"):
+    """delta_rule through Triton: the fused recurrent kernel when T <= ``RECURRENT_MAX_T``
+    (``mode="auto"``, equal-length batches only) or ``mode="recurrent"``, else the fused chunk
+    kernels (``mode="chunk"``), which take packed sequences (``cu_seqlens``) in one launch each.
+    Arguments as ``delta_rule`` (validated there); returns ``(o, final_state)``, fp32."""
     if mode not in ("auto", "chunk", "recurrent"):
         raise ValueError(f"mode={mode!r} is not one of ('auto', 'chunk', 'recurrent')")
     check_triton_inputs(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
-    K, V = q.shape[-1], v.shape[-1]
+    B, T, H, K = q.shape
+    V = v.shape[-1]
     if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
         raise ValueError(f"impl='triton' supports K, V <= {MAX_HEAD_DIM}, got K={K}, V={V}")
+    if mode == "recurrent" or (mode == "auto" and T <= RECURRENT_MAX_T and cu_seqlens is None):
+        if cu_seqlens is not None:
+            return run_packed(_recurrent, cu_seqlens, (q, k, v, beta, g), initial_state, scale)
+        return _recurrent(q, k, v, beta, g, scale, initial_state)
+    offsets = _batch_offsets(B, T) if cu_seqlens is None else cu_seqlens.tolist()
+    return delta_rule_triton_packed(q, k, v, beta, g, scale, initial_state, offsets)
+
+
+def _batch_offsets(B: int, T: int) -> list[int]:
+    """A batch of B sequences of T steps as packed offsets."""
+    return [b * T for b in range(B + 1)]
+
+
+def _recurrent(q, k, v, beta, g, scale, initial_state):
     if initial_state is None:
-        B, _, H, _ = q.shape
-        initial_state = q.new_zeros(B, H, K, V, dtype=torch.float32)
-    if mode == "recurrent" or (mode == "auto" and q.shape[1] <= RECURRENT_MAX_T):
-        return _RecurrentFn.apply(q, k, v, beta, g, initial_state, float(scale))
-    if q.shape[1] == 0:
-        return q.new_zeros(*q.shape[:3], V, dtype=torch.float32), initial_state.float()
-    return _ChunkFn.apply(q, k, v, beta, g, initial_state.float(), float(scale))
+        B, _, H, K = q.shape
+        initial_state = q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32)
+    return _RecurrentFn.apply(q, k, v, beta, g, initial_state.float(), float(scale))

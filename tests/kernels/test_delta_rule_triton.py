@@ -68,6 +68,15 @@ def test_packed_sequences_with_empty_ones():
     check((q, k, v, beta, g, h0), cu_seqlens=torch.tensor([0, 0, 30, 31, 100]))
 
 
+@pytest.mark.parametrize("gated", [False, True])
+def test_packed_sequences_across_chunks(gated):
+    """cu_seqlens in the chunk kernels (one launch for all sequences): lengths that end mid-chunk,
+    span several chunks, are empty or a single step; each starts from its own state."""
+    q, k, v, beta, g, _ = make(1, 203, 2, 16, 24, gated, seed=4)
+    h0 = torch.randn(5, 2, 16, 24, generator=torch.Generator().manual_seed(6))
+    check((q, k, v, beta, g, h0), cu_seqlens=torch.tensor([0, 70, 70, 199, 200, 203]))
+
+
 def test_half_precision_tracks_reference():
     inputs = make(1, 80, 2, 16, 16, True)
     o, S = delta_rule(*[x.bfloat16() for x in inputs[:4]], inputs[4], initial_state=inputs[5],
@@ -221,7 +230,7 @@ def test_chunk_kernels_run_beyond_the_recurrent_length(monkeypatch):
     delta_rule(*inputs[:5], initial_state=inputs[5], impl="chunk")
     assert calls == []
     delta_rule(*inputs[:5], initial_state=inputs[5], impl="triton")
-    assert calls == [(1, 70, 1, 16)]
+    assert calls == [(70, 1, 16)]  # packed: [rows, H, K]
 
 
 @pytest.mark.parametrize(("K", "V"), [(80, 72), (128, 16), (16, 130)], ids=["two-tiles", "K128", "V130"])
