@@ -9,15 +9,19 @@ Notation per chunk of C = 64 steps and (batch, head): ``G`` the chunk-local cumu
     o = scale [(q exp(G)) S + (q k^T exp(G_i - G_j), i >= j) u]
     S_next = exp(G_C) S + (k exp(G_C - G))^T u
 
+Every call is packed: ``[B, T, H, D]`` is flattened to ``[B*T, H, D]`` with sequence offsets
+``0, T, 2T, ...``, or ``cu_seqlens`` for varlen, and cut into chunks that never cross a sequence
+(``kernels/_triton/plan.py``), so a varlen batch takes the same launches as a dense one.
+
 Forward, three launches (``_ChunkFn.forward``):
 
-1. ``_prep_fwd``, one program per (chunk, batch*head): A by 16 x 16 blocks over K tiles (the
+1. ``_prep_fwd``, one program per (chunk, head): A by 16 x 16 blocks over K tiles (the
    exponent masked before exp, so strong decay underflows to 0 and never overflows), the inverse
    by blocks in fp32 (``_ut_invert``: diagonal blocks by forward substitution, then
    ``Tm_ij = -Tm_ii sum_{j<=k<i} A_ik Tm_kj``), then U and W. Stores Tm, U, W.
-2. ``_h_fwd``, one program per (V tile, batch*head), the only sequential part: the [K, BV] state
+2. ``_h_fwd``, one program per (V tile, sequence * head), the only sequential part: the [K, BV] state
    tile stays in registers through all chunks; stores every entering state and u.
-3. ``_o_fwd``, one program per (V tile, chunk, batch*head): the output.
+3. ``_o_fwd``, one program per (V tile, chunk, head): the output.
 
 Backward, four launches (``_ChunkFn.backward``), nothing recomputed:
 
@@ -25,31 +29,32 @@ Backward, four launches (``_ChunkFn.backward``), nothing recomputed:
 2. ``_h_bwd``, sequential, chunks last to first: ``dH`` (gradient of the state leaving the
    chunk), ``du += (k exp(G_C - G)) dH``, and the entering state's
    ``dS = exp(G_C) dH + scale (q exp(G))^T do - W^T du``; the last one is the initial state's.
-3. ``_bwd_chunk``, per (K tile, chunk, batch*head): dq, dk's output and state-update terms and
+3. ``_bwd_chunk``, per (K tile, chunk, head): dq, dk's output and state-update terms and
    ``dW = -du S^T``, with the gate gradients of those terms: every q_i enters as
    ``q_i exp(G_i)`` and every k_j as ``k_j exp(-G_j)``, so they contribute
    ``q_i . dq_i - k_i . dk_i`` to dG_i (plus a chunk-end term for ``G_C``).
-4. ``_bwd_wy``, per (chunk, batch*head): ``dRv = Tm^T du``, ``dRk = Tm^T dW``,
+4. ``_bwd_wy``, per (chunk, head): ``dRv = Tm^T du``, ``dRk = Tm^T dW``,
    ``dA = -tril(dRv U^T + dRk W^T, -1)`` (from ``d(M^{-1}) = -M^{-1} dM M^{-1}``), and from them
    dv, dbeta, the rest of dk and the gate gradient of A and W's right-hand side.
    g's gradient is the reverse cumulative sum of dG within each chunk (PyTorch, [B, T, H]).
 
 Precision: every kernel computes in fp32 and keeps fp32 intermediates (U, W, u, the states),
-also for bf16/fp16 inputs. The large products run as ``tf32x3`` (``MM_PREC``): "ieee" fp32
-dots of [64, 128] x [128, BV] tiles compile to scalar FMAs with kilobytes of register spills per
-thread on sm_90 (the first H200 run's T=8K forward took 33 ms that way); the 16 x 16 blocks of
-the inverse stay "ieee". BV = 16 at K >= 128 keeps the sequential kernels' tiles in registers.
-Memory kept for the backward: fp32 U, W, u (as large as k and v), Tm (C floats per step) and the
-entering states (K * V floats per chunk).
+also for bf16/fp16 inputs. The large products run as ``tf32x3`` for fp32 inputs (``MM_PREC``)
+and as one TF32 product for half inputs (``_precision``); never "ieee", which on sm_90 lowers
+[64, 128] x [128, BV] tiles to scalar FMAs with kilobytes of register spills per thread (the
+first H200 run's T=8K forward took 33 ms that way). The 16 x 16 blocks of the inverse stay
+"ieee". BV = 16 at K >= 128 keeps the sequential kernels' tiles in registers. Memory kept for
+the backward: fp32 U, W, u (as large as k and v), Tm (C floats per step) and the entering
+states (K * V floats per chunk: at K = V = 128, 1 KB per step, against 0.5 KB of bf16 q, k, v).
 
 The UT solve alone (``_ut_fwd``: inverse from A in memory, optionally ``Tm R``) is exposed as
-``ut_inverse_triton`` / ``solve_unit_lower_triton`` (PyTorch backward), e.g. for the chunk form's
-``solve=`` hook; it shares the block routines with ``_prep_fwd``.
+``ut_inverse_triton`` / ``solve_unit_lower_triton`` (PyTorch backward; a drop-in for
+``chunk.solve_unit_lower``); it shares the block routines with ``_prep_fwd``.
 
 A fused recurrent kernel (``_recurrent_fwd``) runs short sequences and decoding steps (T <=
 ``RECURRENT_MAX_T``): the loop over time with the [K, BV] state in registers, one program per
-(batch, head, V tile); its backward recomputes through the chunk form (autograd), which is
-cheap at those lengths.
+(batch, head, V tile); its backward recomputes the forward through the chunk kernels and runs
+their backward, which is cheap at those lengths. Varlen calls always take the chunk kernels.
 """
 
 from __future__ import annotations
