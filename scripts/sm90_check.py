@@ -145,6 +145,9 @@ def _calls(op: str, s: dict, T: int):
                                               t(B, T_, H, dt=f32), impl="triton", **kw)
         yield "bench", run(dr(T))
         yield "recurrent (T=64), h0, ht", run(dr(64, initial_state=t(B, H, K, V, dt=f32), output_final_state=True))
+        yield "no gate, fp32 (tf32x3)", run(lambda: kernels.delta_rule(
+            t(B, T, H, K, dt=f32), t(B, T, H, K, dt=f32), t(B, T, H, V, dt=f32), t(B, T, H, dt=f32), None,
+            impl="triton"))
     elif op == "selective_scan":
         D, N = s["D"], s["N"]
         yield "bench", run(lambda: kernels.selective_scan(
