@@ -38,14 +38,20 @@ Backward, four launches (``_ChunkFn.backward``), nothing recomputed:
    dv, dbeta, the rest of dk and the gate gradient of A and W's right-hand side.
    g's gradient is the reverse cumulative sum of dG within each chunk (PyTorch, [B, T, H]).
 
-Precision: every kernel computes in fp32 and keeps fp32 intermediates (U, W, u, the states),
-also for bf16/fp16 inputs. The large products run as ``tf32x3`` for fp32 inputs (``MM_PREC``)
-and as one TF32 product for half inputs (``_precision``); never "ieee", which on sm_90 lowers
-[64, 128] x [128, BV] tiles to scalar FMAs with kilobytes of register spills per thread (the
-first H200 run's T=8K forward took 33 ms that way). The 16 x 16 blocks of the inverse stay
-"ieee". BV = 16 at K >= 128 keeps the sequential kernels' tiles in registers. Memory kept for
-the backward: fp32 U, W, u (as large as k and v), Tm (C floats per step) and the entering
-states (K * V floats per chunk: at K = V = 128, 1 KB per step, against 0.5 KB of bf16 q, k, v).
+Precision: every kernel accumulates in fp32 and the recurrent state stays fp32 in registers.
+bf16 inputs: the products take bf16 operands (``_mm``; full-rate tensor cores) and the stored
+intermediates (U, W, u, the chunk states, dH) are bf16, as FLA does; about 1% relative error
+on outputs and gradients against float64 under the interpreter's emulation. Products with Tm,
+the inverse, stay TF32 whatever the inputs. fp32 inputs: fp32 intermediates and ``tf32x3``
+products (``MM_PREC``, about fp32 accuracy); fp16 inputs: fp32 intermediates and one TF32
+product. Never "ieee" for large tiles: on sm_90 it lowers [64, 128] x [128, BV] tiles to
+scalar FMAs with kilobytes of register spills per thread (the first H200 run's T=8K forward
+took 33 ms that way); only the inverse's 16 x 16 blocks use it. sm_90 compiles
+(``scripts/sm90_check.py``) of the bf16 kernels at K = V = 128 show no spills at 8 warps
+except a few bytes in ``_prep_fwd``; the fp32 ones spill up to ~1.3 KB per thread (tf32x3
+splits every operand in two). BV = 16 at K >= 128 in the sequential kernels. Memory kept for
+the backward: U, W, u (as large as k and v), Tm (C fp32 per step) and the entering states
+(K * V per chunk: at K = V = 128 and bf16, 512 B per step and head).
 
 The UT solve alone (``_ut_fwd``: inverse from A in memory, optionally ``Tm R``) is exposed as
 ``ut_inverse_triton`` / ``solve_unit_lower_triton`` (PyTorch backward; a drop-in for
@@ -62,7 +68,7 @@ from __future__ import annotations
 import torch
 
 from .._common import run_packed
-from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
+from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, interpreting, next_pow2
 from .._triton.plan import chunk_plan
 
 __all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "solve_unit_lower_triton", "ut_inverse_triton"]
@@ -261,6 +267,19 @@ if HAS_TRITON:
     # U, W (pseudo-values and keys), u (written values) and the gradients.
 
     @triton.jit
+    def _mm(a, b, DOT: tl.constexpr):
+        """``a @ b`` (fp32 tiles, fp32 result) as ``DOT`` says: "bf16", bf16 operands (bf16 inputs
+        on a GPU: full-rate tensor cores; tiles loaded from bf16 tensors convert exactly);
+        "bf16-emu", the same rounding of the operands with an fp32 product (the interpreter, whose
+        bf16 products are wrong); else a ``tl.dot`` input precision ("tf32x3", "tf32")."""
+        if DOT == "bf16":
+            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+        elif DOT == "bf16-emu":
+            return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+        else:
+            return tl.dot(a, b, input_precision=DOT)
+
+    @triton.jit
     def _chunk(cstart, cend, i_n, C: tl.constexpr):
         """Chunk ``i_n``'s packed rows [C] and their validity mask."""
         rows = tl.load(cstart + i_n).to(tl.int64) + tl.arange(0, C)
@@ -286,13 +305,14 @@ if HAS_TRITON:
         rk = k0 + tl.arange(0, BK)
         cv = v0 + tl.arange(0, BV)
         return tl.load(x + base + rk[:, None] * V + cv[None, :], mask=(rk[:, None] < K) & (cv[None, :] < V),
-                       other=0.0)
+                       other=0.0).to(tl.float32)
 
     @triton.jit
     def _st_state(x, base, val, k0, v0, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
         rk = k0 + tl.arange(0, BK)
         cv = v0 + tl.arange(0, BV)
-        tl.store(x + base + rk[:, None] * V + cv[None, :], val, mask=(rk[:, None] < K) & (cv[None, :] < V))
+        tl.store(x + base + rk[:, None] * V + cv[None, :], val.to(x.dtype.element_ty),
+                 mask=(rk[:, None] < K) & (cv[None, :] < V))
 
     @triton.jit
     def _gates(G, i_h, i_n, H: tl.constexpr, C: tl.constexpr, HAS_G: tl.constexpr):
@@ -357,11 +377,11 @@ if HAS_TRITON:
         rows = s + bi * BS + tl.arange(0, BS)
         return tl.load(x + rows * H + i_h, mask=rows < e, other=0.0).to(tl.float32)
 
-    @triton.autotune(configs=autotune_configs(_WARPS_BIG[::-1]), key=["K", "V", "HAS_G", "PREC"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG[::-1]), key=["K", "V", "HAS_G", "PREC", "DOT"])
     @triton.jit
     def _prep_fwd(k, v, beta, G, Tm, U, W, cstart, cend, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                   C: tl.constexpr, BS: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr,
-                  PREC: tl.constexpr):
+                  PREC: tl.constexpr, DOT: tl.constexpr):
         """One chunk and head: A = strictly lower ``beta_i (k_i . k_j) exp(G_i - G_j)`` formed by
         [BS, BS] blocks over K tiles, ``Tm = (I + A)^{-1}`` (stored), then ``U = Tm (beta v)`` and
         ``W = Tm (beta exp(G) k)``."""
@@ -398,16 +418,16 @@ if HAS_TRITON:
             k1s = _ld_blk(k, i_h, s, e, 1, k0, H, K, BS, BKT)
             k2s = _ld_blk(k, i_h, s, e, 2, k0, H, K, BS, BKT)
             k3s = _ld_blk(k, i_h, s, e, 3, k0, H, K, BS, BKT)
-            A00 += tl.dot(k0s, tl.trans(k0s), input_precision=PREC)
-            A10 += tl.dot(k1s, tl.trans(k0s), input_precision=PREC)
-            A11 += tl.dot(k1s, tl.trans(k1s), input_precision=PREC)
-            A20 += tl.dot(k2s, tl.trans(k0s), input_precision=PREC)
-            A21 += tl.dot(k2s, tl.trans(k1s), input_precision=PREC)
-            A22 += tl.dot(k2s, tl.trans(k2s), input_precision=PREC)
-            A30 += tl.dot(k3s, tl.trans(k0s), input_precision=PREC)
-            A31 += tl.dot(k3s, tl.trans(k1s), input_precision=PREC)
-            A32 += tl.dot(k3s, tl.trans(k2s), input_precision=PREC)
-            A33 += tl.dot(k3s, tl.trans(k3s), input_precision=PREC)
+            A00 += _mm(k0s, tl.trans(k0s), DOT)
+            A10 += _mm(k1s, tl.trans(k0s), DOT)
+            A11 += _mm(k1s, tl.trans(k1s), DOT)
+            A20 += _mm(k2s, tl.trans(k0s), DOT)
+            A21 += _mm(k2s, tl.trans(k1s), DOT)
+            A22 += _mm(k2s, tl.trans(k2s), DOT)
+            A30 += _mm(k3s, tl.trans(k0s), DOT)
+            A31 += _mm(k3s, tl.trans(k1s), DOT)
+            A32 += _mm(k3s, tl.trans(k2s), DOT)
+            A33 += _mm(k3s, tl.trans(k3s), DOT)
         T00, T10, T11, T20, T21, T22, T30, T31, T32, T33 = _ut_invert(
             _kkt_gated(A00, b0, G0, G0, BS, True, HAS_G), _kkt_gated(A10, b1, G1, G0, BS, False, HAS_G),
             _kkt_gated(A11, b1, G1, G1, BS, True, HAS_G), _kkt_gated(A20, b2, G2, G0, BS, False, HAS_G),
@@ -443,11 +463,11 @@ if HAS_TRITON:
             _st_blk(W, W2, i_h, s, e, 2, k0, H, K, BS, BKT)
             _st_blk(W, W3, i_h, s, e, 3, k0, H, K, BS, BKT)
 
-    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "PREC"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "PREC", "DOT"])
     @triton.jit
     def _h_fwd(k, G, U, W, u, S0, S_in, S_out, cstart, cend, coff, H: tl.constexpr, K: tl.constexpr,
                V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr,
-               PREC: tl.constexpr):
+               PREC: tl.constexpr, DOT: tl.constexpr):
         """The sequential part, one program per (V tile, sequence * head) with its [K, BV] state tile
         in registers: per chunk of the sequence, store the entering state, form the written values
         ``u = U - W S`` (stored), then ``S = exp(G_C) S + (k exp(G_C - G))^T u``."""
@@ -458,21 +478,20 @@ if HAS_TRITON:
         for n in range(tl.load(coff + i_s), tl.load(coff + i_s + 1)):
             _st_state(S_in, (n * H + i_h) * K * V, S, 0, v0, K, V, BK, BV)
             rows, rm = _chunk(cstart, cend, n, C)
-            un = _ld(U, i_h, rows, rm, v0, H, V, BV) - tl.dot(_ld(W, i_h, rows, rm, 0, H, K, BK), S,
-                                                            input_precision=PREC)
+            un = _ld(U, i_h, rows, rm, v0, H, V, BV) - _mm(_ld(W, i_h, rows, rm, 0, H, K, BK), S, DOT)
             _st(u, un, i_h, rows, rm, v0, H, V, BV)
             kn = _ld(k, i_h, rows, rm, 0, H, K, BK)
             if HAS_G:
                 Gr, Gc = _gates(G, i_h, n, H, C, HAS_G)
                 kn = kn * tl.exp(Gc - Gr)[:, None]
                 S = S * tl.exp(Gc)
-            S += tl.dot(tl.trans(kn), un, input_precision=PREC)
+            S += _mm(tl.trans(kn), un, DOT)
         _st_state(S_out, i_sh.to(tl.int64) * K * V, S, 0, v0, K, V, BK, BV)
 
-    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC", "DOT"])
     @triton.jit
     def _o_fwd(q, k, G, u, S_in, o, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
+               C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
         """``o = scale [(q exp(G)) S + (q k^T exp(G_i - G_j), i >= j) u]`` for one chunk, head and V tile."""
         i_v, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
         v0 = i_v * BVT
@@ -482,18 +501,17 @@ if HAS_TRITON:
         qs = tl.zeros([C, BVT], dtype=tl.float32)
         for k0 in range(0, K, BKT):
             qt = _ld(q, i_h, rows, rm, k0, H, K, BKT)
-            qk += tl.dot(qt, tl.trans(_ld(k, i_h, rows, rm, k0, H, K, BKT)), input_precision=PREC)
-            qs += tl.dot(qt, _ld_state(S_in, base, k0, v0, K, V, BKT, BVT), input_precision=PREC)
+            qk += _mm(qt, tl.trans(_ld(k, i_h, rows, rm, k0, H, K, BKT)), DOT)
+            qs += _mm(qt, _ld_state(S_in, base, k0, v0, K, V, BKT, BVT), DOT)
         Gr, Gc = _gates(G, i_h, i_n, H, C, HAS_G)
         P = qk * _decay(Gr, C, False, HAS_G) * scale
-        out = qs * (scale * tl.exp(Gr))[:, None] + tl.dot(P, _ld(u, i_h, rows, rm, v0, H, V, BVT),
-                                                          input_precision=PREC)
+        out = qs * (scale * tl.exp(Gr))[:, None] + _mm(P, _ld(u, i_h, rows, rm, v0, H, V, BVT), DOT)
         _st(o, out, i_h, rows, rm, v0, H, V, BVT)
 
-    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC", "DOT"])
     @triton.jit
     def _du_local(q, k, G, do, du, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                  C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
+                  C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
         """The intra-chunk part of the written values' gradient, ``P^T do`` with
         ``P = scale q k^T exp(G_i - G_j)`` (i >= j), for one chunk, head and V tile."""
         i_v, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
@@ -501,20 +519,19 @@ if HAS_TRITON:
         rows, rm = _chunk(cstart, cend, i_n, C)
         qk = tl.zeros([C, C], dtype=tl.float32)
         for k0 in range(0, K, BKT):
-            qk += tl.dot(_ld(q, i_h, rows, rm, k0, H, K, BKT), tl.trans(_ld(k, i_h, rows, rm, k0, H, K, BKT)),
-                         input_precision=PREC)
+            qk += _mm(_ld(q, i_h, rows, rm, k0, H, K, BKT), tl.trans(_ld(k, i_h, rows, rm, k0, H, K, BKT)), DOT)
         Gr, Gc = _gates(G, i_h, i_n, H, C, HAS_G)
         P = qk * _decay(Gr, C, False, HAS_G) * scale
-        _st(du, tl.dot(tl.trans(P), _ld(do, i_h, rows, rm, v0, H, V, BVT), input_precision=PREC),
+        _st(du, _mm(tl.trans(P), _ld(do, i_h, rows, rm, v0, H, V, BVT), DOT),
             i_h, rows, rm, v0, H, V, BVT)
 
     # du is read and written in place: the autotuner's timing runs must each start from the original
-    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "HAS_DSF", "PREC"],
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "HAS_DSF", "PREC", "DOT"],
                      restore_value=["du"])
     @triton.jit
     def _h_bwd(q, k, G, W, do, du, dSf, dH, dS0, cstart, cend, coff, scale, H: tl.constexpr, K: tl.constexpr,
                V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr,
-               HAS_DSF: tl.constexpr, PREC: tl.constexpr):
+               HAS_DSF: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
         """The reverse recurrence, one program per (V tile, sequence * head), the sequence's chunks
         last to first: store dH (the gradient of the state leaving the chunk), complete the written
         values' gradient ``du = du_local + (k exp(G_C - G)) dH`` (in place), then the entering
@@ -536,22 +553,22 @@ if HAS_TRITON:
             kn = _ld(k, i_h, rows, rm, 0, H, K, BK)
             if HAS_G:
                 kn = kn * tl.exp(Gc - Gr)[:, None]
-            dun = _ld(du, i_h, rows, rm, v0, H, V, BV) + tl.dot(kn, dS, input_precision=PREC)
+            dun = _ld(du, i_h, rows, rm, v0, H, V, BV) + _mm(kn, dS, DOT)
             _st(du, dun, i_h, rows, rm, v0, H, V, BV)
             qn = _ld(q, i_h, rows, rm, 0, H, K, BK) * (scale * tl.exp(Gr))[:, None]
-            back = tl.dot(tl.trans(qn), _ld(do, i_h, rows, rm, v0, H, V, BV), input_precision=PREC)
-            back -= tl.dot(tl.trans(_ld(W, i_h, rows, rm, 0, H, K, BK)), dun, input_precision=PREC)
+            back = _mm(tl.trans(qn), _ld(do, i_h, rows, rm, v0, H, V, BV), DOT)
+            back -= _mm(tl.trans(_ld(W, i_h, rows, rm, 0, H, K, BK)), dun, DOT)
             if HAS_G:
                 dS = dS * tl.exp(Gc) + back
             else:
                 dS = dS + back
         _st_state(dS0, i_sh.to(tl.int64) * K * V, dS, 0, v0, K, V, BK, BV)
 
-    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC", "DOT"])
     @triton.jit
     def _bwd_chunk(q, k, G, u, du, do, S_in, dH, dq, dk, dW, dgr, dgc, cstart, cend, scale, NK,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr,
-                   BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
+                   BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
         """The chunk-parallel gradients for one chunk, head and K tile: dq, the output's and the
         state update's part of dk, ``dW = -du S^T``; with gates, the per-step gate gradient of
         these terms (``q.dq - k.dk``, per K tile in ``dgr``) and the chunk-end term (``dgc``)."""
@@ -569,19 +586,19 @@ if HAS_TRITON:
             dHt = _ld_state(dH, base, k0, v0, K, V, BKT, BVT)
             ut = _ld(u, i_h, rows, rm, v0, H, V, BVT)
             dot_ = _ld(do, i_h, rows, rm, v0, H, V, BVT)
-            dWt -= tl.dot(_ld(du, i_h, rows, rm, v0, H, V, BVT), tl.trans(St), input_precision=PREC)
-            dqs += tl.dot(dot_, tl.trans(St), input_precision=PREC)
-            dkd += tl.dot(ut, tl.trans(dHt), input_precision=PREC)
-            dP += tl.dot(dot_, tl.trans(ut), input_precision=PREC)
+            dWt -= _mm(_ld(du, i_h, rows, rm, v0, H, V, BVT), tl.trans(St), DOT)
+            dqs += _mm(dot_, tl.trans(St), DOT)
+            dkd += _mm(ut, tl.trans(dHt), DOT)
+            dP += _mm(dot_, tl.trans(ut), DOT)
             da += tl.sum(dHt * St, axis=1)
         qt = _ld(q, i_h, rows, rm, k0, H, K, BKT)
         kt = _ld(k, i_h, rows, rm, k0, H, K, BKT)
         Gr, Gc = _gates(G, i_h, i_n, H, C, HAS_G)
         dPs = dP * _decay(Gr, C, False, HAS_G) * scale
-        dqt = dqs * (scale * tl.exp(Gr))[:, None] + tl.dot(dPs, kt, input_precision=PREC)
+        dqt = dqs * (scale * tl.exp(Gr))[:, None] + _mm(dPs, kt, DOT)
         if HAS_G:
             dkd = dkd * tl.exp(Gc - Gr)[:, None]
-        dkt = tl.dot(tl.trans(dPs), qt, input_precision=PREC) + dkd
+        dkt = _mm(tl.trans(dPs), qt, DOT) + dkd
         _st(dq, dqt, i_h, rows, rm, k0, H, K, BKT)
         _st(dk, dkt, i_h, rows, rm, k0, H, K, BKT)
         _st(dW, dWt, i_h, rows, rm, k0, H, K, BKT)
@@ -595,11 +612,11 @@ if HAS_TRITON:
             gc = tl.sum(tl.sum(kt * dkd, axis=1), axis=0) + tl.sum(da, axis=0) * tl.exp(Gc)
             tl.store(dgc + (i_n * H + i_h) * NK + i_k, gc)
 
-    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC"], restore_value=["dk"])
+    @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC", "DOT"], restore_value=["dk"])
     @triton.jit
     def _bwd_wy(k, v, beta, G, Tm, U, W, du, dW, dk, dv, dbeta, dgw, cstart, cend, H: tl.constexpr,
                 K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr,
-                HAS_G: tl.constexpr, PREC: tl.constexpr):
+                HAS_G: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
         """Back through ``U = Tm (beta v)``, ``W = Tm (beta exp(G) k)`` and
         ``A = beta_i (k_i . k_j) exp(G_i - G_j)`` for one chunk and head: ``dRv = Tm^T dU``,
         ``dRk = Tm^T dW``, ``dA = -tril(dRv U^T + dRk W^T, -1)``; writes dv, dbeta, the gate
@@ -620,15 +637,15 @@ if HAS_TRITON:
             dRv = tl.dot(TmT, _ld(du, i_h, rows, rm, v0, H, V, BVT), input_precision=PREC)
             _st(dv, dRv * b[:, None], i_h, rows, rm, v0, H, V, BVT)
             db += tl.sum(dRv * _ld(v, i_h, rows, rm, v0, H, V, BVT), axis=1)
-            dA += tl.dot(dRv, tl.trans(_ld(U, i_h, rows, rm, v0, H, V, BVT)), input_precision=PREC)
+            dA += _mm(dRv, tl.trans(_ld(U, i_h, rows, rm, v0, H, V, BVT)), DOT)
         for k0 in range(0, K, BKT):
             kt = _ld(k, i_h, rows, rm, k0, H, K, BKT)
             dRk = tl.dot(TmT, _ld(dW, i_h, rows, rm, k0, H, K, BKT), input_precision=PREC)
-            dA += tl.dot(dRk, tl.trans(_ld(W, i_h, rows, rm, k0, H, K, BKT)), input_precision=PREC)
+            dA += _mm(dRk, tl.trans(_ld(W, i_h, rows, rm, k0, H, K, BKT)), DOT)
             s = tl.sum(dRk * kt, axis=1) * tl.exp(Gr)
             db += s
             dg += s * b
-            kk += tl.dot(kt, tl.trans(kt), input_precision=PREC)
+            kk += _mm(kt, tl.trans(kt), DOT)
         dAD = -dA * _decay(Gr, C, True, HAS_G)  # d(beta_i kk_ij) for i > j, 0 elsewhere
         db += tl.sum(dAD * kk, axis=1)
         Bm = dAD * b[:, None]  # d(kk_ij)
@@ -641,7 +658,7 @@ if HAS_TRITON:
             kt = _ld(k, i_h, rows, rm, k0, H, K, BKT)
             dRk = tl.dot(TmT, _ld(dW, i_h, rows, rm, k0, H, K, BKT), input_precision=PREC)
             dkt = _ld(dk, i_h, rows, rm, k0, H, K, BKT) + dRk * eb[:, None]
-            dkt += tl.dot(Bm, kt, input_precision=PREC) + tl.dot(tl.trans(Bm), kt, input_precision=PREC)
+            dkt += _mm(Bm, kt, DOT) + _mm(tl.trans(Bm), kt, DOT)
             _st(dk, dkt, i_h, rows, rm, k0, H, K, BKT)
 
 
@@ -777,6 +794,21 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
     return max(16, next_pow2(K)), 16 if K >= 128 else max(16, min(32, next_pow2(V)))
 
 
+def _dot_mode(q: torch.Tensor) -> str:
+    """The chunk kernels' ``_mm`` mode: bf16 operands for bf16 inputs (emulated under the
+    interpreter), else ``_precision``'s TF32 mode. The products with Tm (the inverse) always take
+    ``_precision``: its entries are where the chunk's precision is decided."""
+    if q.dtype == torch.bfloat16:
+        return "bf16-emu" if interpreting() else "bf16"
+    return _precision(q)
+
+
+def _store_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype of the stored intermediates (U, W, u, the chunk states and their gradients dH):
+    bf16 for bf16 inputs (the products read them as bf16 operands anyway), else fp32."""
+    return torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
+
+
 def _precision(q: torch.Tensor) -> str:
     """The chunk kernels' ``tl.dot`` precision: ``MM_PREC`` (tf32x3) for fp32 inputs; one TF32
     product for bf16/fp16 inputs, whose values TF32 holds exactly (products with the fp32
@@ -815,14 +847,15 @@ class _ChunkFn(torch.autograd.Function):
         f32 = dict(device=q.device, dtype=torch.float32)
         BKT, BVT = _tiles(K, V)
         BK, BV = _blocks(K, V)
-        dims = dict(H=H, K=K, V=V, C=C, HAS_G=g is not None, PREC=_precision(q))
+        dims = dict(H=H, K=K, V=V, C=C, HAS_G=g is not None, PREC=_precision(q), DOT=_dot_mode(q))
         Gp = beta if G is None else G  # a placeholder pointer without gates (never read)
+        sdt = dict(device=q.device, dtype=_store_dtype(q))
         Tm = torch.empty(NC, H, C, C, **f32)
-        U = torch.empty(v.shape, **f32)
-        W = torch.empty(k.shape, **f32)
-        u = torch.empty(v.shape, **f32)
+        U = torch.empty(v.shape, **sdt)
+        W = torch.empty(k.shape, **sdt)
+        u = torch.empty(v.shape, **sdt)
         o = torch.empty(v.shape, **f32)
-        S_in = torch.empty(NC, H, K, V, **f32)
+        S_in = torch.empty(NC, H, K, V, **sdt)
         S_T = torch.empty(plan.n_seqs, H, K, V, **f32)
         if NC:
             _prep_fwd[(NC, H)](k, v, beta, Gp, Tm, U, W, plan.cstart, plan.cend, BS=UT_BLOCK, BKT=BKT, BVT=BVT,
@@ -847,7 +880,7 @@ class _ChunkFn(torch.autograd.Function):
         BKT, BVT = _tiles(K, V)
         BK, BV = _blocks(K, V)
         NK = triton.cdiv(K, BKT)
-        dims = dict(H=H, K=K, V=V, C=C, HAS_G=gated, PREC=_precision(q))
+        dims = dict(H=H, K=K, V=V, C=C, HAS_G=gated, PREC=_precision(q), DOT=_dot_mode(q))
         Gp = beta if G is None else G
         do = torch.zeros(v.shape, **f32) if do is None else do.float().contiguous()
         dS_T = None if dS_T is None else dS_T.float().contiguous()
