@@ -377,6 +377,24 @@ if HAS_TRITON:
         rows = s + bi * BS + tl.arange(0, BS)
         return tl.load(x + rows * H + i_h, mask=rows < e, other=0.0).to(tl.float32)
 
+    @triton.jit
+    def _solve_rows(x, Y, i_h, s, e, r0, r1, r2, r3, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
+                    H: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+        """``Y = Tm (r * x)`` for one chunk's rows of the [rows, H, D] tensor x, with the row scales
+        r0..r3 of its four row blocks, in [C, BD] column tiles (U: x = v, r = beta; W: x = k,
+        r = beta exp(G))."""
+        for c0 in range(0, D, BD):
+            Y0, Y1, Y2, Y3 = _ut_apply(
+                PREC, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
+                _ld_blk(x, i_h, s, e, 0, c0, H, D, BS, BD) * r0[:, None],
+                _ld_blk(x, i_h, s, e, 1, c0, H, D, BS, BD) * r1[:, None],
+                _ld_blk(x, i_h, s, e, 2, c0, H, D, BS, BD) * r2[:, None],
+                _ld_blk(x, i_h, s, e, 3, c0, H, D, BS, BD) * r3[:, None])
+            _st_blk(Y, Y0, i_h, s, e, 0, c0, H, D, BS, BD)
+            _st_blk(Y, Y1, i_h, s, e, 1, c0, H, D, BS, BD)
+            _st_blk(Y, Y2, i_h, s, e, 2, c0, H, D, BS, BD)
+            _st_blk(Y, Y3, i_h, s, e, 3, c0, H, D, BS, BD)
+
     @triton.autotune(configs=autotune_configs(_WARPS_BIG[::-1]), key=["K", "V", "HAS_G", "PREC", "DOT"])
     @triton.jit
     def _prep_fwd(k, v, beta, G, Tm, U, W, cstart, cend, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -436,32 +454,10 @@ if HAS_TRITON:
             _kkt_gated(A32, b3, G3, G2, BS, False, HAS_G), _kkt_gated(A33, b3, G3, G3, BS, True, HAS_G), BS)
         _ut_store_all(Tm, (i_n * H + i_h) * C * C, C, T00, T10, T11, T20, T21, T22, T30, T31, T32,
                       T33, BS)
-        for v0 in range(0, V, BVT):
-            U0, U1, U2, U3 = _ut_apply(
-                PREC, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
-                _ld_blk(v, i_h, s, e, 0, v0, H, V, BS, BVT) * b0[:, None],
-                _ld_blk(v, i_h, s, e, 1, v0, H, V, BS, BVT) * b1[:, None],
-                _ld_blk(v, i_h, s, e, 2, v0, H, V, BS, BVT) * b2[:, None],
-                _ld_blk(v, i_h, s, e, 3, v0, H, V, BS, BVT) * b3[:, None])
-            _st_blk(U, U0, i_h, s, e, 0, v0, H, V, BS, BVT)
-            _st_blk(U, U1, i_h, s, e, 1, v0, H, V, BS, BVT)
-            _st_blk(U, U2, i_h, s, e, 2, v0, H, V, BS, BVT)
-            _st_blk(U, U3, i_h, s, e, 3, v0, H, V, BS, BVT)
-        e0 = b0 * tl.exp(G0)
-        e1 = b1 * tl.exp(G1)
-        e2 = b2 * tl.exp(G2)
-        e3 = b3 * tl.exp(G3)
-        for k0 in range(0, K, BKT):
-            W0, W1, W2, W3 = _ut_apply(
-                PREC, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
-                _ld_blk(k, i_h, s, e, 0, k0, H, K, BS, BKT) * e0[:, None],
-                _ld_blk(k, i_h, s, e, 1, k0, H, K, BS, BKT) * e1[:, None],
-                _ld_blk(k, i_h, s, e, 2, k0, H, K, BS, BKT) * e2[:, None],
-                _ld_blk(k, i_h, s, e, 3, k0, H, K, BS, BKT) * e3[:, None])
-            _st_blk(W, W0, i_h, s, e, 0, k0, H, K, BS, BKT)
-            _st_blk(W, W1, i_h, s, e, 1, k0, H, K, BS, BKT)
-            _st_blk(W, W2, i_h, s, e, 2, k0, H, K, BS, BKT)
-            _st_blk(W, W3, i_h, s, e, 3, k0, H, K, BS, BKT)
+        _solve_rows(v, U, i_h, s, e, b0, b1, b2, b3, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, H, V, BS, BVT,
+                    PREC)
+        _solve_rows(k, W, i_h, s, e, b0 * tl.exp(G0), b1 * tl.exp(G1), b2 * tl.exp(G2), b3 * tl.exp(G3),
+                    T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, H, K, BS, BKT, PREC)
 
     @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "BV", "HAS_G", "PREC", "DOT"])
     @triton.jit
@@ -491,7 +487,8 @@ if HAS_TRITON:
     @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC", "DOT"])
     @triton.jit
     def _o_fwd(q, k, G, u, S_in, o, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+               C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr,
+               DOT: tl.constexpr):
         """``o = scale [(q exp(G)) S + (q k^T exp(G_i - G_j), i >= j) u]`` for one chunk, head and V tile."""
         i_v, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
         v0 = i_v * BVT
@@ -511,7 +508,8 @@ if HAS_TRITON:
     @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC", "DOT"])
     @triton.jit
     def _du_local(q, k, G, do, du, cstart, cend, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                  C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+                  C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr,
+               DOT: tl.constexpr):
         """The intra-chunk part of the written values' gradient, ``P^T do`` with
         ``P = scale q k^T exp(G_i - G_j)`` (i >= j), for one chunk, head and V tile."""
         i_v, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
