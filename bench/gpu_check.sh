@@ -90,9 +90,10 @@ if [ "$has_cuda" = 1 ]; then
     step "CUDA tests: pytest -m gpu tests"
     : >"$out/gpu_tests.log"
     # pytest-xdist, when there, spreads the first-call compilations over the CPU cores; the tests
-    # of one op stay in one worker (tests/conftest.py groups them), so no kernel compiles twice.
+    # of one op and dtype stay in one worker (tests/conftest.py groups them, 9 groups), so no
+    # kernel compiles twice.
     par=()
-    "$PY" -c 'import xdist' 2>/dev/null && par=(-n 6 --dist loadgroup)  # one worker per op family
+    "$PY" -c 'import xdist' 2>/dev/null && par=(-n 8 --dist loadgroup)  # about one worker per group
     # POSTFORMER_AUTOTUNE=0: one configuration per kernel (correctness needs no tuning; it cuts
     # the compilations several-fold). -rA: one line per test, so a cut-short log still names them.
     run "CUDA tests" 100 "$out/gpu_tests.log" env POSTFORMER_AUTOTUNE=0 \

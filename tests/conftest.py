@@ -30,12 +30,15 @@ def _op_of(item) -> str:
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
-        # With pytest-xdist's --dist loadgroup (bench/gpu_check.sh), all GPU tests of one op run
-        # in one worker, so each kernel variant is compiled once, not once per worker: the
-        # compilations, not the tests, are what takes the time on a fresh GPU machine.
+        # With pytest-xdist's --dist loadgroup (bench/gpu_check.sh), all GPU tests of one op and
+        # input dtype run in one worker, so each kernel variant is compiled once, not once per
+        # worker: the compilations, not the tests, are what takes the time on a fresh GPU
+        # machine. bf16 and fp32 compile different variants (other dot precisions and operand
+        # types), so they form separate groups and compile in parallel.
         for item in items:
             if "gpu" in item.keywords:
-                item.add_marker(pytest.mark.xdist_group(name=_op_of(item)))
+                dtype = "-bf16" if "bf16" in item.name else ""
+                item.add_marker(pytest.mark.xdist_group(name=_op_of(item) + dtype))
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
