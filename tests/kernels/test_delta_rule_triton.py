@@ -1,5 +1,5 @@
-"""delta_rule's Triton path (the chunk form with the UT inverse and the state pass as Triton
-kernels) against the reference loop, under the Triton interpreter on CPU (tests/conftest.py sets
+"""delta_rule's Triton path (the fused chunk kernels and the fused recurrent kernel) against the
+reference loop, under the Triton interpreter on CPU (tests/conftest.py sets
 TRITON_INTERPRET=1 without CUDA). Forward, final state and gradients of every input, with the final
 state in the loss; and the blocked inverse kernel on its own against float64 PyTorch."""
 
@@ -118,7 +118,7 @@ def test_bf16_gradients_track_float64(gated, monkeypatch):
 @pytest.mark.parametrize(("mode", "T"), [("chunk", 20), ("recurrent", 100)])
 def test_both_modes_at_any_length(mode, T, monkeypatch):
     """impl='triton' takes the fused recurrent kernel up to RECURRENT_MAX_T steps and the chunk
-    form with the Triton state pass beyond; each must also be right on the other side."""
+    kernels beyond; each must also be right on the other side."""
     from postformer.kernels.delta_rule import triton as tri
 
     monkeypatch.setattr(tri, "RECURRENT_MAX_T", 1000 if mode == "recurrent" else 0)
