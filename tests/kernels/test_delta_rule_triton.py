@@ -45,8 +45,8 @@ def check(inputs, cu_seqlens=None, tol=1e-4):
     o_ref, S_ref, grads_ref = run("reference", inputs, w_o, w_s, cu_seqlens, dtype=torch.float64)
     assert o.dtype == torch.float32 and S.dtype == torch.float32
     for name, a, b in [("o", o, o_ref), ("S", S, S_ref)] + list(zip("q k v beta g h0".split(), grads, grads_ref)):
-        if b is None:
-            assert a is None, name
+        if b is None:  # no path from the input to the loss (e.g. q with T = 0): no gradient or zeros
+            assert a is None or not a.any(), name
             continue
         err = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
         assert err < tol, f"{name}: relative error {err:.2e}"
@@ -337,3 +337,24 @@ def test_cuda_realistic_size(dtype, strong):
             (n, x.grad, gr) for n, x, gr in zip("q k v beta g h0".split(), leaves, grads_ref)]:
         err = ((a.detach().cpu().double() - b).norm() / b.norm()).item()
         assert err < tol, f"{name}: relative error {err:.2e}"
+
+
+# Random shapes and packings (hypothesis, derandomised so CI sees the same examples every run).
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.settings(max_examples=6, deadline=None, derandomize=True)
+@hypothesis.given(
+    K=st.integers(1, 40), V=st.integers(1, 40), gated=st.booleans(),
+    lengths=st.lists(st.integers(0, 140), min_size=1, max_size=3), strong=st.booleans())
+def test_random_shapes_and_packings_match_reference(K, V, gated, lengths, strong):
+    """The chunk kernels at any head sizes (not multiples of 16) and any packing of sequences
+    (empty ones, single steps, several chunks), against the reference loop: forward, final
+    states and every gradient."""
+    T = sum(lengths)
+    q, k, v, beta, g, _ = make(1, T, 2, K, V, gated, seed=T + K, strong=strong)
+    h0 = torch.randn(len(lengths), 2, K, V, generator=torch.Generator().manual_seed(V))
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    check((q, k, v, beta, g, h0), cu_seqlens=cu)
