@@ -49,8 +49,8 @@ scalar FMAs with kilobytes of register spills per thread (the first H200 run's T
 took 33 ms that way); only the inverse's 16 x 16 blocks use it. sm_90 compiles
 (``scripts/sm90_check.py``) of the bf16 kernels at K = V = 128 show no spills at 8 warps
 except a few bytes in ``_prep_fwd``; the fp32 ones spill up to ~1.3 KB per thread (tf32x3
-splits every operand in two). BV = 16 at K >= 128 in the sequential kernels. Memory kept for
-the backward: U, W, u (as large as k and v), Tm (C fp32 per step) and the entering states
+splits every operand in two). The sequential kernels' V tile (``_blocks``): 32 for bf16, 16
+for fp32 at K >= 128. Memory kept for the backward: U, W, u (as large as k and v), Tm (C fp32 per step) and the entering states
 (K * V per chunk: at K = V = 128 and bf16, 512 B per step and head).
 
 The UT solve alone (``_ut_fwd``: inverse from A in memory, optionally ``Tm R``) is exposed as
@@ -785,10 +785,15 @@ class _RecurrentFn(torch.autograd.Function):
         return (*(None if x is None else next(grads) for x in leaves), None)
 
 
-def _blocks(K: int, V: int) -> tuple[int, int]:
-    """State tiles [BK = all of K, BV]: BV = 16 for K >= 128 keeps the [K, K] operand and the
-    state in registers at 8 warps (sm_90 compile: 15 spilled words with tf32x3, against ~75 at
-    BV = 32 and thousands with "ieee" at any BV)."""
+def _blocks(K: int, V: int, half: bool) -> tuple[int, int]:
+    """The sequential kernels' state tile [BK = all of K, BV]. sm_90 compiles at K = V = 128, 8
+    warps (scripts/sm90_check.py): with bf16 operands ``half``, BV = 16/32/64 take 80/104/146
+    registers in ``_h_fwd`` and 141/164/212 in ``_h_bwd``, none spilled; BV = 32 halves the
+    redundant reads of W and k (every V tile reads them whole) and still fits two programs per
+    SM. With fp32 operands (tf32x3 splits each in two) BV = 16 at K >= 128 keeps spills to a few
+    hundred bytes, against ~0.5 KB more at BV = 32."""
+    if half:
+        return max(16, next_pow2(K)), max(16, min(32, next_pow2(V)))
     return max(16, next_pow2(K)), 16 if K >= 128 else max(16, min(32, next_pow2(V)))
 
 
@@ -844,7 +849,7 @@ class _ChunkFn(torch.autograd.Function):
             G = torch.where(valid[..., None], g.float()[rows], 0.0).cumsum(1).reshape(NC * C, H).contiguous()
         f32 = dict(device=q.device, dtype=torch.float32)
         BKT, BVT = _tiles(K, V)
-        BK, BV = _blocks(K, V)
+        BK, BV = _blocks(K, V, _dot_mode(q).startswith("bf16"))
         dims = dict(H=H, K=K, V=V, C=C, HAS_G=g is not None, PREC=_precision(q), DOT=_dot_mode(q))
         Gp = beta if G is None else G  # a placeholder pointer without gates (never read)
         sdt = dict(device=q.device, dtype=_store_dtype(q))
@@ -876,7 +881,7 @@ class _ChunkFn(torch.autograd.Function):
         C, NC = CHUNK, plan.n_chunks
         f32 = dict(device=q.device, dtype=torch.float32)
         BKT, BVT = _tiles(K, V)
-        BK, BV = _blocks(K, V)
+        BK, BV = _blocks(K, V, _dot_mode(q).startswith("bf16"))
         NK = triton.cdiv(K, BKT)
         dims = dict(H=H, K=K, V=V, C=C, HAS_G=gated, PREC=_precision(q), DOT=_dot_mode(q))
         Gp = beta if G is None else G
