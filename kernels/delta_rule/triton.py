@@ -50,8 +50,9 @@ took 33 ms that way); only the inverse's 16 x 16 blocks use it. sm_90 compiles
 (``scripts/sm90_check.py``) of the bf16 kernels at K = V = 128 show no spills at 8 warps
 except a few bytes in ``_prep_fwd``; the fp32 ones spill up to ~1.3 KB per thread (tf32x3
 splits every operand in two). The sequential kernels' V tile (``_blocks``): 32 for bf16, 16
-for fp32 at K >= 128. Memory kept for the backward: U, W, u (as large as k and v), Tm (C fp32 per step) and the entering states
-(K * V per chunk: at K = V = 128 and bf16, 512 B per step and head).
+for fp32 at K >= 128. Memory kept for the backward: U, W, u (as large as k and v), Tm (C fp32
+per step) and the entering states (K * V per chunk: at K = V = 128 and bf16, 512 B per step
+and head).
 
 The UT solve alone (``_ut_fwd``: inverse from A in memory, optionally ``Tm R``) is exposed as
 ``ut_inverse_triton`` / ``solve_unit_lower_triton`` (PyTorch backward; a drop-in for
