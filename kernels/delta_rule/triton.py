@@ -832,8 +832,8 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 class _ChunkFn(torch.autograd.Function):
     """delta_rule by the fused chunk kernels, forward and backward (see the module docstring), on
     packed sequences: q, k ``[rows, H, K]``, v ``[rows, H, V]``, beta and g ``[rows, H]``, h0
-    ``[n_seqs, H, K, V]`` fp32, ``plan`` a ChunkPlan. Returns o ``[rows, H, V]`` and the final
-    states ``[n_seqs, H, K, V]``, fp32.
+    ``[n_seqs, H, K, V]`` fp32, ``plan`` a ChunkPlan. Returns o ``[rows, H, V]`` in q's dtype and
+    the final states ``[n_seqs, H, K, V]`` in fp32.
 
     Saved for the backward: the inputs, the chunk-layout G, Tm, U, W, the written values u and
     the entering states (fp32; nothing is recomputed)."""
@@ -858,7 +858,7 @@ class _ChunkFn(torch.autograd.Function):
         U = torch.empty(v.shape, **sdt)
         W = torch.empty(k.shape, **sdt)
         u = torch.empty(v.shape, **sdt)
-        o = torch.empty(v.shape, **f32)
+        o = torch.empty(v.shape, device=q.device, dtype=q.dtype)  # stored once, in the inputs' dtype
         S_in = torch.empty(NC, H, K, V, **sdt)
         S_T = torch.empty(plan.n_seqs, H, K, V, **f32)
         if NC:
@@ -886,7 +886,7 @@ class _ChunkFn(torch.autograd.Function):
         NK = triton.cdiv(K, BKT)
         dims = dict(H=H, K=K, V=V, C=C, HAS_G=gated, PREC=_precision(q), DOT=_dot_mode(q))
         Gp = beta if G is None else G
-        do = torch.zeros(v.shape, **f32) if do is None else do.float().contiguous()
+        do = torch.zeros(v.shape, **f32) if do is None else do.contiguous()  # read in fp32 by the kernels
         dS_T = None if dS_T is None else dS_T.float().contiguous()
         du = torch.empty(v.shape, **f32)
         dH = torch.empty_like(S_in)
@@ -924,7 +924,7 @@ class _ChunkFn(torch.autograd.Function):
 def delta_rule_triton_packed(q, k, v, beta, g, scale, initial_state, offsets):
     """The fused chunk kernels on packed sequences: q, k ``[B, T, H, K]`` etc. with ``offsets``
     the packed sequence boundaries along ``B*T`` (``(0, T, 2T, ...)`` for a batch; ``cu_seqlens``
-    for varlen, B = 1). Returns ``(o [B, T, H, V], final states [n_seqs, H, K, V])``, fp32."""
+    for varlen, B = 1). Returns ``(o [B, T, H, V] in q's dtype, final states [n_seqs, H, K, V] fp32)``."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     plan = chunk_plan(tuple(offsets), q.device, CHUNK)
@@ -940,7 +940,8 @@ def delta_rule_triton(q, k, v, beta, g, scale, initial_state, cu_seqlens=None, *
     """delta_rule through Triton: the fused recurrent kernel when T <= ``RECURRENT_MAX_T``
     (``mode="auto"``, equal-length batches only) or ``mode="recurrent"``, else the fused chunk
     kernels (``mode="chunk"``), which take packed sequences (``cu_seqlens``) in one launch each.
-    Arguments as ``delta_rule`` (validated there); returns ``(o, final_state)``, fp32."""
+    Arguments as ``delta_rule`` (validated there); returns ``(o, final_state)`` (o in q's dtype
+    from the chunk kernels, fp32 from the recurrent one; states fp32)."""
     if mode not in ("auto", "chunk", "recurrent"):
         raise ValueError(f"mode={mode!r} is not one of ('auto', 'chunk', 'recurrent')")
     check_triton_inputs(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
