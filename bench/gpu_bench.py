@@ -82,7 +82,7 @@ DEFAULTS = dict(
     seqlens=(512, 1024, 2048, 4096, 8192, 16384), tokens=32768, heads=16, dims=(128, 64),
     gates=("scalar", "key"), modes=("fwd", "fwdbwd"), impls=ALL_IMPLS, chunk_max_t=8192,
     models=("transformer", "mamba2", "gla", "gdn"), model_size="125m", model_batch=8, model_t=1024,
-    ops=("delta_rule", "selective_scan", "linear_scan", "causal_conv1d", "rms_norm"),
+    ops=("delta_rule", "delta_rule_ungated", "selective_scan", "linear_scan", "causal_conv1d", "rms_norm"),
     warmup_ms=10, rep_ms=40,
 )
 #: ``--smoke``: the same pipeline on shapes a CPU runs in seconds

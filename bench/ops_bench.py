@@ -1,6 +1,7 @@
-"""Timings of the other ops (delta_rule, selective_scan, linear_scan, causal_conv1d, rms_norm) for
-the prepared GPU check: ours through ``impl="triton"`` and ``impl="chunk"``, and the peers when
-they are importable (FLA's ``chunk_gated_delta_rule``, ``chunk_hgrn`` and ``fused_recurrent_hgrn``; mamba_ssm's
+"""Timings of the other ops (delta_rule gated and ungated, selective_scan, linear_scan,
+causal_conv1d, rms_norm) for the prepared GPU check: ours through ``impl="triton"`` and
+``impl="chunk"``, and the peers when they are importable (FLA's ``chunk_gated_delta_rule`` and
+``chunk_delta_rule``, ``chunk_hgrn`` and ``fused_recurrent_hgrn``; mamba_ssm's
 ``selective_scan_fn``; the ``causal_conv1d`` package's ``causal_conv1d_fn``).
 
 Called by ``bench/gpu_bench.py`` after the gla sweep; every row carries ``op``, ``impl``,
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 #: (op, shape) at about 32K tokens, the sizes of a 1.3b model's layers
 SHAPES: dict[str, dict] = {
     "delta_rule": dict(B=4, T=8192, H=16, K=128, V=128),
+    "delta_rule_ungated": dict(B=4, T=8192, H=16, K=128, V=128),
     "selective_scan": dict(B=4, T=2048, D=4096, N=16),
     "linear_scan": dict(B=4, T=8192, D=2048),
     "causal_conv1d": dict(B=4, T=8192, D=4096, W=4),
@@ -29,6 +31,7 @@ SHAPES: dict[str, dict] = {
 }
 SMOKE_SHAPES: dict[str, dict] = {
     "delta_rule": dict(B=1, T=64, H=2, K=16, V=16),
+    "delta_rule_ungated": dict(B=1, T=64, H=2, K=16, V=16),
     "selective_scan": dict(B=1, T=32, D=16, N=4),
     "linear_scan": dict(B=1, T=64, D=32),
     "causal_conv1d": dict(B=1, T=64, D=32, W=4),
@@ -44,6 +47,13 @@ def _peers() -> dict[str, dict[str, Callable]]:
 
         peers.setdefault("delta_rule", {})["fla-chunk"] = (
             lambda q, k, v, beta, g: chunk_gated_delta_rule(q, k, v, g, beta)[0])
+    except Exception:
+        pass
+    try:
+        from fla.ops.delta_rule import chunk_delta_rule
+
+        peers.setdefault("delta_rule_ungated", {})["fla-chunk"] = (
+            lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta)[0])
     except Exception:
         pass
     try:
@@ -82,13 +92,16 @@ def _inputs(op: str, s: dict, device: str, dtype: torch.dtype) -> tuple[list[tor
         return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dt).requires_grad_()
 
     e = torch.tensor([], dtype=dtype).element_size()
-    if op == "delta_rule":
+    if op in ("delta_rule", "delta_rule_ungated"):  # Gated DeltaNet; DeltaNet (g = None)
         B, T, H, K, V = s["B"], s["T"], s["H"], s["K"], s["V"]
         q, v = rnd(B, T, H, K), rnd(B, T, H, V)
         k = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1).to(device, dtype).requires_grad_()
         beta = torch.rand(B, T, H, generator=gen).to(device, dtype).requires_grad_()
+        nbytes = B * T * H * (2 * K + 2 * V + 1) * e
+        if op == "delta_rule_ungated":
+            return [q, k, v, beta], nbytes
         g = F.logsigmoid(torch.randn(B, T, H, generator=gen)).to(device, torch.float32).requires_grad_()
-        return [q, k, v, beta, g], B * T * H * (2 * K + 2 * V + 1) * e + B * T * H * 4
+        return [q, k, v, beta, g], nbytes + B * T * H * 4
     if op == "selective_scan":
         B, T, D, N = s["B"], s["T"], s["D"], s["N"]
         x, dt, z = rnd(B, T, D), rnd(B, T, D, scale=0.5), rnd(B, T, D)
@@ -119,6 +132,8 @@ def _call(op: str, impl: str, peers: dict[str, dict[str, Callable]]) -> Callable
         return peers[op][impl]
     if op == "delta_rule":
         return lambda q, k, v, beta, g: kernels.delta_rule(q, k, v, beta, g, impl=impl)[0]
+    if op == "delta_rule_ungated":
+        return lambda q, k, v, beta: kernels.delta_rule(q, k, v, beta, impl=impl)[0]
     if op == "selective_scan":
         return lambda x, dt, A, Bm, Cm, D, z: kernels.selective_scan(
             x, dt, A, Bm, Cm, D, z, dt_softplus=True, impl=impl)[0]
