@@ -54,10 +54,6 @@ for fp32 at K >= 128. Memory kept for the backward: U, W, u (as large as k and v
 per step) and the entering states (K * V per chunk: at K = V = 128 and bf16, 512 B per step
 and head).
 
-The UT solve alone (``_ut_fwd``: inverse from A in memory, optionally ``Tm R``) is exposed as
-``ut_inverse_triton`` / ``solve_unit_lower_triton`` (PyTorch backward; a drop-in for
-``chunk.solve_unit_lower``); it shares the block routines with ``_prep_fwd``.
-
 A fused recurrent kernel (``_recurrent_fwd``) runs short sequences and decoding steps (T <=
 ``RECURRENT_MAX_T``): the loop over time with the [K, BV] state in registers, one program per
 (batch, head, V tile); its backward recomputes the forward through the chunk kernels and runs
@@ -72,7 +68,7 @@ from .._common import run_packed
 from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, interpreting, next_pow2
 from .._triton.plan import chunk_plan
 
-__all__ = ["RECURRENT_MAX_T", "delta_rule_triton", "solve_unit_lower_triton", "ut_inverse_triton"]
+__all__ = ["RECURRENT_MAX_T", "delta_rule_triton"]
 
 MAX_HEAD_DIM = 256
 RECURRENT_MAX_T = 64  # the fused recurrent kernel runs sequences up to this length
@@ -81,17 +77,15 @@ RECURRENT_MAX_T = 64  # the fused recurrent kernel runs sequences up to this len
 #: product, see ``_precision``). Plain fp32 ("ieee") lowers [128, 128] tiles to scalar FMAs,
 #: which on the first H200 run made the T=8K forward take 33 ms. The 16 x 16 blocks of the
 #: inverse itself stay "ieee". (The interpreter computes all of them in fp32.)
-MM_PREC = "tf32x3"  # read by the kernels as the constexpr _MM_PREC
+MM_PREC = "tf32x3"
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    _MM_PREC = tl.constexpr(MM_PREC)
-
-    # The chunk kernels hold [64, K] tiles: at K = V = 128 with bf16 inputs (one TF32 product)
-    # sm_90 compiles show no spills at 8 warps and up to 280 B at 4 (scripts/sm90_check.py), except
-    # _prep_fwd (none at 4, 24 B at 8); 2 warps spill kilobytes. The first entry runs untuned.
+    # The chunk kernels hold [64, K] tiles: at K = V = 128 with bf16 inputs, sm_90 compiles show no
+    # spills at 8 warps and up to ~140 B at 4 (scripts/sm90_check.py), except _prep_fwd (8 B at 4,
+    # 56 B at 8: it runs 4 first); 2 warps spill kilobytes. The first entry runs untuned.
     _WARPS_BIG = [{"num_warps": 8}, {"num_warps": 4}]
 
 if HAS_TRITON:
@@ -126,34 +120,10 @@ if HAS_TRITON:
 if HAS_TRITON:
 
     @triton.jit
-    def _ut_load(A, base, C, bi: tl.constexpr, bj: tl.constexpr, BS: tl.constexpr):
-        """Block (bi, bj) ``[BS, BS]`` of the ``[C, C]`` matrix at ``A + base``, in fp32, zero
-        outside the matrix; a diagonal block keeps only its strictly lower part (the diagonal and
-        upper triangle of A are never read, as in a unit-triangular solve)."""
-        r = bi * BS + tl.arange(0, BS)
-        c = bj * BS + tl.arange(0, BS)
-        mask = (r[:, None] < C) & (c[None, :] < C)
-        if bi == bj:
-            mask = mask & (r[:, None] > c[None, :])
-        return tl.load(A + base + r[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
-
-    @triton.jit
     def _ut_store(Tm, base, C, x, bi: tl.constexpr, bj: tl.constexpr, BS: tl.constexpr):
         r = bi * BS + tl.arange(0, BS)
         c = bj * BS + tl.arange(0, BS)
         tl.store(Tm + base + r[:, None] * C + c[None, :], x, mask=(r[:, None] < C) & (c[None, :] < C))
-
-    @triton.jit
-    def _ut_load_rows(R, base, C, D, r, cols, bi: tl.constexpr, BS: tl.constexpr):
-        """Rows ``bi*BS ..`` (block bi) and columns ``cols`` of the [C, D] matrix at ``R + base``."""
-        rows = bi * BS + r
-        mask = (rows[:, None] < C) & (cols[None, :] < D)
-        return tl.load(R + base + rows[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _ut_store_rows(UW, base, C, D, r, cols, x, bi: tl.constexpr, BS: tl.constexpr):
-        rows = bi * BS + r
-        tl.store(UW + base + rows[:, None] * D + cols[None, :], x, mask=(rows[:, None] < C) & (cols[None, :] < D))
 
     @triton.jit
     def _ut_inv_diag(Ad, BS: tl.constexpr):
@@ -224,36 +194,6 @@ if HAS_TRITON:
         U3 += tl.dot(T32, R2, input_precision=PREC) + tl.dot(T33, R3, input_precision=PREC)
         return U0, U1, U2, U3
 
-    # sm_90 with BD = 64: about 210-255 registers per thread at 4 warps (a few bytes spilled with
-    # HAS_R), none spilled at 8; 1 and 2 warps spill heavily, so they are not offered.
-    @triton.autotune(configs=autotune_configs([{"num_warps": 8}, {"num_warps": 4}]), key=["C", "D", "HAS_R"])
-    @triton.jit
-    def _ut_fwd(A, R, Tm, UW, N, C, D, BS: tl.constexpr, BD: tl.constexpr, HAS_R: tl.constexpr):
-        """One chunk's ``Tm = (I + A)^{-1}`` (A strictly lower, C <= 4 * BS rows; rows past C are
-        padding whose inverse is the identity, never stored), read from A in global memory. With
-        ``HAS_R``, also ``UW = Tm R`` for the chunk's right-hand side R ``[C, D]``, in [C, BD]
-        column tiles."""
-        i_n, i_bh = tl.program_id(0), tl.program_id(1)
-        base = (i_bh.to(tl.int64) * N + i_n) * C * C
-        T00, T10, T11, T20, T21, T22, T30, T31, T32, T33 = _ut_invert(
-            _ut_load(A, base, C, 0, 0, BS), _ut_load(A, base, C, 1, 0, BS), _ut_load(A, base, C, 1, 1, BS),
-            _ut_load(A, base, C, 2, 0, BS), _ut_load(A, base, C, 2, 1, BS), _ut_load(A, base, C, 2, 2, BS),
-            _ut_load(A, base, C, 3, 0, BS), _ut_load(A, base, C, 3, 1, BS), _ut_load(A, base, C, 3, 2, BS),
-            _ut_load(A, base, C, 3, 3, BS), BS)
-        _ut_store_all(Tm, base, C, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33, BS)
-        if HAS_R:
-            rbase = (i_bh.to(tl.int64) * N + i_n) * C * D
-            r = tl.arange(0, BS)
-            for d0 in range(0, D, BD):
-                cols = d0 + tl.arange(0, BD)
-                U0, U1, U2, U3 = _ut_apply(
-                    _MM_PREC, T00, T10, T11, T20, T21, T22, T30, T31, T32, T33,
-                    _ut_load_rows(R, rbase, C, D, r, cols, 0, BS), _ut_load_rows(R, rbase, C, D, r, cols, 1, BS),
-                    _ut_load_rows(R, rbase, C, D, r, cols, 2, BS), _ut_load_rows(R, rbase, C, D, r, cols, 3, BS))
-                _ut_store_rows(UW, rbase, C, D, r, cols, U0, 0, BS)
-                _ut_store_rows(UW, rbase, C, D, r, cols, U1, 1, BS)
-                _ut_store_rows(UW, rbase, C, D, r, cols, U2, 2, BS)
-                _ut_store_rows(UW, rbase, C, D, r, cols, U3, 3, BS)
 
 
 if HAS_TRITON:
@@ -662,91 +602,6 @@ if HAS_TRITON:
 
 
 UT_BLOCK = 16  # the inverse's block size (tl.dot needs >= 16 per side)
-UT_MAX_C = 4 * UT_BLOCK  # the largest chunk the kernel inverts (the chunk form uses 64)
-
-
-def _ut_launch(A, R=None):
-    """Tm (and ``UW = Tm R`` when R ``[..., C, D]`` is given) for A ``[..., C, C]``; float32."""
-    C = A.shape[-1]
-    M = A.numel() // (C * C) if C else 0
-    N = A.shape[-3] if A.dim() >= 3 else 1
-    Ac = A.float().contiguous()
-    Tm = torch.empty(Ac.shape, device=A.device, dtype=torch.float32)
-    D = 0 if R is None else R.shape[-1]
-    Rc = None if R is None else R.float().contiguous()
-    UW = None if R is None else torch.empty(Rc.shape, device=A.device, dtype=torch.float32)
-    if M and C:
-        BD = max(16, min(64, next_pow2(D)))
-        _ut_fwd[(N, M // N)](Ac, Ac if Rc is None else Rc, Tm, Tm if UW is None else UW, N, C, max(D, 1),
-                             BS=UT_BLOCK, BD=BD, HAS_R=R is not None)
-    return Tm, UW
-
-
-class _UTInverseFn(torch.autograd.Function):
-    """``Tm = (I + tril(A, -1))^{-1}``: forward by ``_ut_fwd``, backward in PyTorch."""
-
-    @staticmethod
-    def forward(ctx, A):
-        Tm, _ = _ut_launch(A)
-        ctx.save_for_backward(Tm)
-        ctx.a_dtype = A.dtype
-        return Tm
-
-    @staticmethod
-    def backward(ctx, dTm):
-        # d(M^{-1}) = -M^{-1} dM M^{-1}, so dM = -Tm^T dTm Tm^T; A enters M = I + A only through
-        # its strictly lower triangle.
-        (Tm,) = ctx.saved_tensors
-        TmT = Tm.transpose(-1, -2)
-        dA = -(TmT @ dTm.to(Tm.dtype) @ TmT)
-        return dA.tril_(-1).to(ctx.a_dtype)
-
-
-class _UTSolveFn(torch.autograd.Function):
-    """``UW = (I + tril(A, -1))^{-1} R``: forward by ``_ut_fwd`` (inverse and product in one
-    kernel), backward in PyTorch: ``dR = Tm^T dUW`` and ``dA = -tril(dR UW^T, -1)`` (from
-    ``dTm = dUW R^T`` and ``dA = -Tm^T dTm Tm^T``, with ``Tm R = UW``)."""
-
-    @staticmethod
-    def forward(ctx, A, R):
-        Tm, UW = _ut_launch(A, R)
-        ctx.save_for_backward(Tm, UW)
-        ctx.dtypes = A.dtype, R.dtype
-        return UW
-
-    @staticmethod
-    def backward(ctx, dUW):
-        Tm, UW = ctx.saved_tensors
-        dR = Tm.transpose(-1, -2) @ dUW.to(Tm.dtype)
-        dA = -(dR @ UW.transpose(-1, -2))
-        return dA.tril_(-1).to(ctx.dtypes[0]), dR.to(ctx.dtypes[1])
-
-
-def ut_inverse_triton(A: torch.Tensor) -> torch.Tensor:
-    """``(I + tril(A, -1))^{-1}`` of every ``[C, C]`` matrix of A ``[..., N, C, C]`` (C <=
-    ``UT_MAX_C``; only A's strictly lower triangle is read), float32, through the blocked Triton
-    kernel (one program per matrix, grid ``(N, prod(...))``); differentiable (PyTorch backward)."""
-    if A.dim() < 2 or A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"ut_inverse_triton: A must be [..., C, C] (square), got {tuple(A.shape)}")
-    if A.shape[-1] > UT_MAX_C:
-        raise ValueError(f"ut_inverse_triton: chunks of at most {UT_MAX_C} rows, got C={A.shape[-1]}")
-    check_triton_inputs(A=A)
-    return _UTInverseFn.apply(A)
-
-
-def solve_unit_lower_triton(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """``chunk.solve_unit_lower`` by the Triton kernel: ``(I + tril(A, -1))^{-1} rhs`` for A
-    ``[..., N, C, C]`` and rhs ``[..., N, C, D]``, inverse and product in one launch (float32;
-    differentiable, PyTorch backward). Chunks longer than ``UT_MAX_C`` take the PyTorch solve."""
-    if A.shape[-1] > UT_MAX_C:
-        from .chunk import solve_unit_lower
-
-        return solve_unit_lower(A, rhs)
-    if A.dim() < 2 or A.shape[-1] != A.shape[-2] or rhs.shape[:-1] != A.shape[:-1]:
-        raise ValueError(f"solve_unit_lower_triton: A [..., C, C] and rhs [..., C, D] expected, got "
-                         f"{tuple(A.shape)} and {tuple(rhs.shape)}")
-    check_triton_inputs(A=A, rhs=rhs)
-    return _UTSolveFn.apply(A, rhs)
 
 
 class _RecurrentFn(torch.autograd.Function):
@@ -807,12 +662,6 @@ def _dot_mode(q: torch.Tensor) -> str:
     return _precision(q)
 
 
-def _store_dtype(q: torch.Tensor) -> torch.dtype:
-    """The dtype of the stored intermediates (U, W, u, the chunk states and their gradients dH):
-    bf16 for bf16 inputs (the products read them as bf16 operands anyway), else fp32."""
-    return torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
-
-
 def _precision(q: torch.Tensor) -> str:
     """The chunk kernels' ``tl.dot`` precision: ``MM_PREC`` (tf32x3) for fp32 inputs; one TF32
     product for bf16/fp16 inputs, whose values TF32 holds exactly (products with the fp32
@@ -827,6 +676,36 @@ CHUNK = 64  # the fused chunk path's chunk length (= 4 * UT_BLOCK, the inverse's
 def _tiles(K: int, V: int) -> tuple[int, int]:
     """The chunk-parallel kernels' K and V tiles."""
     return min(64, max(16, next_pow2(K))), min(64, max(16, next_pow2(V)))
+
+
+def _chunk_gates(g: torch.Tensor | None, plan) -> torch.Tensor | None:
+    """The chunk-local cumulative log gates in the chunk layout, fp32 ``[n_chunks * C, H]`` (a
+    padded row adds 0, so it repeats its chunk's last G); None without gates. g: ``[rows, H]``."""
+    if g is None:
+        return None
+    rows, valid = plan.chunk_rows
+    return torch.where(valid[..., None], g.float()[rows], 0.0).cumsum(1).reshape(-1, g.shape[-1]).contiguous()
+
+
+def _prepare(k, v, beta, G, plan, dot: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_prep_fwd`` over every chunk: ``Tm = (I + A)^{-1}`` fp32 ``[n_chunks, H, C, C]`` (zero
+    above the diagonal, the identity on padded rows), ``U = Tm (beta v)`` and
+    ``W = Tm (beta exp(G) k)`` (``[rows, H, V]`` and ``[rows, H, K]``, bf16 when ``dot`` is a bf16
+    mode, else fp32). k, v ``[rows, H, *]`` and beta ``[rows, H]`` contiguous; G from
+    ``_chunk_gates``; ``dot`` from ``_dot_mode``."""
+    _, H, K = k.shape
+    V = v.shape[-1]
+    C, NC = CHUNK, plan.n_chunks
+    sdt = torch.bfloat16 if dot.startswith("bf16") else torch.float32  # of every stored intermediate
+    Tm = torch.empty(NC, H, C, C, device=k.device, dtype=torch.float32)
+    U = torch.empty(v.shape, device=k.device, dtype=sdt)
+    W = torch.empty(k.shape, device=k.device, dtype=sdt)
+    if NC:
+        BKT, BVT = _tiles(K, V)
+        _prep_fwd[(NC, H)](k, v, beta, beta if G is None else G, Tm, U, W, plan.cstart, plan.cend, H=H, K=K, V=V,
+                           C=C, BS=UT_BLOCK, BKT=BKT, BVT=BVT, HAS_G=G is not None, PREC="tf32" if dot.startswith("bf16") else dot,
+                           DOT=dot)
+    return Tm, U, W
 
 
 class _ChunkFn(torch.autograd.Function):
@@ -844,26 +723,18 @@ class _ChunkFn(torch.autograd.Function):
         V = v.shape[-1]
         C, NC = CHUNK, plan.n_chunks
         q, k, v, beta, h0 = (x.contiguous() for x in (q, k, v, beta, h0))
-        G = None
-        if g is not None:  # chunk-local cumulative sums in the chunk layout; padded rows add 0
-            rows, valid = plan.chunk_rows
-            G = torch.where(valid[..., None], g.float()[rows], 0.0).cumsum(1).reshape(NC * C, H).contiguous()
+        G = _chunk_gates(g, plan)
         f32 = dict(device=q.device, dtype=torch.float32)
         BKT, BVT = _tiles(K, V)
         BK, BV = _blocks(K, V, _dot_mode(q).startswith("bf16"))
         dims = dict(H=H, K=K, V=V, C=C, HAS_G=g is not None, PREC=_precision(q), DOT=_dot_mode(q))
         Gp = beta if G is None else G  # a placeholder pointer without gates (never read)
-        sdt = dict(device=q.device, dtype=_store_dtype(q))
-        Tm = torch.empty(NC, H, C, C, **f32)
-        U = torch.empty(v.shape, **sdt)
-        W = torch.empty(k.shape, **sdt)
+        Tm, U, W = _prepare(k, v, beta, G, plan, _dot_mode(q))
+        sdt = dict(device=q.device, dtype=U.dtype)  # the stored intermediates' dtype (see _prepare)
         u = torch.empty(v.shape, **sdt)
         o = torch.empty(v.shape, device=q.device, dtype=q.dtype)  # stored once, in the inputs' dtype
         S_in = torch.empty(NC, H, K, V, **sdt)
         S_T = torch.empty(plan.n_seqs, H, K, V, **f32)
-        if NC:
-            _prep_fwd[(NC, H)](k, v, beta, Gp, Tm, U, W, plan.cstart, plan.cend, BS=UT_BLOCK, BKT=BKT, BVT=BVT,
-                               **dims)
         _h_fwd[(triton.cdiv(V, BV), plan.n_seqs * H)](k, Gp, U, W, u, h0, S_in, S_T, plan.cstart, plan.cend,
                                                       plan.coff, BK=BK, BV=BV, **dims)
         if NC:
