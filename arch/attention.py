@@ -3,6 +3,18 @@
 The attention itself is not ours to write: ``attend`` calls flash-attn when it is installed
 and the tensors are on CUDA in half precision, and PyTorch's
 ``scaled_dot_product_attention`` otherwise. Both see the same ``[B, T, H, D]`` tensors.
+
+Option ``conv_size >= 2`` adds Primer's short convs (So et al. 2021, "Primer: Searching for
+Efficient Transformers for Language Modeling", multi-dconv-head attention): each of q, k, v
+gets its own depthwise causal conv of width ``conv_size`` over time, after its projection and
+before RoPE, with no activation and no bias:
+
+    q_t[c] = sum_{w=0}^{W-1} weight_q[c, w] * (x W_q)_{t-(W-1)+w}[c]        (k, v alike)
+
+It exists as a control: Mamba-2 and Gated DeltaNet have a short conv and attention does not,
+so attention with one (and those mixers without theirs) measures the conv's share of a gap.
+The default ``conv_size=0`` is plain Transformer++ attention, the same module as before the
+option existed (no conv parameters, same state_dict).
 """
 
 from __future__ import annotations
@@ -13,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
+
+from postformer.kernels import causal_conv1d
 
 from .layers import Rotary
 from .mixer import Mixer
@@ -68,6 +82,10 @@ class KVCache:
 
     Appending writes into a preallocated buffer; when it is full the capacity doubles, so a
     decoding step costs amortised O(1) copies instead of re-concatenating the whole cache.
+
+    ``conv_states``: with attention's ``conv_size`` option, the q, k, v convs' last
+    ``conv_size - 1`` inputs, ``[B, C, conv_size - 1]`` each (C the projection's width);
+    None without convs. The mixer updates them in place.
     """
 
     def __init__(
@@ -79,10 +97,12 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         capacity: int = 0,
+        conv_states: list[torch.Tensor] | None = None,
     ) -> None:
         self.k = torch.empty(batch_size, capacity, n_kv_heads, head_dim, device=device, dtype=dtype)
         self.v = torch.empty_like(self.k)
         self.length = 0
+        self.conv_states = conv_states
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v: ``[B, T, Hkv, D]``. Returns all keys and values so far, ``[B, length, Hkv, D]``."""
@@ -121,6 +141,11 @@ class Attention(Mixer):
         n_kv_heads: int | None = None
         #: RoPE base
         rope_base: float = 10000.0
+        #: width of Primer's depthwise causal convs on q, k, v (after the projections, before
+        #: RoPE; no activation, no bias; PyTorch's default Conv1d init, uniform in
+        #: +-1/sqrt(conv_size)); 0 (default): no convs, plain Transformer++. A control for
+        #: measuring the short conv's effect (Mamba-2 and GDN have one); 1 is rejected
+        conv_size: int = 0
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
@@ -133,6 +158,10 @@ class Attention(Mixer):
         if n_kv < 1 or n_heads % n_kv != 0:
             raise ValueError(
                 f"mixer {cls.name!r}: n_heads {n_heads} is not divisible by n_kv_heads {n_kv}"
+            )
+        if opts.conv_size != 0 and opts.conv_size < 2:
+            raise ValueError(
+                f"mixer {cls.name!r}: conv_size must be 0 (no conv) or >= 2, got {opts.conv_size}"
             )
         if (d_model // n_heads) % 2 != 0:
             raise ValueError(
@@ -152,6 +181,48 @@ class Attention(Mixer):
         self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.out_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=False)
         self.rotary = Rotary(self.head_dim, options.rope_base)
+        self.conv_size = options.conv_size
+        if self.conv_size > 0:
+            # depthwise convs, weight [C, 1, W]; used through kernels.causal_conv1d
+            q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            self.q_conv = nn.Conv1d(q_dim, q_dim, self.conv_size, groups=q_dim, bias=False)
+            self.k_conv = nn.Conv1d(kv_dim, kv_dim, self.conv_size, groups=kv_dim, bias=False)
+            self.v_conv = nn.Conv1d(kv_dim, kv_dim, self.conv_size, groups=kv_dim, bias=False)
+
+    def _new_conv_states(
+        self, batch_size: int, device: torch.device | str | None, dtype: torch.dtype
+    ) -> list[torch.Tensor] | None:
+        """Zero states ``[B, C, conv_size - 1]`` of the q, k, v convs; None without convs."""
+        if self.conv_size == 0:
+            return None
+        return [
+            torch.zeros(batch_size, conv.weight.shape[0], self.conv_size - 1, device=device, dtype=dtype)
+            for conv in (self.q_conv, self.k_conv, self.v_conv)
+        ]
+
+    def _qkv(
+        self, x: torch.Tensor, conv_states: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The projections of x ``[B, T, d_model]``, before RoPE: q ``[B, T, H, D]``, k and v
+        ``[B, T, Hkv, D]``. With ``conv_size``, each goes through its short conv, continuing
+        ``conv_states`` (a cache's, updated in place) when given."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*D), (B, T, Hkv*D) x 2
+        if self.conv_size > 0:
+            convs = (self.q_conv, self.k_conv, self.v_conv)
+            out = []
+            for i, (y, conv) in enumerate(zip((q, k, v), convs)):
+                y, state = causal_conv1d(
+                    y, rearrange(conv.weight, "c 1 w -> c w"),
+                    initial_state=None if conv_states is None else conv_states[i],
+                    output_final_state=conv_states is not None,
+                )  # (B, T, C)
+                if conv_states is not None:
+                    conv_states[i] = state
+                # the op's chunk path returns a transposed view (stride T along C); SDPA's fused
+                # kernels want the head dim contiguous and fall back to the O(T^2) math path
+                out.append(y.contiguous())
+            q, k, v = out
+        return tuple(rearrange(y, "b t (h d) -> b t h d", d=self.head_dim) for y in (q, k, v))
 
     def new_cache(
         self,
@@ -164,14 +235,13 @@ class Attention(Mixer):
         return KVCache(
             batch_size, self.n_kv_heads, self.head_dim,
             device=device, dtype=dtype, capacity=max_seq_len or 0,
+            conv_states=self._new_conv_states(batch_size, device, dtype),
         )
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
         offset = 0 if cache is None else cache.length
-        q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
-        k = rearrange(self.k_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
-        v = rearrange(self.v_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
+        q, k, v = self._qkv(x, None if cache is None else cache.conv_states)  # (B, T, H|Hkv, D)
         q, k = self.rotary(q, offset), self.rotary(k, offset)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, offset + T, Hkv, D)

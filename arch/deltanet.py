@@ -19,7 +19,9 @@ Both run through ``postformer.kernels.delta_rule``. The block (both papers, sect
 "architecture"): q, k, v linear projections; a depthwise causal conv of width 4 on each,
 followed by SiLU; q and k L2-normalised per head (this keeps the delta rule's transition
 ``I - beta k^T k`` a contraction); ``beta_t = sigmoid(W_beta x_t)`` per head; the output is
-normalised per head and gated, ``out_proj(rmsnorm(o) * silu(W_g x))``.
+normalised per head and gated, ``out_proj(rmsnorm(o) * silu(W_g x))``. With ``conv_size=0``
+the convs are left out and the SiLU applies to the projections directly (a control for
+measuring what the short convs contribute).
 
 Widths: DeltaNet's key dim is ``d_model`` (by default in heads of about 128 channels, as in
 FLA's 1.3B configuration: 16 heads of 128 at d_model 2048) and its value dim equals the key
@@ -63,13 +65,14 @@ class DeltaNetCache:
     """Decoding state of one DeltaNet / Gated DeltaNet layer.
 
     q_conv_state, k_conv_state: ``[B, key_dim, conv_size-1]``; v_conv_state:
-    ``[B, value_dim, conv_size-1]`` (the last conv inputs, in the model's dtype).
+    ``[B, value_dim, conv_size-1]`` (the last conv inputs, in the model's dtype); all three
+    None with ``conv_size=0`` (no convs).
     state: ``[B, H, K, V]`` float32 (float64 for float64 models).
     """
 
-    q_conv_state: torch.Tensor
-    k_conv_state: torch.Tensor
-    v_conv_state: torch.Tensor
+    q_conv_state: torch.Tensor | None
+    k_conv_state: torch.Tensor | None
+    v_conv_state: torch.Tensor | None
     state: torch.Tensor
 
 
@@ -91,7 +94,9 @@ class _DeltaRuleMixer(Mixer):
         head_dim: int | None = None
         #: value channels per head = expand_v * head_dim
         expand_v: float = 1.0
-        #: width of the short causal convs on q, k, v
+        #: width of the short causal convs on q, k, v (each followed by SiLU); 0: no convs (no
+        #: conv parameters, no conv state; SiLU on the projections directly), a control for
+        #: measuring the convs' effect; 1 is rejected
         conv_size: int = 4
 
     @classmethod
@@ -114,8 +119,8 @@ class _DeltaRuleMixer(Mixer):
                 f"mixer {name!r}: expand_v {opts.expand_v} * head_dim {head_dim} must be a "
                 f"positive whole number (the value channels per head)"
             )
-        if opts.conv_size < 2:
-            raise ValueError(f"mixer {name!r}: conv_size must be >= 2, got {opts.conv_size}")
+        if opts.conv_size != 0 and opts.conv_size < 2:
+            raise ValueError(f"mixer {name!r}: conv_size must be 0 (no conv) or >= 2, got {opts.conv_size}")
         return dataclasses.replace(opts, n_heads=n_heads, head_dim=head_dim)
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
@@ -131,12 +136,13 @@ class _DeltaRuleMixer(Mixer):
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
-        # depthwise convs, weight [C, 1, W]; used through kernels.causal_conv1d
-        self.q_conv = nn.Conv1d(self.key_dim, self.key_dim, self.conv_size, groups=self.key_dim, bias=False)
-        self.k_conv = nn.Conv1d(self.key_dim, self.key_dim, self.conv_size, groups=self.key_dim, bias=False)
-        self.v_conv = nn.Conv1d(
-            self.value_dim, self.value_dim, self.conv_size, groups=self.value_dim, bias=False
-        )
+        if self.conv_size > 0:
+            # depthwise convs, weight [C, 1, W]; used through kernels.causal_conv1d
+            self.q_conv = nn.Conv1d(self.key_dim, self.key_dim, self.conv_size, groups=self.key_dim, bias=False)
+            self.k_conv = nn.Conv1d(self.key_dim, self.key_dim, self.conv_size, groups=self.key_dim, bias=False)
+            self.v_conv = nn.Conv1d(
+                self.value_dim, self.value_dim, self.conv_size, groups=self.value_dim, bias=False
+            )
         self.b_proj = nn.Linear(d_model, self.n_heads, bias=False)  # beta logits
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)  # output gate
         self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)  # holds the weight; applied by rms_norm
@@ -151,10 +157,16 @@ class _DeltaRuleMixer(Mixer):
         max_seq_len: int | None = None,
     ) -> DeltaNetCache:
         W = self.conv_size - 1
+
+        def conv_state(channels: int) -> torch.Tensor | None:
+            if self.conv_size == 0:
+                return None
+            return torch.zeros(batch_size, channels, W, device=device, dtype=dtype)
+
         return DeltaNetCache(
-            q_conv_state=torch.zeros(batch_size, self.key_dim, W, device=device, dtype=dtype),
-            k_conv_state=torch.zeros(batch_size, self.key_dim, W, device=device, dtype=dtype),
-            v_conv_state=torch.zeros(batch_size, self.value_dim, W, device=device, dtype=dtype),
+            q_conv_state=conv_state(self.key_dim),
+            k_conv_state=conv_state(self.key_dim),
+            v_conv_state=conv_state(self.value_dim),
             state=torch.zeros(
                 batch_size, self.n_heads, self.head_k_dim, self.head_v_dim,
                 device=device, dtype=state_dtype(dtype),
@@ -165,8 +177,12 @@ class _DeltaRuleMixer(Mixer):
         """Log-space decay ``g [B, T, H]`` (<= 0), or None for no decay (DeltaNet)."""
         return None
 
-    def _conv(self, x: torch.Tensor, conv: nn.Conv1d, cache: DeltaNetCache | None, attr: str) -> torch.Tensor:
-        """SiLU(depthwise causal conv(x)) for x ``[B, T, C]``, continuing the cache's conv state."""
+    def _conv(self, x: torch.Tensor, name: str, cache: DeltaNetCache | None) -> torch.Tensor:
+        """SiLU(depthwise causal conv(x)) for x ``[B, T, C]`` through the conv ``{name}_conv``,
+        continuing the cache's ``{name}_conv_state``; only SiLU(x) with ``conv_size=0``."""
+        if self.conv_size == 0:
+            return F.silu(x)  # the no-conv control
+        conv, attr = getattr(self, f"{name}_conv"), f"{name}_conv_state"
         y, state = causal_conv1d(
             x, rearrange(conv.weight, "c 1 w -> c w"), activation="silu",
             initial_state=None if cache is None else getattr(cache, attr),
@@ -178,9 +194,9 @@ class _DeltaRuleMixer(Mixer):
 
     def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
-        q = self._conv(self.q_proj(x), self.q_conv, cache, "q_conv_state")  # (B, T, key_dim)
-        k = self._conv(self.k_proj(x), self.k_conv, cache, "k_conv_state")  # (B, T, key_dim)
-        v = self._conv(self.v_proj(x), self.v_conv, cache, "v_conv_state")  # (B, T, value_dim)
+        q = self._conv(self.q_proj(x), "q", cache)  # (B, T, key_dim)
+        k = self._conv(self.k_proj(x), "k", cache)  # (B, T, key_dim)
+        v = self._conv(self.v_proj(x), "v", cache)  # (B, T, value_dim)
         q = l2_normalize(rearrange(q, "b t (h k) -> b t h k", k=self.head_k_dim))
         k = l2_normalize(rearrange(k, "b t (h k) -> b t h k", k=self.head_k_dim))
         v = rearrange(v, "b t (h v) -> b t h v", v=self.head_v_dim)

@@ -46,7 +46,10 @@ Forward FLOPs per token, per component (``T`` = sequence length, ``d`` = d_model
   decay, fix-up).
 - sliding-window attention: as attention with the context capped at the window,
   ``T_ctx = min(T, window)`` (``causal=True``: the mean of ``min(t, window)`` over positions).
-- conv: depthwise causal conv, ``2 * channels * width``.
+- conv: depthwise causal conv, ``2 * channels * width``: Mamba-2's over xBC (``d_conv``),
+  DeltaNet's and Gated DeltaNet's on q, k, v (``conv_size``), Mamba-1's and RG-LRU's, and
+  attention's optional Primer convs on q, k, v (``conv_size``, ``attn`` and ``swa``). A width
+  of 0 (the no-conv controls, attention's default) counts nothing.
 
 The count of a dense transformer is thus ``6 N_matmul + 12 n_layers T d`` with ``N_matmul``
 its matmul weights (head included); for short sequences it tends to ``6 N_matmul``.
@@ -87,6 +90,7 @@ def _attn_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, floa
     return {
         "linear": d * q_dim + 2 * d * kv_dim + q_dim * d,
         "attention": 2 * o.n_heads * head_dim * ctx,  # QK^T and AV
+        "conv": (q_dim + 2 * kv_dim) * o.conv_size,  # Primer's convs on q, k, v; 0: none
     }
 
 
@@ -97,7 +101,7 @@ def _mamba2_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, fl
     conv_dim = d_inner + 2 * o.ngroups * o.d_state
     return {
         "linear": d * (d_inner + conv_dim + nheads) + d_inner * d,  # in_proj, out_proj
-        "conv": conv_dim * o.d_conv,
+        "conv": conv_dim * o.d_conv,  # d_conv = 0: no conv
         # state [N, P] per head: K = d_state, V = headdim
         "recurrence": nheads * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, o.d_state, o.headdim),
     }
@@ -169,7 +173,7 @@ def _deltanet_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, 
     return {
         # q, k, v, output gate, beta (and dt for gdn), out
         "linear": 2 * d * key_dim + 2 * d * value_dim + d * H * (2 if gated else 1) + value_dim * d,
-        "conv": (2 * key_dim + value_dim) * o.conv_size,
+        "conv": (2 * key_dim + value_dim) * o.conv_size,  # conv_size = 0: no convs
         "recurrence": H * _delta_rule_macs(T, DELTA_RULE_CHUNK, K, V),
     }
 

@@ -13,7 +13,8 @@ with a scalar ``A < 0`` per head, a data-dependent step ``dt_t > 0`` per head, a
 
 so the state S is ``[H, N, P]`` (K = d_state, V = headdim). The block around the scan:
 in_proj -> (z, xBC, dt); depthwise causal conv over xBC, SiLU; scan; ``+ D x``;
-``rmsnorm(y * silu(z))``; out_proj.
+``rmsnorm(y * silu(z))``; out_proj. With ``d_conv=0`` the conv is left out (``xBC`` goes
+straight to the SiLU): a control for measuring what the short conv contributes.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from .mixer import Mixer, state_dtype
 class Mamba2Cache:
     """Decoding state of one Mamba-2 layer.
 
-    conv_state: ``[B, d_inner + 2*ngroups*d_state, d_conv-1]``, the last inputs of the conv.
+    conv_state: ``[B, d_inner + 2*ngroups*d_state, d_conv-1]``, the last inputs of the conv;
+        None with ``d_conv=0`` (no conv).
     ssm_state: ``[B, H, N, P]`` float32 (float64 for float64 models).
     """
 
-    conv_state: torch.Tensor
+    conv_state: torch.Tensor | None
     ssm_state: torch.Tensor
 
 
@@ -53,7 +55,8 @@ class Mamba2(Mixer):
     class Options:
         #: N, the state size per head (K of the gla state)
         d_state: int = 128
-        #: width of the depthwise causal conv
+        #: width of the depthwise causal conv over xBC; 0: no conv (no conv1d parameters, no
+        #: conv state; xBC goes straight to the SiLU), a control for measuring the conv's effect
         d_conv: int = 4
         #: d_inner = expand * d_model
         expand: int = 2
@@ -68,14 +71,17 @@ class Mamba2(Mixer):
         #: A = -exp(A_log) is initialised uniformly in [-A_init_max, -A_init_min]
         A_init_min: float = 1.0
         A_init_max: float = 16.0
+        #: a bias in the conv (unused with d_conv=0)
         conv_bias: bool = True
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
-        if opts.expand < 1 or opts.d_state < 1 or opts.d_conv < 1 or opts.ngroups < 1:
+        if opts.expand < 1 or opts.d_state < 1 or opts.ngroups < 1:
             raise ValueError(
-                f"mixer 'mamba2': expand, d_state, d_conv and ngroups must be >= 1, got {opts}"
+                f"mixer 'mamba2': expand, d_state and ngroups must be >= 1, got {opts}"
             )
+        if opts.d_conv < 0:
+            raise ValueError(f"mixer 'mamba2': d_conv must be >= 0 (0: no conv), got {opts.d_conv}")
         d_inner = opts.expand * d_model
         headdim = min(opts.headdim, d_inner)
         if headdim < 1 or d_inner % headdim != 0:
@@ -104,9 +110,10 @@ class Mamba2(Mixer):
         self.conv_dim = self.d_inner + 2 * o.ngroups * o.d_state
 
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=False)
-        self.conv1d = nn.Conv1d(
-            self.conv_dim, self.conv_dim, o.d_conv, groups=self.conv_dim, bias=o.conv_bias
-        )  # used through kernels.causal_conv1d, weight [conv_dim, 1, d_conv]
+        if o.d_conv > 0:
+            self.conv1d = nn.Conv1d(
+                self.conv_dim, self.conv_dim, o.d_conv, groups=self.conv_dim, bias=o.conv_bias
+            )  # used through kernels.causal_conv1d, weight [conv_dim, 1, d_conv]
 
         self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, o.dt_min, o.dt_max, o.dt_init_floor))  # (H,)
         A = torch.empty(self.nheads).uniform_(o.A_init_min, o.A_init_max)
@@ -126,8 +133,11 @@ class Mamba2(Mixer):
         dtype: torch.dtype = torch.float32,
         max_seq_len: int | None = None,
     ) -> Mamba2Cache:
+        conv_state = None
+        if self.d_conv > 0:
+            conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
         return Mamba2Cache(
-            conv_state=torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+            conv_state=conv_state,
             ssm_state=torch.zeros(
                 batch_size, self.nheads, self.d_state, self.headdim, device=device, dtype=state_dtype(dtype)
             ),
@@ -138,15 +148,18 @@ class Mamba2(Mixer):
         H, P, G, N = self.nheads, self.headdim, self.ngroups, self.d_state
         z, xBC, dt = torch.split(self.in_proj(x), [self.d_inner, self.conv_dim, H], dim=-1)
 
-        # a T=1 call with the cache's state is the cheap decoding step inside the op
-        xBC, conv_state = causal_conv1d(
-            xBC, rearrange(self.conv1d.weight, "c 1 w -> c w"), self.conv1d.bias,
-            activation="silu",
-            initial_state=None if cache is None else cache.conv_state,
-            output_final_state=cache is not None,
-        )  # (B, T, conv_dim)
-        if cache is not None:
-            cache.conv_state = conv_state
+        if self.d_conv == 0:
+            xBC = F.silu(xBC)  # the no-conv control
+        else:
+            # a T=1 call with the cache's state is the cheap decoding step inside the op
+            xBC, conv_state = causal_conv1d(
+                xBC, rearrange(self.conv1d.weight, "c 1 w -> c w"), self.conv1d.bias,
+                activation="silu",
+                initial_state=None if cache is None else cache.conv_state,
+                output_final_state=cache is not None,
+            )  # (B, T, conv_dim)
+            if cache is not None:
+                cache.conv_state = conv_state
 
         xs, Bm, Cm = torch.split(xBC, [self.d_inner, G * N, G * N], dim=-1)
         xs = rearrange(xs, "b t (h p) -> b t h p", p=P)

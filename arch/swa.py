@@ -11,7 +11,8 @@ included):
 So the decoding cache is bounded: it keeps only the last ``window - 1`` keys and values (RoPE
 is applied before caching, at absolute positions, so the cache also records the position of
 the next token). Deviation from Griffin: its local attention is MQA (one key/value head); here
-``n_kv_heads`` is an option like in ``attn`` (set it to 1 for MQA).
+``n_kv_heads`` is an option like in ``attn`` (set it to 1 for MQA), and so is ``conv_size``
+(Primer's short convs on q, k, v; 0, the default: none).
 
 Backends: flash-attn (``window_size=(window-1, 0)``) on CUDA half precision when installed;
 otherwise PyTorch SDPA with a banded mask, computed in query blocks when the sequence is long
@@ -120,11 +121,14 @@ class SWACache:
 
     k, v: ``[B, L, Hkv, D]`` with ``L <= window - 1``, the newest keys (RoPE applied) and values.
     position: how many tokens the layer has seen (the RoPE position of the next one).
+    conv_states: with ``conv_size``, the q, k, v convs' last inputs ``[B, C, conv_size - 1]``
+        each, updated in place; None without convs.
     """
 
     k: torch.Tensor
     v: torch.Tensor
     position: int = 0
+    conv_states: list[torch.Tensor] | None = None
 
 
 class SlidingWindowAttention(Attention):
@@ -158,18 +162,19 @@ class SlidingWindowAttention(Attention):
     ) -> SWACache:
         """An empty cache; it never holds more than ``window - 1`` positions (``max_seq_len`` unused)."""
         k = torch.empty(batch_size, 0, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
-        return SWACache(k=k, v=torch.empty_like(k), position=0)
+        return SWACache(
+            k=k, v=torch.empty_like(k), position=0,
+            conv_states=self._new_conv_states(batch_size, device, dtype),
+        )
 
     def forward(self, x: torch.Tensor, cache: SWACache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
         offset = 0 if cache is None else cache.position
-        q = rearrange(self.q_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
-        k = rearrange(self.k_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
-        v = rearrange(self.v_proj(x), "b t (h d) -> b t h d", d=self.head_dim)
+        if cache is not None and cache.k.shape[0] != x.shape[0]:
+            raise ValueError(f"SWACache was made for batch size {cache.k.shape[0]}, got {x.shape[0]}")
+        q, k, v = self._qkv(x, None if cache is None else cache.conv_states)  # (B, T, H|Hkv, D)
         q, k = self.rotary(q, offset), self.rotary(k, offset)
         if cache is not None:
-            if cache.k.shape[0] != x.shape[0]:
-                raise ValueError(f"SWACache was made for batch size {cache.k.shape[0]}, got {x.shape[0]}")
             k = torch.cat([cache.k.to(k.dtype), k], dim=1)  # (B, L + T, Hkv, D)
             v = torch.cat([cache.v.to(v.dtype), v], dim=1)
             keep = min(self.window - 1, k.shape[1])

@@ -250,7 +250,7 @@ def test_default_widths_follow_the_papers():
     [
         ("deltanet", {"n_heads": 0}, "n_heads must be >= 1"),
         ("deltanet", {"n_heads": 2, "head_dim": 16, "expand_v": 0.3}, "expand_v 0.3 \\* head_dim 16"),
-        ("deltanet", {"conv_size": 1}, "conv_size must be >= 2"),
+        ("deltanet", {"conv_size": 1}, "conv_size must be 0 .* or >= 2, got 1"),
         ("gdn", {"A_init_min": 5.0, "A_init_max": 2.0}, "A_init_min 5.0"),
         ("gdn", {"dt_min": 0.2, "dt_max": 0.1}, "dt_min 0.2"),
         ("gdn", {"heads": 2}, "has no option 'heads'"),
