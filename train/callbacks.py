@@ -9,6 +9,7 @@ and every checkpoint on disk as they were after the last good step.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -84,6 +85,52 @@ class StopAtStep(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step >= self.stop_at:
             trainer.should_stop = True
+
+
+class EvalAtSteps(Callback):
+    """Validates after each of the global steps in ``steps`` and logs ``val/loss`` and
+    ``val/bpb`` (the whole validation loader of the DataModule, see ``LMModule.evaluate``).
+
+    Lightning's own validation runs every ``val_check_interval`` batches; a scaling study
+    needs evaluations at steps of its choosing instead (a few along each run for its loss
+    curve, the stable-phase branch points of its cooldowns, and always the last step), so
+    this callback runs them itself. The metrics of step ``s`` (after ``s`` optimizer steps)
+    are logged at step ``s - 1``, the last optimizer step trained, which is the step
+    Lightning's own validation at that point would log them at. A resumed run
+    does not repeat the evaluations of the steps it already trained.
+
+    ``curve_batches``: evaluate the steps before the last on the first this many batches of
+    the validation loader only (a fixed random subset of the validation set: points of the
+    loss curve, cheaper); the last step always sees the whole set. ``val/tokens`` records
+    how many tokens each evaluation covered.
+    """
+
+    def __init__(self, steps: list[int], curve_batches: int | None = None) -> None:
+        if any(int(s) < 1 for s in steps):
+            raise ValueError(f"EvalAtSteps: steps must be >= 1, got {steps}")
+        if curve_batches is not None and curve_batches < 1:
+            raise ValueError(f"EvalAtSteps: curve_batches must be >= 1, got {curve_batches}")
+        self.steps = sorted(set(int(s) for s in steps))
+        self.curve_batches = curve_batches
+        self._done = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step in self.steps and step != self._done:  # once per optimizer step
+            self._done = step
+            loader = trainer.datamodule.val_dataloader()
+            if self.curve_batches is not None and step != self.steps[-1]:
+                # a point of the loss curve, not the result: the first batches of the fixed,
+                # shuffled validation set (a random subset of it)
+                loader = itertools.islice(loader, self.curve_batches)
+            metrics = pl_module.evaluate(loader)
+            values = {"val/loss": metrics["loss"], "val/bpb": metrics["bpb"],
+                      "val/tokens": metrics["tokens"]}
+            # straight to the loggers (rank zero only): a value logged through
+            # pl_module.log in this hook would be repeated on the following steps' rows
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=step - 1)
+            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
 
 
 class SaveAtSteps(Callback):

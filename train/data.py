@@ -17,6 +17,7 @@ the batch after the last one trained.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import io
@@ -47,13 +48,20 @@ def default_cache_dir() -> Path:
 
 def stdlib_files() -> tuple[Path, list[Path]]:
     """The standard library's own ``.py`` files (no site-packages, no test folders), sorted."""
+    root, files = _stdlib_files()
+    return root, list(files)
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_files() -> tuple[Path, tuple[Path, ...]]:
+    # walked once per process: a study runs hundreds of runs in one process
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
     files = [
         p for p in root.rglob("*.py")
         if not skip.intersection(p.relative_to(root).parts[:-1]) and p.is_file()
     ]
-    return root, sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    return root, tuple(sorted(files, key=lambda p: p.relative_to(root).as_posix()))
 
 
 def resolve_files(path: str) -> list[Path]:
@@ -168,6 +176,11 @@ class TextDataModule(L.LightningDataModule):
             ``~/.cache/postformer``.
         num_workers: DataLoader workers.
         seed: the training order is a function of ``(seed, epoch)``.
+        val_tokens: validate on a fixed random subset of about this many tokens of the
+            held-out split (``ceil(val_tokens / seq_len)`` windows drawn uniformly from the
+            whole split, so from every held-out document in proportion); None: all of it.
+        val_seed: the seed of that subset and of the order its windows are evaluated in;
+            independent of ``seed``, so every run of a study sees the same validation set.
     """
 
     def __init__(
@@ -183,12 +196,16 @@ class TextDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        val_tokens: int | None = None,
+        val_seed: int = 0,
     ) -> None:
         super().__init__()
         if path is not None and hf_name is not None:
             raise ValueError("give data.path or data.hf_name, not both")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if val_tokens is not None and val_tokens < 1:
+            raise ValueError(f"val_tokens must be >= 1 or None (all), got {val_tokens}")
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
         self.path = path
@@ -202,8 +219,11 @@ class TextDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.num_workers = num_workers
         self.seed = seed
+        self.val_tokens = val_tokens
+        self.val_seed = val_seed
         # Fail before any training starts when the data is not there.
         self.files = resolve_files(path) if path is not None else None
+        self._cache_key: str | None = None
         self.batches_trained = 0  # saved in checkpoints; where a resumed run starts
         self.cache_hit: bool | None = None  # set by setup(): True when tokens came from cache
         self.tokens: dict[str, np.ndarray] = {}
@@ -244,7 +264,12 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def cache_key(self) -> str:
-        """A hash of everything the tokenised arrays depend on."""
+        """A hash of everything the tokenised arrays depend on (computed once per instance)."""
+        if self._cache_key is None:
+            self._cache_key = self._compute_cache_key()
+        return self._cache_key
+
+    def _compute_cache_key(self) -> str:
         desc: dict[str, Any] = {
             "version": _FORMAT_VERSION,
             "tokenizer": self.tokenizer.name,
@@ -322,7 +347,10 @@ class TextDataModule(L.LightningDataModule):
             # Too few documents to split by document (e.g. one big file): hold out the tail.
             stream = join(encoded)
             cut = int(len(stream) * (1 - self.val_fraction))
+            self._meta = {"split": "tail", "documents": {"train": len(docs), "val": len(docs)}}
             return {"train": stream[:cut], "val": stream[cut:]}
+        self._meta = {"split": "by document",
+                      "documents": {"train": int((~is_val).sum()), "val": int(is_val.sum())}}
         return {
             "train": join([e for e, v in zip(encoded, is_val, strict=True) if not v]),
             "val": join([e for e, v in zip(encoded, is_val, strict=True) if v]),
@@ -332,19 +360,23 @@ class TextDataModule(L.LightningDataModule):
         key = self.cache_key()
         return {s: self.cache_dir / "tokens" / f"{key}-{s}.npy" for s in ("train", "val")}
 
+    def _meta_path(self) -> Path:
+        return self.cache_dir / "tokens" / f"{self.cache_key()}-meta.json"
+
     def prepare_data(self) -> None:
         """Tokenise into the cache unless it is there already (rank 0 only under DDP)."""
         paths = self._cache_paths()
-        if all(p.exists() for p in paths.values()):
+        if all(p.exists() for p in paths.values()) and self._meta_path().exists():
             return
         for split, arr in self._tokenize().items():
             _atomic_save(paths[split], arr)
+        atomic_write(self._meta_path(), json.dumps(self._meta) + "\n")
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokens:
             return
         paths = self._cache_paths()
-        self.cache_hit = all(p.exists() for p in paths.values())
+        self.cache_hit = all(p.exists() for p in paths.values()) and self._meta_path().exists()
         if not self.cache_hit:
             self.prepare_data()
         self.tokens = {s: np.load(p, mmap_mode="r") for s, p in paths.items()}
@@ -369,8 +401,30 @@ class TextDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def val_windows(self) -> np.ndarray:
+        """Indices of the validation windows evaluated, in the order evaluated: a fixed
+        permutation (``val_seed``) of every window of the held-out split, cut to
+        ``ceil(val_tokens / seq_len)`` windows."""
+        n = len(self.dataset("val"))
+        order = np.random.default_rng([0x5EED, self.val_seed]).permutation(n)
+        if self.val_tokens is not None:
+            order = order[: -(-self.val_tokens // self.seq_len)]
+        return order
+
+    def describe_validation(self) -> dict[str, Any]:
+        """What the validation set is, for a report: documents and tokens held out, and the
+        windows and tokens evaluated."""
+        self.setup()
+        meta = json.loads(self._meta_path().read_text())
+        windows = len(self.val_windows())
+        return {"split": meta["split"], "val_fraction": self.val_fraction,
+                "documents": meta["documents"]["val"], "held_out_tokens": len(self.tokens["val"]),
+                "windows": windows, "tokens": windows * self.seq_len, "seq_len": self.seq_len,
+                "seed": self.val_seed, "tokenizer": self.tokenizer.name}
+
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("val"), batch_size=self.batch_size, shuffle=False,
+        ds = torch.utils.data.Subset(self.dataset("val"), self.val_windows().tolist())
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:

@@ -229,6 +229,29 @@ class LMModule(L.LightningModule):
         self.log(f"{prefix}/bpb", bits_per_byte(sums["nats"], sums["bytes"]).float(), sync_dist=False,
                  prog_bar=prefix == "val")
 
+    @torch.no_grad()
+    def evaluate(self, dataloader: Any) -> dict[str, float]:
+        """Mean loss (nats/token) and bits per byte over every batch of ``dataloader``
+        (``[B, T + 1]`` token windows), outside Lightning's loops: used by
+        ``callbacks.EvalAtSteps`` to validate at chosen steps. Restores the training mode.
+
+        Returns ``{"loss", "bpb", "tokens"}``. Every process evaluates the whole loader (no
+        reduction across ranks: identical inputs give identical sums)."""
+        was_training = self.training
+        self.eval()
+        try:
+            self._eval_start()
+            for batch in dataloader:
+                self._eval_step(batch.to(self.device))
+            s = self._eval_sums
+            tokens = float(s["tokens"])
+            if tokens == 0:
+                raise ValueError("evaluate: the dataloader yielded no tokens")
+            return {"loss": float(s["nats"] / s["tokens"]),
+                    "bpb": float(bits_per_byte(s["nats"], s["bytes"])), "tokens": tokens}
+        finally:
+            self.train(was_training)
+
     def on_validation_epoch_start(self) -> None:
         self._eval_start()
 

@@ -153,40 +153,33 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in restored.parameters())
 
 
-def test_compare_two_configs(tmp_path, capsys):
-    a = write_config(tmp_path / "attn.yaml", TINY)
-    gla = TINY | {"model": TINY["model"] | {"config": {"d_model": 32, "n_layers": 2, "pattern": ["gla"]}}}
-    b = write_config(tmp_path / "gla.yaml", gla)
-    out = tmp_path / "cmp"
-    main(["compare", a, b, "--out", str(out), "--max_steps", "2"])
-    text = capsys.readouterr().out
-    assert "val_bpb" in text and "attn" in text and "gla" in text
-    with open(out / "compare.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["run"] for r in rows] == ["attn", "gla"]
-    assert all(int(r["steps"]) == 2 and 0 < float(r["val_bpb"]) < 10 for r in rows)
-    assert (out / "attn" / "checkpoints" / "last.ckpt").exists()
-    # a second call reuses the finished runs
-    main(["compare", a, b, "--out", str(out), "--max_steps", "2"])
-    assert capsys.readouterr().out.count("already finished") == 2
-    # asking for another length on the same folder is an error, not a silent reuse
-    with pytest.raises(SystemExit):
-        main(["compare", a, b, "--out", str(out), "--max_steps", "3"])
-    assert "not the 3 asked for" in capsys.readouterr().err
-
-
-def test_compare_resumes_an_interrupted_run(tmp_path, capsys):
-    a = write_config(tmp_path / "attn.yaml", TINY)
-    out = tmp_path / "cmp"
-    # an interrupted run: 4 of 8 steps done, a checkpoint, no result.json
-    stop = TINY | {"trainer": TINY["trainer"] | {"callbacks": [
-        {"class_path": "postformer.train.callbacks.StopAtStep", "init_args": {"stop_at": 4}}]}}
-    main(["fit", "--config", write_config(tmp_path / "stop.yaml", stop),
-          "--trainer.default_root_dir", str(out / "attn"), *QUIET])
-    assert torch.load(out / "attn" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
-    capsys.readouterr()
-    main(["compare", a, "--out", str(out)])
-    text = capsys.readouterr().out
-    assert "resuming" in text
-    with open(out / "compare.csv") as f:
-        assert int(next(csv.DictReader(f))["steps"]) == 8
+def test_eval_at_steps_logs_the_validation_at_chosen_steps(tmp_path):
+    """EvalAtSteps validates after steps 3 and 8 (Lightning's own loop off) and logs at the
+    last optimizer step trained; the final value equals an evaluation by hand of the saved
+    weights over the same validation windows."""
+    cfg = TINY | {"data": TINY["data"] | {"val_tokens": 200},
+                  "trainer": {k: v for k, v in TINY["trainer"].items()
+                              if k not in ("check_val_every_n_epoch", "val_check_interval")}
+                  | {"limit_val_batches": 0, "callbacks": [
+                      {"class_path": "postformer.train.callbacks.EvalAtSteps",
+                       "init_args": {"steps": [3, 8]}}]}}
+    run = tmp_path / "run"
+    main(["fit", "--config", write_config(tmp_path / "c.yaml", cfg),
+          "--trainer.default_root_dir", str(run), *QUIET])
+    rows = read_metrics(run)
+    val = column(rows, "val/loss")
+    assert sorted(val) == [2, 7]  # after 3 and 8 optimizer steps
+    assert val[7] < val[2]
+    model = LMModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt").eval()
+    dm = TextDataModule(**cfg["data"])
+    dm.setup()
+    nats = tokens = 0.0
+    with torch.no_grad():
+        for i in dm.val_windows():
+            window = dm.dataset("val")[int(i)]
+            logits = model(window[None, :-1])
+            nats += torch.nn.functional.cross_entropy(logits[0], window[1:], reduction="sum").item()
+            tokens += len(window) - 1
+    assert tokens == 7 * 32  # ceil(200 / 32) windows
+    assert val[7] == pytest.approx(nats / tokens, rel=1e-5)
+    assert column(rows, "val/bpb")[7] == pytest.approx(nats / tokens / math.log(2), rel=1e-5)

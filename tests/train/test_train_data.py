@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from postformer.train.data import (
     PackedSequences,
@@ -54,7 +55,7 @@ def test_cache_hit_on_second_load(tmp_path, monkeypatch):
     dm.setup()
     assert dm.cache_hit is False
     files = sorted(p.name for p in (tmp_path / "tokens").iterdir())
-    assert len(files) == 2 and not any(f.endswith(".tmp") for f in files)
+    assert len(files) == 3 and not any(f.endswith(".tmp") for f in files)  # train, val, meta
 
     again = TextDataModule(cache_dir=str(tmp_path), **TINY_DATA)
     monkeypatch.setattr(again, "_tokenize", lambda: pytest.fail("tokenised again"))
@@ -109,3 +110,25 @@ def test_sampler_resumes_mid_stream_across_epochs():
         tail = [b for _ in range(3) for b in resumed][: 15 - start]
         assert tail == stream[start:]
     assert [b for b in ResumableBatchSampler(23, 4, seed=4)] != stream[:5]
+
+
+def test_validation_set_is_a_fixed_shuffled_subset(tmp_path):
+    dm = TextDataModule(cache_dir=str(tmp_path), val_tokens=1000, seed=0, **TINY_DATA)
+    other = TextDataModule(cache_dir=str(tmp_path), val_tokens=1000, seed=7, **TINY_DATA)
+    windows = dm.val_windows()
+    n_all = len(dm.dataset("val"))
+    assert len(windows) == -(-1000 // 32) and len(set(windows.tolist())) == len(windows)
+    assert (windows == other.val_windows()).all()  # the training seed does not move it
+    # drawn from the whole held-out split, not its first files
+    assert windows.max() > 0.7 * n_all and windows.min() < 0.3 * n_all
+    seen = torch.cat([b[:, :-1].reshape(-1) for b in dm.val_dataloader()])
+    assert len(seen) == len(windows) * 32
+    expect = torch.cat([dm.dataset("val")[int(i)][:-1] for i in windows])
+    assert torch.equal(seen, expect)
+    desc = dm.describe_validation()
+    assert desc["windows"] == len(windows) and desc["tokens"] == len(windows) * 32
+    assert desc["held_out_tokens"] == len(dm.tokens["val"]) and desc["documents"] >= 1
+    everything = TextDataModule(cache_dir=str(tmp_path), **TINY_DATA)
+    assert len(everything.val_windows()) == n_all
+    with pytest.raises(ValueError, match="val_tokens must be >= 1"):
+        TextDataModule(val_tokens=0, **TINY_DATA)
