@@ -1,9 +1,9 @@
 """The ``postformer`` command: one entry point, subcommands routed to their packages.
 
     postformer fit|validate|test|predict --config CONFIG [...]   LightningCLI (postformer.train)
-    postformer compare CONFIG [CONFIG ...] --out DIR             train several configs, compare bpb
-    postformer study STUDY.yaml --out DIR [--list]               a scaling study (postformer.scaling)
-    postformer report DIR                                        the report of a study folder
+    postformer compare CONFIG [CONFIG ...] --out DIR             a one-size study of fit configs
+    postformer study STUDY.yaml --out DIR [--plan|--list]        a scaling study (postformer.scaling)
+    postformer report DIR                                        the verdict of a study folder
 
 Imports are lazy so ``postformer --help`` answers at once. Later packages add their
 subcommands (``study``, ``report``, ``bench``) to ``SUBCOMMANDS``.
@@ -27,7 +27,7 @@ def _lightning(argv: list[str]) -> None:
 
 
 def _compare(argv: list[str]) -> None:
-    from postformer.train.compare import compare_main
+    from postformer.scaling.compare import compare_main
 
     compare_main(argv[1:])
 
@@ -53,9 +53,11 @@ SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "validate": (_lightning, "evaluate on the validation split"),
     "test": (_lightning, "evaluate on the test split"),
     "predict": (_lightning, "run prediction"),
-    "compare": (_compare, "train several configs one after another and compare val/bpb"),
-    "study": (_study, "train a scaling study (archs x sizes x budgets) into a folder, or --list its runs"),
-    "report": (_report, "write the report of a study folder (results, fits, comparison)"),
+    "compare": (_compare, "train several fit configs as a one-size study and compare them"),
+    "study": (_study, "train a scaling study (LR tuning, IsoFLOP budgets, seeds) into a "
+                      "folder, or --plan / --list its runs"),
+    "report": (_report, "write the verdict of a study folder or a results.csv (report.json, "
+                        ".md, .html)"),
 }
 
 

@@ -213,9 +213,9 @@ def _minimum(g: _Group, df: pd.DataFrame, params: str, compute_cols: list[str]) 
     else:
         tv = -c1 / (2 * c2)
         if not g.lo < tv < g.hi:
-            reasons.append(f"the parabola's vertex (N={math.exp(tv + g.x_mid):.3g}) lies outside "
-                           f"the sampled sizes [{math.exp(g.lo + g.x_mid):.3g}, "
-                           f"{math.exp(g.hi + g.x_mid):.3g}]")
+            side = "below" if tv <= g.lo else "above"
+            reasons.append(f"the parabola's vertex lies {side} the sampled sizes "
+                           f"[{math.exp(g.lo + g.x_mid):.3g}, {math.exp(g.hi + g.x_mid):.3g}]")
     sizes = np.unique(np.round(x, 9))
     means = np.array([y[np.round(x, 9) == s].mean() for s in sizes])
     best = int(np.argmin(means))
@@ -690,6 +690,8 @@ def analyse(df: pd.DataFrame, *, baseline: str | None = None, n_boot: int = DEFA
         conventions: also refit with 6ND, N without embeddings and measured seconds
             (point estimates).
     """
+    if n_boot < 10:
+        raise ValueError(f"n_boot must be at least 10 (percentile intervals), got {n_boot}")
     df = normalise(df)
     lr = lr_sweeps(df)
     main = df[df["stage"] != "tune"].reset_index(drop=True)
@@ -786,8 +788,6 @@ def analyse(df: pd.DataFrame, *, baseline: str | None = None, n_boot: int = DEFA
         elif a != baseline:
             v.efficiency_note = ("no interior IsoFLOP minimum" if a not in inc_archs
                                  else "no joint fit")
-        if a == baseline:
-            v.efficiency = v.efficiency or None
         # exponent test
         if free is not None and a != baseline and a in free.design.archs:
             A = len(free.design.archs)
@@ -872,8 +872,11 @@ def _inverted(a: str, base: str, mins: list[Minimum], where: dict, budgets: list
 def _extrapolation(an: Analysis, mins: list[Minimum]) -> None:
     """Hold out the largest budget, refit the joint law from its grid of starts on the
     rest, predict the held-out minima."""
-    if an.joint is None or len(an.budgets) < 3:
+    if len(an.budgets) < 3:
         an.warnings.append("extrapolation check: needs three budgets or more")
+        return
+    if an.joint is None:
+        an.warnings.append("extrapolation check: there is no joint fit to refit")
         return
     top = max(an.budgets)
     keep = [m for m in mins if m.interior and m.budget != top]

@@ -5,6 +5,11 @@ One row per finished run, i.e. per (arch, size, seed, budget): the main run of a
 schedule every budget is its own ``final`` run). Columns, in this order:
 
     arch, size, seed      the study's arch label, size name, seed
+    stage                 main | tune (learning-rate tuning runs stay out of the fits)
+    budget_flops          the IsoFLOP group's nominal compute (empty for token budgets)
+    trajectory            the main run's folder: a main run and its cooldowns share one
+                          (the bootstrap resamples them together)
+    lr, warmup_steps      the peak LR and the warmup of the run
     budget_tokens         the budget asked for (tokens; after tokens_per_param / flops)
     N, N_non_emb          parameters with and without embeddings (``LanguageModel.num_params``)
     D                     tokens trained: steps * tokens_per_step (a cooldown counts the
@@ -40,8 +45,11 @@ import pandas as pd
 
 from postformer.train.fileio import atomic_write
 
-COLUMNS = ["arch", "size", "seed", "budget_tokens", "N", "N_non_emb", "D", "C", "C_6ND", "loss",
-           "bpb", "steps", "wall_s", "tokens_per_s", "kind", "run_dir"]
+COLUMNS = ["arch", "size", "seed", "stage", "budget_flops", "trajectory", "lr", "warmup_steps",
+           "budget_tokens", "N", "N_non_emb", "D", "C", "C_6ND", "loss", "bpb", "steps",
+           "wall_s", "tokens_per_s", "kind", "run_dir"]
+CURVE_COLUMNS = ["arch", "size", "seed", "stage", "trajectory", "run_dir", "kind", "step",
+                 "tokens", "val_loss", "val_bpb", "val_tokens"]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -85,7 +93,9 @@ def make_row(out_dir: Path, run_dir: Path, wall_s: float | None = None) -> dict[
     D = info["tokens"]
     return {
         "arch": info["arch"], "size": info["size"], "seed": info["seed"],
-        "budget_tokens": info["budget_tokens"], "N": info["N"], "N_non_emb": info["N_non_emb"],
+        "stage": info.get("stage", "main"), "budget_flops": info.get("budget_flops"),
+        "trajectory": info.get("trajectory"), "lr": info.get("lr"),
+        "warmup_steps": info.get("warmup_steps"), "budget_tokens": info["budget_tokens"], "N": info["N"], "N_non_emb": info["N_non_emb"],
         "D": D, "C": info["flops_per_token"] * D, "C_6ND": 6 * info["N"] * D,
         "loss": final[0], "bpb": final[1], "steps": info["steps"],
         "wall_s": round(wall_s if wall_s is not None else est_wall, 3),
@@ -102,23 +112,53 @@ def finished_row(out_dir: Path, run_dir: Path) -> dict[str, Any] | None:
     return make_row(out_dir, run_dir)
 
 
+def _run_infos(out_dir: Path) -> list[Path]:
+    return sorted(p for folder in ("tune", "runs") for p in (out_dir / folder).rglob("run.json"))
+
+
 def collect(out_dir: str | Path) -> pd.DataFrame:
-    """Every finished run under ``out_dir/runs/`` as one DataFrame with ``COLUMNS``."""
+    """Every finished run under ``out_dir/tune/`` and ``out_dir/runs/`` as one DataFrame
+    with ``COLUMNS`` (tuning runs first)."""
     out_dir = Path(out_dir)
     rows = []
-    for info in sorted((out_dir / "runs").rglob("run.json")):
+    for info in _run_infos(out_dir):
         row = finished_row(out_dir, info.parent)
         if row is not None:
             rows.append({c: row.get(c) for c in COLUMNS})
     df = pd.DataFrame(rows, columns=COLUMNS)
     if len(df):
-        df = df.sort_values(["arch", "N", "seed", "D"], kind="stable").reset_index(drop=True)
+        df = df.sort_values(["stage", "arch", "N", "seed", "D", "lr"], kind="stable",
+                            ascending=[False, True, True, True, True, True]).reset_index(drop=True)
     return df
 
 
+def curves(out_dir: str | Path) -> pd.DataFrame:
+    """Every validation logged along every run (finished or not) with ``CURVE_COLUMNS``:
+    the loss curves. A cooldown's own rows start after its branch point; its curve before
+    that is its main run's."""
+    out_dir = Path(out_dir)
+    rows = []
+    for path in _run_infos(out_dir):
+        info = json.loads(path.read_text())
+        for r in read_metrics(path.parent):
+            if r.get("val/loss") and r.get("step"):
+                step = int(r["step"]) + 1  # optimizer steps done when evaluated
+                rows.append({"arch": info["arch"], "size": info["size"], "seed": info["seed"],
+                             "stage": info.get("stage", "main"),
+                             "trajectory": info.get("trajectory"),
+                             "run_dir": path.parent.relative_to(out_dir).as_posix(),
+                             "kind": info["kind"], "step": step,
+                             "tokens": step * info["tokens_per_step"],
+                             "val_loss": float(r["val/loss"]), "val_bpb": float(r["val/bpb"]),
+                             "val_tokens": float(r["val/tokens"]) if r.get("val/tokens") else None})
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
 def write_results(out_dir: str | Path) -> Path:
-    """Write ``out_dir/results.csv`` (atomically) from ``collect``; returns its path."""
+    """Write ``out_dir/results.csv`` (from ``collect``) and ``out_dir/curves.csv`` (from
+    ``curves``), each atomically; returns the path of results.csv."""
     out_dir = Path(out_dir)
     path = out_dir / "results.csv"
     atomic_write(path, collect(out_dir).to_csv(index=False))
+    atomic_write(out_dir / "curves.csv", curves(out_dir).to_csv(index=False))
     return path

@@ -1,11 +1,15 @@
-"""``postformer study STUDY.yaml --out DIR [--list]``: lay out a study, train it, collect it.
+"""``postformer study STUDY.yaml --out DIR [--plan | --list]``: lay out a study, train it in
+stages, collect it, report it.
 
 Folder layout::
 
     DIR/study.yaml                       the resolved spec (defaults filled in)
-    DIR/runs/<arch>-<size>-s<seed>/      the main run of a point: a normal run folder
+    DIR/scope.json                       what the report's scope line needs: corpus,
+                                         tokenizer, the validation set, seeds, LR protocol
+    DIR/tune/<arch>-<size>-lr<lr>/       a learning-rate tuning run (a run folder)
+    DIR/runs/<arch>-<size>-s<seed>/      the main run of a trajectory: a normal run folder
         fit.yaml                         `postformer fit --config fit.yaml` re-runs it by hand
-        run.json                         what the results need: arch, size, N, FLOPs/token, steps
+        run.json                         what the results need: arch, size, N, FLOPs/token, ...
         checkpoints/last.ckpt            (resume) and stable-<step>.ckpt (cooldown branch points)
         metrics.csv, config.yaml, hparams.yaml
         timing.json                      seconds spent training, summed over (re)starts
@@ -14,21 +18,26 @@ Folder layout::
                                          resumed from ../checkpoints/stable-<step>.ckpt
         budget-<tokens>/                 (non-wsd schedules) a smaller budget's own full run
     DIR/results.csv                      scaling.results: one row per finished run
-    DIR/report.*                         scaling.report, when it is installed
+    DIR/curves.csv                       every validation along every run (loss curves)
+    DIR/report.*                         scaling.report
 
-Runs train in this process one after another through ``train.cli.lightning_main``: each
-point's main run, then its cooldowns. A run with a result.json is skipped; a run with a
-``checkpoints/last.ckpt`` but no result is resumed from it (exactly: data position,
-optimizer, schedule); a cooldown starts from its main run's stable checkpoint. A run folder
-that holds a different run (other steps, model, data, ...) is an error, never overwritten.
+Stages. With a ``tune`` section the tuning runs train first; a sweep whose best LR lies at
+the edge of its grid is extended once; then the LR of every main-grid point comes from the
+power law fitted to the tuned optima (``scaling.analysis.lr_sweeps``), and the main grid
+trains: each trajectory's main run, then its cooldowns.
 
-``--list`` lays out the same folders and prints the ``postformer fit`` commands of the runs
-not yet finished, main runs first and cooldowns after (each cooldown needs its main run's
-checkpoint), for a cluster scheduler. Multi-GPU runs use the study's ``trainer.strategy``
-and ``trainer.devices`` (Lightning's DDP/FSDP) and go through ``--list``: one process
+Runs train in this process one after another through ``train.cli.lightning_main``. A run
+with a result.json is skipped; a run with a ``checkpoints/last.ckpt`` but no result is
+resumed from it (exactly: data position, optimizer, schedule); a cooldown starts from its
+main run's stable checkpoint. A run folder that holds a different run (other steps, model,
+LR, data, ...) is an error, never overwritten.
+
+``--plan`` prints every run with its N, D, C and a time estimate from a short throughput
+probe on this machine (or, for a GPU study on a machine without one, from an assumed
+throughput). ``--list`` prints the ``postformer fit`` commands of the runs not yet
+finished, main runs before cooldowns, for a cluster scheduler; the main grid is listed once
+the tuning stage has finished. Multi-device studies go through ``--list``: one process
 running several multi-device runs in a row is not something Lightning's launchers support.
-``postformer study ... --out DIR`` without ``--list`` on such a study trains nothing and
-collects what the commands produced so far into results.csv and the report.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import shlex
 import sys
 import time
@@ -51,7 +61,7 @@ import yaml
 from postformer.train.fileio import atomic_write
 
 from .results import finished_row, make_row, write_results
-from .study import Point, RunPlan, Study, StudyError, load_study, plan
+from .study import Point, RunPlan, Study, StudyError, load_study, plan, plan_tune, study_from_dict
 
 # trainer options that do not change what a run computes (a changed one does not make a
 # finished run stale)
@@ -61,32 +71,38 @@ COSMETIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_eve
 
 def fit_config(study: Study, point: Point, run: RunPlan, out: Path) -> dict[str, Any]:
     """The LightningCLI config of one run (what ``RUN/fit.yaml`` holds)."""
+    if point.lr is None:
+        raise StudyError(f"{run.run_dir}: its learning rate awaits the tuning stage")
     trainer: dict[str, Any] = {
         "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
-        "check_val_every_n_epoch": None, **study.trainer,
+        **study.trainer,
+        # validation at the steps the study chooses (EvalAtSteps), not Lightning's own loop
+        "limit_val_batches": 0,
     }
-    # One validation at the last step at least: the result of the run.
-    interval = trainer.get("val_check_interval")
-    if trainer["check_val_every_n_epoch"] is None and (
-        interval is None or (isinstance(interval, int) and run.steps % interval != 0)
-    ):
-        trainer["val_check_interval"] = run.steps
     callbacks = list(trainer.get("callbacks") or [])
+    curve = study.eval.get("curve_tokens")
+    batch = study.data_value("batch_size") * study.seq_len
+    callbacks.append({"class_path": "postformer.train.callbacks.EvalAtSteps",
+                      "init_args": {"steps": list(run.eval_at),
+                                    "curve_batches": None if curve is None else -(-curve // batch)}})
     if run.save_at:
         callbacks.append({
             "class_path": "postformer.train.callbacks.SaveAtSteps",
             "init_args": {"steps": list(run.save_at), "dirpath": str(out / run.run_dir / "checkpoints"),
                           "prefix": "stable-"},
         })
-    if callbacks:
-        trainer["callbacks"] = callbacks
+    trainer["callbacks"] = callbacks
     trainer["max_steps"] = run.steps
     trainer["default_root_dir"] = str(out / run.run_dir)
     data = dict(study.data)
     data.setdefault("seed", point.seed)  # seeds vary the data order too, unless pinned
+    data["val_tokens"] = study.eval["tokens"]
+    data["val_seed"] = study.eval["seed"]
+    model = study.arch_model(point.arch)
+    model.update(lr=point.lr, warmup_steps=point.warmup_steps)
     cfg: dict[str, Any] = {
         "seed_everything": point.seed,
-        "model": {"config": dataclasses.asdict(point.config), **study.model},
+        "model": {"config": dataclasses.asdict(point.config), **model},
         "data": data,
         "trainer": trainer,
     }
@@ -106,13 +122,17 @@ def _identity(cfg: dict[str, Any], run: RunPlan) -> str:
 
 def run_info(study: Study, point: Point, run: RunPlan, cfg: dict[str, Any]) -> dict[str, Any]:
     """``RUN/run.json``: everything the results table needs that is not in metrics.csv."""
+    main_dir = point.runs[0].run_dir
     return {
         "study": study.name, "arch": point.arch, "size": point.size, "seed": point.seed,
-        "kind": run.kind, "budget_tokens": run.budget_tokens, "steps": run.steps,
-        "start_step": run.start_step, "tokens": run.tokens, "tokens_per_step": study.tokens_per_step,
-        "N": point.N, "N_non_emb": point.N_non_emb, "flops_per_token": point.flops_per_token,
-        "seq_len": point.seq_len, "branch_ckpt": run.branch_ckpt, "identity": _identity(cfg, run),
-        "model_config": dataclasses.asdict(point.config),
+        "stage": point.stage, "kind": run.kind, "trajectory": main_dir,
+        "budget_tokens": run.budget_tokens, "budget_flops": run.budget_flops,
+        "steps": run.steps, "start_step": run.start_step, "tokens": run.tokens,
+        "tokens_per_step": study.tokens_per_step, "lr": point.lr,
+        "warmup_steps": point.warmup_steps, "N": point.N, "N_non_emb": point.N_non_emb,
+        "flops_per_token": point.flops_per_token, "seq_len": point.seq_len,
+        "branch_ckpt": run.branch_ckpt, "eval_at": run.eval_at,
+        "identity": _identity(cfg, run), "model_config": dataclasses.asdict(point.config),
     }
 
 
@@ -121,10 +141,7 @@ def _has_state(run_dir: Path) -> bool:
 
 
 def layout(study: Study, points: list[Point], out: Path) -> None:
-    """Write study.yaml and every run's fit.yaml and run.json; refuse stale run folders."""
-    out.mkdir(parents=True, exist_ok=True)
-    header = f"# resolved study spec ({study.source}); the runner wrote this\n"
-    atomic_write(out / "study.yaml", header + yaml.safe_dump(study.to_dict(), sort_keys=False))
+    """Write every run's fit.yaml and run.json; refuse stale run folders."""
     for point in points:
         for run in point.runs:
             run_dir = out / run.run_dir
@@ -135,13 +152,64 @@ def layout(study: Study, points: list[Point], out: Path) -> None:
                 previous = json.loads(old.read_text())
                 if previous.get("identity") != info["identity"] or previous.get("steps") != run.steps:
                     raise StudyError(
-                        f"{run_dir} holds a different run (another model, data, seed, trainer or "
-                        f"budget than this study plans); remove that folder or choose another --out"
+                        f"{run_dir} holds a different run (another model, LR, data, seed, trainer "
+                        "or budget than this study plans); remove that folder or choose another --out"
                     )
             run_dir.mkdir(parents=True, exist_ok=True)
             text = f"# {' '.join(fit_args(out, run, resume=False))}\n" + yaml.safe_dump(cfg, sort_keys=False)
             atomic_write(run_dir / "fit.yaml", text)
             atomic_write(old, json.dumps(info, indent=2) + "\n")
+
+
+def write_spec(study: Study, out: Path) -> None:
+    """DIR/study.yaml (the resolved spec) and DIR/scope.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    header = f"# resolved study spec ({study.source}); the runner wrote this\n"
+    atomic_write(out / "study.yaml", header + yaml.safe_dump(study.to_dict(), sort_keys=False))
+    atomic_write(out / "scope.json", json.dumps(scope(study), indent=2) + "\n")
+
+
+def scope(study: Study) -> dict[str, Any]:
+    """What the report states as the study's scope."""
+    from postformer.train.data import TextDataModule
+
+    keys = ("path", "hf_name", "text_field", "seq_len", "batch_size", "val_fraction",
+            "max_bytes", "tokenizer", "cache_dir")
+    dm = TextDataModule(**{k: v for k, v in study.data.items() if k in keys},
+                        val_tokens=study.eval["tokens"], val_seed=study.eval["seed"])
+    val = dm.describe_validation()
+    val["evals_per_run"] = study.eval["points"]
+    val["curve_tokens"] = study.eval.get("curve_tokens")
+    corpus = (study.data.get("hf_name") or study.data.get("path")
+              or "the Python standard library's source (embedded)")
+    seeds = f"{len(study.seeds)} seed(s) everywhere"
+    if study.headline_seeds:
+        seeds = (f"{len(study.seeds) + len(study.headline_seeds)} seeds at the middle "
+                 f"{study.headline_sizes} size(s) of every budget, {len(study.seeds)} elsewhere")
+    tuned = [a for a in study.archs if study.tuned(a)]
+    if study.tune is not None and tuned:
+        t = study.tune
+        grid = ", ".join(f"{g:.3g}" for g in t["grid"])
+        budget = (f"{t['tokens_per_param']:g} tokens per parameter" if "tokens_per_param" in t
+                  else f"{t['flops']:.3g} FLOPs")
+        lr = (f"tuned per arch ({', '.join(tuned)}) on the grid [{grid}] at "
+              f"{t['sizes'] if isinstance(t['sizes'], int) else len(t['sizes'])} sizes and "
+              f"{budget}; main runs use lr = a N^b fitted to the tuned optima")
+    else:
+        lr = "not tuned: " + ", ".join(f"{a} {study.arch_model(a).get('lr', 'default')}"
+                                      for a in study.archs)
+    betas = study.model.get("betas", [0.9, 0.95])
+    warm = (f"{study.model['warmup_fraction']:.0%} of the shortest run of a trajectory"
+            if "warmup_fraction" in study.model else f"{study.model['warmup_steps']} steps")
+    return {
+        "study": study.name, "corpus": str(corpus), "tokenizer": study.data_value("tokenizer"),
+        "seq_len": study.seq_len, "tokens_per_step": study.tokens_per_step,
+        "validation": val, "seeds": seeds, "lr_protocol": lr, "beta2": float(betas[1]),
+        "warmup": warm, "schedule": study.schedule,
+        "budgets": {"kind": study.budget_kind, "values": study.budgets,
+                    "sizes_per_budget": study.sizes_per_budget if study.isoflop else None,
+                    "tokens_per_param_range": list(study.tpp_range) if study.isoflop else None},
+    }
 
 
 def fit_args(out: Path, run: RunPlan, *, resume: bool = True) -> list[str]:
@@ -164,6 +232,8 @@ def _fmt_tokens(n: float) -> str:
 
 
 def _fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
     s = round(s)
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
@@ -178,6 +248,7 @@ def _quiet_lightning(verbose: bool):
         # a cooldown resumes a checkpoint written by its main run into another folder
         warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
         warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=".*You set `limit_val_batches=0`.*")
         if not verbose:
             for lg in loggers:
                 lg.setLevel(logging.WARNING)
@@ -213,6 +284,100 @@ def _train(out: Path, run: RunPlan) -> tuple[Any, float]:
     return cli, spent + elapsed
 
 
+class _Progress:
+    """Counts runs and their compute; prints one line per run with an ETA."""
+
+    def __init__(self, total: int, work: dict[int, float]) -> None:
+        self.total, self.index, self.work = total, 0, work
+        self.done_work = self.done_wall = 0.0
+
+    def eta(self) -> str:
+        left = sum(self.work.values())
+        return _fmt_time(self.done_wall / self.done_work * left) if self.done_work else "?"
+
+
+def _train_points(study: Study, points: list[Point], out: Path, verbose: bool,
+                  failed: list[str], title: str) -> None:
+    """Train every unfinished run of ``points`` (main runs before their cooldowns)."""
+    from postformer.train.callbacks import NonFiniteLossError
+
+    tps = study.tokens_per_step
+    todo = {id(r): (r.steps - r.start_step) * tps * p.flops_per_token
+            for p in points for r in p.runs if finished_row(out, out / r.run_dir) is None}
+    total = sum(len(p.runs) for p in points)
+    print(f"{title}: {len(points)} trajectories, {total} runs ({total - len(todo)} finished "
+          "already)", flush=True)
+    prog = _Progress(total, dict(todo))
+    with _quiet_lightning(verbose):
+        for point in points:
+            for run in point.runs:
+                prog.index += 1
+                label = point.name if run.kind != "cooldown" else f"{point.name}/{Path(run.run_dir).name}"
+                head = f"  [{prog.index}/{total}] {label} (D={_fmt_tokens(run.tokens)} tokens)"
+                row = finished_row(out, out / run.run_dir)
+                if row is not None:
+                    if not (out / run.run_dir / "result.json").exists():
+                        atomic_write(out / run.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
+                    if verbose:
+                        print(f"{head}: finished already, loss {row['loss']:.4f}", flush=True)
+                    continue
+                if (out / run.run_dir / "checkpoints" / "last.ckpt").is_file():
+                    print(f"{head}: resuming from {run.run_dir}/checkpoints/last.ckpt", flush=True)
+                t0 = time.perf_counter()
+                try:
+                    cli, wall = _train(out, run)
+                except (NonFiniteLossError, FileNotFoundError) as err:
+                    print(f"{head}: FAILED: {err}", flush=True)
+                    failed.append(label)
+                    prog.work.pop(id(run), None)
+                    continue
+                step = cli.trainer.global_step
+                if step != run.steps:
+                    print(f"{head}: stopped at step {step} of {run.steps}; run again to resume", flush=True)
+                    failed.append(label)
+                    prog.work.pop(id(run), None)
+                    continue
+                row = make_row(out, out / run.run_dir, wall_s=wall)
+                if row is None:
+                    raise RuntimeError(f"{run.run_dir}: training ended without a validation at its last step")
+                atomic_write(out / run.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
+                prog.done_work += prog.work.pop(id(run))
+                prog.done_wall += time.perf_counter() - t0
+                print(f"{head}: loss {row['loss']:.4f}, {_fmt_time(time.perf_counter() - t0)}; "
+                      f"stage ETA {prog.eta()}", flush=True)
+
+
+def _all_tune_losses(study: Study, out: Path) -> dict[tuple[str, str, float], float]:
+    done = {}
+    for point in plan_tune(study, None):
+        row = finished_row(out, out / point.runs[0].run_dir)
+        if row is not None:
+            done[(point.arch, point.size, point.lr)] = float(row["loss"])
+    return done
+
+
+def tuned_lrs(study: Study, out: Path) -> dict[str, Any] | None:
+    """arch -> LRSweep from the finished tuning runs, or None while the stage is unfinished."""
+    from .analysis import lr_sweeps
+
+    points = plan_tune(study, _all_tune_losses(study, out))
+    rows = [finished_row(out, out / p.runs[0].run_dir) for p in points]
+    if any(r is None for r in rows):
+        return None
+    import pandas as pd
+
+    return lr_sweeps(pd.DataFrame(rows))
+
+
+def _stages(study: Study, out: Path) -> tuple[list[Point], list[Point] | None]:
+    """(tuning points incl. any extension now due, main points or None while tuning)."""
+    tune = plan_tune(study, _all_tune_losses(study, out))
+    lrs = tuned_lrs(study, out) if study.tune is not None else {}
+    if lrs is None:
+        return tune, None
+    return tune, plan(study, lrs)
+
+
 def run_study(
     study_path: str | Path,
     out_dir: str | Path,
@@ -226,88 +391,67 @@ def run_study(
     Returns the printed commands with ``list_only``, else the results rows of every run
     finished now or before (as written to ``DIR/results.csv``).
     """
-    from postformer.train.callbacks import NonFiniteLossError
-
     study = load_study(study_path)
-    points = plan(study)
-    out = Path(out_dir).resolve()
-    layout(study, points, out)
-    todo = [(p, r) for p in points for r in p.runs if finished_row(out, out / r.run_dir) is None]
-    n_finished = sum(len(p.runs) for p in points) - len(todo)
+    return run_loaded(study, out_dir, list_only=list_only, verbose=verbose, report=report,
+                      study_path=str(study_path))
 
-    if list_only:
+
+def run_loaded(study: Study, out_dir: str | Path, *, list_only: bool = False,
+               verbose: bool = False, report: bool = True, study_path: str = "STUDY.yaml"
+               ) -> list[str] | list[dict[str, Any]]:
+    """:func:`run_study` on a validated :class:`Study`."""
+    out = Path(out_dir).resolve()
+    plan(study)  # every error of the main grid's design before anything is written
+    write_spec(study, out)
+    multi = study.n_devices > 1
+    failed: list[str] = []
+
+    if list_only or multi:
+        # the tuning stage, and the main grid once tuning has finished
+        tune, main = _stages(study, out)
+        layout(study, tune, out)
+        stage = tune if main is None else tune + main
+        if main is not None:
+            layout(study, main, out)
+        todo = [(p, r) for p in stage for r in p.runs if finished_row(out, out / r.run_dir) is None]
         order = [x for x in todo if x[1].kind != "cooldown"] + [x for x in todo if x[1].kind == "cooldown"]
         commands = [shlex.join(fit_args(out, r)) for _, r in order]
-        for c in commands:
-            print(c)
-        return commands
-
-    n_dev = study.tokens_per_step // (study.data_value("batch_size") * study.data_value("seq_len")
-                                      * int(study.trainer.get("accumulate_grad_batches", 1)))
-    if n_dev > 1 and todo:
-        # Lightning's launchers start one multi-device run per process; collect what exists.
-        print(f"study {study.name}: {len(todo)} runs unfinished, each on {n_dev} devices: launch "
-              f"them with `postformer study {study_path} --out {out_dir} --list` (one command per "
-              "run, started by your launcher); collecting the finished runs only")
-        todo = []
-
-    total = sum(len(p.runs) for p in points)
-    tps = study.tokens_per_step
-    cost = {id(r): (r.steps - r.start_step) * tps * p.N for p, r in todo}
-    print(f"study {study.name}: {len(points)} points, {total} runs ({n_finished} finished "
-          f"already), into {out}", flush=True)
-    done_cost = done_wall = 0.0
-    failed: list[str] = []
-    index = 0
-    with _quiet_lightning(verbose):
-        for point in points:
-            for run in point.runs:
-                index += 1
-                label = point.name if run.kind != "cooldown" else f"{point.name}/{Path(run.run_dir).name}"
-                head = f"[{index}/{total}] {label} (D={_fmt_tokens(run.tokens)} tokens)"
-                row = finished_row(out, out / run.run_dir)
-                if row is None and id(run) not in cost:
-                    continue  # not run in this process (multi-device runs)
-                if row is not None:
-                    if not (out / run.run_dir / "result.json").exists():
-                        atomic_write(out / run.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
-                    print(f"{head}: finished already, loss {row['loss']:.4f}", flush=True)
-                    continue
-                resuming = (out / run.run_dir / "checkpoints" / "last.ckpt").is_file()
-                if resuming:
-                    print(f"{head}: resuming from {run.run_dir}/checkpoints/last.ckpt", flush=True)
-                t0 = time.perf_counter()
-                try:
-                    cli, wall = _train(out, run)
-                except (NonFiniteLossError, FileNotFoundError) as err:
-                    print(f"{head}: FAILED: {err}", flush=True)
-                    failed.append(label)
-                    continue
-                step = cli.trainer.global_step
-                if step != run.steps:
-                    print(f"{head}: stopped at step {step} of {run.steps}; run again to resume", flush=True)
-                    failed.append(label)
-                    continue
-                row = make_row(out, out / run.run_dir, wall_s=wall)
-                if row is None:
-                    raise RuntimeError(f"{run.run_dir}: training ended without a validation at its last step")
-                atomic_write(out / run.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
-                done_cost += cost[id(run)]
-                done_wall += time.perf_counter() - t0
-                left = sum(cost[id(r)] for p in points for r in p.runs
-                           if id(r) in cost and finished_row(out, out / r.run_dir) is None)
-                eta = _fmt_time(done_wall / done_cost * left) if done_cost else "?"
-                print(f"{head}: loss {row['loss']:.4f}, bpb {row['bpb']:.4f}, "
-                      f"{_fmt_time(time.perf_counter() - t0)}; ETA {eta}", flush=True)
+        if list_only:
+            for c in commands:
+                print(c)
+            if main is None:
+                print(f"# the main grid follows the tuning stage: run --list again once these "
+                      f"{len(commands)} runs have finished", file=sys.stderr)
+            return commands
+        print(f"study {study.name}: {len(commands)} runs unfinished, each on {study.n_devices} "
+              f"devices: launch them with `postformer study {study_path} --out {out_dir} --list` "
+              "(one command per run, started by your launcher); collecting the finished runs only")
+    else:
+        while True:
+            tune, main = _stages(study, out)
+            todo = [r for p in tune for r in p.runs if finished_row(out, out / r.run_dir) is None]
+            if main is not None or not todo:
+                break
+            layout(study, tune, out)
+            _train_points(study, tune, out, verbose, failed, f"study {study.name}: LR tuning")
+            if failed:
+                break
+        if main is None and not failed:
+            tune, main = _stages(study, out)
+        if main is not None:
+            if study.tune is not None:
+                layout(study, tune, out)
+            layout(study, main, out)
+            _train_points(study, main, out, verbose, failed, f"study {study.name}: main grid")
 
     path = write_results(out)
     import pandas as pd
 
-    rows = pd.read_csv(path).to_dict("records")
+    rows = pd.read_csv(path).to_dict("records") if path.stat().st_size else []
     print(f"results: {path} ({len(rows)} rows)")
     if failed:
         print(f"not finished: {', '.join(failed)}")
-    if report:
+    if report and rows:
         _report(out)
     return rows
 
@@ -319,26 +463,81 @@ def _report(out: Path) -> None:
         print(f"report: skipped, postformer.scaling.report cannot be imported ({err})")
         return
     try:
-        write_report(out)
+        t0 = time.perf_counter()
+        written = write_report(out)
+        print(f"report: {written['html']} ({time.perf_counter() - t0:.1f}s)")
     except Exception as err:  # the runs and results.csv are safe; say so, do not bury it
         print(f"report: failed ({type(err).__name__}: {err}); the runs and results.csv are "
               f"complete, rebuild with `postformer report {out}` once fixed", file=sys.stderr)
         raise SystemExit(1) from err
 
 
+def print_plan(study: Study, out: Path | None = None, probe: bool = True) -> dict[str, float]:
+    """``--plan``: every run with its N, D, C and estimated time; returns the totals
+    (seconds per stage). The LRs of a tuned main grid are unknown before tuning and do not
+    change N, D or C."""
+    from .throughput import estimate_seconds, rates
+
+    tune = plan_tune(study, None)
+    main = plan(study, {a: _Unknown() for a in study.archs})
+    points = tune + main
+    speed = rates(study, points, probe=probe)
+    print(f"study {study.name}: {len(tune)} tuning runs, {len(main)} main trajectories; "
+          f"{study.tokens_per_step} tokens per step; throughput: {speed.describe()}")
+    head = f"{'stage':5s} {'run':44s} {'N':>9s} {'D':>9s} {'C':>9s} {'budget':>9s} {'time':>8s}"
+    print(head)
+    totals: dict[str, float] = {"tune": 0.0, "main": 0.0}
+    total_C = 0.0
+    for p in points:
+        for r in p.runs:
+            secs = estimate_seconds(study, p, r, speed)
+            totals[p.stage] += secs
+            C = p.flops_per_token * r.tokens
+            total_C += p.flops_per_token * (r.steps - r.start_step) * study.tokens_per_step
+            name = p.name if r.kind != "cooldown" else f"{p.name}/{Path(r.run_dir).name}"
+            budget = f"{r.budget_flops:.3g}" if r.budget_flops else "-"
+            print(f"{p.stage:5s} {name[:44]:44s} {p.N:9.3g} {r.tokens:9.3g} {C:9.3g} {budget:>9s} "
+                  f"{_fmt_time(secs):>8s}")
+    all_s = totals["tune"] + totals["main"]
+    unit = speed.unit
+    print(f"total: {total_C:.3g} FLOPs trained; estimated {_fmt_time(totals['tune'])} tuning + "
+          f"{_fmt_time(totals['main'])} main = {_fmt_time(all_s)}"
+          + (f" ({all_s * study.n_devices / 3600:.3g} {unit}-hours on {study.n_devices} devices)"
+             if unit != "CPU" else ""))
+    return totals
+
+
+class _Unknown:
+    """A stand-in LR sweep for planning before tuning: any LR (it does not change N, D, C)."""
+
+    def lr_for(self, N: float) -> float:
+        return float("nan")
+
+
 def study_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="postformer study",
-        description="Train a scaling study (archs x sizes x budgets) into DIR, or list its runs.",
+        description="Train a scaling study (LR tuning, then archs x sizes x budgets x seeds) "
+                    "into DIR, or --plan / --list its runs.",
     )
     parser.add_argument("study", metavar="STUDY.yaml", help="the study spec (see configs/study/)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="the study folder")
+    parser.add_argument("--out", metavar="DIR", help="the study folder (required but with --plan)")
     parser.add_argument("--list", action="store_true",
                         help="print the `postformer fit` commands of the unfinished runs instead of training")
+    parser.add_argument("--plan", action="store_true",
+                        help="print every run with N, D, C and a time estimate (a short throughput "
+                             "probe on this machine); trains nothing")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="with --plan: estimate times from assumed throughput, without the probe")
     parser.add_argument("--verbose", action="store_true", help="keep Lightning's own messages")
     parser.add_argument("--no-report", action="store_true", help="collect results.csv but skip the report")
     args = parser.parse_args(argv)
     try:
+        if args.plan:
+            print_plan(load_study(args.study), probe=not args.no_probe)
+            return
+        if not args.out:
+            parser.error("--out DIR is required (the study folder)")
         run_study(args.study, args.out, list_only=args.list, verbose=args.verbose,
                   report=not args.no_report)
     except StudyError as err:
@@ -346,3 +545,7 @@ def study_main(argv: list[str]) -> None:
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+__all__ = ["run_study", "run_loaded", "study_main", "fit_config", "layout", "print_plan",
+           "study_from_dict"]

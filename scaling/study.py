@@ -1,56 +1,81 @@
-"""A scaling study: architectures x sizes x seeds x token budgets, as a YAML file, and its plan.
+"""A scaling study as a YAML file, and its plan: which runs, at which sizes, budgets, seeds
+and learning rates.
 
-Spec (every key but ``name``, ``archs``, ``sizes`` and ``budgets`` is optional)::
+The protocol follows what careful scaling-law papers do (Hoffmann et al. 2022; Besiroglu
+et al. 2024; Porian et al. 2024; Hägele et al. 2024; DeepSeek LLM 2024):
 
-    name: smoke
+- **IsoFLOP budgets** (``budgets.flops``). For each budget and arch, ``budgets.sizes``
+  sizes (default 5) from the size ladder whose tokens per parameter fall inside
+  ``budgets.tokens_per_param_range`` (default [5, 100]), spread evenly in ln N. D comes from
+  the arch's own FLOPs per token (``arch.flops``), not 6N, so the sizes of one group have
+  equal true compute (the plan refuses a group whose step rounding moves it by more
+  than 2%).
+- **A size ladder driven by one knob** (``ladder``): ``width`` (a list of ``d_model`` at a
+  fixed depth) or ``depth`` (a list of ``n_layers`` at a fixed width or a fixed aspect
+  ratio ``d_model / n_layers``). Heads and state sizes follow the width so they stay
+  sensible at every rung: attention heads of ``head_dim`` channels (at least 16), Mamba-2
+  heads of ``head_dim`` channels, GLA key dims of at least 32 per head where d_model allows,
+  Gated DeltaNet key heads of at least 32 channels.
+- **WSD branching** (Hägele et al. 2024) wherever sizes share a trajectory: a size that
+  belongs to several IsoFLOP groups trains once, to the largest D it needs, and the smaller
+  budgets are cooldowns branched off its stable phase (exactly a standalone wsd run of that
+  length: same LR, weights and data up to the branch point).
+- **Learning rates tuned per arch** (``tune``): an LR grid (at least 5 values, 2x apart by
+  default) at two or more ladder sizes and a small budget (by default the smallest FLOP
+  budget, or 20 tokens per parameter with token budgets); a best LR at the grid's edge
+  extends that grid once in that direction (the report flags an optimum still at the
+  edge); the main grid uses ``lr = a N^b`` fitted to the tuned optima (the nearest tuned
+  size's best with one size). ``archs.X.model.lr`` fixes an arch's LR instead.
+- **Warmup as a share of steps** (``model.warmup_fraction``, default 0.05 of the shortest
+  run of a trajectory, so every run of it shares one warmup); AdamW's ``model.betas``.
+- **Seeds**: ``seeds`` for every trajectory, ``headline_seeds`` more at the middle
+  ``headline_seeds.sizes`` sizes of every IsoFLOP group (the points the minima rest on).
+- **Evaluation** (``eval``): a fixed, shuffled validation set of ``eval.tokens`` tokens
+  drawn from every held-out document (``data.val_tokens``), evaluated at ``eval.points``
+  steps along every main run (plus its branch points), and at the end of every cooldown
+  and tuning run (``tune.eval_points`` along it). The result of a run is always the whole
+  set at its last step; ``eval.curve_tokens`` evaluates the points before it on a fixed
+  random subset of that many tokens (the loss curve, cheaper).
+
+Spec (``name``, ``archs``, ``budgets`` and one of ``ladder``/``sizes`` are required)::
+
+    name: default
     baseline: transformer            # an arch label; default: the first one
     archs:                           # label -> a preset arch name, or ModelConfig fields
-      transformer: transformer       # PRESETS["transformer"]
-      mamba2: mamba2
-      hybrid:                        # ModelConfig fields but d_model/n_layers, plus:
-        pattern: [mamba2, mamba2, mamba2, attn]
-        mixers: {mamba2: {d_state: 16}}
-        layer_multiplier: 2          # n_layers = size's n_layers * this
-        # preset: mamba2             # start from a preset's pattern and mixer options
-    sizes:                           # a preset size name, or an explicit shape
-      - tiny
-      - {name: s1, d_model: 64, n_layers: 2, n_heads: 2,
-         mixers: {mamba2: {headdim: 32}},          # options for every arch using that mixer
-         overrides: {mamba2: {n_layers: 3}}}       # ModelConfig fields for one arch label
-    budgets: {tokens: [1e6, 4e6]}    # or {tokens_per_param: [5, 20]} or {flops: [1e13, 1e14]}
+      transformer: transformer
+      hybrid: {preset: gdn-hybrid, match_params: true}   # d_ff matched to the baseline's N
+      transformer-conv: {preset: transformer, mixers: {attn: {conv_size: 4}}}
+      mamba2-fixed-lr: {preset: mamba2, model: {lr: 3.0e-3}}   # LMModule options of one arch
+    ladder: {knob: width, d_model: [32, 48, 64, 96, 128], n_layers: 4, head_dim: 16}
+    # or sizes: [tiny, {name: s1, d_model: 64, n_layers: 2, n_heads: 2, mixers: {...}}]
+    budgets: {flops: [2.0e11, 6.0e11, 2.0e12], sizes: 5, tokens_per_param_range: [5, 100]}
+    # or {tokens: [...]} / {tokens_per_param: [...]}: every size at every budget
+    tune: {lr: {center: 3.0e-3, points: 5, factor: 2}, sizes: 2, tokens_per_param: 20}
     seeds: [0]
-    model: {lr: 3e-3, warmup_steps: 20}            # LMModule options; schedule: wsd by default
-    data: {seq_len: 128, batch_size: 16, max_bytes: 2000000}   # TextDataModule options
-    trainer: {accelerator: cpu, devices: 1}        # Trainer options (not max_steps)
-    checkpoint: {every_n_train_steps: 200}         # RunCheckpoint options
+    headline_seeds: {seeds: [1, 2], sizes: 1}
+    eval: {tokens: 262144, points: 5, curve_tokens: 32768}
+    model: {warmup_fraction: 0.05, betas: [0.9, 0.95], schedule: wsd}   # LMModule options
+    data: {seq_len: 512, batch_size: 4}                                 # TextDataModule
+    trainer: {accelerator: cpu, devices: 1}                             # Trainer (not max_steps)
+    checkpoint: {every_n_train_steps: 200}                              # RunCheckpoint
     cooldowns: true                  # default: true with schedule wsd, false otherwise
 
-Model shapes. A size is a Transformer++ shape: ``d_model``, ``n_layers`` (and attention heads;
-the preset sizes are ``arch.config``'s, GPT-3's from 125m up). An arch's ``n_layers`` is the
-size's times its ``layer_multiplier``, by default 2 when no block of its pattern has an MLP
-(a Mamba-2 block holds about the parameters of half a Transformer++ block, mixer plus MLP;
-this is also how ``PRESETS["mamba2"]`` doubles the depth) and 1 otherwise; a preset arch at a
-preset size keeps the preset's depth, matched to Transformer++'s parameter count. Options are merged
-in this order, later wins: the preset's (a preset arch at a preset size is exactly
-``ModelConfig.from_preset``), the size's ``mixers``, the arch's own fields, the size's
-``overrides[label]``. ``vocab_size`` is the data tokenizer's. A mixer of the pattern that no
-layer reaches (a hybrid shallower than its pattern) is an error.
+Model shapes. A size is a Transformer++ shape (``d_model``, ``n_layers``, attention heads;
+``fields``: ModelConfig fields for every arch at that size, such as the ladder's
+``ff_multiple_of``, default 16).
+An arch's ``n_layers`` is the size's times its ``layer_multiplier``, by default 2 when no
+block of its pattern has an MLP (a Mamba-2 block holds about the parameters of half a
+Transformer++ block) and 1 otherwise; a preset arch at a preset size keeps the preset's
+matched depth. Options merge in this order, later wins: the preset's, the size's
+``mixers``, the arch's own fields, the size's ``overrides[label]``. ``match_params: true``
+sets the arch's ``d_ff`` at every size so that its N is within 5% of the baseline's.
 
-Budgets. ``tokens`` are the same for every size; ``tokens_per_param`` gives ``D = r N`` and
-``flops`` gives ``D = C / (6 N)`` (IsoFLOP; Chinchilla's ``C = 6ND``), both with ``N`` counting
-embeddings. A budget is trained as ``steps = ceil(D / tokens_per_step)`` optimizer steps with
-``tokens_per_step = batch_size * seq_len * accumulate_grad_batches * devices * num_nodes``;
-the D reported is ``steps * tokens_per_step``.
-
-WSD cooldowns (Hägele et al. 2024). With ``schedule: wsd`` one main run per (arch, size,
-seed) trains to the largest budget and saves a checkpoint at ``wsd_decay_start(T_b)`` for
-every smaller budget of ``T_b`` steps (``T_b - round(decay_fraction * T_b)``, not before the
-warmup). Up to that step a wsd run of ``T_b`` steps and the main run have the same LR,
-weights and data, so resuming there with ``max_steps = T_b`` (a *cooldown*) gives exactly
-the standalone ``T_b`` run; it costs only the decay steps. This needs each branch point to
-lie before the main run's own decay; the plan says so when budgets are too close. Any other
-schedule (``cosine``) trains every budget as its own full run from scratch: a cosine run
-stopped early is not a data point, and ``cooldowns: true`` with it is refused.
+Budgets. ``tokens`` are the same for every size; ``tokens_per_param`` gives ``D = r N``;
+``flops`` gives ``D = C / flops_per_token`` (N counts embeddings). A run trains
+``steps = round(D / tokens_per_step)`` optimizer steps, ``tokens_per_step = batch_size *
+seq_len * accumulate_grad_batches * devices * num_nodes``; the D reported is
+``steps * tokens_per_step``. Any schedule but wsd (``cosine``) trains every budget as its
+own run from scratch (a cosine run stopped early is not a data point).
 """
 
 from __future__ import annotations
@@ -61,22 +86,35 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from postformer.arch import PRESETS, ModelConfig
 from postformer.arch.flops import flops_per_token, param_counts
 
-TOP_KEYS = ("name", "baseline", "archs", "sizes", "budgets", "seeds", "model", "data", "trainer",
-            "checkpoint", "cooldowns")
+TOP_KEYS = ("name", "baseline", "archs", "sizes", "ladder", "budgets", "tune", "seeds",
+            "headline_seeds", "eval", "model", "data", "trainer", "checkpoint", "cooldowns")
 BUDGET_KINDS = ("tokens", "tokens_per_param", "flops")
-SIZE_KEYS = ("name", "d_model", "n_layers", "n_heads", "mixers", "overrides")
-ARCH_EXTRA_KEYS = ("preset", "layer_multiplier")
+BUDGET_OPTIONS = ("sizes", "tokens_per_param_range")  # with flops budgets and a ladder
+SIZE_KEYS = ("name", "d_model", "n_layers", "n_heads", "mixers", "fields", "overrides")
+ARCH_EXTRA_KEYS = ("preset", "layer_multiplier", "match_params", "model")
+LADDER_KEYS = ("knob", "d_model", "n_layers", "aspect_ratio", "head_dim", "d_state", "mixers",
+               "ff_multiple_of")
+TUNE_KEYS = ("lr", "sizes", "tokens_per_param", "flops", "extend", "eval_points")
+EVAL_KEYS = ("tokens", "points", "seed", "curve_tokens")
+HEADLINE_KEYS = ("seeds", "sizes")
+#: model-section keys the planner consumes (not LMModule arguments)
+STUDY_MODEL_KEYS = ("warmup_fraction",)
 # set by the runner per run, not by the study
-RUNNER_TRAINER_KEYS = ("max_steps", "default_root_dir")
-_LABEL = re.compile(r"^[A-Za-z0-9_.+]+$")
+RUNNER_TRAINER_KEYS = ("max_steps", "default_root_dir", "val_check_interval",
+                       "check_val_every_n_epoch", "limit_val_batches")
+RUNNER_DATA_KEYS = ("val_tokens", "val_seed")
+MATCH_TOL = 0.05  # match_params: N within 5% of the baseline's
+ISOFLOP_TOL = 0.02  # the sizes of an IsoFLOP group have equal compute within 2%
+MIN_STEPS = 5
+_LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 class StudyError(ValueError):
@@ -112,6 +150,12 @@ def _checkpoint_keys() -> list[str]:
     return _accepted(RunCheckpoint)
 
 
+def _lm_default(key: str) -> Any:
+    from postformer.train.module import LMModule
+
+    return inspect.signature(LMModule.__init__).parameters[key].default
+
+
 # ---- the spec ---------------------------------------------------------------------------
 
 
@@ -122,29 +166,43 @@ class Study:
     name: str
     baseline: str
     archs: dict[str, Any]  # label -> preset name (str) or a dict of fields
-    sizes: list[Any]  # preset size names (str) or dicts with SIZE_KEYS
+    sizes: list[Any]  # preset size names (str) or size dicts (the ladder's rungs, generated)
     budget_kind: str
     budgets: list[float]
+    ladder: dict[str, Any] | None = None
+    sizes_per_budget: int = 5
+    tpp_range: tuple[float, float] = (5.0, 100.0)
+    tune: dict[str, Any] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
+    headline_seeds: list[int] = field(default_factory=list)
+    headline_sizes: int = 1
+    eval: dict[str, Any] = field(default_factory=lambda: {"tokens": None, "points": 5, "seed": 0})
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
     checkpoint: dict[str, Any] = field(default_factory=dict)
     cooldowns: bool = True
     source: str = "<study>"
+    spec: dict[str, Any] = field(default_factory=dict)  # the input, for to_dict
+    _configs: dict[tuple[str, str], ModelConfig] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "baseline": self.baseline, "archs": copy.deepcopy(self.archs),
-            "sizes": copy.deepcopy(self.sizes), "budgets": {self.budget_kind: list(self.budgets)},
-            "seeds": list(self.seeds), "model": dict(self.model), "data": dict(self.data),
-            "trainer": dict(self.trainer), "checkpoint": dict(self.checkpoint),
-            "cooldowns": self.cooldowns,
-        }
+        out = copy.deepcopy(self.spec)
+        out.update({"baseline": self.baseline, "seeds": list(self.seeds),
+                    "eval": dict(self.eval), "model": dict(self.model), "data": dict(self.data),
+                    "trainer": dict(self.trainer), "cooldowns": self.cooldowns})
+        if self.tune is not None:
+            out["tune"] = copy.deepcopy(self.tune)
+        return out
 
     @property
     def size_names(self) -> list[str]:
         return [s if isinstance(s, str) else s["name"] for s in self.sizes]
+
+    @property
+    def isoflop(self) -> bool:
+        """FLOP budgets with sizes chosen per budget from a ladder."""
+        return self.budget_kind == "flops" and self.ladder is not None
 
     @property
     def schedule(self) -> str:
@@ -154,13 +212,35 @@ class Study:
         return self.data.get(key, _data_defaults()[key])
 
     @property
-    def tokens_per_step(self) -> int:
-        """Tokens of one optimizer step over all devices."""
+    def seq_len(self) -> int:
+        return int(self.data_value("seq_len"))
+
+    @property
+    def n_devices(self) -> int:
         devices = self.trainer.get("devices", 1)
         n_dev = len(devices) if isinstance(devices, list) else int(devices)
-        return (self.data_value("batch_size") * self.data_value("seq_len")
-                * int(self.trainer.get("accumulate_grad_batches", 1)) * n_dev
-                * int(self.trainer.get("num_nodes", 1)))
+        return n_dev * int(self.trainer.get("num_nodes", 1))
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step over all devices."""
+        return (self.data_value("batch_size") * self.seq_len
+                * int(self.trainer.get("accumulate_grad_batches", 1)) * self.n_devices)
+
+    def arch_model(self, label: str) -> dict[str, Any]:
+        """LMModule options of arch ``label``: the study's ``model`` (minus the planner's own
+        keys), updated by the arch's ``model`` mapping."""
+        base = {k: v for k, v in self.model.items() if k not in STUDY_MODEL_KEYS}
+        arch = self.archs[label]
+        if isinstance(arch, dict):
+            base.update(arch.get("model") or {})
+        return base
+
+    def tuned(self, label: str) -> bool:
+        """Whether arch ``label``'s LR comes from the tuning stage."""
+        arch = self.archs[label]
+        fixed = isinstance(arch, dict) and "lr" in (arch.get("model") or {})
+        return self.tune is not None and not fixed
 
 
 def _fail(study: str, where: str, msg: str) -> StudyError:
@@ -173,46 +253,61 @@ def _check_keys(src: str, where: str, got: dict, allowed: list[str] | tuple[str,
         raise _fail(src, where, f"unknown key(s) {unknown}; accepted: {sorted(allowed)}")
 
 
+def _mapping(src: str, where: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(src, where, f"must be a mapping, got {value!r}")
+    return value
+
+
 def _nonempty_list(src: str, where: str, value: Any) -> list:
     if not isinstance(value, list) or not value:
         raise _fail(src, where, f"must be a non-empty list, got {value!r}")
     return value
 
 
+def _positive(src: str, where: str, v: Any) -> float:
+    try:
+        x = float(v)  # YAML reads 1e6 as a string; accept it
+    except (TypeError, ValueError):
+        raise _fail(src, where, f"{v!r} is not a number") from None
+    if not x > 0 or not math.isfinite(x):
+        raise _fail(src, where, f"must be positive, got {v!r}")
+    return x
+
+
 def _positive_numbers(src: str, where: str, value: Any) -> list[float]:
-    out = []
-    for v in _nonempty_list(src, where, value):
-        try:
-            x = float(v)  # YAML reads 1e6 as a string; accept it
-        except (TypeError, ValueError):
-            raise _fail(src, where, f"{v!r} is not a number") from None
-        if not x > 0 or not math.isfinite(x):
-            raise _fail(src, where, f"budgets must be positive, got {v!r}")
-        out.append(x)
+    out = [_positive(src, where, v) for v in _nonempty_list(src, where, value)]
     if len(set(out)) != len(out):
-        raise _fail(src, where, f"repeated budgets in {value}")
+        raise _fail(src, where, f"repeated values in {value}")
     return out
 
 
-def study_from_dict(spec: dict[str, Any], source: str = "<study>") -> Study:
-    """Validate a spec (see the module docstring) and fill its defaults."""
-    src = source
-    if not isinstance(spec, dict):
-        raise StudyError(f"{src}: a study is a YAML mapping, got {type(spec).__name__}")
-    _check_keys(src, "top level", spec, TOP_KEYS)
-    for key in ("name", "archs", "sizes", "budgets"):
-        if key not in spec:
-            raise _fail(src, key, "missing (required)")
-    name = str(spec["name"])
+def _int(src: str, where: str, v: Any, lo: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise _fail(src, where, f"must be an integer >= {lo}, got {v!r}")
+    return v
 
-    archs = spec["archs"]
+
+def _seed_list(src: str, where: str, value: Any, allow_empty: bool = False) -> list[int]:
+    if allow_empty and value == []:
+        return []
+    seeds = _nonempty_list(src, where, value)
+    if not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise _fail(src, where, f"must be distinct integers >= 0, got {seeds}")
+    return list(seeds)
+
+
+def _check_archs(src: str, archs: Any) -> None:
     if not isinstance(archs, dict) or not archs:
         raise _fail(src, "archs", f"must be a non-empty mapping label -> arch, got {archs!r}")
     model_fields = [f.name for f in dataclasses.fields(ModelConfig)]
+    lm_keys = _model_keys()
     for label, arch in archs.items():
         where = f"archs.{label}"
         if not _LABEL.match(str(label)):
-            raise _fail(src, where, "labels name run folders: use letters, digits, _ . +")
+            raise _fail(src, where, "labels name run folders: use letters, digits, _ . + -")
         if isinstance(arch, str):
             if arch not in PRESETS:
                 raise _fail(src, where, f"unknown arch {arch!r}; presets: {sorted(PRESETS)}, "
@@ -224,17 +319,17 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>") -> Study:
                 raise _fail(src, where, f"unknown preset {arch['preset']!r}; known: {sorted(PRESETS)}")
             if "pattern" not in arch and "preset" not in arch:
                 raise _fail(src, where, "give a pattern (e.g. [mamba2, attn]) or a preset")
-            mult = arch.get("layer_multiplier", 1)
-            if not isinstance(mult, int) or mult < 1:
-                raise _fail(src, where, f"layer_multiplier must be an integer >= 1, got {mult!r}")
+            _int(src, f"{where}.layer_multiplier", arch.get("layer_multiplier", 1), 1)
+            if not isinstance(arch.get("match_params", False), bool):
+                raise _fail(src, f"{where}.match_params", "must be true or false")
+            _check_keys(src, f"{where}.model", _mapping(src, f"{where}.model", arch.get("model")),
+                        lm_keys)
         else:
             raise _fail(src, where, f"must be a preset name or a mapping of fields, got {arch!r}")
 
-    baseline = spec.get("baseline", next(iter(archs)))
-    if baseline not in archs:
-        raise _fail(src, "baseline", f"{baseline!r} is not one of the archs {list(archs)}")
 
-    sizes = _nonempty_list(src, "sizes", spec["sizes"])
+def _check_sizes(src: str, sizes: Any, archs: dict) -> list:
+    sizes = _nonempty_list(src, "sizes", sizes)
     preset_sizes = list(PRESETS["transformer"])
     for i, size in enumerate(sizes):
         where = f"sizes[{i}]"
@@ -248,7 +343,7 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>") -> Study:
                 if key not in size:
                     raise _fail(src, where, f"missing {key!r}")
             if not _LABEL.match(str(size["name"])):
-                raise _fail(src, where, "size names name run folders: use letters, digits, _ . +")
+                raise _fail(src, where, "size names name run folders: use letters, digits, _ . + -")
             for label in size.get("overrides", {}) or {}:
                 if label not in archs:
                     raise _fail(src, f"{where}.overrides", f"{label!r} is not one of the archs {list(archs)}")
@@ -257,38 +352,234 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>") -> Study:
     names = [s if isinstance(s, str) else str(s["name"]) for s in sizes]
     if len(set(names)) != len(names):
         raise _fail(src, "sizes", f"size names repeat: {names}")
+    return sizes
 
-    budgets = spec["budgets"]
-    if not isinstance(budgets, dict) or len(budgets) != 1:
+
+def ladder_sizes(src: str, ladder: dict) -> list[dict[str, Any]]:
+    """The size dicts of a ladder (see the module docstring), smallest first."""
+    _check_keys(src, "ladder", ladder, LADDER_KEYS)
+    knob = ladder.get("knob", "width")
+    head_dim = _int(src, "ladder.head_dim", ladder.get("head_dim", 16), 16)
+    mixers = _mapping(src, "ladder.mixers", ladder.get("mixers"))
+    if knob == "width":
+        widths = [_int(src, "ladder.d_model", d, 8) for d in _nonempty_list(src, "ladder.d_model", ladder.get("d_model"))]
+        depth = _int(src, "ladder.n_layers", ladder.get("n_layers", 4), 1)
+        shapes = [(d, depth) for d in widths]
+        name = lambda d, L: f"w{d}"
+    elif knob == "depth":
+        depths = [_int(src, "ladder.n_layers", L, 1) for L in _nonempty_list(src, "ladder.n_layers", ladder.get("n_layers"))]
+        if ("d_model" in ladder) == ("aspect_ratio" in ladder):
+            raise _fail(src, "ladder", "with knob depth give d_model (a fixed width) or "
+                                       "aspect_ratio (d_model = aspect_ratio * n_layers), not both")
+        if "d_model" in ladder:
+            shapes = [(_int(src, "ladder.d_model", ladder["d_model"], 8), L) for L in depths]
+        else:
+            ar = _positive(src, "ladder.aspect_ratio", ladder["aspect_ratio"])
+            shapes = [(max(head_dim, int(round(ar * L / head_dim)) * head_dim), L) for L in depths]
+        name = lambda d, L: f"L{L}"
+    else:
+        raise _fail(src, "ladder.knob", f"must be width or depth, got {knob!r}")
+    if len(set(shapes)) != len(shapes):
+        raise _fail(src, "ladder", f"rungs repeat: {shapes}")
+    d_state = ladder.get("d_state")
+    # the MLP width rounds to a multiple of this: 64 (the ModelConfig default) would move a
+    # 32-wide model's d_ff from 85 to 128, a jump in N the ladder's spacing does not intend
+    ff_mult = _int(src, "ladder.ff_multiple_of", ladder.get("ff_multiple_of", 16), 1)
+    out = []
+    for d, L in sorted(shapes):
+        opts = _rung_mixers(d, head_dim, d_state)
+        for m, o in mixers.items():
+            opts[m] = {**opts.get(m, {}), **(o or {})}
+        out.append({"name": name(d, L), "d_model": d, "n_layers": L,
+                    "n_heads": opts["attn"]["n_heads"], "mixers": opts,
+                    "fields": {"ff_multiple_of": ff_mult}})
+    return out
+
+
+def _heads(channels: int, per_head: int, *, even: bool = False, divides: int | None = None) -> int:
+    """The most heads of at least ``per_head`` channels that divide ``channels`` (and
+    ``divides``), with an even head dim when asked; at least one."""
+    for h in range(max(1, channels // per_head), 0, -1):
+        if channels % h or (divides is not None and divides % h):
+            continue
+        if even and (channels // h) % 2:
+            continue
+        return h
+    return 1
+
+
+def _rung_mixers(d: int, head_dim: int, d_state: int | None) -> dict[str, dict[str, Any]]:
+    """Mixer options that keep heads and states sensible at width d (see the docstring)."""
+    attn = _heads(d, head_dim, even=True)
+    inner = 2 * d  # mamba2's d_inner at expand 2
+    mamba_hd = head_dim if inner % head_dim == 0 else math.gcd(inner, head_dim)
+    key_gla, val_gla = d // 2, d  # GLA: expand_k 0.5, expand_v 1
+    gla = _heads(key_gla, 32, divides=val_gla) if key_gla >= 32 else 1
+    key_gdn = int(round(0.75 * d))
+    gdn = max(1, key_gdn // 32)
+    return {
+        "attn": {"n_heads": attn},
+        "swa": {"n_heads": attn},
+        "mamba2": {"headdim": mamba_hd, **({"d_state": int(d_state)} if d_state else {})},
+        "gla": {"n_heads": gla},
+        "gdn": {"n_heads": gdn, "head_dim": max(1, key_gdn // gdn)},
+        "deltanet": {"n_heads": max(1, d // 32), "head_dim": d // max(1, d // 32)},
+    }
+
+
+def _check_budgets(src: str, budgets: Any, ladder: bool) -> tuple[str, list[float], int, tuple[float, float]]:
+    budgets = _mapping(src, "budgets", budgets)
+    kinds = [k for k in budgets if k in BUDGET_KINDS]
+    if len(kinds) != 1:
+        unknown = [k for k in budgets if k not in BUDGET_KINDS + BUDGET_OPTIONS]
+        if unknown:
+            raise _fail(src, "budgets", f"unknown budget kind {unknown[0]!r}; accepted: "
+                                        f"{list(BUDGET_KINDS)}")
         raise _fail(src, "budgets", f"give exactly one of {list(BUDGET_KINDS)}, got {budgets!r}")
-    ((kind, values),) = budgets.items()
-    if kind not in BUDGET_KINDS:
-        raise _fail(src, "budgets", f"unknown budget kind {kind!r}; accepted: {list(BUDGET_KINDS)}")
-    values = _positive_numbers(src, f"budgets.{kind}", values)
+    _check_keys(src, "budgets", budgets, list(BUDGET_KINDS) + list(BUDGET_OPTIONS))
+    kind = kinds[0]
+    values = _positive_numbers(src, f"budgets.{kind}", budgets[kind])
+    opts = [k for k in BUDGET_OPTIONS if k in budgets]
+    if opts and not (kind == "flops" and ladder):
+        raise _fail(src, f"budgets.{opts[0]}", "only with flops budgets and a ladder (IsoFLOP "
+                                               "groups choose their sizes from the ladder)")
+    n = _int(src, "budgets.sizes", budgets.get("sizes", 5), 3)
+    rng = budgets.get("tokens_per_param_range", [5, 100])
+    if not (isinstance(rng, list) and len(rng) == 2):
+        raise _fail(src, "budgets.tokens_per_param_range", f"must be [low, high], got {rng!r}")
+    lo, hi = (_positive(src, "budgets.tokens_per_param_range", v) for v in rng)
+    if not lo < hi:
+        raise _fail(src, "budgets.tokens_per_param_range", f"needs low < high, got {rng}")
+    return kind, sorted(values), n, (lo, hi)
 
-    seeds = _nonempty_list(src, "seeds", spec.get("seeds", [0]))
-    if not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise _fail(src, "seeds", f"must be distinct integers >= 0, got {seeds}")
+
+def _check_tune(src: str, tune: Any, model: dict, flops_budget: float | None
+                ) -> dict[str, Any] | None:
+    if tune is None or tune is False:
+        return None
+    tune = _mapping(src, "tune", tune)
+    _check_keys(src, "tune", tune, TUNE_KEYS)
+    lr = tune.get("lr", {})
+    if isinstance(lr, list):
+        grid = _positive_numbers(src, "tune.lr", lr)
+        factor = None
+    else:
+        lr = _mapping(src, "tune.lr", lr)
+        _check_keys(src, "tune.lr", lr, ("center", "points", "factor"))
+        center = _positive(src, "tune.lr.center", lr.get("center", model.get("lr", 3e-3)))
+        points = _int(src, "tune.lr.points", lr.get("points", 5), 5)
+        factor = _positive(src, "tune.lr.factor", lr.get("factor", 2.0))
+        if factor <= 1:
+            raise _fail(src, "tune.lr.factor", f"must be > 1, got {factor}")
+        grid = [center * factor ** (i - (points - 1) / 2) for i in range(points)]
+    if len(grid) < 5:
+        raise _fail(src, "tune.lr", f"needs at least 5 learning rates, got {len(grid)}")
+    grid = sorted(grid)
+    if factor is None:
+        factor = float(np.exp(np.mean(np.diff(np.log(grid)))))
+    sizes = tune.get("sizes", 2)
+    if isinstance(sizes, int):
+        _int(src, "tune.sizes", sizes, 2)
+    else:
+        sizes = [str(s) for s in _nonempty_list(src, "tune.sizes", sizes)]
+        if len(sizes) < 2:
+            raise _fail(src, "tune.sizes", "tune at two sizes or more (the LR law needs two)")
+    if "tokens_per_param" in tune and "flops" in tune:
+        raise _fail(src, "tune", "give tokens_per_param or flops, not both")
+    if "flops" in tune:
+        budget = {"flops": _positive(src, "tune.flops", tune["flops"])}
+    elif "tokens_per_param" in tune or flops_budget is None:
+        budget = {"tokens_per_param": _positive(src, "tune.tokens_per_param",
+                                                tune.get("tokens_per_param", 20))}
+    else:  # the study's smallest FLOP budget: a tuning run costs one of its cheapest runs
+        budget = {"flops": flops_budget}
+    if not isinstance(tune.get("extend", True), bool):
+        raise _fail(src, "tune.extend", "must be true or false")
+    return {"grid": grid, "factor": factor, "sizes": sizes, **budget,
+            "extend": tune.get("extend", True),
+            "eval_points": _int(src, "tune.eval_points", tune.get("eval_points", 2), 1)}
+
+
+def study_from_dict(spec: dict[str, Any], source: str = "<study>") -> Study:
+    """Validate a spec (see the module docstring) and fill its defaults."""
+    src = source
+    if not isinstance(spec, dict):
+        raise StudyError(f"{src}: a study is a YAML mapping, got {type(spec).__name__}")
+    _check_keys(src, "top level", spec, TOP_KEYS)
+    for key in ("name", "archs", "budgets"):
+        if key not in spec:
+            raise _fail(src, key, "missing (required)")
+    name = str(spec["name"])
+    archs = spec["archs"]
+    _check_archs(src, archs)
+    baseline = spec.get("baseline", next(iter(archs)))
+    if baseline not in archs:
+        raise _fail(src, "baseline", f"{baseline!r} is not one of the archs {list(archs)}")
+
+    if ("ladder" in spec) == ("sizes" in spec):
+        raise _fail(src, "sizes", "give either sizes (a list) or ladder (one knob), not both"
+                    if "ladder" in spec else "missing: give sizes (a list) or a ladder")
+    ladder = None
+    if "ladder" in spec:
+        ladder = _mapping(src, "ladder", spec["ladder"])
+        sizes = ladder_sizes(src, ladder)
+    else:
+        sizes = _check_sizes(src, spec["sizes"], archs)
+    kind, values, n_sizes, tpp = _check_budgets(src, spec["budgets"], ladder is not None)
+
+    seeds = _seed_list(src, "seeds", spec.get("seeds", [0]))
+    hs = _mapping(src, "headline_seeds", spec.get("headline_seeds"))
+    _check_keys(src, "headline_seeds", hs, HEADLINE_KEYS)
+    headline = _seed_list(src, "headline_seeds.seeds", hs.get("seeds", []), allow_empty=True)
+    if set(headline) & set(seeds):
+        raise _fail(src, "headline_seeds.seeds", f"repeat seeds of `seeds` {seeds}")
+    headline_sizes = _int(src, "headline_seeds.sizes", hs.get("sizes", 1), 1)
+
+    ev = _mapping(src, "eval", spec.get("eval"))
+    _check_keys(src, "eval", ev, EVAL_KEYS)
+    ev_tokens = ev.get("tokens")
+    if ev_tokens is not None:
+        ev_tokens = _int(src, "eval.tokens", ev_tokens, 1)
+    curve = ev.get("curve_tokens")
+    if curve is not None:
+        curve = _int(src, "eval.curve_tokens", curve, 1)
+        if ev_tokens is not None and curve > ev_tokens:
+            raise _fail(src, "eval.curve_tokens", f"{curve} exceeds eval.tokens {ev_tokens}")
+    evaluation = {"tokens": ev_tokens, "points": _int(src, "eval.points", ev.get("points", 5), 1),
+                  "seed": _int(src, "eval.seed", ev.get("seed", 0), 0), "curve_tokens": curve}
 
     sections = {}
-    for key, allowed in (("model", _model_keys()), ("data", list(_data_defaults())),
+    for key, allowed in (("model", _model_keys() + list(STUDY_MODEL_KEYS)),
+                         ("data", list(_data_defaults())),
                          ("trainer", _trainer_keys()), ("checkpoint", _checkpoint_keys())):
-        section = spec.get(key) or {}
-        if not isinstance(section, dict):
-            raise _fail(src, key, f"must be a mapping, got {section!r}")
+        section = _mapping(src, key, spec.get(key))
         _check_keys(src, key, section, allowed)
         sections[key] = dict(section)
     for key in RUNNER_TRAINER_KEYS:
         if key in sections["trainer"]:
-            raise _fail(src, f"trainer.{key}", "is set by the runner for each run; remove it")
+            raise _fail(src, f"trainer.{key}", "is set by the runner for each run (validation: "
+                                               "the study's eval section); remove it")
+    for key in RUNNER_DATA_KEYS:
+        if key in sections["data"]:
+            raise _fail(src, f"data.{key}", "is set by the runner from the study's eval section; "
+                                            "use eval.tokens / eval.seed")
     devices = sections["trainer"].get("devices", 1)
     if not (isinstance(devices, list) or (isinstance(devices, int) and devices >= 1)):
         raise _fail(src, "trainer.devices", f"must be a count >= 1 or a list of device ids (the "
                                             f"tokens per step depend on it), got {devices!r}")
     sections["trainer"].setdefault("devices", 1)
-    sections["model"].setdefault("schedule", "wsd")
-
-    schedule = sections["model"]["schedule"]
+    model = sections["model"]
+    model.setdefault("schedule", "wsd")
+    if "warmup_fraction" in model:
+        wf = model["warmup_fraction"]
+        if not isinstance(wf, int | float) or not 0 < wf < 0.5:
+            raise _fail(src, "model.warmup_fraction", f"must be in (0, 0.5), got {wf!r}")
+        if "warmup_steps" in model:
+            raise _fail(src, "model", "give warmup_fraction or warmup_steps, not both")
+    elif "warmup_steps" not in model:
+        model["warmup_fraction"] = 0.05
+    tune = _check_tune(src, spec.get("tune"), model, min(values) if kind == "flops" else None)
+    schedule = model["schedule"]
     cooldowns = spec.get("cooldowns", schedule == "wsd")
     if cooldowns and schedule != "wsd":
         raise _fail(src, "cooldowns", f"need schedule wsd, not {schedule!r}: a {schedule} run "
@@ -296,19 +587,27 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>") -> Study:
                                       "run (cooldowns: false)")
 
     study = Study(
-        name=name, baseline=baseline, archs=copy.deepcopy(archs), sizes=copy.deepcopy(sizes),
-        budget_kind=kind, budgets=values, seeds=list(seeds), model=sections["model"],
-        data=sections["data"], trainer=sections["trainer"], checkpoint=sections["checkpoint"],
-        cooldowns=bool(cooldowns), source=src,
+        name=name, baseline=baseline, archs=copy.deepcopy(archs), sizes=sizes,
+        budget_kind=kind, budgets=values, ladder=ladder, sizes_per_budget=n_sizes,
+        tpp_range=tpp, tune=tune, seeds=seeds, headline_seeds=headline,
+        headline_sizes=headline_sizes, eval=evaluation, model=model, data=sections["data"],
+        trainer=sections["trainer"], checkpoint=sections["checkpoint"],
+        cooldowns=bool(cooldowns), source=src, spec=copy.deepcopy(spec),
     )
+    if isinstance(tune, dict) and isinstance(tune["sizes"], list):
+        for s in tune["sizes"]:
+            if s not in study.size_names:
+                raise _fail(src, "tune.sizes", f"{s!r} is not a size of the study {study.size_names}")
     for label in archs:  # every model must build; errors name the arch and the size
         for size in sizes:
             model_config(study, label, size)
     return study
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | Any) -> Study:
     """Read and validate a study YAML file."""
+    from pathlib import Path
+
     path = Path(path)
     if not path.is_file():
         raise StudyError(f"study file {str(path)!r} does not exist")
@@ -327,8 +626,8 @@ def _merge_mixers(into: dict, mixers: dict | None) -> None:
         into[name] = {**into.get(name, {}), **(opts or {})}
 
 
-def model_config(study: Study, label: str, size: Any) -> ModelConfig:
-    """The ``ModelConfig`` of arch ``label`` at ``size`` (a preset name or a size mapping)."""
+def _shape_config(study: Study, label: str, size: Any) -> dict[str, Any]:
+    """ModelConfig fields of arch ``label`` at ``size`` before parameter matching."""
     from postformer.train.tokenizer import get_tokenizer
 
     src, arch = study.source, study.archs[label]
@@ -341,10 +640,11 @@ def model_config(study: Study, label: str, size: Any) -> ModelConfig:
         shape = PRESETS["transformer"][size]
         d_model, n_layers = shape["d_model"], shape["n_layers"]
         n_heads = shape["mixers"]["attn"]["n_heads"]
-        size_mixers, overrides = {}, {}
+        size_mixers, overrides, size_fields = {}, {}, {}
     else:
         d_model, n_layers, n_heads = size["d_model"], size["n_layers"], size.get("n_heads")
         size_mixers, overrides = size.get("mixers") or {}, (size.get("overrides") or {}).get(label) or {}
+        size_fields = size.get("fields") or {}
 
     fields: dict[str, Any] = {}
     if preset is not None:
@@ -353,6 +653,7 @@ def model_config(study: Study, label: str, size: Any) -> ModelConfig:
         fields = copy.deepcopy(base) if isinstance(size, str) else {
             k: copy.deepcopy(base[k]) for k in ("pattern", "mlp") if k in base
         }
+    fields.update(size_fields)
     fields.update({k: v for k, v in own.items() if k != "mixers"})
     pattern = fields.get("pattern", ["attn"])
     mixers = fields.setdefault("mixers", {})
@@ -375,13 +676,51 @@ def model_config(study: Study, label: str, size: Any) -> ModelConfig:
             fields["n_layers"] = n_layers * mult
         _merge_mixers(mixers, overrides.get("mixers"))
         fields.update({k: v for k, v in overrides.items() if k != "mixers"})
-        cfg = ModelConfig(**fields)
+        ModelConfig(**fields)
     except (TypeError, ValueError) as err:
         raise _fail(src, where, str(err)) from None
+    return fields
+
+
+def model_config(study: Study, label: str, size: Any) -> ModelConfig:
+    """The ``ModelConfig`` of arch ``label`` at ``size`` (a preset name or a size mapping);
+    with ``match_params`` its ``d_ff`` makes N match the baseline's within 5%."""
+    key = (label, size if isinstance(size, str) else size["name"])
+    cached = study._configs.get(key)
+    if cached is None:
+        cached = study._configs[key] = _model_config(study, label, size)
+    return copy.deepcopy(cached)
+
+
+def _model_config(study: Study, label: str, size: Any) -> ModelConfig:
+    fields = _shape_config(study, label, size)
+    cfg = ModelConfig(**fields)
+    size_name = size if isinstance(size, str) else size["name"]
+    where = f"archs.{label} at size {size_name}"
+    arch = study.archs[label]
+    if isinstance(arch, dict) and arch.get("match_params") and label != study.baseline:
+        target = param_counts(ModelConfig(**_shape_config(study, study.baseline, size)))[0]
+        if not any(cfg.block_has_mlp(m) for m in cfg.pattern):
+            raise _fail(study.source, where, "match_params sets d_ff, but no block of the pattern "
+                                             "has an MLP")
+        # N is linear in d_ff: solve, then try the multiples of 8 around the solution
+        n8, n16 = (param_counts(ModelConfig(**{**fields, "d_ff": f}))[0] for f in (8, 16))
+        guess = 8 + (target - n8) * 8 / max(n16 - n8, 1)
+        best = None
+        for d_ff in {max(8, 8 * int(guess // 8) + k) for k in (-8, 0, 8, 16)}:
+            N = param_counts(ModelConfig(**{**fields, "d_ff": d_ff}))[0]
+            if best is None or abs(N - target) < abs(best[1] - target):
+                best = (d_ff, N)
+        if abs(best[1] / target - 1) > MATCH_TOL:
+            raise _fail(study.source, where, f"match_params: no d_ff brings N within "
+                                             f"{MATCH_TOL:.0%} of the baseline's {target} (best "
+                                             f"{best[1]} at d_ff={best[0]})")
+        cfg = ModelConfig(**{**fields, "d_ff": best[0]})
     missing = set(cfg.pattern) - set(cfg.layer_mixers)
     if missing:
-        raise _fail(src, where, f"{cfg.n_layers} layers never reach mixer(s) {sorted(missing)} of the "
-                                f"pattern {cfg.pattern}; use more layers or a layer_multiplier")
+        raise _fail(study.source, where, f"{cfg.n_layers} layers never reach mixer(s) "
+                                         f"{sorted(missing)} of the pattern {cfg.pattern}; use "
+                                         "more layers or a layer_multiplier")
     return cfg
 
 
@@ -393,7 +732,9 @@ class RunPlan:
     """One training run: a main run (``kind="final"``) or a cooldown branched off one.
 
     ``run_dir`` is relative to the study folder. A cooldown starts from the main run's
-    checkpoint ``branch_ckpt`` (relative) at step ``start_step``.
+    checkpoint ``branch_ckpt`` (relative) at step ``start_step``. ``eval_at``: the global
+    steps validated at (the last one included); ``budget_flops``: the IsoFLOP group (None
+    for token budgets and tuning runs).
     """
 
     kind: str
@@ -404,11 +745,16 @@ class RunPlan:
     start_step: int = 0
     branch_ckpt: str | None = None
     save_at: list[int] = field(default_factory=list)  # stable-phase checkpoints to write
+    eval_at: list[int] = field(default_factory=list)
+    budget_flops: float | None = None
 
 
 @dataclass
 class Point:
-    """One (arch, size, seed) of a study, with every run that measures its budgets."""
+    """One trajectory of a study: (arch, size, seed) of the main grid, or (arch, size, lr)
+    of the tuning stage, with every run that measures its budgets (main run first).
+
+    ``lr`` is None for a main-grid point whose LR awaits the tuning stage."""
 
     arch: str
     size: str
@@ -419,9 +765,14 @@ class Point:
     flops_per_token: float
     seq_len: int
     runs: list[RunPlan]
+    stage: str = "main"
+    lr: float | None = None
+    warmup_steps: int = 0
 
     @property
     def name(self) -> str:
+        if self.stage == "tune":
+            return f"{self.arch}-{self.size}-lr{self.lr:.3g}"
         return f"{self.arch}-{self.size}-s{self.seed}"
 
 
@@ -430,76 +781,235 @@ def branch_ckpt_name(step: int) -> str:
     return f"stable-{step}.ckpt"
 
 
-def _budget_tokens(study: Study, value: float, N: int) -> float:
-    if study.budget_kind == "tokens":
-        return value
-    if study.budget_kind == "tokens_per_param":
-        return value * N
-    return value / (6 * N)  # flops
+@dataclass
+class _Shape:
+    size: Any
+    name: str
+    config: ModelConfig
+    N: int
+    N_non_emb: int
+    fpt: float
 
 
-def plan(study: Study) -> list[Point]:
-    """Expand archs x sizes x seeds into points, each with its runs (main run first)."""
+def _shapes(study: Study, label: str) -> list[_Shape]:
+    key = ("shapes", label)
+    if key not in study._configs:
+        out = []
+        for size in study.sizes:
+            cfg = model_config(study, label, size)
+            N, N_ne = param_counts(cfg)
+            out.append(_Shape(size, size if isinstance(size, str) else str(size["name"]), cfg, N,
+                              N_ne, flops_per_token(cfg, study.seq_len)))
+        study._configs[key] = out
+    return study._configs[key]
+
+
+def _pick(n_cand: int, k: int) -> list[int]:
+    """k indices of n_cand spread evenly (ends included)."""
+    if n_cand <= k:
+        return list(range(n_cand))
+    return sorted({int(round(x)) for x in np.linspace(0, n_cand - 1, k)})
+
+
+def isoflop_sizes(study: Study, label: str) -> dict[float, list[str]]:
+    """budget -> the size names of arch ``label``'s IsoFLOP group (smallest first)."""
+    shapes = _shapes(study, label)
+    lo, hi = study.tpp_range
+    out = {}
+    for C in study.budgets:
+        cand = [s for s in shapes if lo <= C / s.fpt / s.N <= hi]
+        if len(cand) < 3:
+            tpp = ", ".join(f"{s.name}: {C / s.fpt / s.N:.3g}" for s in shapes)
+            raise StudyError(
+                f"{study.source}: budgets.flops: at C={C:.3g} arch {label} has {len(cand)} ladder "
+                f"size(s) with tokens per parameter in [{lo:g}, {hi:g}] (an IsoFLOP group needs 3); "
+                f"tokens per parameter by size: {tpp}; extend the ladder or move the budget")
+        out[C] = [cand[i].name for i in _pick(len(cand), study.sizes_per_budget)]
+    return out
+
+
+def _budgets_of(study: Study, label: str) -> list[tuple[_Shape, list[tuple[float | None, float]], set]]:
+    """Per size: its (budget_flops, D) list and the budgets where it gets headline seeds."""
+    shapes = _shapes(study, label)
+    out = []
+    if study.isoflop:
+        groups = isoflop_sizes(study, label)
+        for s in shapes:
+            mine = [(C, C / s.fpt) for C, names in groups.items() if s.name in names]
+            middle = set()
+            for C, names in groups.items():
+                k = min(study.headline_sizes, len(names))
+                start = (len(names) - k) // 2
+                if s.name in names[start:start + k]:
+                    middle.add(C)
+            if mine:
+                out.append((s, mine, middle))
+        return out
+    k = min(study.headline_sizes, len(shapes))
+    start = (len(shapes) - k) // 2
+    for i, s in enumerate(shapes):
+        mine = []
+        for v in study.budgets:
+            if study.budget_kind == "tokens":
+                mine.append((None, v))
+            elif study.budget_kind == "tokens_per_param":
+                mine.append((None, v * s.N))
+            else:
+                mine.append((v, v / s.fpt))
+        out.append((s, mine, {b for b, _ in mine} if start <= i < start + k else set()))
+    return out
+
+
+def _eval_steps(steps: int, points: int, extra: list[int] = ()) -> list[int]:
+    at = {max(1, int(round(steps * i / points))) for i in range(1, points + 1)}
+    return sorted(at | {s for s in extra if 1 <= s <= steps} | {steps})
+
+
+def _trajectory(study: Study, label: str, shape: _Shape, seed: int, budgets: list,
+                base_dir: str, stage: str, lr: float | None, eval_points: int) -> Point:
+    """One trajectory: a main run to the largest budget and a cooldown (or, without wsd
+    cooldowns, a full run) for each smaller one."""
     from postformer.train.schedule import wsd_decay_start
 
     tps = study.tokens_per_step
-    seq_len = study.data_value("seq_len")
-    warmup = study.model.get("warmup_steps", _lm_default("warmup_steps"))
-    decay_fraction = study.model.get("decay_fraction", _lm_default("decay_fraction"))
+    runs_spec = []
+    for C, D in budgets:
+        steps = max(1, int(round(D / tps)))
+        if C is not None:
+            actual = steps * tps * shape.fpt
+            if abs(actual / C - 1) > ISOFLOP_TOL:
+                raise StudyError(
+                    f"{study.source}: budgets: {label} at size {shape.name} trains {steps} steps of "
+                    f"{tps} tokens for C={C:.3g}, which rounds its compute to {actual:.3g} (off by "
+                    f"more than {ISOFLOP_TOL:.0%}); use a smaller batch_size or larger budgets")
+        if steps < MIN_STEPS:
+            what = f"C={C:.3g}" if C else f"D={D:.3g}"
+            raise StudyError(
+                f"{study.source}: budgets: {label} at size {shape.name} would train only {steps} "
+                f"steps for {what} ({tps} tokens per step; at least {MIN_STEPS}); use a smaller "
+                "batch_size or larger budgets")
+        runs_spec.append((C, D, steps))
+    runs_spec.sort(key=lambda r: -r[2])
+    steps_list = [r[2] for r in runs_spec]
+    if len(set(steps_list)) != len(steps_list):
+        raise StudyError(
+            f"{study.source}: budgets: at {label}/{shape.name} two budgets round to the same "
+            f"number of steps {steps_list} ({tps} tokens per step); spread the budgets further")
+    if "warmup_steps" in study.arch_model(label):
+        warmup = int(study.arch_model(label)["warmup_steps"])
+    else:
+        warmup = max(1, int(study.model["warmup_fraction"] * min(steps_list)))
+    decay = study.arch_model(label).get("decay_fraction", _lm_default("decay_fraction"))
+    (C_max, D_max, s_max), rest = runs_spec[0], runs_spec[1:]
+    main = RunPlan("final", D_max, s_max, s_max * tps, base_dir, budget_flops=C_max)
+    runs = [main]
+    branches = []
+    for C, D, s in rest:
+        if not study.cooldowns:
+            runs.append(RunPlan("final", D, s, s * tps, f"{base_dir}/budget-{s * tps}",
+                                eval_at=_eval_steps(s, eval_points), budget_flops=C))
+            continue
+        branch = wsd_decay_start(s, warmup_steps=warmup, decay_fraction=decay)
+        main_decay = wsd_decay_start(s_max, warmup_steps=warmup, decay_fraction=decay)
+        if branch >= s:
+            raise StudyError(
+                f"{study.source}: budgets: the {s}-step budget of {label}/{shape.name} is not "
+                f"longer than the warmup ({warmup} steps); use a shorter warmup or larger budgets")
+        if branch < 1 or branch > main_decay:
+            raise StudyError(
+                f"{study.source}: budgets: the {s}-step budget of {label}/{shape.name} would "
+                f"branch at step {branch}, but the {s_max}-step main run decays from step "
+                f"{main_decay}; use budgets farther apart or cooldowns: false")
+        main.save_at.append(branch)
+        branches.append(branch)
+        runs.append(RunPlan(
+            "cooldown", D, s, s * tps, f"{base_dir}/cooldown-{s * tps}", start_step=branch,
+            branch_ckpt=f"{base_dir}/checkpoints/{branch_ckpt_name(branch)}",
+            eval_at=_eval_steps(s, 1), budget_flops=C))
+    main.save_at.sort()
+    main.eval_at = _eval_steps(s_max, eval_points, branches)
+    return Point(arch=label, size=shape.name, seed=seed, config=shape.config, N=shape.N,
+                 N_non_emb=shape.N_non_emb, flops_per_token=shape.fpt, seq_len=study.seq_len,
+                 runs=runs, stage=stage, lr=lr, warmup_steps=warmup)
+
+
+def plan(study: Study, lrs: dict[str, Any] | None = None) -> list[Point]:
+    """The main grid: one point per (arch, size, seed) trajectory, each with its runs.
+
+    ``lrs``: arch -> an object with ``lr_for(N)`` (``scaling.analysis.LRSweep``) for the
+    archs tuned; a tuned arch missing from it gets ``lr=None`` (awaiting the tuning stage).
+    Untuned archs use ``model.lr`` (theirs or the study's)."""
     points = []
     for label in study.archs:
-        for size in study.sizes:
-            cfg = model_config(study, label, size)
-            size_name = size if isinstance(size, str) else str(size["name"])
-            N, N_non_emb = param_counts(cfg)
-            budgets = sorted(
-                ((b, math.ceil(b / tps)) for b in (_budget_tokens(study, v, N) for v in study.budgets)),
-                key=lambda x: -x[1],
-            )
-            steps = [s for _, s in budgets]
-            if len(set(steps)) != len(steps):
-                raise StudyError(
-                    f"{study.source}: budgets: at {label}/{size_name} two budgets round to the same "
-                    f"number of steps {steps} ({tps} tokens per step); spread the budgets further"
-                )
+        for shape, budgets, middle in _budgets_of(study, label):
+            if study.tuned(label):
+                sweep = (lrs or {}).get(label)
+                lr = None if sweep is None else float(sweep.lr_for(shape.N))
+            else:
+                lr = float(study.arch_model(label).get("lr", _lm_default("lr")))
             for seed in study.seeds:
-                name = f"{label}-{size_name}-s{seed}"
-                main_dir = f"runs/{name}"
-                (b_max, s_max), rest = budgets[0], budgets[1:]
-                main = RunPlan("final", b_max, s_max, s_max * tps, main_dir)
-                runs = [main]
-                for b, s in rest:
-                    if not study.cooldowns:
-                        runs.append(RunPlan("final", b, s, s * tps, f"{main_dir}/budget-{s * tps}"))
-                        continue
-                    branch = wsd_decay_start(s, warmup_steps=warmup, decay_fraction=decay_fraction)
-                    main_decay = wsd_decay_start(s_max, warmup_steps=warmup, decay_fraction=decay_fraction)
-                    if branch >= s:
-                        raise StudyError(
-                            f"{study.source}: budgets: the {s}-step budget of {name} is not longer "
-                            f"than the warmup ({warmup} steps); use a shorter warmup or larger budgets"
-                        )
-                    if branch < 1 or branch > main_decay:
-                        raise StudyError(
-                            f"{study.source}: budgets: the {s}-step budget of {name} would branch at "
-                            f"step {branch}, but the {s_max}-step main run decays from step "
-                            f"{main_decay} (warmup {warmup}); use budgets farther apart, a shorter "
-                            "warmup, or cooldowns: false"
-                        )
-                    main.save_at.append(branch)
-                    runs.append(RunPlan(
-                        "cooldown", b, s, s * tps, f"{main_dir}/cooldown-{s * tps}",
-                        start_step=branch, branch_ckpt=f"{main_dir}/checkpoints/{branch_ckpt_name(branch)}",
-                    ))
-                main.save_at.sort()
-                points.append(Point(
-                    arch=label, size=size_name, seed=seed, config=cfg, N=N, N_non_emb=N_non_emb,
-                    flops_per_token=flops_per_token(cfg, seq_len), seq_len=seq_len, runs=runs,
-                ))
+                points.append(_trajectory(study, label, shape, seed, budgets,
+                                          f"runs/{label}-{shape.name}-s{seed}", "main", lr,
+                                          study.eval["points"]))
+            mid = [b for b in budgets if b[0] in middle or (b[0] is None and middle)]
+            for seed in study.headline_seeds:
+                if mid:
+                    points.append(_trajectory(study, label, shape, seed, mid,
+                                              f"runs/{label}-{shape.name}-s{seed}", "main", lr,
+                                              study.eval["points"]))
     return points
 
 
-def _lm_default(key: str) -> Any:
-    from postformer.train.module import LMModule
+def tune_sizes(study: Study, label: str) -> list[str]:
+    """The sizes arch ``label`` is tuned at: the listed ones, or ``tune.sizes`` sizes spread
+    from the smallest size of the main grid to its median size (tuning costs grow as N^2)."""
+    sizes = study.tune["sizes"]
+    if isinstance(sizes, list):
+        return sizes
+    used = {p.size for p in plan(study, {}) if p.arch == label}
+    order = [s for s in study.size_names if s in used]
+    upto = order[: max(2, (len(order) + 1) // 2)]
+    return [upto[i] for i in _pick(len(upto), sizes)]
 
-    return inspect.signature(LMModule.__init__).parameters[key].default
+
+def extension_lrs(grid: list[float], factor: float, losses: dict[float, float]) -> list[float]:
+    """The LRs to add when the best LR of a finished sweep over ``grid`` is at one of its
+    edges: two more steps of ``factor`` beyond that edge ([] when interior)."""
+    if len(losses) < len(grid) or not all(math.isfinite(losses[g]) for g in grid):
+        return []
+    best = min(grid, key=lambda g: losses[g])
+    if best == grid[0]:
+        return [grid[0] / factor, grid[0] / factor ** 2]
+    if best == grid[-1]:
+        return [grid[-1] * factor, grid[-1] * factor ** 2]
+    return []
+
+
+def plan_tune(study: Study, finished: dict[tuple[str, str, float], float] | None = None) -> list[Point]:
+    """The tuning stage: per tuned arch and tune size, one run per LR of the grid at the
+    tuning budget, plus the one-time extension of any sweep whose best LR (in ``finished``:
+    (arch, size, lr) -> final loss) is at the grid's edge."""
+    if study.tune is None:
+        return []
+    tune = study.tune
+    grid, finished = tune["grid"], finished or {}
+    points = []
+    for label in study.archs:
+        if not study.tuned(label):
+            continue
+        shapes = {s.name: s for s in _shapes(study, label)}
+        for name in tune_sizes(study, label):
+            shape = shapes[name]
+            if "flops" in tune:
+                D = tune["flops"] / shape.fpt
+            else:
+                D = tune["tokens_per_param"] * shape.N
+            lrs = list(grid)
+            if tune["extend"]:
+                done = {lr: finished[(label, name, lr)] for lr in grid if (label, name, lr) in finished}
+                lrs += extension_lrs(grid, tune["factor"], done)
+            for lr in lrs:
+                points.append(_trajectory(study, label, shape, study.seeds[0], [(None, D)],
+                                          f"tune/{label}-{name}-lr{lr:.3g}", "tune", lr,
+                                          tune["eval_points"]))
+    return points

@@ -80,7 +80,10 @@ def read_results(path: str | Path) -> pd.DataFrame:
             row["arch"] = raw["arch"].strip()
             for col, positive in NUMERIC.items():
                 text = raw.get(col)
-                if text is None or (col not in REQUIRED and text.strip() == ""):
+                if text is None:
+                    continue
+                if col not in REQUIRED and text.strip() == "":
+                    row[col] = math.nan  # an optional value left empty
                     continue
                 row[col] = _number(text, f"{path}: line {line}: column {col!r}", positive)
             stage = (raw.get("stage") or "main").strip() or "main"

@@ -7,19 +7,32 @@ import json
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 import yaml
 
-from postformer.arch import ModelConfig
+from postformer.arch import PRESETS, ModelConfig
 from postformer.arch.flops import flops_per_token, param_counts
 from postformer.cli import main
 from postformer.scaling import results as results_mod
+from postformer.scaling.analysis import lr_sweeps
 from postformer.scaling.results import COLUMNS, collect, write_results
-from postformer.scaling.runner import run_study
-from postformer.scaling.study import StudyError, load_study, plan, study_from_dict
+from postformer.scaling.runner import print_plan, run_study
+from postformer.scaling.study import (
+    StudyError,
+    extension_lrs,
+    isoflop_sizes,
+    ladder_sizes,
+    load_study,
+    model_config,
+    plan,
+    plan_tune,
+    study_from_dict,
+    tune_sizes,
+)
 from postformer.train import fileio
 from postformer.train.cli import lightning_main
 
@@ -37,7 +50,8 @@ MICRO = {
     "budgets": {"tokens": [1024, 2048]},
     "model": {"lr": 3e-3, "warmup_steps": 2, "decay_fraction": 0.25},
     "data": {"max_bytes": 150_000, "seq_len": 32, "batch_size": 4},
-    "trainer": {"accelerator": "cpu", "limit_val_batches": 2, "log_every_n_steps": 1},
+    "eval": {"tokens": 256, "points": 2},
+    "trainer": {"accelerator": "cpu", "log_every_n_steps": 1},
 }
 
 
@@ -76,7 +90,7 @@ def spec(**changes) -> dict:
         ({"budgets": {"tokens": []}}, r"budgets.tokens: must be a non-empty list"),
         ({"budgets": {"tokens": [1], "flops": [1]}}, r"budgets: give exactly one of"),
         ({"budgets": {"steps": [1]}}, r"unknown budget kind 'steps'"),
-        ({"budgets": {"tokens": [-5]}}, r"budgets must be positive"),
+        ({"budgets": {"tokens": [-5]}}, r"budgets.tokens: must be positive"),
         ({"seeds": []}, r"seeds: must be a non-empty list"),
         ({"baseline": "gpt"}, r"baseline: 'gpt' is not one of the archs"),
         ({"model": {"learning_rate": 1}}, r"model: unknown key\(s\) \['learning_rate'\]"),
@@ -87,6 +101,20 @@ def spec(**changes) -> dict:
         ({"archs": {"h": {"pattern": ["mamba2", "mamba2", "attn"], "layer_multiplier": 1}}},
          r"never reach mixer\(s\) \['attn'\]"),
         ({"model": {"schedule": "cosine"}, "cooldowns": True}, r"cooldowns: need schedule wsd"),
+        ({"trainer": {"limit_val_batches": 2}}, r"trainer.limit_val_batches: is set by the runner"),
+        ({"data": {"val_tokens": 5}}, r"data.val_tokens: is set by the runner"),
+        ({"ladder": {"d_model": [32, 64]}}, r"sizes: give either sizes \(a list\) or ladder"),
+        ({"tune": {"lr": [1e-3, 2e-3, 4e-3]}}, r"tune.lr: needs at least 5 learning rates"),
+        ({"tune": {"lr": {"points": 3}}}, r"tune.lr.points: must be an integer >= 5"),
+        ({"tune": {"sizes": ["a"]}}, r"tune.sizes: tune at two sizes or more"),
+        ({"tune": {"sizes": ["a", "zz"]}}, r"tune.sizes: 'zz' is not a size"),
+        ({"headline_seeds": {"seeds": [0]}}, r"headline_seeds.seeds: repeat seeds"),
+        ({"eval": {"points": 0}}, r"eval.points: must be an integer >= 1"),
+        ({"budgets": {"tokens": [1024], "sizes": 5}}, r"budgets.sizes: only with flops budgets and a ladder"),
+        ({"model": {"warmup_steps": 2, "warmup_fraction": 0.05}}, r"warmup_fraction or warmup_steps"),
+        ({"archs": {"t": {"preset": "transformer", "model": {"lrr": 1}}}}, r"archs.t.model: unknown key"),
+        ({"archs": {"transformer": "transformer", "m": {"preset": "mamba2", "match_params": True}}},
+         r"match_params sets d_ff, but no block of the pattern has an MLP"),
     ],
 )
 def test_spec_errors_name_the_key(changes, message):
@@ -120,6 +148,9 @@ def test_plan_expands_points_runs_and_steps():
     # cooldown to 8 steps: decay 0.25 * 8 = 2 steps, branch at step 6 of the main run
     assert (cool.kind, cool.steps, cool.start_step) == ("cooldown", 8, 6)
     assert main_run.save_at == [6] and cool.branch_ckpt == "runs/transformer-a-s0/checkpoints/stable-6.ckpt"
+    # evaluations: eval.points along the main run, its branch point, the last step
+    assert main_run.eval_at == [6, 8, 16] and cool.eval_at == [8]
+    assert p.warmup_steps == 2 and p.lr == 3e-3 and p.stage == "main"
     assert cool.run_dir == "runs/transformer-a-s0/cooldown-1024"
     # shapes: mamba2 has no MLP, so twice the layers; N from the model itself
     m = points[4]
@@ -144,11 +175,13 @@ def test_plan_budget_kinds_and_presets():
     assert by_name["mamba-tiny-s0"].config == ModelConfig.from_preset("mamba", "tiny", vocab_size=256)
     assert by_name["mamba-tiny-s0"].config.n_layers == 3
     assert by_name["m2h-c-s0"].config.mlp is True and by_name["m2h-c-s0"].config.n_layers == 2
-    assert t.runs[0].steps == math.ceil(2 * t.N / 128) and t.runs[1].steps == math.ceil(t.N / 128)
-    C = 6 * t.N * 4096
-    study = study_from_dict(spec(sizes=["tiny"], budgets={"flops": [C, C / 4]}))
-    steps = [r.steps for r in plan(study)[0].runs]
-    assert steps == [32, 8]  # D = C / (6 N): 4096 and 1024 tokens
+    assert t.runs[0].steps == round(2 * t.N / 128) and t.runs[1].steps == round(t.N / 128)
+    C = flops_per_token(t.config, 32) * 4096
+    study = study_from_dict(spec(sizes=["tiny"], budgets={"flops": [C, C / 4]},
+                                 archs={"transformer": "transformer"}))
+    runs = plan(study)[0].runs
+    assert [r.steps for r in runs] == [32, 8]  # D = C / (the arch's FLOPs per token)
+    assert [r.budget_flops for r in runs] == [C, C / 4]
 
 
 def test_plan_hybrid_and_overrides():
@@ -271,7 +304,7 @@ def test_second_run_skips_everything(micro_study, capsys, monkeypatch):
     rows = run_study(study, out, report=False)
     assert len(rows) == 8
     log = capsys.readouterr().out
-    assert log.count("): finished already") == 8 and "(8 finished already)" in log
+    assert "8 runs (8 finished already)" in log
     # --list prints nothing left to do
     assert run_study(study, out, list_only=True) == []
 
@@ -289,7 +322,9 @@ def test_list_prints_fit_commands(tmp_path, capsys):
     fit_yaml = out / "runs" / "mamba2-b-s0" / "fit.yaml"
     cfg = yaml.safe_load(fit_yaml.read_text())
     assert cfg["trainer"]["max_steps"] == 16 and cfg["trainer"]["default_root_dir"] == str(fit_yaml.parent.resolve())
-    assert cfg["trainer"]["callbacks"][0]["init_args"]["steps"] == [6]
+    by_class = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in cfg["trainer"]["callbacks"]}
+    assert by_class["SaveAtSteps"]["steps"] == [6] and by_class["EvalAtSteps"]["steps"] == [6, 8, 16]
+    assert cfg["trainer"]["limit_val_batches"] == 0 and cfg["data"]["val_tokens"] == 256
     assert cfg["model"]["schedule"] == "wsd" and cfg["model"]["config"]["n_layers"] == 4
 
 
@@ -361,10 +396,268 @@ def test_cli_registers_study_and_report(capsys):
     assert "--list" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "default.yaml", "gpu-125m-1.3b.yaml"])
+# ---- the protocol: ladder, IsoFLOP groups, seeds, LR tuning ----------------------------
+
+ISO = {
+    "name": "iso",
+    "archs": {"transformer": "transformer", "mamba2": "mamba2", "gla": "gla",
+              "hybrid": {"preset": "gdn-hybrid", "match_params": True}},
+    "ladder": {"knob": "width", "d_model": [16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128],
+               "n_layers": 4, "head_dim": 16, "d_state": 16},
+    "budgets": {"flops": [4e11, 1.6e12], "sizes": 5},
+    "tune": {"lr": {"center": 3e-3, "points": 5, "factor": 2}, "sizes": 2},
+    "seeds": [0],
+    "headline_seeds": {"seeds": [1, 2]},
+    "data": {"seq_len": 64, "batch_size": 2, "max_bytes": 150_000},
+    "trainer": {"accelerator": "cpu"},
+}
+
+
+@pytest.fixture(scope="module")
+def iso():
+    study = study_from_dict(copy.deepcopy(ISO), source="iso.yaml")
+    return study, plan(study, {})
+
+
+def test_ladder_keeps_heads_sensible():
+    sizes = ladder_sizes("x", {"knob": "width", "d_model": list(range(32, 520, 8)), "head_dim": 16})
+    for size in sizes:
+        d, m = size["d_model"], size["mixers"]
+        assert d // m["attn"]["n_heads"] >= 16 and (d // m["attn"]["n_heads"]) % 2 == 0
+        assert m["mamba2"]["headdim"] >= 16 and (2 * d) % m["mamba2"]["headdim"] == 0
+        gla_key = (d // 2) // m["gla"]["n_heads"]
+        assert gla_key >= 32 or (d // 2 < 64 and m["gla"]["n_heads"] == 1)
+        assert m["gdn"]["head_dim"] >= 32 or m["gdn"]["n_heads"] == 1
+        for arch in ("transformer", "mamba2", "gla", "gdn", "gdn-hybrid"):
+            cfg = dict(PRESETS[arch]["small"], d_model=d, n_layers=4, mixers={
+                k: v for k, v in m.items() if k in PRESETS[arch]["small"]["pattern"]})
+            cfg.pop("d_ff", None)
+            ModelConfig(**cfg)  # builds
+    deep = ladder_sizes("x", {"knob": "depth", "n_layers": [2, 4, 8], "aspect_ratio": 16})
+    assert [(s["d_model"], s["n_layers"]) for s in deep] == [(32, 2), (64, 4), (128, 8)]
+    with pytest.raises(StudyError, match="ladder: with knob depth give d_model"):
+        ladder_sizes("x", {"knob": "depth", "n_layers": [2, 4]})
+
+
+def test_isoflop_groups_have_equal_compute(iso):
+    study, points = iso
+    tps = study.tokens_per_step
+    lo, hi = study.tpp_range
+    for arch in study.archs:
+        groups: dict[float, list] = {}
+        for p in points:
+            if p.arch != arch or p.seed != 0:
+                continue
+            fpt = flops_per_token(p.config, 64)  # independent of the plan's own number
+            for r in p.runs:
+                groups.setdefault(r.budget_flops, []).append((p.N, r.steps * tps * fpt, r.tokens))
+        assert sorted(groups) == study.budgets
+        for C, members in groups.items():
+            assert len(members) == 5, (arch, C)
+            for N, actual, D in members:
+                assert abs(actual / C - 1) <= 0.02
+                assert lo * 0.98 <= D / N <= hi * 1.02
+            Ns = sorted(m[0] for m in members)
+            assert len(set(Ns)) == 5 and Ns[-1] / Ns[0] > 3  # spread over the window
+
+
+def test_sizes_shared_by_budgets_are_one_trajectory(iso):
+    study, points = iso
+    shared = [p for p in points if p.seed == 0 and len(p.runs) == 2]
+    assert shared, "no size belongs to both budgets"
+    for p in shared:
+        main_run, cool = p.runs
+        assert (main_run.kind, cool.kind) == ("final", "cooldown")
+        assert main_run.budget_flops == max(study.budgets) and cool.budget_flops == min(study.budgets)
+        assert cool.start_step in main_run.save_at and cool.start_step in main_run.eval_at
+    names = [p.name for p in points]
+    assert len(set(names)) == len(names)
+
+
+def test_headline_seeds_at_the_middle_size_of_each_group(iso):
+    study, points = iso
+    for arch in study.archs:
+        groups = isoflop_sizes(study, arch)
+        extra = [p for p in points if p.arch == arch and p.seed in (1, 2)]
+        expect = {(names[2], C) for C, names in groups.items()}
+        got = {(p.size, r.budget_flops) for p in extra for r in p.runs}
+        assert got == expect
+        assert sorted(p.seed for p in extra) == sorted([1, 2] * len({s for s, _ in expect}))
+
+
+def test_match_params_within_five_percent(iso):
+    study, points = iso
+    from postformer.arch import LanguageModel
+
+    for size in study.sizes:
+        base = model_config(study, "transformer", size)
+        hyb = model_config(study, "hybrid", size)
+        n_base = LanguageModel(base).num_params()
+        n_hyb = LanguageModel(hyb).num_params()
+        assert abs(n_hyb / n_base - 1) <= 0.05, (size["name"], n_base, n_hyb)
+        assert hyb.layer_mixers == ["gdn", "gdn", "gdn", "attn"]
+
+
+def test_warmup_is_a_share_of_the_shortest_run(iso):
+    study, points = iso
+    for p in points:
+        assert p.warmup_steps == max(1, int(0.05 * min(r.steps for r in p.runs)))
+
+
+def test_tuning_plan_and_its_one_time_extension(iso):
+    study, _ = iso
+    tune = plan_tune(study)
+    grid = study.tune["grid"]
+    assert grid == pytest.approx([7.5e-4, 1.5e-3, 3e-3, 6e-3, 1.2e-2])
+    by_arch = {}
+    for p in tune:
+        assert p.stage == "tune" and len(p.runs) == 1 and p.runs[0].budget_flops is None
+        by_arch.setdefault(p.arch, set()).add((p.size, p.lr))
+    assert set(by_arch) == set(study.archs)
+    sizes = tune_sizes(study, "mamba2")
+    assert len(sizes) == 2 and by_arch["mamba2"] == {(s, lr) for s in sizes for lr in grid}
+    # the tuning budget is the smallest FLOP budget
+    p = tune[0]
+    assert p.runs[0].tokens * p.flops_per_token == pytest.approx(min(study.budgets), rel=0.02)
+    # a sweep whose best LR is the largest of the grid grows two steps that way, once
+    s0 = sizes[0]
+    finished = {("mamba2", s0, lr): 3.0 - lr for lr in grid}
+    more = {(p.size, p.lr) for p in plan_tune(study, finished) if p.arch == "mamba2"}
+    added = sorted(more - by_arch["mamba2"], key=lambda x: x[1])
+    assert [s for s, _ in added] == [s0, s0]
+    assert [lr for _, lr in added] == pytest.approx([2.4e-2, 4.8e-2])
+    assert extension_lrs(grid, 2.0, {lr: (lr - 3e-3) ** 2 for lr in grid}) == []
+    assert extension_lrs(grid, 2.0, {lr: lr for lr in grid}) == pytest.approx([3.75e-4, 1.875e-4])
+    assert extension_lrs(grid, 2.0, {lr: lr for lr in grid[:3]}) == []  # unfinished sweep
+
+
+def _fake_train(calls):
+    """A stand-in for training: writes the metrics a finished run leaves, with a loss that
+    depends on N, D and the LR (best LR = 0.05 * (N / 1e4)^-0.5, above the tuning grid)."""
+
+    def train(out, run):
+        run_dir = out / run.run_dir
+        info = json.loads((run_dir / "run.json").read_text())
+        calls.append((run.run_dir, info["lr"]))
+        N, D, lr = info["N"], info["tokens"], info["lr"]
+        best = 0.05 * (N / 1e4) ** -0.5
+        loss = 1.5 + 30 / N ** 0.3 + 30 / D ** 0.3 + 0.05 * math.log(lr / best) ** 2
+        (run_dir / "metrics.csv").write_text(
+            f"step,val/loss,val/bpb,train/tokens_per_sec\n{run.steps - 1},{loss},{loss / math.log(2)},1000\n")
+        for s in run.save_at:
+            ck = run_dir / "checkpoints" / f"stable-{s}.ckpt"
+            ck.parent.mkdir(parents=True, exist_ok=True)
+            ck.write_text("")
+        return SimpleNamespace(trainer=SimpleNamespace(global_step=run.steps)), 1.0
+
+    return train
+
+
+def test_runner_stages_tuning_extension_and_main_grid(tmp_path, monkeypatch, capsys):
+    import postformer.scaling.runner as runner
+
+    calls = []
+    monkeypatch.setattr(runner, "_train", _fake_train(calls))
+    spec_ = copy.deepcopy(ISO)
+    spec_["archs"] = {"transformer": "transformer", "mamba2": "mamba2"}
+    spec_["headline_seeds"] = {"seeds": [1]}
+    path = write_study(tmp_path / "iso.yaml", spec_)
+    rows = run_study(path, tmp_path / "out", report=False)
+    df = pd.DataFrame(rows)
+    tune, main_rows = df[df["stage"] == "tune"], df[df["stage"] == "main"]
+    study = load_study(path)
+    grid = study.tune["grid"]
+    # every sweep's best LR was the grid's largest: each grew by two LRs (7 per size)
+    assert (tune.groupby(["arch", "size"])["lr"].nunique() == 7).all()
+    assert tune["lr"].max() == pytest.approx(grid[-1] * 4)
+    # main runs use the LR law fitted to the tuned optima
+    sweeps = lr_sweeps(tune)
+    for r in main_rows.itertuples():
+        assert r.lr == pytest.approx(sweeps[r.arch].lr_for(r.N), rel=1e-9)
+    assert set(main_rows["budget_flops"]) == set(study.budgets)
+    assert main_rows["trajectory"].str.startswith("runs/").all()
+    n_runs = len(calls)
+    assert n_runs == len(df)
+    # nothing left: a second call trains nothing and the tuned LRs are stable
+    run_study(path, tmp_path / "out", report=False)
+    assert len(calls) == n_runs
+    log = capsys.readouterr().out
+    assert "LR tuning" in log and "main grid" in log
+    scope = json.loads((tmp_path / "out" / "scope.json").read_text())
+    assert scope["validation"]["tokens"] > 0 and "tuned per arch" in scope["lr_protocol"]
+
+
+def test_list_waits_for_the_tuning_stage(tmp_path, capsys):
+    path = write_study(tmp_path / "iso.yaml", ISO)
+    commands = run_study(path, tmp_path / "out", list_only=True)
+    assert commands and all("/tune/" in c for c in commands)
+    assert "the main grid follows the tuning stage" in capsys.readouterr().err
+
+
+def test_plan_prints_every_run_with_n_d_c_and_time(capsys):
+    study = study_from_dict(copy.deepcopy(ISO), source="iso.yaml")
+    totals = print_plan(study, probe=False)
+    out = capsys.readouterr().out
+    n_runs = sum(len(p.runs) for p in plan_tune(study) + plan(study, {}))
+    assert len([line for line in out.splitlines() if line.startswith(("tune ", "main "))]) == n_runs
+    assert "assumed" in out and totals["main"] > 0 and totals["tune"] > 0
+    # a measured probe on this machine (tiny models: a few seconds)
+    micro = study_from_dict(spec(), source="micro.yaml")
+    print_plan(micro, probe=True)
+    out = capsys.readouterr().out
+    assert "measured on CPU" in out and "total:" in out
+
+
+def test_gpu_study_plans_gpu_hours_without_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("measures instead on a GPU machine")
+    study = load_study(REPO / "configs" / "study" / "gpu-1h.yaml")
+    totals = print_plan(study, probe=True)
+    out = capsys.readouterr().out
+    assert "GPU-hours" in out and "assumed 20%" in out
+    assert 0.5 * 3600 < totals["tune"] + totals["main"] < 1.5 * 3600  # about an hour
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "default.yaml", "gpu-1h.yaml", "gpu-125m-1.3b.yaml"])
 def test_shipped_study_configs_plan(name):
     study = load_study(REPO / "configs" / "study" / name)
-    points = plan(study)
-    assert len(points) == len(study.archs) * len(study.sizes) * len(study.seeds)
-    assert all(len(p.runs) == len(study.budgets) for p in points)
+    points = plan(study, {})
+    assert study.isoflop and study.tune is not None
     assert {p.arch for p in points} >= {"transformer", "mamba2"}
+    assert len(study.budgets) >= 2
+    if name != "smoke.yaml":
+        assert study.seq_len >= 512 and len(study.budgets) >= 3
+        assert len(study.seeds) + len(study.headline_seeds) >= 3
+    if name == "default.yaml":
+        assert set(study.archs) >= {"transformer", "mamba2", "gdn", "hybrid"} and len(study.archs) >= 5
+    if name.startswith("gpu"):
+        assert study.seq_len == 2048 and "bf16" in str(study.trainer.get("precision"))
+
+
+# ---- postformer compare: a one-size study ------------------------------------------------
+
+
+def test_compare_is_a_one_size_study(tmp_path, capsys):
+    configs = []
+    for arch in ("transformer", "mamba2"):
+        cfg = yaml.safe_load((REPO / "configs" / "smoke" / f"{arch}.yaml").read_text())
+        cfg["model"]["config"].update(d_model=32, n_layers=2)
+        cfg["model"]["config"]["mixers"] = {"attn": {"n_heads": 2}, "mamba2": {"d_state": 8, "headdim": 16}}
+        cfg["data"].update(max_bytes=150_000, seq_len=32, batch_size=4)
+        configs.append(str(write_study(tmp_path / f"{arch}.yaml", cfg)))
+    out = tmp_path / "cmp"
+    assert main(["compare", *configs, "--out", str(out), "--max_steps", "6"]) == 0
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(df["arch"]) == ["mamba2", "transformer"] and (df["steps"] == 6).all()
+    assert (out / "report.json").is_file()
+    printed = capsys.readouterr().out
+    assert "transformer" in printed and "mamba2" in printed and "loss" in printed
+    # a second call reuses the finished runs
+    assert main(["compare", *configs, "--out", str(out), "--max_steps", "6"]) == 0
+    assert "finished already" in capsys.readouterr().out
+    bad = yaml.safe_load(Path(configs[1]).read_text())
+    bad["data"]["seq_len"] = 64
+    other = write_study(tmp_path / "other.yaml", bad)
+    with pytest.raises(SystemExit):
+        main(["compare", configs[0], str(other), "--out", str(tmp_path / "x")])
+    assert "data section differs" in capsys.readouterr().err
