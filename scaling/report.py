@@ -1,19 +1,22 @@
-"""``postformer report DIR``: the study's report, rebuilt from its run folders.
+"""``postformer report DIR``: the verdict of a study, rebuilt from its results table.
 
-Reads ``DIR/results.csv`` (one row per finished run, see ``scaling.results``) and
-``DIR/study.yaml`` (the resolved spec: ``name``, ``baseline``, ``budgets``), runs
-:func:`postformer.scaling.compare.compare`, and writes
+Reads ``DIR/results.csv`` (``scaling.table``; rebuilt first by ``scaling.results`` when the
+folder has ``runs/`` or ``tune/``), and, where present, ``DIR/study.yaml`` (``name``, ``baseline``) and
+``DIR/scope.json`` (corpus, tokenizer, window, validation set, protocol: written by the
+runner). Runs :func:`postformer.scaling.analysis.analyse` once and writes
 
+    DIR/report.json        the machine-readable verdict (strict JSON: undefined is null)
     DIR/report.md          Markdown, figures linked from figures/
     DIR/report.html        one self-contained file: figures embedded as base64 PNG
-    DIR/figures/*.png      loss vs compute with fitted frontiers, compute multipliers,
-                           loss vs N per budget (IsoFLOP curves when the design has them),
-                           loss vs D per size
+    DIR/figures/*.png      LR sweeps, IsoFLOP parabolas, the frontier with the joint fit,
+                           the efficiency forest plot, the seed spread
 
-Nothing is trained. Every number is traceable: the report ends with the table of points,
-each linking its run folder (relative to DIR, so the links work wherever DIR is copied).
-Every file is written to a temporary name and moved into place, so a reader never sees
-half a report.
+One convention everywhere: the efficiency factor m, the compute the baseline needs for an
+architecture's loss divided by the compute the architecture needs (> 1: the architecture
+needs less). The summary is the joint fit's m over every interior IsoFLOP minimum, never
+the number of a single budget. Nothing is trained; every point is listed at the end, linked
+to its run folder. Every file is written to a temporary name and moved into place, so a
+reader never sees half a report.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import argparse
 import base64
 import html
 import io
+import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -34,45 +39,35 @@ import pandas as pd
 
 from postformer.train.fileio import atomic_write
 
-from .compare import Comparison, compare, compare_table, group_budgets
+from .analysis import DEFAULT_N_BOOT, Analysis, ArchVerdict, Estimate, Minimum, analyse
+from .table import ResultsError, read_results
 
-# Each frontier refit costs ~0.1 s on a CPU core (a grid of starts every time), so 100
-# replicates keep a ~30-point study's report under 30 s on 2 cores; raise --n-boot for
-# final numbers (the percentile bounds move by a few % between 100 and 1000).
-DEFAULT_N_BOOT = 100
-COMPUTE_LABEL = {"C": "C (the architecture's own FLOP count, arch/flops.py)", "C_6ND": "C = 6ND"}
+__all__ = ["DEFAULT_N_BOOT", "write_report", "report_main", "build_report", "fmt"]
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def load_results(out_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """``DIR/results.csv`` as a table and ``DIR/study.yaml`` as a dict ({} if absent).
-
-    Raises FileNotFoundError naming the missing file and how to make it."""
-    out_dir = Path(out_dir)
+def load_inputs(out_dir: Path) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """``DIR/results.csv`` (checked by ``read_results``), ``DIR/study.yaml`` and
+    ``DIR/scope.json`` as dicts ({} where absent)."""
     csv_path = out_dir / "results.csv"
     if not csv_path.is_file():
-        raise FileNotFoundError(
-            f"{csv_path} not found: a report needs the study's results table; run "
-            f"`postformer study` on the study first (it collects finished runs into it)")
-    df = pd.read_csv(csv_path)
-    if df.empty:
-        raise ValueError(f"{csv_path} has no rows: no run of the study has finished yet")
+        raise ResultsError(f"{csv_path} not found: a report needs the study's results table "
+                           "(run `postformer study` on the study first, or put a results.csv "
+                           "with columns arch, N, D, C, loss there)")
+    df = read_results(csv_path)
     spec: dict[str, Any] = {}
-    yaml_path = out_dir / "study.yaml"
-    if yaml_path.is_file():
+    if (out_dir / "study.yaml").is_file():
         import yaml
 
-        spec = yaml.safe_load(yaml_path.read_text()) or {}
-    return df, spec
-
-
-def _budget_kind(spec: dict[str, Any]) -> str | None:
-    budgets = spec.get("budgets")
-    if isinstance(budgets, dict) and len(budgets) == 1:
-        return next(iter(budgets))
-    return None
+        loaded = yaml.safe_load((out_dir / "study.yaml").read_text())
+        spec = loaded if isinstance(loaded, dict) else {}
+    scope: dict[str, Any] = {}
+    if (out_dir / "scope.json").is_file():
+        loaded = json.loads((out_dir / "scope.json").read_text())
+        scope = loaded if isinstance(loaded, dict) else {}
+    return df, spec, scope
 
 
 # --------------------------------------------------------------------------- formatting
@@ -81,9 +76,9 @@ def _budget_kind(spec: dict[str, Any]) -> str | None:
 def fmt(x: Any, digits: int = 3) -> str:
     """Numbers for people: 3 significant digits, scientific notation for big and small."""
     if x is None:
-        return ""
+        return "–"
     if isinstance(x, (bool, np.bool_)):
-        return "yes" if x else ""
+        return "yes" if x else "no"
     if isinstance(x, (int, np.integer)):
         return f"{x:.3g}" if abs(x) >= 1e6 else str(x)
     if isinstance(x, (float, np.floating)):
@@ -97,12 +92,67 @@ def fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def fmt_iv(iv: Any, digits: int = 3, suffix: str = "") -> str:
-    """``estimate [lo, hi]`` from an Interval (or None)."""
-    if iv is None:
+def _fixed(x: float, spec: str) -> str:
+    return f"{x:{spec}}" if x is not None and math.isfinite(x) else "–"
+
+
+def fmt_sig(x: float) -> str:
+    """3 significant digits, trailing zeros kept (an interval's ends line up: 1.80, 2.07)."""
+    if not math.isfinite(x) or x == 0 or not 1e-3 <= abs(x) < 1e5:
+        return fmt(x)
+    return f"{x:#.3g}".rstrip(".")
+
+
+def fmt_est(e: Estimate | None, spec: str | None = None) -> str:
+    """``estimate [low, high]``; ``spec`` a format spec (e.g. ``+.4f``), else 3 significant
+    digits. The summary and the tables format an estimate with this one function."""
+    if e is None:
         return "–"
-    return (f"{fmt(iv.estimate, digits)}{suffix} [{fmt(iv.lo, digits)}, "
-            f"{fmt(iv.hi, digits)}]")
+    f = (lambda x: _fixed(x, spec)) if spec else fmt_sig
+    if not (math.isfinite(e.low) and math.isfinite(e.high)):
+        return f"{f(e.estimate)} [interval undefined: {e.n_ok} replicates defined]"
+    return f"{f(e.estimate)} [{f(e.low)}, {f(e.high)}]"
+
+
+def fmt_flops(c: float) -> str:
+    return f"{c:.1e}" if math.isfinite(c) else "–"
+
+
+def _ceil_sig(x: float, sig: int = 2) -> float:
+    """x rounded up to ``sig`` significant digits."""
+    if not x > 0 or not math.isfinite(x):
+        return x
+    e = math.floor(math.log10(x)) - sig + 1
+    return math.ceil(x / 10**e) * 10**e
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain JSON types, non-finite floats as None (strict JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if x is None or isinstance(x, str):
+        return x
+    return str(x)
+
+
+def _est_dict(e: Estimate | None, mc: bool = False) -> dict[str, Any]:
+    if e is None:
+        d: dict[str, Any] = {"estimate": None, "low": None, "high": None}
+        return {**d, "mc_error": None} if mc else d
+    d = e.as_dict()
+    return {**d, "mc_error": e.mc_error} if mc else d
 
 
 # --------------------------------------------------------------------------- documents
@@ -148,7 +198,7 @@ def render_markdown(blocks: list[Block]) -> str:
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.items]
             out.append("\n".join(lines))
         elif b.kind == "img":
-            out.append(f"![{b.text}]({b.path})\n\n*{b.text}*")
+            out.append(f"![{b.path}]({b.path})\n\n*{b.text}*")
     return "\n\n".join(out) + "\n"
 
 
@@ -204,11 +254,223 @@ def render_html(blocks: list[Block], title: str) -> str:
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif b.kind == "img":
             data = base64.b64encode(b.data).decode("ascii")
-            out.append(f'<figure><img alt="{html.escape(b.text, quote=True)}" '
+            out.append(f'<figure><img alt="{html.escape(b.path, quote=True)}" '
                        f'src="data:image/png;base64,{data}"><figcaption>'
                        f"{_html_inline(b.text)}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- the verdict in words
+
+
+def _why_no_efficiency(an: Analysis, arch: str) -> str:
+    """Why ``arch``'s efficiency factor is not identifiable (empty when it has one)."""
+    base = an.baseline
+    v = an.verdicts[arch]
+    if an.joint is None:
+        bmins = an.verdicts[base].minima
+        if not any(m.interior for m in bmins):
+            why = (f"; e.g. at {fmt_flops(bmins[0].budget)} FLOPs {bmins[0].reason}" if bmins
+                   else ": no budget has enough sizes for a parabola")
+            return (f"the {base} has no interior IsoFLOP minimum (its optimum "
+                    f"lies at the edge of the size grid at every budget{why})")
+        w = next((w for w in an.warnings if w.startswith("joint fit:")), "")
+        return w.removeprefix("joint fit: ") or "there is no joint fit"
+    if arch not in an.joint.design.archs:
+        return (f"{arch} has no interior IsoFLOP minimum (every budget's "
+                "optimum lies at the edge of its size grid or has too few sizes)")
+    if v.efficiency is None or not _finite(v.efficiency.estimate):
+        return "the joint fit's exponent is not positive"
+    return ""
+
+
+def _efficiency_of(an: Analysis, arch: str) -> Estimate | None:
+    """The headline efficiency factor: 1 for the baseline, else the joint fit's (None when
+    there is none)."""
+    if arch == an.baseline:
+        return Estimate(1.0, 1.0, 1.0, 0.0, an.n_boot)
+    e = an.verdicts[arch].efficiency
+    return e if e is not None and _finite(e.estimate) else None
+
+
+def verdict_sentence(an: Analysis, arch: str) -> str:
+    """One plain sentence for a non-baseline arch: the joint-fit efficiency factor in words,
+    the exponent test, and any note. Starts with the arch's name."""
+    base = an.baseline
+    v = an.verdicts[arch]
+    e = _efficiency_of(an, arch)
+    if e is None:
+        return (f"{arch}: no efficiency factor against the {base} (not identifiable): "
+                f"{_why_no_efficiency(an, arch)}.")
+    m = fmt_est(e)
+    if not (_finite(e.low) and _finite(e.high)):
+        words = f"has efficiency m = {m} against the {base}"
+    elif e.low > 1:
+        words = f"reaches the {base}'s loss with less compute: efficiency m = {m}"
+    elif e.high < 1:
+        words = f"needs more compute than the {base} for the same loss: efficiency m = {m}"
+    else:
+        words = f"is not distinguishable from the {base}: efficiency m = {m}"
+    extra = []
+    if v.exponent_words == "not testable with these budgets":
+        extra.append("whether the exponents differ is not testable with these budgets")
+    elif v.exponent_words:
+        extra.append(v.exponent_words)
+    if v.efficiency_note:
+        extra.append(f"note: {v.efficiency_note}")
+    return f"{arch} {words}" + ("; " + "; ".join(extra) if extra else "") + "."
+
+
+def _seed_counts(an: Analysis) -> pd.Series:
+    """Runs per (arch, budget, N) point of the fitted table."""
+    return an.table.groupby(["arch", "_budget", "N"]).size()
+
+
+def scope_text(an: Analysis, scope: dict[str, Any]) -> str:
+    """The scope of the verdict in one line, from scope.json where present, else the table."""
+    parts = []
+    corpus, tok = scope.get("corpus"), scope.get("tokenizer")
+    if corpus:
+        parts.append(f"{corpus} ({tok} tokens)" if tok else str(corpus))
+    elif tok:
+        parts.append(f"{tok} tokens")
+    if scope.get("seq_len"):
+        parts.append(f"{int(scope['seq_len'])}-token windows")
+    b = an.budgets
+    sizes = an.table.groupby(["arch", "_budget"])["N"].nunique()
+    lo_s, hi_s = int(sizes.min()), int(sizes.max())
+    size_words = f"{lo_s}" if lo_s == hi_s else f"{lo_s}–{hi_s}"
+    if len(b) == 1:
+        parts.append(f"{fmt_flops(b[0])} FLOPs (1 IsoFLOP budget, {size_words} sizes)")
+    else:
+        parts.append(f"{fmt_flops(min(b))} to {fmt_flops(max(b))} FLOPs ({len(b)} IsoFLOP "
+                     f"budgets, {size_words} sizes each)")
+    parts.append(f"{len(an.archs)} architectures")
+    if scope.get("seeds"):
+        parts.append(str(scope["seeds"]))
+    else:
+        n = _seed_counts(an)
+        if n.max() <= 1:
+            parts.append("one run (seed) per point")
+        else:
+            parts.append(f"up to {int(n.max())} seeds at {int((n > 1).sum())} of {len(n)} "
+                         "(arch, budget, size) points")
+    val = scope.get("validation")
+    if isinstance(val, dict) and val.get("tokens"):
+        txt = f"validation on {int(val['tokens']):,} held-out tokens"
+        if val.get("windows") and val.get("documents"):
+            txt += f" ({int(val['windows']):,} windows from {int(val['documents']):,} documents)"
+        parts.append(txt)
+    text = "Scope: " + ", ".join(parts)
+    mc = [an.verdicts[a].efficiency.mc_error for a in an.archs
+          if a != an.baseline and _efficiency_of(an, a) is not None]
+    mc = [x for x in mc if _finite(x)]
+    if mc:
+        text += (f"; Monte Carlo error of the interval endpoints < {fmt(_ceil_sig(max(mc)), 2)} "
+                 f"({an.n_boot} bootstrap replicates)")
+    return text + "."
+
+
+def _warnings(an: Analysis) -> list[str]:
+    extra = an.joint.warnings if an.joint is not None else []
+    return list(dict.fromkeys([*an.warnings, *extra]))
+
+
+# --------------------------------------------------------------------------- report.json
+
+
+def _joint_params(an: Analysis) -> dict[str, Any] | None:
+    """E, k, gamma of the baseline's joint-fit curve with bootstrap intervals."""
+    j = an.joint
+    if j is None:
+        return None
+    from .analysis import percentile
+
+    E, k, g = j.params(an.baseline)
+    if j.boot is not None:
+        reps = np.array([j.params(an.baseline, th) for th in j.boot])  # (R, 3)
+        ests = [percentile(x, reps[:, i]) for i, x in enumerate((E, k, g))]
+    else:
+        ests = [Estimate(x) for x in (E, k, g)]
+    return {"E": ests[0], "k": ests[1], "gamma": ests[2]}
+
+
+def _free_gammas(an: Analysis) -> dict[str, Estimate] | None:
+    f = an.free
+    if f is None:
+        return None
+    from .analysis import percentile
+
+    out = {}
+    for a in f.design.archs:
+        g = f.params(a)[2]
+        reps = (np.array([f.params(a, th)[2] for th in f.boot]) if f.boot is not None
+                else np.array([]))
+        out[a] = percentile(g, reps)
+    return out
+
+
+def _minimum_dict(m: Minimum) -> dict[str, Any]:
+    return {"flops": m.budget, "C": m.C, "N_opt": _est_dict(m.N_ci or Estimate(m.N_opt)),
+            "L_opt": _est_dict(m.L_ci or Estimate(m.L_opt)), "interior": m.interior,
+            "reason": m.reason, "n_sizes": m.n_sizes, "n_seeds": m.n_seeds}
+
+
+def report_dict(an: Analysis, verdict: list[str], scope: str) -> dict[str, Any]:
+    """The machine-readable report (see the module docstring); strict-JSON-ready."""
+    archs: dict[str, Any] = {}
+    for a in an.archs:
+        v: ArchVerdict = an.verdicts[a]
+        e = _efficiency_of(an, a)
+        d: dict[str, Any] = {
+            "efficiency": _est_dict(e),
+            "exponent_differs": v.exponent_differs,
+            "loss_gap": [g.as_dict() for g in v.loss_gap],
+            "lr": an.lr[a].as_dict() if a in an.lr else None,
+        }
+        note = f"not identifiable: {_why_no_efficiency(an, a)}" if e is None else None
+        if note or v.efficiency_note:
+            d["efficiency_note"] = note or v.efficiency_note
+        d["efficiency_mc_error"] = e.mc_error if e is not None else None
+        d["exponent_words"] = v.exponent_words or None
+        d["gamma_diff"] = _est_dict(v.gamma_diff, mc=True) if v.gamma_diff else None
+        d["minima"] = [_minimum_dict(m) for m in v.minima]
+        d["inverted_multiplier"] = [x.as_dict() for x in v.inverted]
+        d["conventions"] = dict(v.conventions)
+        d["wallclock_efficiency"] = v.wallclock
+        d["extrapolation"] = v.extrapolation
+        d["n_runs"] = v.n_runs
+        d["n_seeds"] = v.n_seeds
+        archs[a] = d
+    jp = _joint_params(an)
+    joint = None
+    if an.joint is not None and jp is not None:
+        joint = {"E": jp["E"].estimate, "k": jp["k"].estimate, "gamma": jp["gamma"].estimate,
+                 "intervals": {n: _est_dict(x) for n, x in jp.items()},
+                 "n_points": an.joint.n_points, "n_params": an.joint.design.P,
+                 "E_degenerate": bool(an.joint.E_at_floor()), "archs": an.joint.design.archs,
+                 "warnings": list(an.joint.warnings)}
+    fg = _free_gammas(an)
+    out = {
+        "baseline": an.baseline,
+        "archs": archs,
+        "warnings": _warnings(an),
+        "verdict": verdict,
+        "scope": scope,
+        "budgets": an.budgets,
+        "n_boot": an.n_boot,
+        "bootstrap_seed": an.seed,
+        "joint_fit": joint,
+        "free_fit": None if fg is None else {a: {"gamma": _est_dict(x)} for a, x in fg.items()},
+        "noise_sd": an.noise_sd,
+        "held_out_budget": an.held_out,
+    }
+    return _jsonable(out)
+
+
+def dumps_strict(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
 
 
 # --------------------------------------------------------------------------- figures
@@ -224,9 +486,14 @@ def _plt():
 
 
 def _arch_colors(archs: Sequence[str]) -> dict[str, Any]:
-    plt = _plt()
-    cycle = plt.get_cmap("tab10")
+    cycle = _plt().get_cmap("tab10")
     return {a: cycle(i % 10) for i, a in enumerate(archs)}
+
+
+def _budget_colors(budgets: Sequence[float]) -> dict[float, Any]:
+    cmap = _plt().get_cmap("viridis")
+    n = max(len(budgets) - 1, 1)
+    return {b: cmap(0.85 * i / n) for i, b in enumerate(budgets)}
 
 
 def _png(fig: Any) -> bytes:
@@ -236,439 +503,636 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def fig_loss_vs_compute(cmp: Comparison) -> bytes:
-    """Every point, frontier points ringed, and each fitted frontier (dashed where it runs
-    past the architecture's own measured compute)."""
+def _panels(n: int, width: float = 4.2, height: float = 3.4, sharey: bool = False):
     plt = _plt()
-    colors = _arch_colors(list(cmp.archs))
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    all_C = np.concatenate([r.data[cmp.compute].to_numpy(float) for r in cmp.archs.values()])
-    grid = np.geomspace(all_C.min() / 1.3, all_C.max() * 1.3, 200)
-    from .fit import frontier_mask
-
-    for arch, res in cmp.archs.items():
-        C = res.data[cmp.compute].to_numpy(float)
-        L = res.data[cmp.loss].to_numpy(float)
-        col = colors[arch]
-        mask = frontier_mask(C, L)
-        ax.scatter(C[~mask], L[~mask], s=14, color=col, alpha=0.35, linewidths=0)
-        ax.scatter(C[mask], L[mask], s=30, color=col, edgecolors="black", linewidths=0.6,
-                   label=f"{arch} ({len(C)} runs)")
-        if res.frontier is not None:
-            inside = (grid >= C.min()) & (grid <= C.max())
-            pred = np.asarray(res.frontier.predict(grid), float)
-            ax.plot(grid[inside], pred[inside], color=col, lw=1.6)
-            ax.plot(grid, np.where(inside, np.nan, pred), color=col, lw=1, ls="--")
-            g = res.intervals.get("frontier.gamma")
-            txt = f"{arch}: L = {fmt(res.frontier.E)} + {fmt(res.frontier.k)}·C^-{fmt(res.frontier.gamma)}"
-            if g is not None:
-                txt += f"  (γ 95%: {fmt(g.lo)}–{fmt(g.hi)})"
-            ax.plot([], [], color=col, lw=1.6, label=txt)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"compute {cmp.compute} [FLOPs]")
-    ax.set_ylabel(_loss_label(cmp.loss))
-    ax.set_title("Loss vs compute; ringed: frontier points; lines: fitted frontiers")
-    ax.grid(True, alpha=0.25)
-    ax.legend(fontsize=7.5, loc="upper right")
-    return _png(fig)
-
-
-def _loss_label(loss: str) -> str:
-    return {"loss": "validation loss [nats/token]", "bpb": "validation bits per byte"}.get(
-        loss, loss)
-
-
-def fig_multiplier(cmp: Comparison) -> bytes:
-    """Compute multiplier vs C with 95% bootstrap intervals; hollow markers: the baseline's
-    frontier is read outside its measured compute (extrapolated)."""
-    plt = _plt()
-    colors = _arch_colors(list(cmp.archs))
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    finite_hi = [r.multiplier.hi for rows in cmp.budgets.values() for r in rows
-                 if np.isfinite(r.multiplier.hi)]
-    cap = max(finite_hi) * 1.5 if finite_hi else 10.0
-    n_arch = max(len(cmp.budgets), 1)
-    for i, (arch, rows) in enumerate(cmp.budgets.items()):
-        rows = [r for r in rows if np.isfinite(r.multiplier.estimate)]
-        if not rows:
-            continue
-        # a small horizontal offset per arch keeps overlapping error bars apart
-        shift = 1.0 + 0.04 * (i - (n_arch - 1) / 2)
-        C = np.array([r.C for r in rows]) * shift
-        m = np.array([r.multiplier.estimate for r in rows])
-        lo = np.array([r.multiplier.lo for r in rows])
-        hi = np.minimum(np.array([r.multiplier.hi for r in rows]), cap)
-        extra = np.array([r.extrapolated for r in rows])
-        col = colors[arch]
-        ax.errorbar(C, m, yerr=[np.clip(m - lo, 0, None), np.clip(hi - m, 0, None)], fmt="none",
-                    ecolor=col, elinewidth=1, capsize=2.5, alpha=0.8)
-        ax.scatter(C[~extra], m[~extra], color=col, s=28, zorder=3, label=arch)
-        if extra.any():
-            ax.scatter(C[extra], m[extra], facecolors="white", edgecolors=[col], s=28, zorder=3,
-                       label=f"{arch} (extrapolated)")
-    ax.axhline(1.0, color="black", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    from matplotlib.ticker import FuncFormatter
-
-    # label 1, 2 and 5 times powers of ten only: every minor tick labelled overlaps
-    def label(y: float, _: Any) -> str:
-        mantissa = y / 10 ** np.floor(np.log10(y))
-        return f"{y:g}x" if np.isclose(mantissa, [1, 2, 5]).any() else ""
-
-    ax.yaxis.set_major_formatter(FuncFormatter(label))
-    ax.yaxis.set_minor_formatter(FuncFormatter(label))
-    ax.tick_params(axis="y", which="minor", labelsize=8)
-    ax.set_xlabel(f"compute of the architecture, {cmp.compute} [FLOPs]")
-    ax.set_ylabel(f"compute multiplier vs {cmp.baseline}")
-    ax.set_title(f"Compute the {cmp.baseline} needs for the same loss, ÷ C  (>1: more efficient)",
-                 fontsize=10)
-    ax.grid(True, alpha=0.25)
-    if cmp.budgets:
-        ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def _grid_of_axes(n: int, width: float = 4.2, height: float = 3.4):
-    plt = _plt()
-    cols = min(n, 3)
-    rows = int(np.ceil(n / cols))
+    cols = min(max(n, 1), 3)
+    rows = int(math.ceil(max(n, 1) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
-                             sharey=True)
+                             sharey=sharey)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
 
 
-def fig_loss_vs_n(cmp: Comparison, budget_col: str, isoflop: bool) -> bytes:
-    """Loss vs N, one curve per budget: IsoFLOP parabolas (Approach 2) where the design has
-    them, else one line per token budget with Approach 3's prediction dashed."""
-    plt = _plt()
-    fig, axes = _grid_of_axes(len(cmp.archs))
-    for ax, (arch, res) in zip(axes, cmp.archs.items()):
-        df = res.data
-        labels = group_budgets(df[budget_col].to_numpy(float))
-        uniq = np.unique(labels)
-        cmap = plt.get_cmap("viridis")
-        for j, lab in enumerate(uniq):
-            col = cmap(j / max(len(uniq) - 1, 1))
-            sub = df[labels == lab].sort_values(cmp.params)
-            N = sub[cmp.params].to_numpy(float)
-            ax.plot(N, sub[cmp.loss], "o-", color=col, ms=4, lw=1,
-                    label=f"{'C' if isoflop else 'D'} ≈ {fmt(lab, 2)}")
-            grid = np.geomspace(N.min() / 1.2, N.max() * 1.2, 60)
-            if isoflop and res.isoflop is not None:
-                rec = _isoflop_record(res.isoflop, lab)
-                if rec is not None and rec.get("coef") is not None:
-                    ax.plot(grid, np.polyval(rec["coef"], np.log(grid)), color=col, lw=0.9,
-                            ls="--")
-                    ax.plot(rec["N_opt"], rec["L_opt"], marker="*", color=col, ms=10,
-                            markeredgecolor="black", markeredgewidth=0.5)
-            elif not isoflop and res.parametric is not None and cmp.params == "N":
-                D = float(np.exp(np.mean(np.log(sub["D"].to_numpy(float)))))
-                ax.plot(grid, res.parametric.predict(grid, D), color=col, lw=0.9, ls="--")
+def _ticks(plain: bool = False, every: bool = False):
+    """A log axis' tick labels at 1, 2 and 5 times powers of ten only (every minor tick
+    labelled overlaps on a wide axis; ``every``: all of them, for a narrow one); ``plain``:
+    0.5, 1, 2 instead of 5e7."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(v: float, _: Any) -> str:
+        if not v > 0:
+            return ""
+        mant = v / 10 ** math.floor(math.log10(v) + 1e-9)
+        if not every and not np.isclose(mant, [1, 2, 5]).any():
+            return ""
+        return f"{v:g}" if plain else f"{mant:.0f}e{math.floor(math.log10(v) + 1e-9)}"
+
+    return FuncFormatter(label)
+
+
+def _err(est: float, e: Estimate | None) -> tuple[float, float, bool]:
+    """Error-bar half lengths (below, above) of an interval around ``est``; False when the
+    interval is undefined (drawn without a bar)."""
+    if e is None or not (_finite(e.low) and _finite(e.high)):
+        return 0.0, 0.0, False
+    return max(est - e.low, 0.0), max(e.high - est, 0.0), True
+
+
+def fig_lr_sweeps(an: Analysis) -> tuple[bytes, str]:
+    """Loss vs LR per arch, one line per tuned size, the best LR starred (red: at the edge of
+    the grid)."""
+    archs = [a for a in an.archs if a in an.lr] + [a for a in an.lr if a not in an.archs]
+    fig, axes = _panels(len(archs))
+    cmap = _plt().get_cmap("plasma")
+    edge = []
+    for ax, a in zip(axes, archs):
+        sizes = an.lr[a].sizes
+        for j, s in enumerate(sizes):
+            col = cmap(0.8 * j / max(len(sizes) - 1, 1))
+            label = f"{s['size'] or 'N'} ({fmt(s['N'], 2)})"
+            ax.plot(s["grid"], s["loss"], "o-", color=col, ms=4, lw=1, label=label)
+            y = min(s["loss"])
+            ax.plot([s["best"]], [y], marker="*", ms=12, color=col if s["interior"] else "red",
+                    mec="black", mew=0.6, ls="none")
+            if not s["interior"]:
+                ax.annotate("edge", (s["best"], y), textcoords="offset points", xytext=(4, 6),
+                            color="red", fontsize=8)
+                edge.append(f"{a} at N={fmt(s['N'], 2)}")
         ax.set_xscale("log")
-        ax.set_title(arch, fontsize=10)
-        ax.set_xlabel(f"parameters {cmp.params}")
+        ax.set_title(a, fontsize=10)
+        ax.set_xlabel("peak learning rate")
         ax.grid(True, alpha=0.25)
-        ax.legend(fontsize=6.5, title=("FLOP budget" if isoflop else "token budget"),
-                  title_fontsize=7)
-    axes[0].set_ylabel(_loss_label(cmp.loss))
-    what = ("IsoFLOP curves: dashed, fitted parabolas in log N; ★ the fitted optimum" if isoflop
-            else "Loss vs N per token budget; dashed: Approach 3 fit")
-    fig.suptitle(what, fontsize=10)
+        ax.legend(fontsize=7, title="tuned size", title_fontsize=7)
+    axes[0].set_ylabel("validation loss [nats/token]")
     fig.tight_layout()
-    return _png(fig)
+    caption = ("Learning-rate sweeps: validation loss vs peak LR per architecture, one line "
+               "per tuned size (seeds averaged); star: the best LR (a parabola in ln LR "
+               "through the grid's best point and its neighbours), red and labelled 'edge' "
+               "where the best is the smallest or largest LR tried. ")
+    caption += (f"Edge optima: {', '.join(edge)}." if edge else "No optimum is at an edge.")
+    caption += " The LR power law's parameters are in the table only (point estimates)."
+    return _png(fig), caption
 
 
-def fig_loss_vs_d(cmp: Comparison) -> bytes:
-    """Loss vs D, one line per model size, Approach 3's prediction dashed."""
-    plt = _plt()
-    fig, axes = _grid_of_axes(len(cmp.archs))
-    for ax, (arch, res) in zip(axes, cmp.archs.items()):
-        df = res.data
-        sizes = np.unique(df[cmp.params].to_numpy(float))
-        cmap = plt.get_cmap("plasma")
-        for j, n in enumerate(sizes):
-            col = cmap(0.85 * j / max(len(sizes) - 1, 1))
-            sub = df[df[cmp.params] == n].sort_values("D")
-            D = sub["D"].to_numpy(float)
-            name = str(sub["size"].iloc[0]) if "size" in sub else fmt(n, 2)
-            ax.plot(D, sub[cmp.loss], "o-", color=col, ms=4, lw=1, label=f"{name} ({fmt(n, 2)})")
-            if res.parametric is not None and cmp.params == "N" and len(D) > 0:
-                grid = np.geomspace(D.min() / 1.2, D.max() * 1.2, 60)
-                ax.plot(grid, res.parametric.predict(n, grid), color=col, lw=0.9, ls="--")
+def fig_isoflop(an: Analysis) -> tuple[bytes, str]:
+    """Per arch: every point of every budget, the fitted parabola (dashed) and its minimum
+    with interval bars; edge minima hollow."""
+    fig, axes = _panels(len(an.archs))
+    colors = _budget_colors(an.budgets)
+    no_bar, no_min = [], []
+    t = an.table
+    for ax, a in zip(axes, an.archs):
+        sub = t[t["arch"] == a]
+        mins = {m.budget: m for m in an.verdicts[a].minima}
+        for b in an.budgets:
+            pts = sub[sub["_budget"] == b]
+            if pts.empty:
+                continue
+            col = colors[b]
+            ax.scatter(pts["N"], pts["loss"], s=14, color=col, alpha=0.7, linewidths=0,
+                       label=f"{fmt_flops(b)}")
+            m = mins.get(b)
+            if m is None:
+                no_min.append(f"{a} at {fmt_flops(b)}")
+                continue
+            tt = np.linspace(m.x.min() - m.x_mid, m.x.max() - m.x_mid, 80)
+            c2, c1, c0 = m.coef
+            ax.plot(np.exp(tt + m.x_mid), c2 * tt * tt + c1 * tt + c0, color=col, lw=1, ls="--")
+            xlo, xhi, okx = _err(m.N_opt, m.N_ci)
+            ylo, yhi, oky = _err(m.L_opt, m.L_ci)
+            if not (okx and oky):
+                no_bar.append(f"{a} at {fmt_flops(b)}")
+            ax.errorbar([m.N_opt], [m.L_opt], xerr=[[xlo], [xhi]], yerr=[[ylo], [yhi]],
+                        fmt="none", ecolor=col, elinewidth=1.2, capsize=3)
+            face = col if m.interior else "white"
+            ax.scatter([m.N_opt], [m.L_opt], s=55, marker="D", facecolors=[face],
+                       edgecolors=[col], linewidths=1.4, zorder=4)
+            if not m.interior:
+                ax.annotate("edge", (m.N_opt, m.L_opt), textcoords="offset points",
+                            xytext=(5, 5), fontsize=8, color=col)
         ax.set_xscale("log")
-        ax.set_title(arch, fontsize=10)
-        ax.set_xlabel("tokens D")
+        ax.xaxis.set_minor_formatter(_ticks())
+        ax.set_title(a, fontsize=10)
+        ax.set_xlabel("parameters N")
         ax.grid(True, alpha=0.25)
-        ax.legend(fontsize=6.5, title=f"size ({cmp.params})", title_fontsize=7)
-    axes[0].set_ylabel(_loss_label(cmp.loss))
-    fig.suptitle("Loss vs D per model size; dashed: Approach 3 fit", fontsize=10)
+        ax.legend(fontsize=7, title="budget [FLOPs]", title_fontsize=7)
+    axes[0].set_ylabel("validation loss [nats/token]")
     fig.tight_layout()
-    return _png(fig)
+    caption = ("IsoFLOP curves: every run (seeds as separate points) by budget, the parabola in "
+               "ln N fitted through them (dashed), and its minimum (diamond) with 95% "
+               "intervals of N_opt and L_opt; hollow and labelled 'edge': minima at the edge of "
+               "the size grid, left out of the headline.")
+    if no_min:
+        caption += f" No parabola (fewer than 3 sizes): {', '.join(no_min)}."
+    if no_bar:
+        caption += f" Interval undefined, drawn without a bar: {', '.join(no_bar)}."
+    return _png(fig), caption
 
 
-def _isoflop_record(fit: Any, budget: float) -> dict[str, Any] | None:
-    """The IsoFLOP fit's record for the budget nearest ``budget`` (within 5%), as a dict
-    with C, N_opt, L_opt and coef (parabola in log N, highest power first) when known."""
-    best = None
-    for rec in getattr(fit, "budgets", []):
-        d = rec if isinstance(rec, dict) else vars(rec)
-        if abs(np.log(d["C"] / budget)) < 0.05 and (
-                best is None or abs(d["C"] - budget) < abs(best["C"] - budget)):
-            best = d
-    if best is None:
+def _band(an: Analysis, arch: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """2.5/97.5 percentiles of the joint-fit curve over the bootstrap replicates."""
+    j = an.joint
+    if j is None or j.boot is None:
         return None
-    coef = best.get("coef", best.get("coeffs", best.get("parabola")))
-    return {**best, "coef": None if coef is None else np.asarray(coef, float)}
+    boot = j.boot
+    if len(boot) > 1000:  # a band needs no more; keeps the report fast
+        boot = boot[np.linspace(0, len(boot) - 1, 1000).astype(int)]
+    par = np.array([j.params(arch, th) for th in boot])  # (R, 3): E, k, gamma
+    ok = np.isfinite(par).all(axis=1)
+    if ok.sum() < 10:
+        return None
+    E, k, g = par[ok, 0:1], par[ok, 1:2], par[ok, 2:3]
+    with np.errstate(over="ignore", invalid="ignore"):
+        curves = E + k * grid[None, :] ** -g  # (R, G)
+    lo, hi = np.nanpercentile(curves, [2.5, 97.5], axis=0)
+    return lo, hi
+
+
+def fig_frontier(an: Analysis) -> tuple[bytes, str]:
+    """Interior minima vs compute with intervals, edge minima hollow, and each arch's
+    joint-fit curve with a 95% bootstrap band."""
+    plt = _plt()
+    colors = _arch_colors(an.archs)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    mins = [m for a in an.archs for m in an.verdicts[a].minima]
+    Cs = [m.C for m in mins if _finite(m.C)]
+    no_curve = []
+    if Cs:
+        grid = np.geomspace(min(Cs) / 1.5, max(Cs) * 1.5, 120)
+    for a in an.archs:
+        col = colors[a]
+        am = [m for m in an.verdicts[a].minima if _finite(m.C)]
+        for interior in (True, False):
+            sel = [m for m in am if m.interior == interior]
+            if not sel:
+                continue
+            C = np.array([m.C for m in sel])
+            L = np.array([m.L_opt for m in sel])
+            bars = np.array([_err(m.L_opt, m.L_ci)[:2] for m in sel]).T
+            ax.errorbar(C, L, yerr=bars, fmt="none", ecolor=col, elinewidth=1, capsize=2.5)
+            ax.scatter(C, L, s=36, facecolors=col if interior else "white", edgecolors=[col],
+                       linewidths=1.3, zorder=4,
+                       label=a if interior else f"{a}: edge minima (excluded)")
+        if an.joint is not None and a in an.joint.design.archs and Cs:
+            ax.plot(grid, an.joint.predict(a, grid), color=col, lw=1.5)
+            band = _band(an, a, grid)
+            if band is not None:
+                ax.fill_between(grid, band[0], band[1], color=col, alpha=0.15, linewidth=0)
+            else:
+                no_curve.append(f"{a} (no band: too few defined replicates)")
+        else:
+            no_curve.append(a)
+    ax.set_xscale("log")
+    ax.set_xlabel("compute C at the minimum [FLOPs]")
+    ax.set_ylabel("IsoFLOP minimum loss L_opt [nats/token]")
+    ax.grid(True, alpha=0.25)
+    if mins:
+        ax.legend(fontsize=7.5)
+    else:
+        ax.text(0.5, 0.5, "no IsoFLOP minimum", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    caption = ("Frontier: each architecture's IsoFLOP minima (L_opt vs C at the vertex, 95% "
+               "intervals; hollow: at the edge of the size grid, excluded from the fits) and "
+               "the joint fit L = E + k (m C)^-γ per architecture (line) with its 95% "
+               "bootstrap band. The loss gaps of Headline 1 are the vertical distances between "
+               "two architectures' minima at one budget (their paired intervals are in the "
+               "table only).")
+    if no_curve:
+        caption += f" No joint-fit curve for: {', '.join(no_curve)}."
+    return _png(fig), caption
+
+
+def fig_efficiency(an: Analysis) -> tuple[bytes, str]:
+    """Forest plot: the joint-fit efficiency factor per arch with its interval (log x), the
+    per-budget m(C) beneath it; 'not identifiable' written where there is none."""
+    plt = _plt()
+    colors = _arch_colors(an.archs)
+    n = len(an.archs)
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.7 * n))
+    vals = [1.0]
+    missing, outside = [], []
+    for i, a in enumerate(an.archs):
+        y = n - 1 - i
+        e = _efficiency_of(an, a)
+        col = colors[a]
+        if e is None:
+            ax.text(1.0, y, "not identifiable", ha="center", va="center", fontsize=9,
+                    color="dimgray", bbox={"fc": "white", "ec": "lightgray"})
+            missing.append(a)
+        else:
+            lo, hi, ok = _err(e.estimate, e)
+            ax.errorbar([e.estimate], [y], xerr=[[lo], [hi]], fmt="o", color=col, ms=7,
+                        capsize=4, elinewidth=2)
+            vals += [e.estimate] + ([e.low, e.high] if ok else [])
+            label = ("baseline" if a == an.baseline else
+                     fmt_est(e) if ok else f"{fmt(e.estimate)} (interval undefined)")
+            ax.annotate(label, (e.estimate, y), textcoords="offset points", xytext=(0, 8),
+                        ha="center", fontsize=8)
+        inv = [x for x in an.verdicts[a].inverted]
+        k = 0
+        for x in inv:
+            if x.status != "ok" or x.value is None or not _finite(x.value.estimate):
+                if x.status != "excluded":
+                    outside.append(f"{a} at {fmt_flops(x.budget)} ({x.status})")
+                continue
+            k += 1
+            yy = y - 0.12 - 0.1 * k
+            lo, hi, _ = _err(x.value.estimate, x.value)
+            ax.errorbar([x.value.estimate], [yy], xerr=[[lo], [hi]], fmt="s", ms=3.5,
+                        color=col, alpha=0.45, elinewidth=1, capsize=2)
+            vals += [x.value.estimate, x.value.low, x.value.high]
+    vals = [v for v in vals if _finite(v) and v > 0]
+    lo, hi = min(vals + [0.8]), max(vals + [1.25])
+    ax.set_xscale("log")
+    ax.set_xlim(lo / 1.25, hi * 1.25)
+    if hi / lo < 8:  # a narrow axis: more labelled ticks than 1, 2, 5 x 10^k
+        from matplotlib.ticker import NullFormatter
+
+        nice = [m * 10.0**k for k in range(-3, 4) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)]
+        ax.set_xticks([t for t in nice if lo / 1.25 <= t <= hi * 1.25])
+        ax.xaxis.set_major_formatter(_ticks(plain=True, every=True))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_formatter(_ticks(plain=True))
+        ax.xaxis.set_minor_formatter(_ticks(plain=True))
+    ax.axvline(1.0, color="black", lw=0.8, ls=":")
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(list(reversed(an.archs)))
+    ax.set_ylim(-0.9, n - 0.4)
+    ax.set_xlabel(f"efficiency factor m vs {an.baseline} (> 1: needs less compute for the "
+                  "same loss)")
+    ax.grid(True, axis="x", alpha=0.25)
+    fig.tight_layout()
+    caption = ("Efficiency factors: the joint fit's m per architecture with its 95% interval "
+               "(circles, the headline; log axis, dotted line at 1, the baseline at 1 by "
+               "definition); small squares beneath: the inverted-frontier multiplier m(C) at "
+               "each budget where it is read inside the baseline's support.")
+    if missing:
+        caption += f" Not identifiable (written in the plot): {', '.join(missing)}."
+    if outside:
+        caption += f" m(C) not drawn: {', '.join(outside)}."
+    caption += (" The conventions' point estimates are in the table only (no intervals).")
+    return _png(fig), caption
+
+
+def seed_spread(an: Analysis) -> tuple[pd.DataFrame, float]:
+    """Deviations of each run's loss from its (arch, budget, N) point's mean, for points
+    with 2+ runs, and the pooled seed sd (NaN when there are none)."""
+    t = an.table
+    key = ["arch", "_budget", "N"]
+    n = t.groupby(key)["loss"].transform("size")
+    sub = t[n >= 2].copy()
+    if sub.empty:
+        return sub.assign(dev=[]), math.nan
+    sub["dev"] = sub["loss"] - sub.groupby(key)["loss"].transform("mean")
+    dof = int((sub.groupby(key).size() - 1).sum())
+    return sub, float(math.sqrt((sub["dev"] ** 2).sum() / dof))
+
+
+def fig_seeds(an: Analysis) -> tuple[bytes, str]:
+    """Loss deviations from the mean of their point, one column per arch."""
+    plt = _plt()
+    sub, sd = seed_spread(an)
+    colors = _budget_colors(an.budgets)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(an.archs) + 2), 3.6))
+    if sub.empty:
+        ax.text(0.5, 0.5, "no point has two seeds or more:\nthe seed spread is not measured",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        caption = ("Seed spread: not measured, no (arch, budget, size) point of the study has "
+                   "two runs or more; the intervals rest on the parabolas' residuals alone.")
+        return _png(fig), caption
+    rng = np.random.default_rng(0)
+    labelled: set[float] = set()
+    for i, a in enumerate(an.archs):
+        s = sub[sub["arch"] == a]
+        for b in an.budgets:
+            sb = s[s["_budget"] == b]
+            if sb.empty:
+                continue
+            x = i + (an.budgets.index(b) - (len(an.budgets) - 1) / 2) * 0.15
+            x = x + rng.uniform(-0.03, 0.03, len(sb))
+            label = fmt_flops(b) if b not in labelled else None
+            labelled.add(b)
+            ax.scatter(x, sb["dev"], s=16, color=colors[b], alpha=0.8, label=label)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(an.archs)))
+    ax.set_xticklabels(an.archs)
+    ax.set_ylabel("loss − mean of its point [nats]")
+    ax.grid(True, axis="y", alpha=0.25)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7, title="budget [FLOPs]", title_fontsize=7)
+    fig.tight_layout()
+    n_pts = sub.groupby(["arch", "_budget", "N"]).ngroups
+    caption = (f"Seed spread: at the {n_pts} (arch, budget, size) points with two runs or more, "
+               f"each run's loss minus its point's mean; pooled seed sd {fmt(sd)} nats/token "
+               f"(the parabolas' residual sd: {fmt(an.noise_sd)}).")
+    return _png(fig), caption
+
+
+def make_figures(an: Analysis) -> dict[str, tuple[bytes, str]]:
+    figs = {}
+    if an.lr:
+        figs["lr_sweeps"] = fig_lr_sweeps(an)
+    figs["isoflop"] = fig_isoflop(an)
+    figs["frontier"] = fig_frontier(an)
+    figs["efficiency"] = fig_efficiency(an)
+    figs["seeds"] = fig_seeds(an)
+    return figs
 
 
 # --------------------------------------------------------------------------- the report
 
 
-def summary_lines(cmp: Comparison) -> list[str]:
-    """One plain sentence per non-baseline architecture, at its largest measured budget."""
-    base = cmp.baseline
-    lines = []
-    for arch in cmp.others:
-        rows = cmp.budgets.get(arch) or []
-        if not rows:
-            reason = next((w for w in cmp.archs[arch].warnings if "no comparison" in w
-                           or "frontier" in w), "no frontier fit")
-            lines.append(f"**{arch}**: no compute multiplier against the {base} ({reason}).")
-            continue
-        r = rows[-1]
-        finite = bool(np.isfinite(r.multiplier.estimate))
-        if finite:
-            line = f"At {fmt(r.C, 2)} FLOPs, **{arch}** {_multiplier_phrase(r, base)}"
-        else:
-            line = (f"At {fmt(r.C, 2)} FLOPs, **{arch}** reaches loss {fmt(r.loss_arch)}, below "
-                    f"anything the {base}'s fitted frontier ever reaches: multiplier unbounded "
-                    f"(∞; 95% interval from {fmt(r.multiplier.lo)}).")
-        if r.extrapolated or not finite:
-            # also the largest budget that needs no extrapolation and gives a finite number
-            inside = [x for x in rows if not x.extrapolated and np.isfinite(x.multiplier.estimate)]
-            if r.extrapolated:
-                line += f" Extrapolated: the {base} was not measured at the compute this needs"
-                line += ";" if inside else "."
-            if inside:
-                line += (f" at {fmt(inside[-1].C, 2)} FLOPs, the largest budget within the "
-                         f"{base}'s range, {arch} "
-                         f"{_multiplier_phrase(inside[-1], base, short=True)}.")
-        lines.append(line)
-    return lines
+def _joint_text(an: Analysis) -> str:
+    j = an.joint
+    if j is None:
+        w = [w for w in an.warnings if "joint fit" in w or "no efficiency factor" in w]
+        return "No joint fit: " + ("; ".join(w) if w else "see the warnings") + "."
+    p = _joint_params(an)
+    E = ("E ≈ 0 (not identified: it ran to its lower bound, the law is a pure power law "
+         "here)" if j.E_at_floor() else f"E = {fmt_est(p['E'])}")
+    return (f"Joint fit ln L = ln(E + k (m_a C)^-γ) over {j.n_points} interior minima with "
+            f"{j.design.P} parameters ({', '.join(j.design.archs)}): the {an.baseline}'s curve "
+            f"has {E}, k = {fmt(p['k'].estimate)}, γ = {fmt_est(p['gamma'])}.")
 
 
-def _multiplier_phrase(r: Any, base: str, short: bool = False) -> str:
-    m, rel = r.multiplier, r.relative_compute
-    text = (f"reaches the {base}'s loss with **{fmt(rel.estimate, 2)}x** [{fmt(rel.lo, 2)}, "
-            f"{fmt(rel.hi, 2)}] of its compute")
-    if short:
-        return text
-    return (f"{text}: the {base} needs {fmt(m.estimate, 3)}x [{fmt(m.lo, 3)}, {fmt(m.hi, 3)}] "
-            f"the compute for loss {fmt(r.loss_arch)}; loss gap at equal compute "
-            f"{fmt(r.gap.estimate, 3)} [{fmt(r.gap.lo, 3)}, {fmt(r.gap.hi, 3)}].")
+def _status_words(status: str, base: str) -> str:
+    return {"outside support": f"outside the {base}'s support",
+            "not identifiable": "not identifiable: loss below the fitted asymptote",
+            "excluded": "excluded: no interior minimum"}.get(status, status)
 
 
-def _parameter_rows(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
-    header = ["arch", "points", "frontier γ", "frontier E", "A3 α", "A3 β", "A3 a (N∝C^a)",
-              "A3 b (D∝C^b)", "A3 E", "A2 a", "A2 b"]
-    rows = []
-    for arch, res in cmp.archs.items():
-        def cell(fit_name: str, name: str, res=res) -> str:
-            fit = getattr(res, fit_name)
-            if fit is None:
-                return "–"
-            iv = res.intervals.get(f"{fit_name}.{name}")
-            return fmt_iv(iv) if iv is not None else fmt(float(getattr(fit, name)))
+def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any],
+                 scope_line: str, verdict: dict[str, str],
+                 figures: dict[str, tuple[str, bytes, str]], out_dir: Path) -> list[Block]:
+    base = an.baseline
+    others = [a for a in an.archs if a != base]
+    B: list[Block] = [Block("h1", f"Scaling report: {name}")]
 
-        rows.append([arch, str(res.n_points), cell("frontier", "gamma"), cell("frontier", "E"),
-                     cell("parametric", "alpha"), cell("parametric", "beta"),
-                     cell("parametric", "a"), cell("parametric", "b"), cell("parametric", "E"),
-                     cell("isoflop", "a"), cell("isoflop", "b")])
-    return header, rows
-
-
-def build_blocks(cmp: Comparison, df: pd.DataFrame, spec: dict[str, Any], name: str,
-                 figures: dict[str, tuple[str, bytes]], out_dir: Path) -> list[Block]:
-    base = cmp.baseline
-    blocks = [Block("h1", f"Scaling report: {name}")]
-    blocks.append(Block("h2", "Summary"))
-    blocks.append(Block("ul", items=summary_lines(cmp)))
-    n_runs = df["run_dir"].nunique() if "run_dir" in df else len(df)
-    blocks.append(Block("p", (
-        f"Baseline: **{base}**. Compute: {COMPUTE_LABEL.get(cmp.compute, cmp.compute)}; "
-        f"parameters: `{cmp.params}`; loss: {_loss_label(cmp.loss)}. {len(df)} points from "
-        f"{n_runs} run folders, {len(cmp.archs)} architectures. The compute multiplier at C "
-        f"is C_{base}(L_arch(C)) / C, read off the fitted frontiers L(C) (> 1: the "
-        f"architecture is more compute-efficient). Brackets are 95% bootstrap intervals "
-        f"({cmp.n_boot} resamples of each architecture's points, every frontier refitted; "
-        f"seed {cmp.seed}). Rebuild with `postformer report {out_dir}`.")))
-
-    blocks.append(Block("h2", "Warnings"))
-    warn = [f"**{a}**: {w}" for a, ws in cmp.warnings.items() for w in ws]
-    if warn:
-        blocks.append(Block("ul", "warn", items=warn))
+    # 1. summary
+    B.append(Block("h2", "Summary"))
+    B.append(Block("p", (
+        f"Baseline: **{base}**. One convention throughout: the efficiency factor m is the "
+        f"compute the {base} needs to reach an architecture's loss divided by the compute the "
+        "architecture needs (m > 1: the architecture needs less compute for the same loss). "
+        "It comes from one joint fit over every architecture's interior IsoFLOP minima, never "
+        "from a single budget; brackets are 95% intervals of a wild cluster bootstrap "
+        f"({an.n_boot} replicates, seed {an.seed}).")))
+    if others:
+        B.append(Block("ul", items=[f"**{a}**{verdict[a][len(a):]}" for a in others]))
     else:
-        blocks.append(Block("p", "None: every fit converged, intervals are narrower than their "
-                                 "estimates, and the extrapolation checks hold."))
+        B.append(Block("p", f"Only the {base} is in the table: nothing to compare."))
+    B.append(Block("p", scope_line))
+    proto = []
+    if scope.get("lr_protocol"):
+        proto.append(f"Learning rate: {scope['lr_protocol']}")
+    if scope.get("beta2") is not None:
+        proto.append(f"AdamW β2 = {fmt(float(scope['beta2']))}")
+    if scope.get("warmup"):
+        proto.append(f"Warmup: {scope['warmup']}")
+    if isinstance(scope.get("schedule"), str) and scope["schedule"]:
+        proto.append(f"Schedule: {scope['schedule']}")
+    val = scope.get("validation")
+    if isinstance(val, dict) and val:
+        proto.append("Validation set: " + ", ".join(f"{k} {v}" for k, v in val.items()))
+    proto += [str(x) for x in scope.get("notes") or []]
+    if proto:
+        B.append(Block("ul", items=proto))
+    B.append(Block("p", f"Rebuild with `postformer report {out_dir}`; machine-readable: "
+                        "`report.json`."))
 
-    blocks.append(Block("h2", "Figures"))
-    for _key, (rel, png) in figures.items():
-        blocks.append(Block("img", FIGURE_CAPTIONS[_key], path=rel, data=png))
+    # 2. warnings
+    B.append(Block("h2", "Warnings"))
+    warn = _warnings(an)
+    B.append(Block("ul", "warn", items=warn) if warn else Block("p", "None."))
 
-    blocks.append(Block("h2", f"Compute multiplier and loss gap against {base}"))
-    table = compare_table(cmp)
-    if table.empty:
-        blocks.append(Block("p", "No comparison: see the warnings."))
-    else:
-        rows = [[r.arch, fmt(r.C), fmt(r.loss_arch), fmt(r.loss_base),
-                 f"{fmt(r.multiplier)} [{fmt(r.multiplier_lo)}, {fmt(r.multiplier_hi)}]",
-                 f"{fmt(r.gap)} [{fmt(r.gap_lo)}, {fmt(r.gap_hi)}]",
-                 "yes" if r.extrapolated else ""] for r in table.itertuples()]
-        blocks.append(Block("table", header=["arch", "C", "L_arch(C) fit", f"L_{base}(C) fit",
-                                             "multiplier [95%]", "loss gap [95%]",
-                                             "extrapolated"], items=rows))
-
-    blocks.append(Block("h2", "Fitted parameters"))
-    blocks.append(Block("p", (
-        "Frontier: L(C) = E + k·C^-γ on each architecture's lower envelope. Approach 3 (A3): "
-        "L = E + A/N^α + B/D^β, Huber on log loss; a = β/(α+β) and b = α/(α+β) are the "
-        "compute-optimal exponents of N and D. Approach 2 (A2): IsoFLOP parabolas, point "
-        "estimates only. – : not fitted (see warnings).")))
-    header, rows = _parameter_rows(cmp)
-    blocks.append(Block("table", header=header, items=rows))
-
-    iso = [(a, r.isoflop) for a, r in cmp.archs.items() if r.isoflop is not None]
-    if iso:
-        blocks.append(Block("h2", "IsoFLOP optima (Approach 2)"))
+    # 3. loss gap
+    B.append(Block("h2", "Headline 1: loss gap at equal compute"))
+    B.append(Block("p", (
+        f"L_opt(arch) − L_opt({base}) at each IsoFLOP budget, nats/token (negative: the "
+        "architecture is better), with 95% intervals from the same bootstrap replicates of "
+        "both minima. Budgets where either minimum is at the edge of its size grid are shown "
+        "as excluded.")))
+    if others:
         rows = []
-        for arch, fit in iso:
-            for rec in fit.budgets:
-                d = rec if isinstance(rec, dict) else vars(rec)
-                rows.append([arch, fmt(d.get("C")), fmt(d.get("N_opt")), fmt(d.get("D_opt")),
-                             fmt(d.get("L_opt"))])
-        blocks.append(Block("table", header=["arch", "C", "N_opt", "D_opt", "L_opt"],
-                            items=rows))
+        for a in others:
+            cells = {g.budget: (fmt_est(g.value, "+.4f") if g.value is not None
+                                else f"excluded: {g.excluded}") for g in an.verdicts[a].loss_gap}
+            rows.append([a] + [cells.get(b, "–") for b in an.budgets])
+        B.append(Block("table", header=["arch"] + [f"C = {fmt_flops(b)}" for b in an.budgets],
+                       items=rows))
 
-    blocks.append(Block("h2", "Extrapolation check"))
-    blocks.append(Block("p", (
-        "Each fit is redone without the largest model and asked to predict it. Approach 3 "
-        "predicts every held-out point; the frontier predicts the held-out points on the "
-        "full data's frontier. Error = (predicted - measured) / measured.")))
+    # 4. efficiency
+    B.append(Block("h2", "Headline 2: efficiency factors"))
     rows = []
-    for arch, res in cmp.archs.items():
-        for ex in res.extrapolation:
-            rows.append([arch, ex.method, fmt(ex.held_out_N), str(ex.n_train),
-                         str(len(ex.measured)), f"{100 * ex.mean_rel_error:+.2f}%",
-                         f"{100 * ex.max_abs_rel_error:.2f}%"])
-    if rows:
-        blocks.append(Block("table", header=["arch", "fit", "held-out N", "train points",
-                                             "held-out points", "mean error",
-                                             "max |error|"], items=rows))
+    for a in an.archs:
+        v = an.verdicts[a]
+        e = _efficiency_of(an, a)
+        if a == base:
+            rows.append([a, "1 (baseline)", "–", "–", "–", ""])
+            continue
+        note = _why_no_efficiency(an, a) if e is None else v.efficiency_note
+        rows.append([a, fmt_est(e) if e is not None else "not identifiable",
+                     fmt(e.mc_error) if e is not None else "–",
+                     fmt_est(v.gamma_diff) if v.gamma_diff is not None else "–",
+                     v.exponent_words or "–", note])
+    B.append(Block("table", header=["arch", "efficiency m [95%]", "MC error",
+                                    f"γ_arch − γ_{base} [95%]", "exponent", "note"], items=rows))
+    B.append(Block("p", _joint_text(an)))
+    fg = _free_gammas(an)
+    if fg:
+        B.append(Block("p", "Free-exponent fit (E shared, k and γ per architecture): " + "; ".join(
+            f"γ_{a} = {fmt_est(g)}" for a, g in fg.items()) + "."))
+
+    # 5. inverted multiplier
+    B.append(Block("h2", "Inverted-frontier multiplier m(C)"))
+    B.append(Block("p", (
+        f"m(C) = C_{base}(L_opt(arch, C)) / C: the compute the {base}'s fitted curve needs for "
+        "the architecture's measured minimum at C, read only inside the compute range of the "
+        f"{base}'s own interior minima (the free-exponent fit where the architecture is in it, "
+        "else the joint fit). Per budget, for reading along with the headline, not instead.")))
+    if others:
+        rows = []
+        for a in others:
+            cells = {x.budget: (fmt_est(x.value) if x.status == "ok" and x.value is not None
+                                else _status_words(x.status, base))
+                     for x in an.verdicts[a].inverted}
+            none = ("not identifiable: no joint fit" if an.joint is None
+                    else "not identifiable: no interior minimum")
+            rows.append([a] + [cells.get(b, none) for b in an.budgets])
+        B.append(Block("table", header=["arch"] + [f"C = {fmt_flops(b)}" for b in an.budgets],
+                       items=rows))
+
+    # 6. minima
+    B.append(Block("h2", "IsoFLOP minima"))
+    rows = []
+    for a in an.archs:
+        for m in an.verdicts[a].minima:
+            rows.append([a, fmt_flops(m.budget), str(m.n_sizes), str(m.n_seeds),
+                         fmt_est(m.N_ci) if m.N_ci else fmt(m.N_opt),
+                         fmt_est(m.L_ci, ".4f") if m.L_ci else _fixed(m.L_opt, ".4f"),
+                         "interior" if m.interior else f"edge: {m.reason}"])
+    B.append(Block("table", header=["arch", "budget", "sizes", "seeds (max per size)",
+                                    "N_opt [95%]", "L_opt [95%]", "used / why not"],
+                   items=rows) if rows else Block("p", "No group has three sizes."))
+
+    # 7. learning rates
+    if an.lr:
+        B.append(Block("h2", "Learning rates"))
+        rows = []
+        for a, s in an.lr.items():
+            for x in s.sizes:
+                rows.append([a, x["size"] or "–", fmt(x["N"]),
+                             ", ".join(fmt(g) for g in x["grid"]), fmt(x["best"]),
+                             "yes" if x["interior"] else "no: edge of the grid"])
+        B.append(Block("table", header=["arch", "size", "N", "LR grid", "best LR", "interior"],
+                       items=rows))
+        laws = []
+        for a, s in an.lr.items():
+            if s.law is None:
+                laws.append(f"{a}: one tuned size, no law (the best LR is used at every size)")
+            else:
+                laws.append(f"{a}: lr = {fmt(math.exp(s.law[0]))} · N^{fmt(s.law[1])}"
+                            + (" (exponent clipped to [-1, 0])" if s.clipped else ""))
+        B.append(Block("ul", items=laws))
+
+    # 8. conventions
+    B.append(Block("h2", "Conventions"))
+    labels = list(dict.fromkeys(k for a in an.archs for k in an.verdicts[a].conventions))
+    if labels:
+        B.append(Block("p", (
+            "Point estimates of the efficiency factor when compute and parameters are counted "
+            "differently (each a joint refit, no intervals); the headline is \"C, N\" (the "
+            "architecture's own FLOP count, parameters with embeddings). \"measured seconds\" "
+            "is the wall-clock view: compute measured as training time.")))
+        rows = [[a] + [fmt(an.verdicts[a].conventions.get(k)) if _finite(
+            an.verdicts[a].conventions.get(k)) else "not identifiable" for k in labels]
+            for a in an.archs]
+        B.append(Block("table", header=["arch"] + labels, items=rows))
     else:
-        blocks.append(Block("p", "Not possible: no architecture has two sizes or more."))
+        B.append(Block("p", "Not computed: there is no joint fit."))
 
-    blocks.append(Block("h2", "Points"))
-    blocks.append(Block("p", "Every point of every fit, linked to its run folder."))
-    cols = ["arch", "size", "seed", "N", "D", cmp.compute, "loss", "bpb", "kind"]
-    cols = [c for c in dict.fromkeys(cols) if c in df.columns]
+    # 9. extrapolation
+    B.append(Block("h2", "Extrapolation check"))
+    if an.extrapolation_fit is None:
+        w = [w.removeprefix("extrapolation check: ") for w in an.warnings
+             if w.startswith("extrapolation check")]
+        why = ("there is no joint fit to refit" if an.joint is None
+               else "; ".join(w) or "no refit was possible")
+        B.append(Block("p", f"Not done: {why}."))
+    else:
+        B.append(Block("p", (
+            f"The joint law refitted without the largest budget ({fmt_flops(an.held_out)} FLOPs) "
+            "predicts that budget's minima. Error in loss: predicted − measured (nats/token); "
+            "error in ln C: ln of the compute the refit needs for the measured loss over the "
+            "compute used.")))
+        rows = []
+        for a in an.archs:
+            x = an.verdicts[a].extrapolation
+            if x is None:
+                rows.append([a, fmt_flops(an.held_out), "–", "–", "–", "–",
+                             "no interior minimum at the held-out budget, or none below it"])
+                continue
+            rows.append([a, fmt_flops(x["flops"]), _fixed(x["measured"], ".4f"),
+                         _fixed(x["predicted"], ".4f"), _fixed(x["error_loss"], "+.4f"),
+                         _fixed(x["error_ln_C"], "+.3f") if _finite(x["error_ln_C"])
+                         else "not identifiable (below the refit's asymptote)", ""])
+        B.append(Block("table", header=["arch", "held-out budget", "measured L_opt",
+                                        "predicted", "error in loss", "error in ln C", "note"],
+                       items=rows))
+
+    # 10. figures
+    B.append(Block("h2", "Figures"))
+    for _key, (rel, png, caption) in figures.items():
+        B.append(Block("img", caption, path=rel, data=png))
+
+    # 11. points
+    B.append(Block("h2", "Points"))
+    B.append(Block("p", "Every row of the results table"
+                        + (", linked to its run folder." if "run_dir" in df else ".")))
+    cols = [c for c in ("arch", "size", "seed", "N", "D", "C", "loss", "stage") if c in df]
     rows = []
-    for _, r in df.sort_values(["arch", cmp.params, "D"], kind="stable").iterrows():
-        row: list[Any] = [fmt(r[c]) if c != "loss" and c != "bpb" else f"{r[c]:.4f}"
-                          for c in cols]
-        if "run_dir" in df.columns:
-            row.append(Link(str(r["run_dir"]), str(r["run_dir"]).replace(os.sep, "/")))
+    for _, r in df.sort_values(["arch", "stage", "C", "N"], kind="stable").iterrows():
+        row: list[Any] = [_fixed(r[c], ".4f") if c == "loss" else fmt(r[c]) for c in cols]
+        if "run_dir" in df:
+            rd = r["run_dir"]
+            row.append(Link(str(rd), str(rd).replace(os.sep, "/"))
+                       if isinstance(rd, str) and rd else "–")
         rows.append(row)
-    blocks.append(Block("table", header=cols + (["run_dir"] if "run_dir" in df else []),
-                        items=rows))
-    return blocks
+    B.append(Block("table", header=cols + (["run_dir"] if "run_dir" in df else []), items=rows))
+    return B
 
 
-FIGURE_CAPTIONS = {
-    "loss_vs_compute": "Loss vs compute per architecture, with fitted frontiers L(C) (log x).",
-    "multiplier": "Compute multiplier against the baseline at each measured budget, with 95% "
-                  "bootstrap intervals (hollow: extrapolated).",
-    "loss_vs_n": "Loss vs parameters, one curve per budget.",
-    "loss_vs_d": "Loss vs tokens, one curve per model size.",
-}
+def build_report(an: Analysis, df: pd.DataFrame, *, name: str, scope: dict[str, Any],
+                 out_dir: Path) -> tuple[dict[str, Any], list[Block], dict[str, bytes]]:
+    """(report.json's dict, the blocks of report.md/html, figure name -> PNG)."""
+    verdict = {a: verdict_sentence(an, a) for a in an.archs if a != an.baseline}
+    line = scope_text(an, scope)
+    data = report_dict(an, list(verdict.values()), line)
+    pngs = make_figures(an)
+    figures = {k: (f"figures/{k}.png", png, cap) for k, (png, cap) in pngs.items()}
+    blocks = build_blocks(an, df, name, scope, line, verdict, figures, out_dir)
+    return data, blocks, {k: png for k, (png, _) in pngs.items()}
 
 
 def write_report(out_dir: str | os.PathLike, *, baseline: str | None = None,
-                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0, compute: str = "C",
-                 params: str = "N", loss: str = "loss") -> dict[str, Path]:
-    """Build ``DIR/report.md``, ``DIR/report.html`` and ``DIR/figures/*.png`` from
-    ``DIR/results.csv`` and ``DIR/study.yaml``; returns name -> path of every file written
-    (``"md"``, ``"html"``, and one entry per figure)."""
+                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> dict[str, Path]:
+    """Build ``DIR/report.{json,md,html}`` and ``DIR/figures/*.png`` (see the module
+    docstring); returns name -> path of every file written (``"json"``, ``"md"``,
+    ``"html"``, one per figure). Raises ResultsError for a missing or bad results table and
+    ValueError for an unknown baseline."""
     out_dir = Path(out_dir)
-    df, spec = load_results(out_dir)
-    baseline = baseline or spec.get("baseline")
-    name = str(spec.get("name") or out_dir.resolve().name)
-    # IsoFLOP budgets: the study's nominal FLOP budget per row (6 N D_asked; D was asked
-    # as C / (6N)), which groups exactly even where step rounding moved D a little
-    budget = None
-    if _budget_kind(spec) == "flops" and {"N", "budget_tokens"} <= set(df.columns):
-        df = df.assign(budget_flops=6.0 * df["N"] * df["budget_tokens"])
-        budget = "budget_flops"
-    cmp = compare(df, baseline=baseline, compute=compute, params=params, loss=loss,
-                  n_boot=n_boot, seed=seed, budget=budget)
+    if (out_dir / "runs").is_dir() or (out_dir / "tune").is_dir():
+        from postformer.scaling.results import write_results
 
-    isoflop = budget is not None or any(r.isoflop is not None for r in cmp.archs.values())
-    budget_col = budget or (compute if isoflop else
-                            ("budget_tokens" if "budget_tokens" in df.columns else "D"))
-    pngs = {
-        "loss_vs_compute": fig_loss_vs_compute(cmp),
-        "multiplier": fig_multiplier(cmp),
-        "loss_vs_n": fig_loss_vs_n(cmp, budget_col, isoflop),
-        "loss_vs_d": fig_loss_vs_d(cmp),
-    }
-    fig_dir = out_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
+        write_results(out_dir)
+    df, spec, scope = load_inputs(out_dir)
+    baseline = baseline or spec.get("baseline") or None
+    an = analyse(df, baseline=baseline, n_boot=n_boot, seed=seed)
+    name = str(spec.get("name") or out_dir.resolve().name)
+    data, blocks, pngs = build_report(an, df, name=name, scope=scope, out_dir=out_dir)
+
     written: dict[str, Path] = {}
-    figures: dict[str, tuple[str, bytes]] = {}
     for key, png in pngs.items():
-        path = fig_dir / f"{key}.png"
+        path = out_dir / "figures" / f"{key}.png"
         atomic_write(path, png)
         written[key] = path
-        figures[key] = (f"figures/{key}.png", png)
-
-    blocks = build_blocks(cmp, df, spec, name, figures, out_dir)
-    md, page = out_dir / "report.md", out_dir / "report.html"
-    atomic_write(md, render_markdown(blocks).encode())
-    atomic_write(page, render_html(blocks, f"Scaling report: {name}").encode())
-    written["md"], written["html"] = md, page
+    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md",
+             "html": out_dir / "report.html"}
+    atomic_write(paths["json"], dumps_strict(data))
+    atomic_write(paths["md"], render_markdown(blocks))
+    atomic_write(paths["html"], render_html(blocks, f"Scaling report: {name}"))
+    written.update(paths)
     return written
 
 
 def report_main(argv: list[str]) -> None:
-    """``postformer report DIR [--baseline NAME] [--n-boot N] [--seed S] [--compute C|C_6ND]
-    [--params N|N_non_emb]``."""
+    """``postformer report DIR [--baseline NAME] [--n-boot N] [--seed S]``."""
     parser = argparse.ArgumentParser(
         prog="postformer report",
-        description="Rebuild a study's report (report.md, report.html, figures/) from "
-                    "DIR/results.csv and DIR/study.yaml, without training anything.")
-    parser.add_argument("dir", metavar="DIR", help="the study folder")
+        description="Rebuild a study's report (report.json, report.md, report.html, figures/) "
+                    "from DIR/results.csv (rebuilt from DIR/runs/ when present), without "
+                    "training anything.")
+    parser.add_argument("dir", metavar="DIR", help="the study folder (or any folder with a "
+                                                   "results.csv)")
     parser.add_argument("--baseline", default=None,
                         help="architecture to compare against (default: study.yaml's "
-                             "baseline, else transformer, else the first)")
+                             "baseline, else transformer, else the table's first)")
     parser.add_argument("--n-boot", type=int, default=DEFAULT_N_BOOT,
-                        help=f"bootstrap resamples (default {DEFAULT_N_BOOT})")
+                        help=f"bootstrap replicates (default {DEFAULT_N_BOOT})")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--compute", choices=["C", "C_6ND"], default="C",
-                        help="compute column: the architecture's own FLOP count (C, default) "
-                             "or 6ND")
-    parser.add_argument("--params", choices=["N", "N_non_emb"], default="N",
-                        help="parameter column (default N, embeddings included)")
     args = parser.parse_args(argv)
-    out_dir = Path(args.dir)
-    if not (out_dir / "results.csv").is_file():
-        parser.error(f"{out_dir / 'results.csv'} not found; a report needs the study's "
-                     "results table: run `postformer study` on the study first")
+    if args.n_boot < 1:
+        parser.error("--n-boot must be >= 1 (intervals need 10 replicates or more)")
     try:
-        written = write_report(out_dir, baseline=args.baseline, n_boot=args.n_boot,
-                               seed=args.seed, compute=args.compute, params=args.params)
-    except ValueError as err:  # an unknown baseline, an empty table, a missing column
-        parser.error(str(err))
-    print(f"postformer report: wrote {written['md']} and {written['html']} "
-          f"({len(written) - 2} figures)", file=sys.stderr)
+        written = write_report(args.dir, baseline=args.baseline, n_boot=args.n_boot,
+                               seed=args.seed)
+    except ValueError as err:  # ResultsError (a missing or bad table), an unknown baseline
+        parser.error(" ".join(str(err).split()))
+    figs = [str(p) for k, p in written.items() if k not in ("json", "md", "html")]
+    print(f"postformer report: wrote {written['json']}, {written['md']}, {written['html']} and "
+          f"{len(figs)} figures ({', '.join(figs)})", file=sys.stderr)
