@@ -26,7 +26,8 @@ the edge of its grid is extended once; then the LR of every main-grid point come
 power law fitted to the tuned optima (``scaling.analysis.lr_sweeps``), and the main grid
 trains: each trajectory's main run, then its cooldowns.
 
-Runs train in this process one after another through ``train.cli.lightning_main``. A run
+Runs train in this process one after another through ``train.cli.lightning_main``, or with
+``--jobs N`` in N worker processes side by side (a cooldown once its main run finished). A run
 with a result.json is skipped; a run with a ``checkpoints/last.ckpt`` but no result is
 resumed from it (exactly: data position, optimizer, schedule); a cooldown starts from its
 main run's stable checkpoint. A run folder that holds a different run (other steps, model,
@@ -285,66 +286,142 @@ def _train(out: Path, run: RunPlan) -> tuple[Any, float]:
 
 
 class _Progress:
-    """Counts runs and their compute; prints one line per run with an ETA."""
+    """Counts the compute of the runs left and done, and the wall time spent: the ETA."""
 
     def __init__(self, total: int, work: dict[int, float]) -> None:
-        self.total, self.index, self.work = total, 0, work
-        self.done_work = self.done_wall = 0.0
+        self.total, self.work = total, work
+        self.done_work = self.done_wall = self.work_done = 0.0
 
     def eta(self) -> str:
         left = sum(self.work.values())
         return _fmt_time(self.done_wall / self.done_work * left) if self.done_work else "?"
 
 
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_in_worker(out: str, run: RunPlan, verbose: bool) -> tuple[int, float]:
+    """One run in a worker process (``--jobs``): (the global step reached, seconds)."""
+    with _quiet_lightning(verbose):
+        cli, wall = _train(Path(out), run)
+    return int(cli.trainer.global_step), wall
+
+
 def _train_points(study: Study, points: list[Point], out: Path, verbose: bool,
-                  failed: list[str], title: str) -> None:
-    """Train every unfinished run of ``points`` (main runs before their cooldowns)."""
+                  failed: list[str], title: str, jobs: int = 1) -> None:
+    """Train every unfinished run of ``points``, a cooldown after its main run. With
+    ``jobs > 1``, that many worker processes train runs side by side (each with its share
+    of the torch threads); the order of submission is the order of the plan."""
     from postformer.train.callbacks import NonFiniteLossError
 
     tps = study.tokens_per_step
-    todo = {id(r): (r.steps - r.start_step) * tps * p.flops_per_token
-            for p in points for r in p.runs if finished_row(out, out / r.run_dir) is None}
-    total = sum(len(p.runs) for p in points)
+    items = [(p, r) for p in points for r in p.runs]
+    total = len(items)
+    todo = []
+    for p, r in items:
+        row = finished_row(out, out / r.run_dir)
+        if row is None:
+            todo.append((p, r))
+        elif not (out / r.run_dir / "result.json").exists():
+            atomic_write(out / r.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
     print(f"{title}: {len(points)} trajectories, {total} runs ({total - len(todo)} finished "
-          "already)", flush=True)
-    prog = _Progress(total, dict(todo))
-    with _quiet_lightning(verbose):
-        for point in points:
-            for run in point.runs:
-                prog.index += 1
-                label = point.name if run.kind != "cooldown" else f"{point.name}/{Path(run.run_dir).name}"
-                head = f"  [{prog.index}/{total}] {label} (D={_fmt_tokens(run.tokens)} tokens)"
-                row = finished_row(out, out / run.run_dir)
-                if row is not None:
-                    if not (out / run.run_dir / "result.json").exists():
-                        atomic_write(out / run.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
-                    if verbose:
-                        print(f"{head}: finished already, loss {row['loss']:.4f}", flush=True)
-                    continue
-                if (out / run.run_dir / "checkpoints" / "last.ckpt").is_file():
-                    print(f"{head}: resuming from {run.run_dir}/checkpoints/last.ckpt", flush=True)
+          f"already){f', {jobs} at a time' if jobs > 1 and todo else ''}", flush=True)
+    prog = _Progress(total, {id(r): (r.steps - r.start_step) * tps * p.flops_per_token
+                             for p, r in todo})
+    index = {id(r): i + 1 for i, (_, r) in enumerate(items)}
+    start = time.perf_counter()
+
+    def name(p: Point, r: RunPlan) -> str:
+        return p.name if r.kind != "cooldown" else f"{p.name}/{Path(r.run_dir).name}"
+
+    def finish(p: Point, r: RunPlan, step: int | None, wall: float, err: Exception | None,
+               t0: float) -> bool:
+        head = f"  [{index[id(r)]}/{total}] {name(p, r)} (D={_fmt_tokens(r.tokens)} tokens)"
+        prog.work_done = prog.work.pop(id(r), 0.0)
+        if err is not None:
+            print(f"{head}: FAILED: {err}", flush=True)
+            failed.append(name(p, r))
+            return False
+        if step != r.steps:
+            print(f"{head}: stopped at step {step} of {r.steps}; run again to resume", flush=True)
+            failed.append(name(p, r))
+            return False
+        row = make_row(out, out / r.run_dir, wall_s=wall)
+        if row is None:
+            raise RuntimeError(f"{r.run_dir}: training ended without a validation at its last step")
+        atomic_write(out / r.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
+        prog.done_work += prog.work_done
+        prog.done_wall = time.perf_counter() - start
+        print(f"{head}: loss {row['loss']:.4f}, {_fmt_time(time.perf_counter() - t0)}; "
+              f"stage ETA {prog.eta()}", flush=True)
+        return True
+
+    def resuming(r: RunPlan) -> None:
+        if (out / r.run_dir / "checkpoints" / "last.ckpt").is_file():
+            print(f"  resuming {r.run_dir} from its checkpoints/last.ckpt", flush=True)
+
+    if jobs <= 1 or len(todo) <= 1:
+        with _quiet_lightning(verbose):
+            for p, r in todo:
+                resuming(r)
                 t0 = time.perf_counter()
                 try:
-                    cli, wall = _train(out, run)
+                    cli, wall = _train(out, r)
                 except (NonFiniteLossError, FileNotFoundError) as err:
-                    print(f"{head}: FAILED: {err}", flush=True)
-                    failed.append(label)
-                    prog.work.pop(id(run), None)
+                    finish(p, r, None, 0.0, err, t0)
                     continue
-                step = cli.trainer.global_step
-                if step != run.steps:
-                    print(f"{head}: stopped at step {step} of {run.steps}; run again to resume", flush=True)
-                    failed.append(label)
-                    prog.work.pop(id(run), None)
+                finish(p, r, cli.trainer.global_step, wall, None, t0)
+        return
+
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(threads,))
+    waiting = list(todo)
+    running: dict[Any, tuple[Point, RunPlan, float]] = {}
+    bad_mains: set[str] = set()
+
+    def submit_ready() -> None:
+        for item in list(waiting):
+            p, r = item
+            main_dir = p.runs[0].run_dir
+            if r.kind == "cooldown":
+                if main_dir in bad_mains:
+                    waiting.remove(item)
+                    finish(p, r, None, 0.0, RuntimeError(f"its main run {main_dir} did not finish"),
+                           time.perf_counter())
                     continue
-                row = make_row(out, out / run.run_dir, wall_s=wall)
-                if row is None:
-                    raise RuntimeError(f"{run.run_dir}: training ended without a validation at its last step")
-                atomic_write(out / run.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
-                prog.done_work += prog.work.pop(id(run))
-                prog.done_wall += time.perf_counter() - t0
-                print(f"{head}: loss {row['loss']:.4f}, {_fmt_time(time.perf_counter() - t0)}; "
-                      f"stage ETA {prog.eta()}", flush=True)
+                if finished_row(out, out / main_dir) is None:
+                    continue  # its branch checkpoint is not there yet
+            waiting.remove(item)
+            resuming(r)
+            running[pool.submit(_train_in_worker, str(out), r, verbose)] = (p, r, time.perf_counter())
+
+    try:
+        submit_ready()
+        while running:
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                p, r, t0 = running.pop(fut)
+                try:
+                    step, wall = fut.result()
+                    ok = finish(p, r, step, wall, None, t0)
+                except (NonFiniteLossError, FileNotFoundError) as err:
+                    ok = finish(p, r, None, 0.0, err, t0)
+                if not ok and r.kind != "cooldown":
+                    bad_mains.add(r.run_dir)
+            submit_ready()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _all_tune_losses(study: Study, out: Path) -> dict[tuple[str, str, float], float]:
@@ -385,6 +462,7 @@ def run_study(
     list_only: bool = False,
     verbose: bool = False,
     report: bool = True,
+    jobs: int = 1,
 ) -> list[str] | list[dict[str, Any]]:
     """Lay out, train and collect a study (see the module docstring).
 
@@ -393,12 +471,12 @@ def run_study(
     """
     study = load_study(study_path)
     return run_loaded(study, out_dir, list_only=list_only, verbose=verbose, report=report,
-                      study_path=str(study_path))
+                      study_path=str(study_path), jobs=jobs)
 
 
 def run_loaded(study: Study, out_dir: str | Path, *, list_only: bool = False,
-               verbose: bool = False, report: bool = True, study_path: str = "STUDY.yaml"
-               ) -> list[str] | list[dict[str, Any]]:
+               verbose: bool = False, report: bool = True, study_path: str = "STUDY.yaml",
+               jobs: int = 1) -> list[str] | list[dict[str, Any]]:
     """:func:`run_study` on a validated :class:`Study`."""
     out = Path(out_dir).resolve()
     plan(study)  # every error of the main grid's design before anything is written
@@ -433,7 +511,8 @@ def run_loaded(study: Study, out_dir: str | Path, *, list_only: bool = False,
             if main is not None or not todo:
                 break
             layout(study, tune, out)
-            _train_points(study, tune, out, verbose, failed, f"study {study.name}: LR tuning")
+            _train_points(study, tune, out, verbose, failed, f"study {study.name}: LR tuning",
+                          jobs)
             if failed:
                 break
         if main is None and not failed:
@@ -442,7 +521,8 @@ def run_loaded(study: Study, out_dir: str | Path, *, list_only: bool = False,
             if study.tune is not None:
                 layout(study, tune, out)
             layout(study, main, out)
-            _train_points(study, main, out, verbose, failed, f"study {study.name}: main grid")
+            _train_points(study, main, out, verbose, failed, f"study {study.name}: main grid",
+                          jobs)
 
     path = write_results(out)
     import pandas as pd
@@ -529,6 +609,9 @@ def study_main(argv: list[str]) -> None:
                              "probe on this machine); trains nothing")
     parser.add_argument("--no-probe", action="store_true",
                         help="with --plan: estimate times from assumed throughput, without the probe")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train N runs side by side in worker processes, each with its share "
+                             "of the CPU threads (default 1: in this process)")
     parser.add_argument("--verbose", action="store_true", help="keep Lightning's own messages")
     parser.add_argument("--no-report", action="store_true", help="collect results.csv but skip the report")
     args = parser.parse_args(argv)
@@ -538,8 +621,10 @@ def study_main(argv: list[str]) -> None:
             return
         if not args.out:
             parser.error("--out DIR is required (the study folder)")
+        if args.jobs < 1:
+            parser.error(f"--jobs must be >= 1, got {args.jobs}")
         run_study(args.study, args.out, list_only=args.list, verbose=args.verbose,
-                  report=not args.no_report)
+                  report=not args.no_report, jobs=args.jobs)
     except StudyError as err:
         parser.error(str(err))
     except KeyboardInterrupt:

@@ -309,6 +309,19 @@ def test_second_run_skips_everything(micro_study, capsys, monkeypatch):
     assert run_study(study, out, list_only=True) == []
 
 
+def test_parallel_jobs_give_the_same_results(micro_study, tmp_path, capsys):
+    """--jobs 2: two worker processes, cooldowns after their main runs; every run ends where
+    the in-process study's did (one thread per run in both)."""
+    study, ref_out, _ = micro_study
+    out = tmp_path / "par"
+    assert main(["study", str(study), "--out", str(out), "--jobs", "2", "--no-report"]) == 0
+    assert "2 at a time" in capsys.readouterr().out
+    got = pd.read_csv(out / "results.csv").sort_values("run_dir").reset_index(drop=True)
+    ref = pd.read_csv(ref_out / "results.csv").sort_values("run_dir").reset_index(drop=True)
+    assert list(got["run_dir"]) == list(ref["run_dir"])
+    assert got["loss"].to_numpy() == pytest.approx(ref["loss"].to_numpy(), abs=1e-5)
+
+
 def test_list_prints_fit_commands(tmp_path, capsys):
     study = write_study(tmp_path / "micro.yaml", MICRO)
     out = tmp_path / "out"
@@ -348,7 +361,7 @@ def test_interrupted_point_is_resumed(micro_study, tmp_path, capsys):
     capsys.readouterr()
     run_study(study, out, report=False)
     log = capsys.readouterr().out
-    assert "resuming from runs/transformer-b-s0/checkpoints/last.ckpt" in log
+    assert "resuming runs/transformer-b-s0 from its checkpoints/last.ckpt" in log
     df = pd.read_csv(out / "results.csv")
     ref = pd.read_csv(ref_out / "results.csv")
     ref = ref[(ref.arch == "transformer") & (ref["size"] == "b")]
