@@ -866,6 +866,27 @@ def _status_words(status: str, base: str) -> str:
             "excluded": "excluded: no interior minimum"}.get(status, status)
 
 
+def _validation_text(val: dict[str, Any]) -> str:
+    """The validation set in words (scope.json's ``validation``)."""
+    if "tokens" not in val or "documents" not in val:
+        return "Validation set: " + ", ".join(f"{k} {v}" for k, v in val.items())
+    held = val.get("held_out_tokens")
+    text = (f"Validation set: {val['tokens']:,} tokens ({val.get('windows', '?')} windows of "
+            f"{val.get('seq_len', '?')}) drawn at random (seed {val.get('seed', 0)}) from "
+            f"{val['documents']} held-out document(s)")
+    if held:
+        text += f" ({held:,} tokens held out, {val.get('split', 'by document')})"
+    evals = val.get("evals_per_run")
+    if evals:
+        text += f"; evaluated at {evals} points along every main and tuning run"
+        curve = val.get("curve_tokens")
+        if curve:
+            text += (f" (the points before the last on a fixed {curve:,}-token subset; the "
+                     "result of every run on the whole set)")
+        text += ", and at the end of every cooldown"
+    return text + "."
+
+
 def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any],
                  scope_line: str, verdict: dict[str, str],
                  figures: dict[str, tuple[str, bytes, str]], out_dir: Path) -> list[Block]:
@@ -898,7 +919,7 @@ def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any
         proto.append(f"Schedule: {scope['schedule']}")
     val = scope.get("validation")
     if isinstance(val, dict) and val:
-        proto.append("Validation set: " + ", ".join(f"{k} {v}" for k, v in val.items()))
+        proto.append(_validation_text(val))
     proto += [str(x) for x in scope.get("notes") or []]
     if proto:
         B.append(Block("ul", items=proto))

@@ -300,6 +300,9 @@ class _Progress:
 def _worker_init(threads: int) -> None:
     import torch
 
+    import postformer.train.cli  # noqa: F401  (Lightning sets its loggers' levels on import;
+    # import it before _quiet_lightning lowers them)
+
     torch.set_num_threads(threads)
 
 

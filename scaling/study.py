@@ -32,10 +32,11 @@ et al. 2024; Porian et al. 2024; Hägele et al. 2024; DeepSeek LLM 2024):
   ``headline_seeds.sizes`` sizes of every IsoFLOP group (the points the minima rest on).
 - **Evaluation** (``eval``): a fixed, shuffled validation set of ``eval.tokens`` tokens
   drawn from every held-out document (``data.val_tokens``), evaluated at ``eval.points``
-  steps along every main run (plus its branch points), and at the end of every cooldown
-  and tuning run (``tune.eval_points`` along it). The result of a run is always the whole
-  set at its last step; ``eval.curve_tokens`` evaluates the points before it on a fixed
-  random subset of that many tokens (the loss curve, cheaper).
+  steps along every main run (plus its branch points) and tuning run (``tune.eval_points``),
+  and at the end of every cooldown (whose curve before its branch point is its main run's).
+  The result of a run is always the whole set at its last step; ``eval.curve_tokens``
+  evaluates the points before it on a fixed random subset of that many tokens (the loss
+  curve, cheaper).
 
 Spec (``name``, ``archs``, ``budgets`` and one of ``ladder``/``sizes`` are required)::
 
@@ -412,7 +413,7 @@ def _rung_mixers(d: int, head_dim: int, d_state: int | None) -> dict[str, dict[s
     """Mixer options that keep heads and states sensible at width d (see the docstring)."""
     attn = _heads(d, head_dim, even=True)
     inner = 2 * d  # mamba2's d_inner at expand 2
-    mamba_hd = head_dim if inner % head_dim == 0 else math.gcd(inner, head_dim)
+    mamba_hd = inner // _heads(inner, head_dim)
     key_gla, val_gla = d // 2, d  # GLA: expand_k 0.5, expand_v 1
     gla = _heads(key_gla, 32, divides=val_gla) if key_gla >= 32 else 1
     key_gdn = int(round(0.75 * d))
@@ -497,7 +498,8 @@ def _check_tune(src: str, tune: Any, model: dict, flops_budget: float | None
         raise _fail(src, "tune.extend", "must be true or false")
     return {"grid": grid, "factor": factor, "sizes": sizes, **budget,
             "extend": tune.get("extend", True),
-            "eval_points": _int(src, "tune.eval_points", tune.get("eval_points", 2), 1)}
+            "eval_points": (None if tune.get("eval_points") is None
+                            else _int(src, "tune.eval_points", tune["eval_points"], 1))}
 
 
 def study_from_dict(spec: dict[str, Any], source: str = "<study>") -> Study:
@@ -1011,5 +1013,5 @@ def plan_tune(study: Study, finished: dict[tuple[str, str, float], float] | None
             for lr in lrs:
                 points.append(_trajectory(study, label, shape, study.seeds[0], [(None, D)],
                                           f"tune/{label}-{name}-lr{lr:.3g}", "tune", lr,
-                                          tune["eval_points"]))
+                                          tune["eval_points"] or study.eval["points"]))
     return points

@@ -674,3 +674,37 @@ def test_compare_is_a_one_size_study(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["compare", configs[0], str(other), "--out", str(tmp_path / "x")])
     assert "data section differs" in capsys.readouterr().err
+
+
+# ---- the shipped smoke study, end to end (CI runs it) -----------------------------------
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end(tmp_path):
+    """configs/study/smoke.yaml through every stage: LR sweeps (with any edge extension), two
+    IsoFLOP budgets, extra seeds at the middle size, validation curves, report.json."""
+    out = tmp_path / "smoke"
+    rows = run_study(REPO / "configs" / "study" / "smoke.yaml", out)
+    df = pd.DataFrame(rows)
+    study = load_study(REPO / "configs" / "study" / "smoke.yaml")
+    assert set(df["stage"]) == {"tune", "main"}
+    tune = df[df["stage"] == "tune"]
+    assert (tune.groupby(["arch", "size"])["lr"].nunique() >= 5).all()
+    main_rows = df[df["stage"] == "main"]
+    assert sorted(set(main_rows["budget_flops"])) == study.budgets
+    assert set(main_rows["seed"]) == {0, 1}
+    assert main_rows["loss"].map(math.isfinite).all()
+    curves = pd.read_csv(out / "curves.csv")
+    per_run = curves[curves["kind"] == "final"].groupby("run_dir")["step"].nunique()
+    assert (per_run >= 5).all()  # a loss curve for every main and tuning run
+    report = json.loads((out / "report.json").read_text())
+    assert report["baseline"] == "transformer" and isinstance(report["warnings"], list)
+    for arch in ("transformer", "mamba2"):
+        entry = report["archs"][arch]
+        assert set(entry) >= {"efficiency", "exponent_differs", "loss_gap", "lr"}
+        assert set(entry["efficiency"]) == {"estimate", "low", "high"}
+        assert entry["lr"]["grid"] and isinstance(entry["lr"]["interior"], bool)
+    assert report["archs"]["transformer"]["efficiency"] == {"estimate": 1.0, "low": 1.0, "high": 1.0}
+    assert [g["flops"] for g in report["archs"]["mamba2"]["loss_gap"]] == study.budgets
+    for name in ("report.md", "report.html", "scope.json", "results.csv"):
+        assert (out / name).is_file()
