@@ -516,15 +516,18 @@ class LRSweep:
 
 
 def best_lr(grid: np.ndarray, loss: np.ndarray) -> tuple[float, bool, int]:
-    """The best LR of a sweep: the grid's argmin refined by a parabola in ln lr through it
-    and its two neighbours (the vertex kept within them). Returns (lr, interior, argmin):
-    ``interior`` is False when the argmin is the smallest or the largest LR."""
+    """The best LR of a sweep: the grid's argmin refined by a least-squares parabola in
+    ln lr through it and up to two neighbours on each side (single short runs are noisy;
+    five points smooth more than three), the vertex kept between the argmin's neighbours.
+    Returns (lr, interior, argmin): ``interior`` is False when the argmin is the smallest or
+    the largest LR."""
     order = np.argsort(grid)
     g, y = np.log(np.asarray(grid, float)[order]), np.asarray(loss, float)[order]
     i = int(np.nanargmin(y))
     if i in (0, len(g) - 1):
         return float(math.exp(g[i])), False, int(order[i])
-    c2, c1, _ = np.polyfit(g[i - 1:i + 2], y[i - 1:i + 2], 2)
+    lo, hi = max(0, i - 2), min(len(g), i + 3)
+    c2, c1, _ = np.polyfit(g[lo:hi], y[lo:hi], 2)
     v = -c1 / (2 * c2) if c2 > 0 else g[i]
     return float(math.exp(np.clip(v, g[i - 1], g[i + 1]))), True, int(order[i])
 

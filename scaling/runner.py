@@ -304,6 +304,14 @@ def _worker_init(threads: int) -> None:
     # import it before _quiet_lightning lowers them)
 
     torch.set_num_threads(threads)
+    if sys.platform.startswith("linux"):
+        # a worker dies with its study process (killed, not only interrupted): no orphan
+        # keeps training into a run folder; its run resumes from last.ckpt next time
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _train_in_worker(out: str, run: RunPlan, verbose: bool) -> tuple[int, float]:
@@ -415,7 +423,8 @@ def _train_points(study: Study, points: list[Point], out: Path, verbose: bool,
                 p, r, t0 = running.pop(fut)
                 try:
                     step, wall = fut.result()
-                    ok = finish(p, r, step, wall, None, t0)
+                    # queued runs wait for a worker: time the run by its own seconds
+                    ok = finish(p, r, step, wall, None, time.perf_counter() - wall)
                 except (NonFiniteLossError, FileNotFoundError) as err:
                     ok = finish(p, r, None, 0.0, err, t0)
                 if not ok and r.kind != "cooldown":
