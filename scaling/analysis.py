@@ -37,9 +37,9 @@ The method, step by step:
 
 Intervals: a *wild cluster bootstrap*. Each replicate keeps the design (every size of every
 group) and perturbs the losses: ``y* = y_hat + w_c r_i``, with ``y_hat`` and ``r`` the
-parabola fits' values and residuals, scaled by ``1/(1 - h_ii)`` (HC3: a parabola through
-five points leaves small residuals, and this leverage correction undoes that, erring on the
-wide side; points an exact fit passes through get the pooled residual sd), and one weight ``w_c`` (Webb's six-point distribution) per *trajectory*: a
+parabola fits' values and residuals, scaled by ``sqrt(n / (n - 3))`` per group (HC1: a
+parabola through a few points leaves small residuals; a group an exact fit passes through
+gets the pooled residual sd), and one weight ``w_c`` (Webb's six-point distribution) per *trajectory*: a
 main run and the cooldowns branched off it share their stable phase, so their errors move
 together. Seeds are separate trajectories. Resampling whole trajectories instead (a pairs
 bootstrap) would drop sizes from IsoFLOP groups and leave most replicates without a
@@ -172,7 +172,6 @@ class _Group:
     rows: np.ndarray  # indices into the fitted table
     X: np.ndarray  # (n, 3) design [t^2, t, 1]
     pinv: np.ndarray  # (3, n)
-    lev: np.ndarray  # (n,) leverages
     x_mid: float
     lo: float
     hi: float
@@ -195,8 +194,7 @@ def _groups(df: pd.DataFrame, params: str) -> tuple[list[_Group], list[str]]:
         t = x - x_mid
         X = np.stack([t * t, t, np.ones_like(t)], axis=1)
         pinv = np.linalg.pinv(X)
-        lev = np.einsum("ij,ji->i", X, pinv)
-        out.append(_Group(arch, float(budget), idx, X, pinv, lev, x_mid, float(t.min()),
+        out.append(_Group(arch, float(budget), idx, X, pinv, x_mid, float(t.min()),
                           float(t.max())))
     return out, notes
 
@@ -445,7 +443,8 @@ def _efficiency(fit: CurveFit, arch: str, theta: np.ndarray) -> float:
     gamma = theta[2]
     if not gamma > 0:
         return math.nan
-    return float(math.exp(-theta[2 + a] / gamma))
+    with np.errstate(over="ignore"):
+        return float(np.exp(-theta[2 + a] / gamma))
 
 
 @dataclass
@@ -623,16 +622,17 @@ def _wild_targets(df: pd.DataFrame, groups: list[_Group], n_boot: int, rng: np.r
         fit = g.X @ (g.pinv @ yy)
         r = yy - fit
         yhat[g.rows] = fit
-        keep = 1 - g.lev > 0.05
-        scaled[g.rows] = np.where(keep, r / np.clip(1 - g.lev, 0.05, None), np.nan)
+        n_g = len(yy)
+        if n_g > 3:  # HC1: the residuals of a 3-parameter fit, scaled to unbiased variance
+            scaled[g.rows] = r * math.sqrt(n_g / (n_g - 3))
         ss += float(r @ r)
-        dof += len(yy) - 3
+        dof += n_g - 3
     pooled = math.sqrt(ss / dof) if dof > 0 else 0.0
     if dof <= 0:
         notes.append("no IsoFLOP group has more points than its parabola has parameters: the "
                      "residuals are all zero and the intervals show no noise at all; add sizes "
                      "or seeds")
-    # points an exact fit passes through (leverage ~1) carry no residual: use the pooled sd
+    # a group of three points is fitted exactly and carries no residual: the pooled sd
     fitted = np.isfinite(yhat)
     scaled = np.where(fitted & ~np.isfinite(scaled), pooled, scaled)
     clusters, cid = np.unique(df["trajectory"].to_numpy(str), return_inverse=True)
@@ -740,6 +740,11 @@ def analyse(df: pd.DataFrame, *, baseline: str | None = None, n_boot: int = DEFA
                         "factor can be estimated")
     else:
         jmins = [mins[j] for j in inc]
+        n_base = len({m.budget for m in jmins if m.arch == baseline})
+        if n_base == 1:
+            warnings.append(f"the baseline {baseline} has an interior IsoFLOP minimum at one "
+                            "budget only: every efficiency factor is read against that one point, "
+                            "along the curve the other architectures' minima shape")
         joint = _curve_fit("joint", inc_archs, jmins, Lb[:, inc])
         dof = joint.n_points - joint.design.P
         if dof < 0:

@@ -594,8 +594,8 @@ def print_plan(study: Study, out: Path | None = None, probe: bool = True) -> dic
     unit = speed.unit
     print(f"total: {total_C:.3g} FLOPs trained; estimated {_fmt_time(totals['tune'])} tuning + "
           f"{_fmt_time(totals['main'])} main = {_fmt_time(all_s)}"
-          + (f" ({all_s * study.n_devices / 3600:.3g} {unit}-hours on {study.n_devices} devices)"
-             if unit != "CPU" else ""))
+          + (f" ({all_s * study.n_devices / 3600:.3g} {unit}-hours on {study.n_devices} "
+             f"device{'s' if study.n_devices > 1 else ''})" if unit != "CPU" else ""))
     return totals
 
 

@@ -56,14 +56,22 @@ def test_isoflop_minima_match_the_law(study):
         assert m.n_sizes == 5 and m.n_seeds == 3
 
 
-def test_intervals_cover_the_truth_in_simulated_studies():
-    """95% intervals of the efficiency factors cover the truth in >= 90% of 50 studies."""
+@pytest.mark.parametrize("n_sizes", [5, 4])
+def test_intervals_cover_the_truth_in_simulated_studies(n_sizes):
+    """95% intervals of the efficiency factors cover the truth in >= 90% of 50 studies (of
+    those where the factor is identified: with four sizes an arch whose optimum sits at the
+    edge of every budget's sizes has none, which must stay rare)."""
     hits = {a: 0 for a in ARCHS if a != "transformer"}
+    found = dict.fromkeys(hits, 0)
     for s in range(50):
-        an = analyse(simulate(ARCHS, seed=100 + s), n_boot=400, seed=s, conventions=False)
+        an = analyse(simulate(ARCHS, seed=100 + s, n_sizes=n_sizes), n_boot=400, seed=s,
+                     conventions=False)
         for a in hits:
-            hits[a] += an.verdicts[a].efficiency.contains(ARCHS[a])
-    assert all(h >= 45 for h in hits.values()), hits
+            e = an.verdicts[a].efficiency
+            if e is not None:
+                found[a] += 1
+                hits[a] += e.contains(ARCHS[a])
+    assert all(found[a] >= 45 and hits[a] >= 0.9 * found[a] for a in hits), (hits, found)
 
 
 def test_null_study_is_not_declared_different():
