@@ -1,13 +1,21 @@
 """postformer.scaling: from a study spec to a verdict.
 
-    study.py       the spec (YAML) and its plan: LR tuning, IsoFLOP budgets on a size ladder,
-                   seeds, evaluation points
+    study.py       the spec (YAML) and its validation
+    plan.py        the size ladder, the models, and the runs: LR tuning sweeps, IsoFLOP
+                   trajectories with their cooldowns, seeds, evaluation points
     runner.py      `postformer study`: lays out run folders, trains in stages (in process or
                    --jobs N workers), --plan / --list
-    throughput.py  the time estimates of --plan (a short measured probe)
+    throughput.py  --plan: every run with its time estimate (a short measured probe)
     results.py     run folders -> results.csv and curves.csv
     table.py       reading a results.csv (any table with arch, N, D, C, loss)
-    analysis.py    IsoFLOP minima, loss gaps, efficiency factors, exponent test, bootstrap
+    lr.py          LR sweeps: the best LR per arch and size (a parabola in log LR)
+    isoflop.py     one IsoFLOP group's minimum (a parabola in log N)
+    curvefit.py    the joint and free curve fits across archs (Levenberg-Marquardt, starts)
+    analysis.py    the verdict: minima, loss gaps, efficiency factors, exponent test,
+                   the wild cluster bootstrap around all of them
+    document.py    number formatting and the markdown / HTML renderers
+    figures.py     the report's figures (matplotlib)
+    report_json.py report.json: the analysis as strict JSON
     report.py      `postformer report`: report.json, report.md, report.html, figures
     compare.py     `postformer compare`: a one-size study of fit configs
     fit.py         Chinchilla's Approach 3 (and 2) for any table

@@ -599,12 +599,11 @@ def _group(C: np.ndarray, budget, rtol: float) -> list[tuple[Any, np.ndarray]]:
             raise FitError(f"fit_isoflop: budget has {len(labels)} labels for {len(C)} points")
         groups = [(lab, np.flatnonzero(labels == lab)) for lab in dict.fromkeys(labels.tolist())]
     else:
-        # single linkage in log C: a new budget starts where the gap exceeds log(1 + rtol)
-        order = np.argsort(C, kind="stable")
-        cuts = np.flatnonzero(np.diff(np.log(C[order])) > math.log1p(rtol)) + 1
-        groups = []
-        for idx in np.split(order, cuts):
-            groups.append((f"C~{np.exp(np.log(C[idx]).mean()):.3g}", np.sort(idx)))
+        # single linkage in log C (scaling.table.group_budgets), labelled by the geometric mean
+        from .table import group_budgets
+
+        labels = group_budgets(C, rtol)
+        groups = [(f"C~{lab:.3g}", np.flatnonzero(labels == lab)) for lab in np.unique(labels)]
     return sorted(groups, key=lambda g: np.log(C[g[1]]).mean())
 
 

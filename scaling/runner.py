@@ -61,8 +61,9 @@ import yaml
 
 from postformer.train.fileio import atomic_write
 
+from .plan import Point, RunPlan, plan, plan_tune
 from .results import finished_row, make_row, write_results
-from .study import Point, RunPlan, Study, StudyError, load_study, plan, plan_tune, study_from_dict
+from .study import Study, StudyError, load_study
 
 # trainer options that do not change what a run computes (a changed one does not make a
 # finished run stale)
@@ -288,9 +289,9 @@ def _train(out: Path, run: RunPlan) -> tuple[Any, float]:
 class _Progress:
     """Counts the compute of the runs left and done, and the wall time spent: the ETA."""
 
-    def __init__(self, total: int, work: dict[int, float]) -> None:
-        self.total, self.work = total, work
-        self.done_work = self.done_wall = self.work_done = 0.0
+    def __init__(self, work: dict[int, float]) -> None:
+        self.work = work
+        self.done_work = self.done_wall = 0.0
 
     def eta(self) -> str:
         left = sum(self.work.values())
@@ -340,7 +341,7 @@ def _train_points(study: Study, points: list[Point], out: Path, verbose: bool,
             atomic_write(out / r.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
     print(f"{title}: {len(points)} trajectories, {total} runs ({total - len(todo)} finished "
           f"already){f', {jobs} at a time' if jobs > 1 and todo else ''}", flush=True)
-    prog = _Progress(total, {id(r): (r.steps - r.start_step) * tps * p.flops_per_token
+    prog = _Progress({id(r): (r.steps - r.start_step) * tps * p.flops_per_token
                              for p, r in todo})
     index = {id(r): i + 1 for i, (_, r) in enumerate(items)}
     start = time.perf_counter()
@@ -351,7 +352,7 @@ def _train_points(study: Study, points: list[Point], out: Path, verbose: bool,
     def finish(p: Point, r: RunPlan, step: int | None, wall: float, err: Exception | None,
                t0: float) -> bool:
         head = f"  [{index[id(r)]}/{total}] {name(p, r)} (D={_fmt_tokens(r.tokens)} tokens)"
-        prog.work_done = prog.work.pop(id(r), 0.0)
+        work = prog.work.pop(id(r), 0.0)
         if err is not None:
             print(f"{head}: FAILED: {err}", flush=True)
             failed.append(name(p, r))
@@ -364,7 +365,7 @@ def _train_points(study: Study, points: list[Point], out: Path, verbose: bool,
         if row is None:
             raise RuntimeError(f"{r.run_dir}: training ended without a validation at its last step")
         atomic_write(out / r.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
-        prog.done_work += prog.work_done
+        prog.done_work += work
         prog.done_wall = time.perf_counter() - start
         print(f"{head}: loss {row['loss']:.4f}, {_fmt_time(time.perf_counter() - t0)}; "
               f"stage ETA {prog.eta()}", flush=True)
@@ -445,26 +446,20 @@ def _all_tune_losses(study: Study, out: Path) -> dict[tuple[str, str, float], fl
     return done
 
 
-def tuned_lrs(study: Study, out: Path) -> dict[str, Any] | None:
-    """arch -> LRSweep from the finished tuning runs, or None while the stage is unfinished."""
-    from .analysis import lr_sweeps
-
-    points = plan_tune(study, _all_tune_losses(study, out))
-    rows = [finished_row(out, out / p.runs[0].run_dir) for p in points]
+def _stages(study: Study, out: Path) -> tuple[list[Point], list[Point] | None]:
+    """(tuning points incl. any extension now due, main points or None while tuning). The
+    main grid's LRs come from the finished sweeps (``scaling.analysis.lr_sweeps``)."""
+    tune = plan_tune(study, _all_tune_losses(study, out))
+    if study.tune is None:
+        return tune, plan(study, {})
+    rows = [finished_row(out, out / p.runs[0].run_dir) for p in tune]
     if any(r is None for r in rows):
-        return None
+        return tune, None
     import pandas as pd
 
-    return lr_sweeps(pd.DataFrame(rows))
+    from .lr import lr_sweeps
 
-
-def _stages(study: Study, out: Path) -> tuple[list[Point], list[Point] | None]:
-    """(tuning points incl. any extension now due, main points or None while tuning)."""
-    tune = plan_tune(study, _all_tune_losses(study, out))
-    lrs = tuned_lrs(study, out) if study.tune is not None else {}
-    if lrs is None:
-        return tune, None
-    return tune, plan(study, lrs)
+    return tune, plan(study, lr_sweeps(pd.DataFrame(rows)))
 
 
 def run_study(
@@ -564,48 +559,6 @@ def _report(out: Path) -> None:
         raise SystemExit(1) from err
 
 
-def print_plan(study: Study, out: Path | None = None, probe: bool = True) -> dict[str, float]:
-    """``--plan``: every run with its N, D, C and estimated time; returns the totals
-    (seconds per stage). The LRs of a tuned main grid are unknown before tuning and do not
-    change N, D or C."""
-    from .throughput import estimate_seconds, rates
-
-    tune = plan_tune(study, None)
-    main = plan(study, {a: _Unknown() for a in study.archs})
-    points = tune + main
-    speed = rates(study, points, probe=probe)
-    print(f"study {study.name}: {len(tune)} tuning runs, {len(main)} main trajectories; "
-          f"{study.tokens_per_step} tokens per step; throughput: {speed.describe()}")
-    head = f"{'stage':5s} {'run':44s} {'N':>9s} {'D':>9s} {'C':>9s} {'budget':>9s} {'time':>8s}"
-    print(head)
-    totals: dict[str, float] = {"tune": 0.0, "main": 0.0}
-    total_C = 0.0
-    for p in points:
-        for r in p.runs:
-            secs = estimate_seconds(study, p, r, speed)
-            totals[p.stage] += secs
-            C = p.flops_per_token * r.tokens
-            total_C += p.flops_per_token * (r.steps - r.start_step) * study.tokens_per_step
-            name = p.name if r.kind != "cooldown" else f"{p.name}/{Path(r.run_dir).name}"
-            budget = f"{r.budget_flops:.3g}" if r.budget_flops else "-"
-            print(f"{p.stage:5s} {name[:44]:44s} {p.N:9.3g} {r.tokens:9.3g} {C:9.3g} {budget:>9s} "
-                  f"{_fmt_time(secs):>8s}")
-    all_s = totals["tune"] + totals["main"]
-    unit = speed.unit
-    print(f"total: {total_C:.3g} FLOPs trained; estimated {_fmt_time(totals['tune'])} tuning + "
-          f"{_fmt_time(totals['main'])} main = {_fmt_time(all_s)}"
-          + (f" ({all_s * study.n_devices / 3600:.3g} {unit}-hours on {study.n_devices} "
-             f"device{'s' if study.n_devices > 1 else ''})" if unit != "CPU" else ""))
-    return totals
-
-
-class _Unknown:
-    """A stand-in LR sweep for planning before tuning: any LR (it does not change N, D, C)."""
-
-    def lr_for(self, N: float) -> float:
-        return float("nan")
-
-
 def study_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="postformer study",
@@ -629,6 +582,8 @@ def study_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     try:
         if args.plan:
+            from .throughput import print_plan
+
             print_plan(load_study(args.study), probe=not args.no_probe)
             return
         if not args.out:
@@ -643,6 +598,3 @@ def study_main(argv: list[str]) -> None:
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None
 
-
-__all__ = ["run_study", "run_loaded", "study_main", "fit_config", "layout", "print_plan",
-           "study_from_dict"]

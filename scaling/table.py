@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -150,3 +151,11 @@ def budget_labels(df: pd.DataFrame, rtol: float = GROUP_RTOL) -> np.ndarray:
     if "budget_flops" in df and df["budget_flops"].notna().all():
         return df["budget_flops"].to_numpy(float)
     return group_budgets(df["C"].to_numpy(float), rtol)
+
+
+def json_float(x: Any) -> float | None:
+    """JSON-safe float: None for NaN and infinities."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None

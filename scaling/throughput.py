@@ -14,7 +14,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .plan import plan, plan_tune
+from .runner import _fmt_time
+from .study import Study
 
 #: dense bf16 peak of an H100/H200 SXM (FLOP/s) and the utilisation assumed without a probe
 #: (models of a few million to a billion parameters with these kernels: well below the
@@ -132,3 +137,43 @@ def estimate_seconds(study: Any, point: Any, run: Any, speed: Speed) -> float:
     curve = min(study.eval.get("curve_tokens") or val_tokens, val_tokens)
     evals = (val_tokens + (len(run.eval_at) - 1) * curve) * point.flops_per_token / 3
     return (train / devices + evals) / rate + RUN_OVERHEAD_S
+
+
+def print_plan(study: Study, probe: bool = True) -> dict[str, float]:
+    """``--plan``: every run with its N, D, C and estimated time; returns the totals
+    (seconds per stage). The LRs of a tuned main grid are unknown before tuning and do not
+    change N, D or C."""
+    tune = plan_tune(study, None)
+    main = plan(study, {a: _Unknown() for a in study.archs})
+    points = tune + main
+    speed = rates(study, points, probe=probe)
+    print(f"study {study.name}: {len(tune)} tuning runs, {len(main)} main trajectories; "
+          f"{study.tokens_per_step} tokens per step; throughput: {speed.describe()}")
+    head = f"{'stage':5s} {'run':44s} {'N':>9s} {'D':>9s} {'C':>9s} {'budget':>9s} {'time':>8s}"
+    print(head)
+    totals: dict[str, float] = {"tune": 0.0, "main": 0.0}
+    total_C = 0.0
+    for p in points:
+        for r in p.runs:
+            secs = estimate_seconds(study, p, r, speed)
+            totals[p.stage] += secs
+            C = p.flops_per_token * r.tokens
+            total_C += p.flops_per_token * (r.steps - r.start_step) * study.tokens_per_step
+            name = p.name if r.kind != "cooldown" else f"{p.name}/{Path(r.run_dir).name}"
+            budget = f"{r.budget_flops:.3g}" if r.budget_flops else "-"
+            print(f"{p.stage:5s} {name[:44]:44s} {p.N:9.3g} {r.tokens:9.3g} {C:9.3g} {budget:>9s} "
+                  f"{_fmt_time(secs):>8s}")
+    all_s = totals["tune"] + totals["main"]
+    unit = speed.unit
+    print(f"total: {total_C:.3g} FLOPs trained; estimated {_fmt_time(totals['tune'])} tuning + "
+          f"{_fmt_time(totals['main'])} main = {_fmt_time(all_s)}"
+          + (f" ({all_s * study.n_devices / 3600:.3g} {unit}-hours on {study.n_devices} "
+             f"device{'s' if study.n_devices > 1 else ''})" if unit != "CPU" else ""))
+    return totals
+
+
+class _Unknown:
+    """A stand-in LR sweep for planning before tuning: any LR (it does not change N, D, C)."""
+
+    def lr_for(self, N: float) -> float:
+        return float("nan")

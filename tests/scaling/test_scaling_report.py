@@ -14,7 +14,8 @@ import yaml
 from synthetic import law, optimal_n, simulate
 
 from postformer.cli import main as cli_main
-from postformer.scaling.report import fmt, fmt_est, fmt_sig, report_main, write_report
+from postformer.scaling.document import fmt, fmt_est, fmt_sig
+from postformer.scaling.report import report_main, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BUDGETS = (1e18, 4e18, 1.6e19)

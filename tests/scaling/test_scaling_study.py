@@ -18,21 +18,20 @@ from postformer.arch import PRESETS, ModelConfig
 from postformer.arch.flops import flops_per_token, param_counts
 from postformer.cli import main
 from postformer.scaling import results as results_mod
-from postformer.scaling.analysis import lr_sweeps
-from postformer.scaling.results import COLUMNS, collect, write_results
-from postformer.scaling.runner import print_plan, run_study
-from postformer.scaling.study import (
-    StudyError,
+from postformer.scaling.lr import lr_sweeps
+from postformer.scaling.plan import (
     extension_lrs,
     isoflop_sizes,
     ladder_sizes,
-    load_study,
     model_config,
     plan,
     plan_tune,
-    study_from_dict,
     tune_sizes,
 )
+from postformer.scaling.results import COLUMNS, collect, write_results
+from postformer.scaling.runner import run_study
+from postformer.scaling.study import StudyError, load_study, study_from_dict
+from postformer.scaling.throughput import print_plan
 from postformer.train import fileio
 from postformer.train.cli import lightning_main
 
