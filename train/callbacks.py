@@ -121,8 +121,10 @@ class EvalAtSteps(Callback):
             loader = trainer.datamodule.val_dataloader()
             if self.curve_batches is not None and step != self.steps[-1]:
                 # a point of the loss curve, not the result: the first batches of the fixed,
-                # shuffled validation set (a random subset of it)
-                loader = itertools.islice(loader, self.curve_batches)
+                # shuffled validation set (a random subset of it); each rank evaluates its
+                # slice of every global batch, so W ranks need 1/W of the batches
+                per_rank = -(-self.curve_batches // trainer.world_size)
+                loader = itertools.islice(loader, per_rank)
             metrics = pl_module.evaluate(loader)
             values = {"val/loss": metrics["loss"], "val/bpb": metrics["bpb"],
                       "val/tokens": metrics["tokens"]}

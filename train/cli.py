@@ -3,15 +3,27 @@
 Run folder layout (``--trainer.default_root_dir DIR``, default ``runs/default``)::
 
     DIR/config.yaml              the resolved config (every default filled in)
-    DIR/metrics.csv              RunLogger (a flat CSVLogger): one row per logged step,
+    DIR/metrics.csv              RunLogger: one row per logged step, flushed as logged,
                                  extended, not replaced, when the run is resumed
     DIR/hparams.yaml             the module's hyperparameters
     DIR/checkpoints/last.ckpt    every ``checkpoint.every_n_train_steps`` and at the end
+    DIR/tensorboard/, DIR/wandb/ with ``--track tensorboard`` / ``--track wandb``
+
+The run folder is the contract: loggers a user adds (``--trainer.logger``, ``--track``) go
+beside ``RunLogger``, which always comes first, and checkpoints always go to
+``DIR/checkpoints``, so adding a logger never moves the files a study reads.
 
 Additions to plain LightningCLI:
 
 - ``checkpoint.*``: the ``RunCheckpoint`` options (save_last on, no top-k files).
 - ``nan_guard.*``: the ``NonFiniteGuard`` options.
+- ``track``: extra trackers beside the CSV, ``tensorboard`` and/or ``wandb`` (the
+  ``.[track]`` extra; W&B runs offline unless ``WANDB_MODE`` says otherwise).
+- ``model.config.vocab_size`` follows ``data.tokenizer`` (so do the parameter count and
+  FLOPs); a config that gives another vocab size is overridden, with a note.
+- Lightning's ``ThroughputMonitor`` (``flops_per_batch`` from ``arch/flops.py``): tokens/s,
+  FLOPs/s and, on GPUs with a known peak, MFU in metrics.csv; the model summary counts the
+  FLOPs of one sequence.
 - ``seed_everything`` defaults to 0, so two runs of one config are the same run.
 - With ``trainer.check_val_every_n_epoch: null`` (step-based validation), a
   ``val_check_interval`` larger than ``max_steps`` is lowered to ``max_steps``, so a short
@@ -22,10 +34,13 @@ Additions to plain LightningCLI:
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .callbacks import NonFiniteGuard, RunCheckpoint
@@ -33,6 +48,39 @@ from .data import TextDataModule
 from .module import LMModule
 
 DEFAULT_ROOT = "runs/default"
+RUN_LOGGER = "postformer.train.logger.RunLogger"
+TRACKERS = {
+    "tensorboard": ("lightning.pytorch.loggers.TensorBoardLogger",
+                    lambda root: {"save_dir": root, "name": "tensorboard", "version": ""}),
+    "wandb": ("lightning.pytorch.loggers.WandbLogger",
+              lambda root: {"save_dir": root, "offline": True}),
+}
+
+
+def throughput_monitor() -> ThroughputMonitor:
+    """Lightning's ThroughputMonitor for ``[B, T + 1]`` token batches: samples are
+    sequences, items are target tokens; a 10-step window."""
+    return ThroughputMonitor(batch_size_fn=lambda b: b.shape[0],
+                             length_fn=lambda b: b.shape[0] * (b.shape[1] - 1), window_size=10)
+
+
+def _class_path(logger: Any) -> str:
+    return str(getattr(logger, "class_path", "") or "")
+
+
+def _loggers(value: Any, root: str, track: list[str]) -> Any:
+    """The trainer's logger setting with RunLogger first and the --track loggers added."""
+    if value is False and not track:
+        return False
+    extra = [] if value in (None, True, False) else list(value) if isinstance(value, list) else [value]
+    run = Namespace(class_path=RUN_LOGGER, init_args=Namespace(save_dir=root))
+    ours = [x for x in extra if _class_path(x) == RUN_LOGGER] or [run]
+    others = [x for x in extra if _class_path(x) != RUN_LOGGER]
+    for name in track:
+        cls, args = TRACKERS[name]
+        if not any(_class_path(x) == cls for x in others):
+            others.append(Namespace(class_path=cls, init_args=Namespace(**args(root))))
+    return ours[:1] + others
 
 
 class PostformerCLI(LightningCLI):
@@ -40,6 +88,7 @@ class PostformerCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("parser_kwargs", {"default_env": False})
+        kwargs.setdefault("trainer_defaults", {"callbacks": [throughput_monitor()]})
         super().__init__(LMModule, TextDataModule, args=args, run=run, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -50,21 +99,42 @@ class PostformerCLI(LightningCLI):
             "checkpoint.every_n_train_steps": 500,
         })
         parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
+        parser.add_argument("--track", type=list[str], default=[],
+                            help=f"trackers beside metrics.csv: {sorted(TRACKERS)}")
 
     def _cfg(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    def _follow_tokenizer(self, cfg: Namespace) -> None:
+        """Set ``model.config.vocab_size`` to ``data.tokenizer``'s vocabulary."""
+        from .tokenizer import get_tokenizer
+
+        try:
+            vocab = get_tokenizer(cfg.data.tokenizer).vocab_size
+        except (ValueError, OSError) as err:
+            self.parser.error(f"data.tokenizer: {err}")
+        given = cfg.model.config.vocab_size
+        if given != vocab:
+            if given not in (None, 256):  # 256: the bytes default the smoke configs spell out
+                print(f"note: model.config.vocab_size {given} -> {vocab} (data.tokenizer "
+                      f"{cfg.data.tokenizer!r})", file=sys.stderr)
+            cfg.model.config.vocab_size = vocab
+
     def before_instantiate_classes(self) -> None:
-        trainer = self._cfg().trainer
+        cfg = self._cfg()
+        trainer = cfg.trainer
         if trainer.default_root_dir is None:
             trainer.default_root_dir = DEFAULT_ROOT
         root = str(trainer.default_root_dir)
-        if trainer.logger is None or trainer.logger is True:
-            # Flat layout: metrics.csv straight into the run folder, kept across resumes.
-            trainer.logger = Namespace(
-                class_path="postformer.train.logger.RunLogger",
-                init_args=Namespace(save_dir=root),
-            )
+        unknown = sorted(set(cfg.track) - set(TRACKERS))
+        if unknown:
+            self.parser.error(f"track: unknown tracker(s) {unknown}; known: {sorted(TRACKERS)}")
+        # Flat layout: RunLogger first (metrics.csv and config.yaml in the run folder), any
+        # other logger beside it; checkpoints in DIR/checkpoints whatever the loggers are.
+        trainer.logger = _loggers(trainer.logger, root, list(cfg.track))
+        if cfg.checkpoint.dirpath is None:
+            cfg.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        self._follow_tokenizer(cfg)
         steps = trainer.max_steps
         interval = trainer.val_check_interval
         if (trainer.check_val_every_n_epoch is None and isinstance(interval, int)

@@ -25,16 +25,16 @@ import json
 import os
 import sysconfig
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from .fileio import atomic_write
+from .sampler import ResumableBatchSampler, ShardedEvalSampler
 from .tokenizer import Tokenizer, get_tokenizer
 
 SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -120,42 +120,6 @@ class PackedSequences(Dataset):
         start = i * self.seq_len
         window = np.asarray(self.tokens[start : start + self.seq_len + 1], dtype=np.int64)
         return torch.from_numpy(window)  # [L + 1]
-
-
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Shuffled batches whose order depends only on ``(seed, epoch)``, startable mid-stream.
-
-    The stream of batches over all epochs is fixed; ``start_batch`` says where in it to
-    begin (a count of batches already trained). Each epoch is a permutation of the items,
-    cut to whole batches (the remainder is dropped), so every epoch has ``len(self)``
-    batches. The sampler keeps its own position: the first ``iter()`` after a resume yields
-    the rest of that epoch, the next one starts the following epoch.
-    """
-
-    def __init__(self, n_items: int, batch_size: int, seed: int = 0, start_batch: int = 0) -> None:
-        if n_items < batch_size:
-            raise ValueError(
-                f"only {n_items} training sequences, fewer than batch_size {batch_size}; "
-                "use more data (max_bytes), a shorter seq_len or a smaller batch"
-            )
-        self.n_items = n_items
-        self.batch_size = batch_size
-        self.seed = seed
-        self.next_batch = start_batch
-
-    def __len__(self) -> int:
-        return self.n_items // self.batch_size
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n_items)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        n = len(self)
-        epoch, offset = divmod(self.next_batch, n)
-        self.next_batch = (epoch + 1) * n  # set now: batches are prefetched
-        order = self.epoch_order(epoch)
-        for b in range(offset, n):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
 
 
 class TextDataModule(L.LightningDataModule):
@@ -395,7 +359,9 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
-        sampler = ResumableBatchSampler(len(ds), self.batch_size, self.seed, self.batches_trained)
+        # batch_size is per device; under DDP each rank takes its slice of every global batch
+        sampler = ResumableBatchSampler(SequentialSampler(ds), self.batch_size, seed=self.seed,
+                                        start_batch=self.batches_trained)
         return DataLoader(
             ds, batch_sampler=sampler, num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -424,8 +390,9 @@ class TextDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         ds = torch.utils.data.Subset(self.dataset("val"), self.val_windows().tolist())
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers)
+        # every window once, split across ranks (sums are reduced over ranks)
+        sampler = ShardedEvalSampler(SequentialSampler(ds), self.batch_size)
+        return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

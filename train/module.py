@@ -2,13 +2,18 @@
 
 Metrics (names as they appear in metrics.csv):
 
-- ``train/loss``: next-token cross-entropy in nats, every step.
+- ``train/loss``: next-token cross-entropy in nats, every step; under data parallelism the
+  mean over ranks (each rank's mean over its equal share of the global batch), which is the
+  mean over the global batch.
 - ``train/lr``: the learning rate the step used.
-- ``train/tokens_per_sec``: tokens of the batch over the wall time since the previous
-  step ended (data loading and logging included).
-- ``val/loss``, ``val/bpb``: over the whole validation set (or ``limit_val_batches``);
-  bits per byte = total nats / (ln 2 * total bytes), where each target token counts the
-  UTF-8 bytes it stands for (one per token with the byte tokenizer).
+- ``train/tokens_per_sec``: tokens of the global batch (all ranks) over the wall time since
+  the previous step ended (data loading and logging included); also on the progress bar.
+- ``val/loss``, ``val/bpb``: over the whole validation set (or ``limit_val_batches``), sums
+  reduced over ranks; bits per byte = total nats / (ln 2 * total bytes), where each target
+  token counts the UTF-8 bytes it stands for (one per token with the byte tokenizer).
+- Lightning's ``ThroughputMonitor`` (added by ``train.cli``) reads ``flops_per_batch``: the
+  training FLOPs of one device's batch as ``arch/flops.py`` counts them (the count the
+  scaling study's C uses), for FLOPs/s and, on GPUs with a known peak, MFU.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from postformer.arch import LanguageModel, ModelConfig
+from postformer.arch.flops import flops_per_token
 
 from .schedule import SCHEDULES, lr_factor
 
@@ -111,8 +117,8 @@ class LMModule(L.LightningModule):
         self.model = LanguageModel(config)
         # Bytes per target token, for bits per byte; replaced by the DataModule's table.
         self.register_buffer("token_bytes", torch.ones(config.vocab_size), persistent=False)
-        self.flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor
-        self._params_non_emb = self.model.num_params(include_embeddings=False)  # fixed shape
+        self.flops_per_batch: float | None = None  # read by Lightning's ThroughputMonitor
+        self._flops_shape: tuple[int, int] | None = None
         self._last_step_end: float | None = None
         self._eval_sums: dict[str, torch.Tensor] = {}
 
@@ -128,6 +134,10 @@ class LMModule(L.LightningModule):
                 f"the data's tokenizer has {vocab} tokens but model.config.vocab_size is "
                 f"{self.config.vocab_size}; set model.config.vocab_size >= {vocab}"
             )
+        seq_len = getattr(dm, "seq_len", None)
+        if isinstance(seq_len, int) and seq_len > 0:
+            # one sequence for the model summary's FLOP count (Lightning's ModelSummary runs it)
+            self.example_input_array = torch.zeros(1, seq_len, dtype=torch.long)
         if hasattr(dm, "token_bytes"):
             table = torch.as_tensor(dm.token_bytes(), dtype=torch.float32)
             padded = torch.ones(self.config.vocab_size)
@@ -152,12 +162,21 @@ class LMModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         nats, _ = self._loss_terms(batch)
         loss = nats.mean()
-        n_tokens = batch.shape[0] * (batch.shape[1] - 1)
-        self.flops_per_batch = 6 * self._params_non_emb * n_tokens
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self._count_flops(batch.shape[0], batch.shape[1] - 1)
+        # sync_dist: the mean over ranks (equal shares), i.e. the global batch's mean loss
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
                  on_epoch=False)
         return loss
+
+    def _count_flops(self, batch: int, seq_len: int) -> None:
+        """``flops_per_batch`` for a ``[batch, seq_len]`` input (recomputed when it changes)."""
+        if self._flops_shape != (batch, seq_len):
+            self._flops_shape = (batch, seq_len)
+            self.flops_per_batch = flops_per_token(self.config, seq_len) * batch * seq_len
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._last_step_end is None:
@@ -168,8 +187,9 @@ class LMModule(L.LightningModule):
         elapsed = now - (self._last_step_end or now)
         self._last_step_end = now
         if elapsed > 0:
-            tokens = batch.shape[0] * (batch.shape[1] - 1)
-            self.log("train/tokens_per_sec", tokens / elapsed, on_step=True, on_epoch=False)
+            tokens = batch.shape[0] * (batch.shape[1] - 1) * self._world_size()
+            self.log("train/tokens_per_sec", tokens / elapsed, on_step=True, on_epoch=False,
+                     prog_bar=True)
 
     def on_validation_model_train(self) -> None:
         super().on_validation_model_train()
@@ -235,8 +255,9 @@ class LMModule(L.LightningModule):
         (``[B, T + 1]`` token windows), outside Lightning's loops: used by
         ``callbacks.EvalAtSteps`` to validate at chosen steps. Restores the training mode.
 
-        Returns ``{"loss", "bpb", "tokens"}``. Every process evaluates the whole loader (no
-        reduction across ranks: identical inputs give identical sums)."""
+        Returns ``{"loss", "bpb", "tokens"}``. Under data parallelism every rank must call it
+        at the same point (a collective): each evaluates its shard of the loader (the
+        DataModule's evaluation loaders shard by rank) and the sums are reduced over ranks."""
         was_training = self.training
         self.eval()
         try:
@@ -244,6 +265,8 @@ class LMModule(L.LightningModule):
             for batch in dataloader:
                 self._eval_step(batch.to(self.device))
             s = self._eval_sums
+            if self._world_size() > 1:
+                s = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in s.items()}
             tokens = float(s["tokens"])
             if tokens == 0:
                 raise ValueError("evaluate: the dataloader yielded no tokens")

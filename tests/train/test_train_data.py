@@ -4,12 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from postformer.train.data import (
-    PackedSequences,
-    ResumableBatchSampler,
-    TextDataModule,
-    split_is_val,
-)
+from postformer.train.data import PackedSequences, TextDataModule, split_is_val
+from postformer.train.sampler import ResumableBatchSampler
 from postformer.train.tokenizer import ByteTokenizer, get_tokenizer
 
 TINY_DATA = {"max_bytes": 150_000, "seq_len": 32, "batch_size": 4}
@@ -100,16 +96,16 @@ def test_local_txt_and_jsonl(tmp_path):
 
 
 def test_sampler_resumes_mid_stream_across_epochs():
-    full = ResumableBatchSampler(n_items=23, batch_size=4, seed=3)
+    full = ResumableBatchSampler(range(23), batch_size=4, seed=3)
     assert len(full) == 5
     stream = [b for _ in range(3) for b in full]  # three epochs, 15 batches
     assert len({i for b in stream[:5] for i in b}) == 20  # no repeats within an epoch
     assert stream[:5] != stream[5:10]  # a new order each epoch
     for start in (0, 2, 5, 7):
-        resumed = ResumableBatchSampler(n_items=23, batch_size=4, seed=3, start_batch=start)
+        resumed = ResumableBatchSampler(range(23), batch_size=4, seed=3, start_batch=start)
         tail = [b for _ in range(3) for b in resumed][: 15 - start]
         assert tail == stream[start:]
-    assert [b for b in ResumableBatchSampler(23, 4, seed=4)] != stream[:5]
+    assert [b for b in ResumableBatchSampler(range(23), 4, seed=4)] != stream[:5]
 
 
 def test_validation_set_is_a_fixed_shuffled_subset(tmp_path):
