@@ -4,6 +4,7 @@
     postformer compare CONFIG [CONFIG ...] --out DIR             a one-size study of fit configs
     postformer study STUDY.yaml --out DIR [--plan|--list]        a scaling study (postformer.scaling)
     postformer report DIR                                        the verdict of a study folder
+    postformer tokenizer train --vocab_size N --out tok.json     a byte-level BPE on a corpus
 
 Imports are lazy so ``postformer --help`` answers at once. Later packages add their
 subcommands (``study``, ``report``, ``bench``) to ``SUBCOMMANDS``.
@@ -38,6 +39,12 @@ def _study(argv: list[str]) -> None:
     study_main(argv[1:])
 
 
+def _tokenizer(argv: list[str]) -> None:
+    from postformer.train.tokenizer import tokenizer_main
+
+    tokenizer_main(argv[1:])
+
+
 def _report(argv: list[str]) -> None:
     try:
         from postformer.scaling.report import report_main
@@ -58,6 +65,8 @@ SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
                       "folder, or --plan / --list its runs"),
     "report": (_report, "write the verdict of a study folder or a results.csv (report.json, "
                         ".md, .html)"),
+    "tokenizer": (_tokenizer, "train a byte-level BPE tokenizer on a corpus (`tokenizer train "
+                              "--vocab_size N --out tok.json`)"),
 }
 
 

@@ -17,8 +17,9 @@ def test_byte_tokenizer_round_trip():
     assert ids.dtype == np.uint8 and len(ids) == len(text.encode("utf-8"))
     assert tok.decode(ids) == text
     assert tok.vocab_size == 256 and (tok.token_bytes() == 1).all()
+    # "gpt2" is a hub name now (network); a name that is neither fails at once
     with pytest.raises(ValueError, match="known"):
-        get_tokenizer("gpt2")
+        get_tokenizer("not a tokenizer!")
 
 
 def test_default_corpus_split_is_deterministic_and_disjoint():
@@ -51,7 +52,9 @@ def test_cache_hit_on_second_load(tmp_path, monkeypatch):
     dm.setup()
     assert dm.cache_hit is False
     files = sorted(p.name for p in (tmp_path / "tokens").iterdir())
-    assert len(files) == 3 and not any(f.endswith(".tmp") for f in files)  # train, val, meta
+    # train, val, meta and the build lock; no temporary file left
+    assert len(files) == 4 and not any(f.endswith(".tmp") for f in files)
+    assert sum(f.endswith(".lock") for f in files) == 1
 
     again = TextDataModule(cache_dir=str(tmp_path), **TINY_DATA)
     monkeypatch.setattr(again, "_tokenize", lambda: pytest.fail("tokenised again"))
@@ -128,3 +131,26 @@ def test_validation_set_is_a_fixed_shuffled_subset(tmp_path):
     assert len(everything.val_windows()) == n_all
     with pytest.raises(ValueError, match="val_tokens must be >= 1"):
         TextDataModule(val_tokens=0, **TINY_DATA)
+
+
+def test_default_corpus_tokens_are_the_files_bytes(tmp_path):
+    """With the bytes tokenizer each split is its files' raw bytes, in path order, each
+    followed by the NUL separator (computed here from the files themselves)."""
+    from postformer.train.corpus import _unit, stdlib_files
+
+    dm = TextDataModule(cache_dir=str(tmp_path), val_fraction=0.3, **TINY_DATA)
+    dm.setup()
+    assert dm.describe_validation()["split"] == "by document"
+    root, files = stdlib_files()
+    order = sorted(files, key=lambda f: _unit("cap:" + f.relative_to(root).as_posix()))
+    keep, total = [], 0
+    for f in order:  # the max_bytes rule: whole files until the cap is reached
+        if total >= TINY_DATA["max_bytes"]:
+            break
+        keep.append(f)
+        total += f.stat().st_size
+    keep.sort()
+    val = split_is_val([f.relative_to(root).as_posix() for f in keep], dm.val_fraction)
+    for split, want_val in (("train", False), ("val", True)):
+        want = b"".join(f.read_bytes() + b"\0" for f, v in zip(keep, val) if v == want_val)
+        assert dm.tokens[split].dtype == np.uint8 and bytes(np.asarray(dm.tokens[split])) == want
