@@ -26,19 +26,28 @@ the edge of its grid is extended once; then the LR of every main-grid point come
 power law fitted to the tuned optima (``scaling.analysis.lr_sweeps``), and the main grid
 trains: each trajectory's main run, then its cooldowns.
 
-Runs train in this process one after another through ``train.cli.lightning_main``, or with
-``--jobs N`` in N worker processes side by side (a cooldown once its main run finished). A run
-with a result.json is skipped; a run with a ``checkpoints/last.ckpt`` but no result is
-resumed from it (exactly: data position, optimizer, schedule); a cooldown starts from its
-main run's stable checkpoint. A run folder that holds a different run (other steps, model,
-LR, data, ...) is an error, never overwritten.
+Executors (``--executor``, the spec's ``executor`` section, ``--executor-opt KEY=VALUE``;
+``scaling.executors`` documents them). ``inprocess`` (default): runs train in this process
+one after another through ``train.cli.lightning_main``, or with ``--jobs N`` in N worker
+processes side by side (a cooldown once its main run finished). ``local`` / ``slurm``: one
+submitit job per run (``DIR/jobs/<id>/`` logs), submitted in dependency order, waited for,
+requeued on timeout or preemption. A run with a result.json is skipped; a run with a
+``checkpoints/last.ckpt`` but no result is resumed from it (exactly: data position,
+optimizer, schedule); a cooldown starts from its main run's stable checkpoint. A run folder
+that holds a different run (other steps, model, LR, data, ...) is an error, never overwritten.
+
+Locks. A training study holds ``DIR/.study.lock`` (``DIR/.study.owner``: PID, host, start);
+a second ``postformer study`` on the folder exits 2 at once, naming them. Every run holds
+``RUN/.run.lock`` while it trains (a ``RunLock`` callback in its fit.yaml), whoever trains it.
 
 ``--plan`` prints every run with its N, D, C and a time estimate from a short throughput
 probe on this machine (or, for a GPU study on a machine without one, from an assumed
 throughput). ``--list`` prints the ``postformer fit`` commands of the runs not yet
 finished, main runs before cooldowns, for a cluster scheduler; the main grid is listed once
-the tuning stage has finished. Multi-device studies go through ``--list``: one process
-running several multi-device runs in a row is not something Lightning's launchers support.
+the tuning stage has finished; neither takes the study lock, and a listed command exits 2
+when its run folder is being trained. Multi-device studies train with the local or slurm
+executor or go through ``--list``: one process running several multi-device runs in a row is
+not something Lightning's launchers support.
 """
 
 from __future__ import annotations
@@ -62,8 +71,8 @@ import yaml
 from postformer.train.fileio import atomic_write
 
 from .plan import Point, RunPlan, plan, plan_tune
-from .results import finished_row, make_row, write_results
-from .study import Study, StudyError, load_study
+from .results import finished_row, write_results
+from .study import EXECUTOR_KINDS, Study, StudyError, load_study
 
 # trainer options that do not change what a run computes (a changed one does not make a
 # finished run stale)
@@ -81,7 +90,9 @@ def fit_config(study: Study, point: Point, run: RunPlan, out: Path) -> dict[str,
         # validation at the steps the study chooses (EvalAtSteps), not Lightning's own loop
         "limit_val_batches": 0,
     }
-    callbacks = list(trainer.get("callbacks") or [])
+    # the run folder's lock first: whoever trains the run holds RUN/.run.lock (scaling.executors)
+    callbacks = [{"class_path": "postformer.scaling.executors.RunLock", "init_args": {}},
+                 *(trainer.get("callbacks") or [])]
     curve = study.eval.get("curve_tokens")
     batch = study.data_value("batch_size") * study.seq_len
     callbacks.append({"class_path": "postformer.train.callbacks.EvalAtSteps",
@@ -275,166 +286,22 @@ def _train(out: Path, run: RunPlan) -> tuple[Any, float]:
                 f"{run.run_dir}: the branch checkpoint {branch} is missing (its main run did not "
                 "save it); remove the main run folder to retrain it"
             )
+    from .executors import RunLocked, is_rank_zero
+
     timing = run_dir / "timing.json"
     spent = json.loads(timing.read_text())["wall_s"] if timing.is_file() else 0.0
     start = time.perf_counter()
+    ours = is_rank_zero()  # rank 0 keeps the time; nobody does when another process had the run
     try:
         cli = lightning_main(args)
+    except RunLocked:
+        ours = False
+        raise
     finally:
         elapsed = time.perf_counter() - start
-        atomic_write(timing, json.dumps({"wall_s": spent + elapsed}) + "\n")
+        if ours:
+            atomic_write(timing, json.dumps({"wall_s": spent + elapsed}) + "\n")
     return cli, spent + elapsed
-
-
-class _Progress:
-    """Counts the compute of the runs left and done, and the wall time spent: the ETA."""
-
-    def __init__(self, work: dict[int, float]) -> None:
-        self.work = work
-        self.done_work = self.done_wall = 0.0
-
-    def eta(self) -> str:
-        left = sum(self.work.values())
-        return _fmt_time(self.done_wall / self.done_work * left) if self.done_work else "?"
-
-
-def _worker_init(threads: int) -> None:
-    import torch
-
-    import postformer.train.cli  # noqa: F401  (Lightning sets its loggers' levels on import;
-    # import it before _quiet_lightning lowers them)
-
-    torch.set_num_threads(threads)
-    if sys.platform.startswith("linux"):
-        # a worker dies with its study process (killed, not only interrupted): no orphan
-        # keeps training into a run folder; its run resumes from last.ckpt next time
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _train_in_worker(out: str, run: RunPlan, verbose: bool) -> tuple[int, float]:
-    """One run in a worker process (``--jobs``): (the global step reached, seconds)."""
-    with _quiet_lightning(verbose):
-        cli, wall = _train(Path(out), run)
-    return int(cli.trainer.global_step), wall
-
-
-def _train_points(study: Study, points: list[Point], out: Path, verbose: bool,
-                  failed: list[str], title: str, jobs: int = 1) -> None:
-    """Train every unfinished run of ``points``, a cooldown after its main run. With
-    ``jobs > 1``, that many worker processes train runs side by side (each with its share
-    of the torch threads); the order of submission is the order of the plan."""
-    from postformer.train.callbacks import NonFiniteLossError
-
-    tps = study.tokens_per_step
-    items = [(p, r) for p in points for r in p.runs]
-    total = len(items)
-    todo = []
-    for p, r in items:
-        row = finished_row(out, out / r.run_dir)
-        if row is None:
-            todo.append((p, r))
-        elif not (out / r.run_dir / "result.json").exists():
-            atomic_write(out / r.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
-    print(f"{title}: {len(points)} trajectories, {total} runs ({total - len(todo)} finished "
-          f"already){f', {jobs} at a time' if jobs > 1 and todo else ''}", flush=True)
-    prog = _Progress({id(r): (r.steps - r.start_step) * tps * p.flops_per_token
-                             for p, r in todo})
-    index = {id(r): i + 1 for i, (_, r) in enumerate(items)}
-    start = time.perf_counter()
-
-    def name(p: Point, r: RunPlan) -> str:
-        return p.name if r.kind != "cooldown" else f"{p.name}/{Path(r.run_dir).name}"
-
-    def finish(p: Point, r: RunPlan, step: int | None, wall: float, err: Exception | None,
-               t0: float) -> bool:
-        head = f"  [{index[id(r)]}/{total}] {name(p, r)} (D={_fmt_tokens(r.tokens)} tokens)"
-        work = prog.work.pop(id(r), 0.0)
-        if err is not None:
-            print(f"{head}: FAILED: {err}", flush=True)
-            failed.append(name(p, r))
-            return False
-        if step != r.steps:
-            print(f"{head}: stopped at step {step} of {r.steps}; run again to resume", flush=True)
-            failed.append(name(p, r))
-            return False
-        row = make_row(out, out / r.run_dir, wall_s=wall)
-        if row is None:
-            raise RuntimeError(f"{r.run_dir}: training ended without a validation at its last step")
-        atomic_write(out / r.run_dir / "result.json", json.dumps(row, indent=2) + "\n")
-        prog.done_work += work
-        prog.done_wall = time.perf_counter() - start
-        print(f"{head}: loss {row['loss']:.4f}, {_fmt_time(time.perf_counter() - t0)}; "
-              f"stage ETA {prog.eta()}", flush=True)
-        return True
-
-    def resuming(r: RunPlan) -> None:
-        if (out / r.run_dir / "checkpoints" / "last.ckpt").is_file():
-            print(f"  resuming {r.run_dir} from its checkpoints/last.ckpt", flush=True)
-
-    if jobs <= 1 or len(todo) <= 1:
-        with _quiet_lightning(verbose):
-            for p, r in todo:
-                resuming(r)
-                t0 = time.perf_counter()
-                try:
-                    cli, wall = _train(out, r)
-                except (NonFiniteLossError, FileNotFoundError) as err:
-                    finish(p, r, None, 0.0, err, t0)
-                    continue
-                finish(p, r, cli.trainer.global_step, wall, None, t0)
-        return
-
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    import torch
-
-    threads = max(1, torch.get_num_threads() // jobs)
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(threads,))
-    waiting = list(todo)
-    running: dict[Any, tuple[Point, RunPlan, float]] = {}
-    bad_mains: set[str] = set()
-
-    def submit_ready() -> None:
-        for item in list(waiting):
-            p, r = item
-            main_dir = p.runs[0].run_dir
-            if r.kind == "cooldown":
-                if main_dir in bad_mains:
-                    waiting.remove(item)
-                    finish(p, r, None, 0.0, RuntimeError(f"its main run {main_dir} did not finish"),
-                           time.perf_counter())
-                    continue
-                if finished_row(out, out / main_dir) is None:
-                    continue  # its branch checkpoint is not there yet
-            waiting.remove(item)
-            resuming(r)
-            running[pool.submit(_train_in_worker, str(out), r, verbose)] = (p, r, time.perf_counter())
-
-    try:
-        submit_ready()
-        while running:
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in done:
-                p, r, t0 = running.pop(fut)
-                try:
-                    step, wall = fut.result()
-                    # queued runs wait for a worker: time the run by its own seconds
-                    ok = finish(p, r, step, wall, None, time.perf_counter() - wall)
-                except (NonFiniteLossError, FileNotFoundError) as err:
-                    ok = finish(p, r, None, 0.0, err, t0)
-                if not ok and r.kind != "cooldown":
-                    bad_mains.add(r.run_dir)
-            submit_ready()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
 
 
 def _all_tune_losses(study: Study, out: Path) -> dict[tuple[str, str, float], float]:
@@ -469,78 +336,93 @@ def run_study(
     list_only: bool = False,
     verbose: bool = False,
     report: bool = True,
-    jobs: int = 1,
+    jobs: int | None = None,
+    executor: dict[str, Any] | None = None,
 ) -> list[str] | list[dict[str, Any]]:
-    """Lay out, train and collect a study (see the module docstring).
+    """Lay out, train and collect a study (see the module docstring). ``executor``: keys of
+    the spec's executor section to override (``{"kind": "local"}``; None removes a key).
 
     Returns the printed commands with ``list_only``, else the results rows of every run
-    finished now or before (as written to ``DIR/results.csv``).
+    finished now or before (as written to ``DIR/results.csv``). Raises
+    ``executors.FolderLocked`` when another study holds the folder.
     """
-    study = load_study(study_path)
+    study = load_study(study_path, executor=executor)
     return run_loaded(study, out_dir, list_only=list_only, verbose=verbose, report=report,
                       study_path=str(study_path), jobs=jobs)
 
 
 def run_loaded(study: Study, out_dir: str | Path, *, list_only: bool = False,
                verbose: bool = False, report: bool = True, study_path: str = "STUDY.yaml",
-               jobs: int = 1) -> list[str] | list[dict[str, Any]]:
+               jobs: int | None = None) -> list[str] | list[dict[str, Any]]:
     """:func:`run_study` on a validated :class:`Study`."""
+    from .executors import STUDY, FolderLock, read_owner, train_points
+
     out = Path(out_dir).resolve()
     plan(study)  # every error of the main grid's design before anything is written
-    write_spec(study, out)
-    multi = study.n_devices > 1
+    if list_only:
+        write_spec(study, out)
+        commands, main = _unfinished(study, out)
+        for c in commands:
+            print(c)
+        if main is None:
+            print(f"# the main grid follows the tuning stage: run --list again once these "
+                  f"{len(commands)} runs have finished", file=sys.stderr)
+        owner = read_owner(out / ".study.owner", wait_s=0) if (out / ".study.owner").exists() else None
+        if owner:
+            print(f"# note: a study may be training {out} (PID {owner.get('pid')} on "
+                  f"{owner.get('host')}); a run it trains is locked: its command exits 2", file=sys.stderr)
+        return commands
+
     failed: list[str] = []
-
-    if list_only or multi:
-        # the tuning stage, and the main grid once tuning has finished
-        tune, main = _stages(study, out)
-        layout(study, tune, out)
-        stage = tune if main is None else tune + main
-        if main is not None:
-            layout(study, main, out)
-        todo = [(p, r) for p in stage for r in p.runs if finished_row(out, out / r.run_dir) is None]
-        order = [x for x in todo if x[1].kind != "cooldown"] + [x for x in todo if x[1].kind == "cooldown"]
-        commands = [shlex.join(fit_args(out, r)) for _, r in order]
-        if list_only:
-            for c in commands:
-                print(c)
-            if main is None:
-                print(f"# the main grid follows the tuning stage: run --list again once these "
-                      f"{len(commands)} runs have finished", file=sys.stderr)
-            return commands
-        print(f"study {study.name}: {len(commands)} runs unfinished, each on {study.n_devices} "
-              f"devices: launch them with `postformer study {study_path} --out {out_dir} --list` "
-              "(one command per run, started by your launcher); collecting the finished runs only")
-    else:
-        while True:
-            tune, main = _stages(study, out)
-            todo = [r for p in tune for r in p.runs if finished_row(out, out / r.run_dir) is None]
-            if main is not None or not todo:
-                break
-            layout(study, tune, out)
-            _train_points(study, tune, out, verbose, failed, f"study {study.name}: LR tuning",
-                          jobs)
-            if failed:
-                break
-        if main is None and not failed:
-            tune, main = _stages(study, out)
-        if main is not None:
-            if study.tune is not None:
+    with FolderLock(out, STUDY):  # one study process per folder (FolderLocked otherwise)
+        write_spec(study, out)
+        if study.n_devices > 1 and study.executor["kind"] == "inprocess":
+            commands, _ = _unfinished(study, out)
+            print(f"study {study.name}: {len(commands)} runs unfinished, each on {study.n_devices} "
+                  f"devices: train them with --executor slurm (or local), or launch them with "
+                  f"`postformer study {study_path} --out {out} --list` (one command per run); "
+                  "collecting the finished runs only")
+        else:
+            while True:
+                tune, main = _stages(study, out)
+                todo = [r for p in tune for r in p.runs if finished_row(out, out / r.run_dir) is None]
+                if main is not None or not todo:
+                    break
                 layout(study, tune, out)
-            layout(study, main, out)
-            _train_points(study, main, out, verbose, failed, f"study {study.name}: main grid",
-                          jobs)
+                train_points(study, tune, out, verbose, failed, f"study {study.name}: LR tuning", jobs)
+                if failed:
+                    break
+            if main is None and not failed:
+                tune, main = _stages(study, out)
+            if main is not None:
+                if study.tune is not None:
+                    layout(study, tune, out)
+                layout(study, main, out)
+                train_points(study, main, out, verbose, failed, f"study {study.name}: main grid", jobs)
 
-    path = write_results(out)
-    import pandas as pd
+        path = write_results(out)
+        import pandas as pd
 
-    rows = pd.read_csv(path).to_dict("records") if path.stat().st_size else []
-    print(f"results: {path} ({len(rows)} rows)")
-    if failed:
-        print(f"not finished: {', '.join(failed)}")
-    if report and rows:
-        _report(out)
-    return rows
+        rows = pd.read_csv(path).to_dict("records") if path.stat().st_size else []
+        print(f"results: {path} ({len(rows)} rows)")
+        if failed:
+            print(f"not finished: {', '.join(failed)}")
+        if report and rows:
+            _report(out)
+        return rows
+
+
+def _unfinished(study: Study, out: Path) -> tuple[list[str], list[Point] | None]:
+    """Lay out the tuning stage, and the main grid once tuning has finished; the `postformer
+    fit` commands of their unfinished runs, main runs before cooldowns; the main points."""
+    tune, main = _stages(study, out)
+    layout(study, tune, out)
+    stage = tune if main is None else tune + main
+    if main is not None:
+        layout(study, main, out)
+    todo = [(p, r) for p in stage for r in p.runs if finished_row(out, out / r.run_dir) is None]
+    order = [x for x in todo if x[1].kind != "cooldown"] + [x for x in todo if x[1].kind == "cooldown"]
+    return [shlex.join(fit_args(out, r)) for _, r in order], main
 
 
 def _report(out: Path) -> None:
@@ -574,26 +456,50 @@ def study_main(argv: list[str]) -> None:
                              "probe on this machine); trains nothing")
     parser.add_argument("--no-probe", action="store_true",
                         help="with --plan: estimate times from assumed throughput, without the probe")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="train N runs side by side in worker processes, each with its share "
-                             "of the CPU threads (default 1: in this process)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="runs at a time: in process, N worker processes side by side, each "
+                             "with its share of the CPU threads (default 1: in this process); "
+                             "local jobs (default 1); slurm jobs (default: all that are ready)")
+    parser.add_argument("--executor", choices=EXECUTOR_KINDS,
+                        help="where runs train: inprocess (default), local (a submitit job per run "
+                             "on this machine) or slurm (a submitit sbatch job per run); default: "
+                             "the spec's executor.kind")
+    parser.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a key of the spec's executor section (value read as YAML; empty "
+                             "removes it), e.g. time_min=240, partition=gpu, gpus_per_node=8")
     parser.add_argument("--verbose", action="store_true", help="keep Lightning's own messages")
     parser.add_argument("--no-report", action="store_true", help="collect results.csv but skip the report")
     args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for opt in args.executor_opt:
+        key, eq, value = opt.partition("=")
+        if not eq or not key.strip():
+            parser.error(f"--executor-opt expects KEY=VALUE, got {opt!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parser.error(f"--executor-opt {key.strip()}: {value!r} is not a YAML value")
+    if args.executor:
+        overrides["kind"] = args.executor
+    from .executors import FolderLocked
+
     try:
         if args.plan:
             from .throughput import print_plan
 
-            print_plan(load_study(args.study), probe=not args.no_probe)
+            print_plan(load_study(args.study, executor=overrides), probe=not args.no_probe)
             return
         if not args.out:
             parser.error("--out DIR is required (the study folder)")
-        if args.jobs < 1:
+        if args.jobs is not None and args.jobs < 1:
             parser.error(f"--jobs must be >= 1, got {args.jobs}")
         run_study(args.study, args.out, list_only=args.list, verbose=args.verbose,
-                  report=not args.no_report, jobs=args.jobs)
+                  report=not args.no_report, jobs=args.jobs, executor=overrides)
     except StudyError as err:
         parser.error(str(err))
+    except FolderLocked as err:
+        print(f"postformer study: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None
