@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,12 @@ def compare_main(argv: list[str]) -> None:
                         help="steps of every run (default: the configs' trainer.max_steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0)")
     args = parser.parse_args(argv)
+    from .executors import FolderLocked
+
     try:
         compare(args.configs, args.out, args.max_steps, args.seeds)
     except StudyError as err:
         parser.error(str(err))
+    except FolderLocked as err:
+        print(f"postformer compare: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

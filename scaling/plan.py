@@ -134,8 +134,6 @@ def _merge_mixers(into: dict, mixers: dict | None) -> None:
 
 def _shape_config(study: Study, label: str, size: Any) -> dict[str, Any]:
     """ModelConfig fields of arch ``label`` at ``size`` before parameter matching."""
-    from postformer.train.tokenizer import get_tokenizer
-
     src, arch = study.source, study.archs[label]
     size_name = size if isinstance(size, str) else size["name"]
     where = f"archs.{label} at size {size_name}"
@@ -168,7 +166,7 @@ def _shape_config(study: Study, label: str, size: Any) -> dict[str, Any]:
     _merge_mixers(mixers, {k: v for k, v in size_mixers.items() if k in pattern})
     _merge_mixers(mixers, own.get("mixers"))
     fields["d_model"] = d_model
-    fields.setdefault("vocab_size", get_tokenizer(study.data_value("tokenizer")).vocab_size)
+    fields.setdefault("vocab_size", study_vocab(study))
 
     try:
         probe = ModelConfig(**{**fields, "n_layers": 1})
@@ -186,6 +184,27 @@ def _shape_config(study: Study, label: str, size: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as err:
         raise _fail(src, where, str(err)) from None
     return fields
+
+
+def study_vocab(study: Study) -> int:
+    """The vocabulary of the study's models: ``data.tokenizer``'s size, or ``model.vocab_size``
+    where the tokenizer file is not on this machine (planning a cluster study on a laptop);
+    both given must agree."""
+    from postformer.train.tokenizer import get_tokenizer
+
+    spec, given = study.data_value("tokenizer"), study.model.get("vocab_size")
+    try:
+        vocab = get_tokenizer(spec).vocab_size
+    except FileNotFoundError as err:
+        if given is not None:
+            return int(given)
+        raise StudyError(f"{study.source}: data.tokenizer: {err}; train it first (`postformer "
+                         "tokenizer train ... --out FILE`), or set model.vocab_size to plan "
+                         "without it") from None
+    if given is not None and int(given) != vocab:
+        raise StudyError(f"{study.source}: model.vocab_size: {given} differs from data.tokenizer "
+                         f"{spec!r}'s {vocab} tokens; the models follow the tokenizer")
+    return vocab
 
 
 def model_config(study: Study, label: str, size: Any) -> ModelConfig:

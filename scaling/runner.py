@@ -186,9 +186,8 @@ def scope(study: Study) -> dict[str, Any]:
     """What the report states as the study's scope."""
     from postformer.train.data import TextDataModule
 
-    keys = ("path", "hf_name", "text_field", "seq_len", "batch_size", "val_fraction",
-            "max_bytes", "tokenizer", "cache_dir")
-    dm = TextDataModule(**{k: v for k, v in study.data.items() if k in keys},
+    # the runs' own data settings (the same cache), less the loader's workers
+    dm = TextDataModule(**{k: v for k, v in study.data.items() if k != "num_workers"},
                         val_tokens=study.eval["tokens"], val_seed=study.eval["seed"])
     val = dm.describe_validation()
     val["evals_per_run"] = study.eval["points"]

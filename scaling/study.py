@@ -100,7 +100,7 @@ EXECUTOR_KEYS = ("kind", "jobs", "time_min", "nodes", "gpus_per_node", "cpus_per
                  "poll_s")
 HEADLINE_KEYS = ("seeds", "sizes")
 #: model-section keys the planner consumes (not LMModule arguments)
-STUDY_MODEL_KEYS = ("warmup_fraction",)
+STUDY_MODEL_KEYS = ("warmup_fraction", "vocab_size")
 # set by the runner per run, not by the study
 RUNNER_TRAINER_KEYS = ("max_steps", "default_root_dir", "val_check_interval",
                        "check_val_every_n_epoch", "limit_val_batches")

@@ -399,3 +399,21 @@ def test_bad_executor_options_on_the_command_line(tmp_path, capsys):
         assert exc.value.code == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_on_a_busy_folder_exits_2(tmp_path, capsys):
+    from postformer.scaling.executors import FolderLock
+
+    repo = Path(__file__).resolve().parents[2]
+    configs = [str(repo / "configs" / "smoke" / f"{a}.yaml") for a in ("transformer", "mamba2")]
+    out = tmp_path / "cmp"
+    lock = FolderLock(out, "study")
+    lock.acquire()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["compare", *configs, "--out", str(out), "--max_steps", "6"])
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"PID {os.getpid()}" in err and socket.gethostname() in err
+    assert not (out / "runs").exists()  # nothing trained
