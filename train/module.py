@@ -125,7 +125,8 @@ class LMModule(L.LightningModule):
     # ---- wiring ----------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        trainer = self._attached_trainer()
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         if dm is None:
             return
         vocab = getattr(dm, "vocab_size", None)
@@ -175,8 +176,15 @@ class LMModule(L.LightningModule):
             self._flops_shape = (batch, seq_len)
             self.flops_per_batch = flops_per_token(self.config, seq_len) * batch * seq_len
 
+    def _attached_trainer(self) -> L.Trainer | None:
+        try:
+            return self.trainer
+        except RuntimeError:  # Lightning: not attached to a Trainer
+            return None
+
     def _world_size(self) -> int:
-        return self.trainer.world_size if self._trainer is not None else 1
+        trainer = self._attached_trainer()
+        return trainer.world_size if trainer is not None else 1
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._last_step_end is None:
