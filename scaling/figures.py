@@ -73,6 +73,15 @@ def _ticks(plain: bool = False, every: bool = False):
     return FuncFormatter(label)
 
 
+def _log_panel(ax: Any, title: str, xlabel: str, legend_title: str) -> None:
+    """One arch's panel: log x axis, title, label, light grid, a small titled legend."""
+    ax.set_xscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=7, title=legend_title, title_fontsize=7)
+
+
 def _err(est: float, e: Estimate | None) -> tuple[float, float, bool]:
     """Error-bar half lengths (below, above) of an interval around ``est``; False when the
     interval is undefined (drawn without a bar)."""
@@ -101,11 +110,7 @@ def fig_lr_sweeps(an: Analysis) -> tuple[bytes, str]:
                 ax.annotate("edge", (s["best"], y), textcoords="offset points", xytext=(4, 6),
                             color="red", fontsize=8)
                 edge.append(f"{a} at N={fmt(s['N'], 2)}")
-        ax.set_xscale("log")
-        ax.set_title(a, fontsize=10)
-        ax.set_xlabel("peak learning rate")
-        ax.grid(True, alpha=0.25)
-        ax.legend(fontsize=7, title="tuned size", title_fontsize=7)
+        _log_panel(ax, a, "peak learning rate", "tuned size")
     axes[0].set_ylabel("validation loss [nats/token]")
     fig.tight_layout()
     caption = ("Learning-rate sweeps: validation loss vs peak LR per architecture, one line "
@@ -153,12 +158,8 @@ def fig_isoflop(an: Analysis) -> tuple[bytes, str]:
             if not m.interior:
                 ax.annotate("edge", (m.N_opt, m.L_opt), textcoords="offset points",
                             xytext=(5, 5), fontsize=8, color=col)
-        ax.set_xscale("log")
+        _log_panel(ax, a, "parameters N", "budget [FLOPs]")
         ax.xaxis.set_minor_formatter(_ticks())
-        ax.set_title(a, fontsize=10)
-        ax.set_xlabel("parameters N")
-        ax.grid(True, alpha=0.25)
-        ax.legend(fontsize=7, title="budget [FLOPs]", title_fontsize=7)
     axes[0].set_ylabel("validation loss [nats/token]")
     fig.tight_layout()
     caption = ("IsoFLOP curves: every run (seeds as separate points) by budget, the parabola in "

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import submitit
-import torch
 import yaml
 
 import postformer.train.cli  # noqa: F401  (imported up front: a study started in-process starts at once)
@@ -45,12 +44,7 @@ TINY = {
 MAIN, COOL = "runs/transformer-a-s0", "runs/transformer-a-s0/cooldown-1024"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_spec(path: Path, spec: dict) -> Path:

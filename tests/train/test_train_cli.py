@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from tiny_fit import TINY  # tests/train/tiny_fit.py
 
 from postformer.cli import main
 from postformer.train.callbacks import NonFiniteGuard, NonFiniteLossError, RunCheckpoint
@@ -17,23 +18,6 @@ from postformer.train.module import LMModule
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-# A config tiny enough that a few steps take a second or two.
-TINY = {
-    "seed_everything": 0,
-    "model": {
-        "config": {"d_model": 32, "n_layers": 2, "pattern": ["attn"], "mixers": {"attn": {"n_heads": 2}}},
-        "lr": 3e-3, "warmup_steps": 2,
-    },
-    "data": {"max_bytes": 150_000, "seq_len": 32, "batch_size": 4},
-    "trainer": {
-        "accelerator": "cpu", "devices": 1, "max_steps": 8, "log_every_n_steps": 1,
-        "check_val_every_n_epoch": None, "val_check_interval": 100, "limit_val_batches": 2,
-        "gradient_clip_val": 1.0,
-    },
-    "checkpoint": {"every_n_train_steps": 4},
-}
-
 
 def write_config(path: Path, cfg: dict) -> str:
     path.write_text(yaml.safe_dump(cfg))

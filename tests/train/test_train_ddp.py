@@ -15,25 +15,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_fit import tiny_config
 
 HERE = Path(__file__).resolve().parent
 
 pytestmark = pytest.mark.slow
 
-CONFIG = {
-    "seed_everything": 0,
-    "model": {
-        "config": {"d_model": 32, "n_layers": 2, "pattern": ["attn"], "mixers": {"attn": {"n_heads": 2}}},
-        "lr": 3e-3, "warmup_steps": 2,
-    },
-    "data": {"max_bytes": 150_000, "seq_len": 32, "val_tokens": 2048},
-    "trainer": {
-        "accelerator": "cpu", "max_steps": 12, "log_every_n_steps": 1,
-        "check_val_every_n_epoch": None, "val_check_interval": 12, "gradient_clip_val": 1.0,
-        "enable_progress_bar": False, "enable_model_summary": False,
-    },
-    "checkpoint": {"every_n_train_steps": 4},
-}
+# batch_size and devices come from each test; validation on a fixed 2048-token set (not
+# limit_val_batches, which would cut each rank's share)
+CONFIG = tiny_config(data={"batch_size": None, "val_tokens": 2048},
+                     trainer={"max_steps": 12, "val_check_interval": 12, "devices": None,
+                              "limit_val_batches": None, "enable_progress_bar": False,
+                              "enable_model_summary": False})
 STEPS = 12
 
 

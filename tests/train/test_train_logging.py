@@ -7,26 +7,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_fit import tiny_config
 
 from postformer.arch import ModelConfig
 from postformer.arch.flops import flops_per_token
 from postformer.cli import main
 from postformer.train.logger import RunLogger
 
-TINY = {
-    "seed_everything": 0,
-    "model": {
-        "config": {"d_model": 32, "n_layers": 2, "pattern": ["attn"], "mixers": {"attn": {"n_heads": 2}}},
-        "lr": 3e-3, "warmup_steps": 2,
-    },
-    "data": {"max_bytes": 150_000, "seq_len": 32, "batch_size": 4},
-    "trainer": {
-        "accelerator": "cpu", "devices": 1, "max_steps": 12, "log_every_n_steps": 1,
-        "check_val_every_n_epoch": None, "val_check_interval": 12, "limit_val_batches": 2,
-        "enable_progress_bar": False,
-    },
-    "checkpoint": {"every_n_train_steps": 6},
-}
+TINY = tiny_config(trainer={"max_steps": 12, "val_check_interval": 12, "enable_progress_bar": False,
+                           "gradient_clip_val": None},
+                  checkpoint={"every_n_train_steps": 6})
 
 
 def rows_of(path: Path) -> list[dict]:
