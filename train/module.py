@@ -253,8 +253,10 @@ class LMModule(L.LightningModule):
         sums = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._eval_sums.items()}
         if sums["tokens"] == 0:
             return
-        self.log(f"{prefix}/loss", (sums["nats"] / sums["tokens"]).float(), sync_dist=False)
-        self.log(f"{prefix}/bpb", bits_per_byte(sums["nats"], sums["bytes"]).float(), sync_dist=False,
+        # the sums are reduced already, so every rank holds the same value; sync_dist's mean
+        # of identical values is that value (and tells Lightning the metric is global)
+        self.log(f"{prefix}/loss", (sums["nats"] / sums["tokens"]).float(), sync_dist=True)
+        self.log(f"{prefix}/bpb", bits_per_byte(sums["nats"], sums["bytes"]).float(), sync_dist=True,
                  prog_bar=prefix == "val")
 
     @torch.no_grad()
