@@ -127,7 +127,7 @@ class EvalAtSteps(Callback):
                 loader = itertools.islice(loader, per_rank)
             metrics = pl_module.evaluate(loader)
             values = {"val/loss": metrics["loss"], "val/bpb": metrics["bpb"],
-                      "val/tokens": metrics["tokens"]}
+                      "val/accuracy": metrics["accuracy"], "val/tokens": metrics["tokens"]}
             # straight to the loggers (rank zero only): a value logged through
             # pl_module.log in this hook would be repeated on the following steps' rows
             for logger in trainer.loggers:

@@ -19,8 +19,12 @@ Additions to plain LightningCLI:
 - ``nan_guard.*``: the ``NonFiniteGuard`` options.
 - ``track``: extra trackers beside the CSV, ``tensorboard`` and/or ``wandb`` (the
   ``.[track]`` extra; W&B runs offline unless ``WANDB_MODE`` says otherwise).
-- ``model.config.vocab_size`` follows ``data.tokenizer`` (so do the parameter count and
-  FLOPs); a config that gives another vocab size is overridden, with a note.
+- ``data`` is any LightningDataModule (``class_path`` + ``init_args``), ``TextDataModule``
+  when no class is named, so ``data: {seq_len: 128}`` sets the text data's options; a probe
+  task is ``data: {class_path: postformer.train.probes.data.ProbeDataModule, ...}``.
+- ``model.config.vocab_size`` follows the data (``data.tokenizer``'s vocabulary, a probe
+  task's; so do the parameter count and FLOPs); a config that gives another vocab size is
+  overridden, with a note.
 - Lightning's ``ThroughputMonitor`` (``flops_per_batch`` from ``arch/flops.py``): tokens/s,
   FLOPs/s and, on GPUs with a known peak, MFU in metrics.csv; the model summary counts the
   FLOPs of one sequence.
@@ -36,16 +40,18 @@ from __future__ import annotations
 
 import sys
 import warnings
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .callbacks import NonFiniteGuard, RunCheckpoint
 from .data import TextDataModule
-from .module import LMModule
+from .module import LMModule, split_batch
 
 DEFAULT_ROOT = "runs/default"
 RUN_LOGGER = "postformer.train.logger.RunLogger"
@@ -60,8 +66,8 @@ TRACKERS = {
 def throughput_monitor() -> ThroughputMonitor:
     """Lightning's ThroughputMonitor for ``[B, T + 1]`` token batches: samples are
     sequences, items are target tokens; a 10-step window."""
-    return ThroughputMonitor(batch_size_fn=lambda b: b.shape[0],
-                             length_fn=lambda b: b.shape[0] * (b.shape[1] - 1), window_size=10)
+    return ThroughputMonitor(batch_size_fn=lambda b: split_batch(b)[0].shape[0],
+                             length_fn=lambda b: split_batch(b)[0].numel(), window_size=10)
 
 
 def _class_path(logger: Any) -> str:
@@ -89,7 +95,10 @@ class PostformerCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         kwargs.setdefault("trainer_defaults", {"callbacks": [throughput_monitor()]})
-        super().__init__(LMModule, TextDataModule, args=args, run=run, **kwargs)
+        # any LightningDataModule (``data: {class_path: ..., init_args: ...}``), TextDataModule
+        # by default, so ``data: {seq_len: 128}`` keeps meaning the text data's options
+        kwargs.setdefault("subclass_mode_data", True)
+        super().__init__(LMModule, L.LightningDataModule, args=args, run=run, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
@@ -99,25 +108,31 @@ class PostformerCLI(LightningCLI):
             "checkpoint.every_n_train_steps": 500,
         })
         parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
+        parser.set_defaults({"data": {"class_path": f"{TextDataModule.__module__}.TextDataModule"}})
         parser.add_argument("--track", type=list[str], default=[],
                             help=f"trackers beside metrics.csv: {sorted(TRACKERS)}")
 
     def _cfg(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
 
-    def _follow_tokenizer(self, cfg: Namespace) -> None:
-        """Set ``model.config.vocab_size`` to ``data.tokenizer``'s vocabulary."""
-        from .tokenizer import get_tokenizer
-
+    def _follow_data_vocab(self, cfg: Namespace) -> None:
+        """Set ``model.config.vocab_size`` to the data's vocabulary (``data.tokenizer``'s, or a
+        probe task's): the data module class's ``planned_vocab(init_args)``, where it has one."""
+        cls = import_module(cfg.data.class_path.rpartition(".")[0])
+        cls = getattr(cls, cfg.data.class_path.rpartition(".")[2])
+        planned = getattr(cls, "planned_vocab", None)
+        if planned is None:
+            return
+        init_args = cfg.data.init_args.as_dict() if cfg.data.get("init_args") else {}
         try:
-            vocab = get_tokenizer(cfg.data.tokenizer).vocab_size
+            vocab = planned(init_args)
         except (ValueError, OSError) as err:
-            self.parser.error(f"data.tokenizer: {err}")
+            self.parser.error(f"data: {err}")
         given = cfg.model.config.vocab_size
         if given != vocab:
             if given not in (None, 256):  # 256: the bytes default the smoke configs spell out
-                print(f"note: model.config.vocab_size {given} -> {vocab} (data.tokenizer "
-                      f"{cfg.data.tokenizer!r})", file=sys.stderr)
+                print(f"note: model.config.vocab_size {given} -> {vocab} (the data's vocabulary)",
+                      file=sys.stderr)
             cfg.model.config.vocab_size = vocab
 
     def before_instantiate_classes(self) -> None:
@@ -134,7 +149,7 @@ class PostformerCLI(LightningCLI):
         trainer.logger = _loggers(trainer.logger, root, list(cfg.track))
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = str(Path(root) / "checkpoints")
-        self._follow_tokenizer(cfg)
+        self._follow_data_vocab(cfg)
         steps = trainer.max_steps
         interval = trainer.val_check_interval
         if (trainer.check_val_every_n_epoch is None and isinstance(interval, int)

@@ -26,10 +26,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .corpus import (
     SUFFIXES,
@@ -42,7 +41,7 @@ from .corpus import (
     tokenize_corpus,
 )
 from .fileio import atomic_write
-from .sampler import ResumableBatchSampler, ShardedEvalSampler
+from .sampler import PositionedDataModule
 from .tokenizer import Tokenizer, get_tokenizer
 
 __all__ = ["SUFFIXES", "PackedSequences", "TextDataModule", "default_cache_dir",
@@ -72,7 +71,7 @@ class PackedSequences(Dataset):
         return torch.from_numpy(window)  # [L + 1]
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(PositionedDataModule):
     """Language-modelling data (byte-level by default) from local files, a hub dataset or
     the stdlib.
 
@@ -117,6 +116,14 @@ class TextDataModule(L.LightningDataModule):
     the byte tokenizer, uint16 up to 65536 tokens, else uint32; read memory-mapped),
     ``KEY-meta.json`` (written last: the cache is complete when it exists) and ``KEY.lock``.
     """
+
+    resume_keys = ("seed", "batch_size", "seq_len")
+
+    @staticmethod
+    def planned_vocab(init_args: dict[str, Any]) -> int:
+        """The vocabulary a model needs for data built with ``init_args`` (the tokenizer's),
+        without building it; ``train.cli`` sets ``model.config.vocab_size`` from it."""
+        return get_tokenizer(init_args.get("tokenizer") or "bytes").vocab_size
 
     def __init__(
         self,
@@ -177,7 +184,6 @@ class TextDataModule(L.LightningDataModule):
                              split=split, streaming=streaming, text_field=text_field,
                              max_bytes=max_bytes, max_tokens=max_tokens, cache_dir=self.cache_dir)
         self._cache_key: str | None = None
-        self.batches_trained = 0  # saved in checkpoints; where a resumed run starts
         self.cache_hit: bool | None = None  # set by setup(): True when tokens came from cache
         self._built = False  # this instance tokenised (in prepare_data or setup)
         self.tokens: dict[str, np.ndarray] = {}
@@ -287,14 +293,7 @@ class TextDataModule(L.LightningDataModule):
         return PackedSequences(self.tokens[split], self.seq_len)
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.dataset("train")
-        # batch_size is per device; under DDP each rank takes its slice of every global batch
-        sampler = ResumableBatchSampler(SequentialSampler(ds), self.batch_size, seed=self.seed,
-                                        start_batch=self.batches_trained)
-        return DataLoader(
-            ds, batch_sampler=sampler, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self.train_loader(self.dataset("train"))
 
     def val_windows(self) -> np.ndarray:
         """Indices of the validation windows evaluated, in the order evaluated: a fixed
@@ -318,31 +317,7 @@ class TextDataModule(L.LightningDataModule):
                 "seed": self.val_seed, "tokenizer": self.tokenizer.name}
 
     def val_dataloader(self) -> DataLoader:
-        ds = torch.utils.data.Subset(self.dataset("val"), self.val_windows().tolist())
-        # every window once, split across ranks (sums are reduced over ranks)
-        sampler = ShardedEvalSampler(SequentialSampler(ds), self.batch_size)
-        return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers)
+        return self.eval_loader(Subset(self.dataset("val"), self.val_windows().tolist()))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Called once per batch right before it is used, after prefetching: the honest
-        # place to count what training consumed.
-        if self.trainer is not None and self.trainer.training:
-            self.batches_trained += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"batches_trained": self.batches_trained, "seed": self.seed,
-                "batch_size": self.batch_size, "seq_len": self.seq_len}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("seed", "batch_size", "seq_len"):
-            if name in state and state[name] != getattr(self, name):
-                warnings.warn(
-                    f"resuming with data.{name}={getattr(self, name)} but the checkpoint used "
-                    f"{state[name]}; the data order will not continue exactly",
-                    stacklevel=2,
-                )
-        self.batches_trained = int(state.get("batches_trained", 0))

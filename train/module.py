@@ -8,6 +8,8 @@ Metrics (names as they appear in metrics.csv):
 - ``train/lr``: the learning rate the step used.
 - ``train/tokens_per_sec``: tokens of the global batch (all ranks) over the wall time since
   the previous step ended (data loading and logging included); also on the progress bar.
+- ``val/accuracy``: the share of scored targets whose argmax prediction is right (every
+  next token for language modelling; the answers only for a probe task).
 - ``val/loss``, ``val/bpb``: over the whole validation set (or ``limit_val_batches``), sums
   reduced over ranks; bits per byte = total nats / (ln 2 * total bytes), where each target
   token counts the UTF-8 bytes it stands for (one per token with the byte tokenizer).
@@ -33,6 +35,17 @@ from postformer.arch import LanguageModel, ModelConfig
 from postformer.arch.flops import flops_per_token
 
 from .schedule import SCHEDULES, lr_factor
+
+IGNORE = -100  # a target not scored (F.cross_entropy's ignore_index): probes score answers only
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch -> (inputs ``[B, T]``, targets ``[B, T]``): token windows ``[B, T + 1]`` shift by
+    one (language modelling); an ``(inputs, targets)`` pair (a probe task, targets ``IGNORE``
+    where not scored) is taken as it is."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1]
+    return batch[:, :-1], batch[:, 1:]
 
 
 def bits_per_byte(total_nats: float | torch.Tensor, total_bytes: float | torch.Tensor) -> Any:
@@ -149,21 +162,26 @@ class LMModule(L.LightningModule):
         """tokens ``[B, T]`` -> logits ``[B, T, vocab]``."""
         return self.model(tokens)
 
-    def _loss_terms(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """batch ``[B, T + 1]`` -> (per-token nats ``[B*T]``, targets ``[B*T]``)."""
-        inputs, targets = batch[:, :-1], batch[:, 1:]  # [B, T], [B, T]
-        logits = self.model(inputs)  # [B, T, V]
-        nats = F.cross_entropy(
-            logits.float().flatten(0, 1), targets.flatten(), reduction="none"
-        )  # [B*T]
-        return nats, targets.flatten()
+    def _loss_terms(self, batch: Any) -> dict[str, torch.Tensor]:
+        """A batch (see ``split_batch``) -> per position ``[B*T]``: ``nats`` (0 where not
+        scored), ``scored`` (target not ``IGNORE``; all of them for language modelling),
+        ``correct`` (a scored target whose argmax prediction is right) and ``targets`` (the ids,
+        ``IGNORE`` as 0, for byte counts). No host sync: usable per step on a GPU."""
+        inputs, targets = split_batch(batch)  # [B, T], [B, T]
+        logits = self.model(inputs).float().flatten(0, 1)  # [B*T, V]
+        targets = targets.flatten()
+        scored = targets != IGNORE
+        nats = F.cross_entropy(logits, targets, reduction="none", ignore_index=IGNORE)
+        correct = (logits.argmax(-1) == targets) & scored
+        return {"nats": nats, "scored": scored, "correct": correct,
+                "targets": targets.clamp(min=0)}
 
     # ---- training --------------------------------------------------------------------
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        nats, _ = self._loss_terms(batch)
-        loss = nats.mean()
-        self._count_flops(batch.shape[0], batch.shape[1] - 1)
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        t = self._loss_terms(batch)
+        loss = t["nats"].sum() / t["scored"].sum().clamp(min=1)  # the mean over scored targets
+        self._count_flops(*split_batch(batch)[0].shape)
         # sync_dist: the mean over ranks (equal shares), i.e. the global batch's mean loss
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
@@ -195,7 +213,7 @@ class LMModule(L.LightningModule):
         elapsed = now - (self._last_step_end or now)
         self._last_step_end = now
         if elapsed > 0:
-            tokens = batch.shape[0] * (batch.shape[1] - 1) * self._world_size()
+            tokens = split_batch(batch)[0].numel() * self._world_size()
             self.log("train/tokens_per_sec", tokens / elapsed, on_step=True, on_epoch=False,
                      prog_bar=True)
 
@@ -240,14 +258,15 @@ class LMModule(L.LightningModule):
 
     def _eval_start(self) -> None:
         z = lambda: torch.zeros((), dtype=torch.float64, device=self.device)
-        self._eval_sums = {"nats": z(), "tokens": z(), "bytes": z()}
+        self._eval_sums = {"nats": z(), "tokens": z(), "bytes": z(), "correct": z()}
 
-    def _eval_step(self, batch: torch.Tensor) -> None:
-        nats, targets = self._loss_terms(batch)
+    def _eval_step(self, batch: Any) -> None:
+        t = self._loss_terms(batch)
         s = self._eval_sums
-        s["nats"] += nats.sum().double()
-        s["tokens"] += nats.numel()
-        s["bytes"] += self.token_bytes[targets].sum().double()
+        s["nats"] += t["nats"].sum().double()
+        s["tokens"] += t["scored"].sum().double()
+        s["bytes"] += (self.token_bytes[t["targets"]] * t["scored"]).sum().double()
+        s["correct"] += t["correct"].sum().double()
 
     def _eval_end(self, prefix: str) -> None:
         sums = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._eval_sums.items()}
@@ -258,14 +277,15 @@ class LMModule(L.LightningModule):
         self.log(f"{prefix}/loss", (sums["nats"] / sums["tokens"]).float(), sync_dist=True)
         self.log(f"{prefix}/bpb", bits_per_byte(sums["nats"], sums["bytes"]).float(), sync_dist=True,
                  prog_bar=prefix == "val")
+        self.log(f"{prefix}/accuracy", (sums["correct"] / sums["tokens"]).float(), sync_dist=True)
 
     @torch.no_grad()
     def evaluate(self, dataloader: Any) -> dict[str, float]:
-        """Mean loss (nats/token) and bits per byte over every batch of ``dataloader``
-        (``[B, T + 1]`` token windows), outside Lightning's loops: used by
+        """Mean loss (nats/token), bits per byte and argmax accuracy over the scored targets of
+        every batch of ``dataloader`` (see ``split_batch``), outside Lightning's loops: used by
         ``callbacks.EvalAtSteps`` to validate at chosen steps. Restores the training mode.
 
-        Returns ``{"loss", "bpb", "tokens"}``. Under data parallelism every rank must call it
+        Returns ``{"loss", "bpb", "accuracy", "tokens"}``. Under data parallelism every rank must call it
         at the same point (a collective): each evaluates its shard of the loader (the
         DataModule's evaluation loaders shard by rank) and the sums are reduced over ranks."""
         was_training = self.training
@@ -273,7 +293,7 @@ class LMModule(L.LightningModule):
         try:
             self._eval_start()
             for batch in dataloader:
-                self._eval_step(batch.to(self.device))
+                self._eval_step(self.transfer_batch_to_device(batch, self.device, 0))
             s = self._eval_sums
             if self._world_size() > 1:
                 s = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in s.items()}
@@ -281,14 +301,15 @@ class LMModule(L.LightningModule):
             if tokens == 0:
                 raise ValueError("evaluate: the dataloader yielded no tokens")
             return {"loss": float(s["nats"] / s["tokens"]),
-                    "bpb": float(bits_per_byte(s["nats"], s["bytes"])), "tokens": tokens}
+                    "bpb": float(bits_per_byte(s["nats"], s["bytes"])),
+                    "accuracy": float(s["correct"] / s["tokens"]), "tokens": tokens}
         finally:
             self.train(was_training)
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start()
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
@@ -297,7 +318,7 @@ class LMModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._eval_start()
 
-    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+    def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:

@@ -1,4 +1,5 @@
-"""Batch samplers that are exact under data parallelism and exact on resume.
+"""Batch samplers that are exact under data parallelism and exact on resume, and the
+DataModule base that keeps their position in checkpoints.
 
 Both follow ``torch.utils.data.BatchSampler``'s constructor (``sampler, batch_size,
 drop_last``), which is what lets Lightning inject its ``DistributedSampler`` into them under
@@ -15,11 +16,21 @@ gradient of the same mean loss.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
+import lightning as L
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import BatchSampler, DistributedSampler, Sampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 
 def replica_of(sampler: Sampler | None) -> tuple[int, int]:
@@ -121,3 +132,54 @@ class ShardedEvalSampler(BatchSampler):
             idx = list(range(start + lo, min(start + lo + self.batch_size, self.n_items)))
             if idx:
                 yield idx
+
+
+class PositionedDataModule(L.LightningDataModule):
+    """A DataModule whose training position is part of the checkpoint, so a resumed run
+    starts at the batch after the last one trained (Lightning saves ``state_dict()``).
+
+    Subclasses set ``seed``, ``batch_size`` and ``num_workers`` and build their loaders with
+    ``train_loader`` / ``eval_loader``; ``resume_keys`` are the settings a resume warns about
+    when they changed (they would change the order).
+    """
+
+    resume_keys: tuple[str, ...] = ("seed", "batch_size")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches_trained = 0  # saved in checkpoints; where a resumed run starts
+
+    def train_loader(self, ds: Dataset, collate_fn: Any = None) -> DataLoader:
+        """Shuffled training batches of ``ds`` from ``batches_trained`` on; ``batch_size`` is
+        per device (under DDP each rank takes its slice of every global batch)."""
+        sampler = ResumableBatchSampler(SequentialSampler(ds), self.batch_size, seed=self.seed,
+                                        start_batch=self.batches_trained)
+        return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, collate_fn=collate_fn)
+
+    def eval_loader(self, ds: Dataset, collate_fn: Any = None) -> DataLoader:
+        """Every item of ``ds`` once, in order, split across ranks (sums reduced over ranks)."""
+        sampler = ShardedEvalSampler(SequentialSampler(ds), self.batch_size)
+        return DataLoader(ds, batch_sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate_fn)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Called once per batch right before it is used, after prefetching: the honest
+        # place to count what training consumed.
+        if self.trainer is not None and self.trainer.training:
+            self.batches_trained += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_trained": self.batches_trained,
+                **{k: getattr(self, k) for k in self.resume_keys}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self.resume_keys:
+            if name in state and state[name] != getattr(self, name):
+                warnings.warn(
+                    f"resuming with data.{name}={getattr(self, name)} but the checkpoint used "
+                    f"{state[name]}; the data order will not continue exactly",
+                    stacklevel=2,
+                )
+        self.batches_trained = int(state.get("batches_trained", 0))
