@@ -233,8 +233,7 @@ class LMModule(L.LightningModule):
                 continue
             lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
             for group, lr in zip(sched.optimizer.param_groups, lrs):
-                group["lr"] = lr
-            sched._last_lr = lrs
+                group["lr"] = lr  # LambdaLR.step() recomputes from last_epoch: nothing else to set
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
