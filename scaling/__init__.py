@@ -5,8 +5,9 @@
                    trajectories with their cooldowns, seeds, evaluation points
     runner.py      `postformer study`: lays out run folders, trains in stages (in process or
                    --jobs N workers), --plan / --list
-    executors.py   where runs train (in process, submitit local / Slurm jobs) and the study
-                   and run folder locks
+    executors.py   where runs train (in process, submitit local / Slurm jobs) and the spec's
+                   executor section
+    locks.py       the study and run folder locks
     throughput.py  --plan: every run with its time estimate (a short measured probe)
     results.py     run folders -> results.csv and curves.csv
     table.py       reading a results.csv (any table with arch, N, D, C, loss)

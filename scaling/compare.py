@@ -118,7 +118,7 @@ def compare_main(argv: list[str]) -> None:
                         help="steps of every run (default: the configs' trainer.max_steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0)")
     args = parser.parse_args(argv)
-    from .executors import FolderLocked
+    from .locks import FolderLocked
 
     try:
         compare(args.configs, args.out, args.max_steps, args.seeds)

@@ -70,9 +70,10 @@ import yaml
 
 from postformer.train.fileio import atomic_write
 
+from .executors import EXECUTOR_KINDS
 from .plan import Point, RunPlan, plan, plan_tune
 from .results import finished_row, write_results
-from .study import EXECUTOR_KINDS, Study, StudyError, load_study
+from .study import Study, StudyError, load_study
 
 # trainer options that do not change what a run computes (a changed one does not make a
 # finished run stale)
@@ -91,7 +92,7 @@ def fit_config(study: Study, point: Point, run: RunPlan, out: Path) -> dict[str,
         "limit_val_batches": 0,
     }
     # the run folder's lock first: whoever trains the run holds RUN/.run.lock (scaling.executors)
-    callbacks = [{"class_path": "postformer.scaling.executors.RunLock", "init_args": {}},
+    callbacks = [{"class_path": "postformer.scaling.locks.RunLock", "init_args": {}},
                  *(trainer.get("callbacks") or [])]
     curve = study.eval.get("curve_tokens")
     batch = study.data_value("batch_size") * study.seq_len
@@ -285,7 +286,7 @@ def _train(out: Path, run: RunPlan) -> tuple[Any, float]:
                 f"{run.run_dir}: the branch checkpoint {branch} is missing (its main run did not "
                 "save it); remove the main run folder to retrain it"
             )
-    from .executors import RunLocked, is_rank_zero
+    from .locks import RunLocked, is_rank_zero
 
     timing = run_dir / "timing.json"
     spent = json.loads(timing.read_text())["wall_s"] if timing.is_file() else 0.0
@@ -343,7 +344,7 @@ def run_study(
 
     Returns the printed commands with ``list_only``, else the results rows of every run
     finished now or before (as written to ``DIR/results.csv``). Raises
-    ``executors.FolderLocked`` when another study holds the folder.
+    ``locks.FolderLocked`` when another study holds the folder.
     """
     study = load_study(study_path, executor=executor)
     return run_loaded(study, out_dir, list_only=list_only, verbose=verbose, report=report,
@@ -354,7 +355,8 @@ def run_loaded(study: Study, out_dir: str | Path, *, list_only: bool = False,
                verbose: bool = False, report: bool = True, study_path: str = "STUDY.yaml",
                jobs: int | None = None) -> list[str] | list[dict[str, Any]]:
     """:func:`run_study` on a validated :class:`Study`."""
-    from .executors import STUDY, FolderLock, read_owner, train_points
+    from .executors import train_points
+    from .locks import STUDY, FolderLock, read_owner
 
     out = Path(out_dir).resolve()
     plan(study)  # every error of the main grid's design before anything is written
@@ -480,7 +482,7 @@ def study_main(argv: list[str]) -> None:
             parser.error(f"--executor-opt {key.strip()}: {value!r} is not a YAML value")
     if args.executor:
         overrides["kind"] = args.executor
-    from .executors import FolderLocked
+    from .locks import FolderLocked
 
     try:
         if args.plan:

@@ -116,7 +116,7 @@ def test_listed_command_on_a_run_being_trained_exits_2(tmp_path, capsys):
     assert main_cmd.startswith("postformer fit --config ") and f"{MAIN}/fit.yaml" in main_cmd
     run = out / MAIN
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from postformer.scaling.executors import FolderLock; "
+        [sys.executable, "-c", "import sys; from postformer.scaling.locks import FolderLock; "
          "lock = FolderLock(sys.argv[1], 'run'); lock.acquire(); print('held', flush=True); "
          "sys.stdin.readline(); lock.release()", str(run)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -396,7 +396,7 @@ def test_bad_executor_options_on_the_command_line(tmp_path, capsys):
 
 
 def test_compare_on_a_busy_folder_exits_2(tmp_path, capsys):
-    from postformer.scaling.executors import FolderLock
+    from postformer.scaling.locks import FolderLock
 
     repo = Path(__file__).resolve().parents[2]
     configs = [str(repo / "configs" / "smoke" / f"{a}.yaml") for a in ("transformer", "mamba2")]
