@@ -3,11 +3,11 @@
     postformer fit|validate|test|predict --config CONFIG [...]   LightningCLI (postformer.train)
     postformer compare CONFIG [CONFIG ...] --out DIR             a one-size study of fit configs
     postformer study STUDY.yaml --out DIR [--plan|--list]        a scaling study (postformer.scaling)
-    postformer report DIR                                        the verdict of a study folder
+    postformer probe PROBE.yaml --out DIR                        synthetic probes (MQAR, MAD)
+    postformer report DIR [--probes PROBE_DIR]                   the verdict of a study folder
     postformer tokenizer train --vocab_size N --out tok.json     a byte-level BPE on a corpus
 
-Imports are lazy so ``postformer --help`` answers at once. Later packages add their
-subcommands (``study``, ``report``, ``bench``) to ``SUBCOMMANDS``.
+Imports are lazy so ``postformer --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ def _study(argv: list[str]) -> None:
     study_main(argv[1:])
 
 
+def _probe(argv: list[str]) -> None:
+    from postformer.scaling.probe import probe_main
+
+    probe_main(argv[1:])
+
+
 def _tokenizer(argv: list[str]) -> None:
     from postformer.train.tokenizer import tokenizer_main
 
@@ -63,6 +69,8 @@ SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "compare": (_compare, "train several fit configs as a one-size study and compare them"),
     "study": (_study, "train a scaling study (LR tuning, IsoFLOP budgets, seeds) into a "
                       "folder, or --plan / --list its runs"),
+    "probe": (_probe, "train synthetic probes (MQAR, the MAD tasks) over archs x tasks x widths "
+                      "x LRs into a folder, with a report"),
     "report": (_report, "write the verdict of a study folder or a results.csv (report.json, "
                         ".md, .html)"),
     "tokenizer": (_tokenizer, "train a byte-level BPE tokenizer on a corpus (`tokenizer train "

@@ -389,23 +389,29 @@ class _Progress:
 
 
 def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed: list[str],
-                 title: str, jobs: int | None = None) -> None:
+                 title: str, jobs: int | None = None, make_row: Any = None) -> None:
     """Train every unfinished run of ``points``, a cooldown after its main run, with the
     study's executor (see the module docstring); ``jobs``: runs at a time. Appends the runs
-    that did not finish to ``failed``."""
+    that did not finish to ``failed``.
+
+    ``study`` needs ``executor`` and ``trainer`` (and ``name`` for slurm); a point needs
+    ``name``, ``runs`` (``plan.RunPlan``, main run first) and ``flops_per_token``: the probe
+    runner (``scaling.probe``) trains its cells through here too, with its own ``make_row``
+    (``(out, run_dir) -> row | None``; default ``results.make_row``)."""
     from postformer.train.callbacks import NonFiniteLossError
 
     from . import runner
-    from .results import finished_row, make_row
+    from .results import finished_row
+    from .results import make_row as study_row
 
+    make_row = make_row or study_row
     kind = study.executor.get("kind", "inprocess")
     jobs = jobs if jobs is not None else study.executor.get("jobs")
-    tps = study.tokens_per_step
     items = [(p, r) for p in points for r in p.runs]
     total = len(items)
     todo = []
     for p, r in items:
-        row = finished_row(out, out / r.run_dir)
+        row = finished_row(out, out / r.run_dir, make_row)
         if row is None:
             todo.append((p, r))
         elif not (out / r.run_dir / "result.json").exists():
@@ -415,9 +421,10 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
         how = f", as {kind} jobs"
     if todo and (jobs or 1) > 1:
         how += f", {jobs} at a time"
-    print(f"{title}: {len(points)} trajectories, {total} runs ({total - len(todo)} finished "
-          f"already){how}", flush=True)
-    prog = _Progress({id(r): (r.steps - r.start_step) * tps * p.flops_per_token for p, r in todo})
+    what = f"{total} runs" if total == len(points) else f"{len(points)} trajectories, {total} runs"
+    print(f"{title}: {what} ({total - len(todo)} finished already){how}", flush=True)
+    prog = _Progress({id(r): (r.steps - r.start_step) / r.steps * r.tokens * p.flops_per_token
+                      for p, r in todo})
     index = {id(r): i + 1 for i, (_, r) in enumerate(items)}
     done = [total - len(todo)]
     start = time.perf_counter()
@@ -446,7 +453,8 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
         prog.done_work += work
         prog.done_wall = time.perf_counter() - start
         done[0] += 1
-        print(f"{head}: loss {row['loss']:.4f}, {fmt_time(time.perf_counter() - t0)}; "
+        acc = f", accuracy {row['accuracy']:.3f}" if row.get("accuracy") is not None else ""
+        print(f"{head}: loss {row['loss']:.4f}{acc}, {fmt_time(time.perf_counter() - t0)}; "
               f"{done[0]}/{total} done, stage ETA {prog.eta()}", flush=True)
         return True
 
@@ -488,7 +496,7 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
                     finish(p, r, None, 0.0, RuntimeError(f"its main run {main_dir} did not finish"),
                            time.perf_counter())
                     continue
-                if finished_row(out, out / main_dir) is None:
+                if finished_row(out, out / main_dir, make_row) is None:
                     continue  # its branch checkpoint is not there yet
             waiting.remove(item)
             resuming(r)

@@ -132,8 +132,10 @@ def _merge_mixers(into: dict, mixers: dict | None) -> None:
         into[name] = {**into.get(name, {}), **(opts or {})}
 
 
-def _shape_config(study: Study, label: str, size: Any) -> dict[str, Any]:
-    """ModelConfig fields of arch ``label`` at ``size`` before parameter matching."""
+def _shape_config(study: Study, label: str, size: Any, vocab: int | None = None) -> dict[str, Any]:
+    """ModelConfig fields of arch ``label`` at ``size`` before parameter matching; ``vocab``:
+    the models' vocabulary (default: the study's tokenizer's, ``study_vocab``). ``study``
+    needs only ``source`` and ``archs`` when ``vocab`` is given (the probe runner's use)."""
     src, arch = study.source, study.archs[label]
     size_name = size if isinstance(size, str) else size["name"]
     where = f"archs.{label} at size {size_name}"
@@ -166,7 +168,8 @@ def _shape_config(study: Study, label: str, size: Any) -> dict[str, Any]:
     _merge_mixers(mixers, {k: v for k, v in size_mixers.items() if k in pattern})
     _merge_mixers(mixers, own.get("mixers"))
     fields["d_model"] = d_model
-    fields.setdefault("vocab_size", study_vocab(study))
+    if "vocab_size" not in fields:
+        fields["vocab_size"] = vocab if vocab is not None else study_vocab(study)
 
     try:
         probe = ModelConfig(**{**fields, "n_layers": 1})

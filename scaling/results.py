@@ -104,12 +104,13 @@ def make_row(out_dir: Path, run_dir: Path, wall_s: float | None = None) -> dict[
     }
 
 
-def finished_row(out_dir: Path, run_dir: Path) -> dict[str, Any] | None:
-    """The row of a finished run: its result.json if the runner wrote one, else derived."""
+def finished_row(out_dir: Path, run_dir: Path, make: Any = None) -> dict[str, Any] | None:
+    """The row of a finished run: its result.json if the runner wrote one, else derived by
+    ``make(out_dir, run_dir)`` (default :func:`make_row`; the probe runner's rows differ)."""
     result = Path(run_dir) / "result.json"
     if result.is_file():
         return json.loads(result.read_text())
-    return make_row(out_dir, run_dir)
+    return (make or make_row)(out_dir, run_dir)
 
 
 def _run_infos(out_dir: Path) -> list[Path]:

@@ -158,21 +158,27 @@ def layout(study: Study, points: list[Point], out: Path) -> None:
     """Write every run's fit.yaml and run.json; refuse stale run folders."""
     for point in points:
         for run in point.runs:
-            run_dir = out / run.run_dir
             cfg = fit_config(study, point, run, out)
-            info = run_info(study, point, run, cfg)
-            old = run_dir / "run.json"
-            if old.is_file() and _has_state(run_dir):
-                previous = json.loads(old.read_text())
-                if previous.get("identity") != info["identity"] or previous.get("steps") != run.steps:
-                    raise StudyError(
-                        f"{run_dir} holds a different run (another model, LR, data, seed, trainer "
-                        "or budget than this study plans); remove that folder or choose another --out"
-                    )
-            run_dir.mkdir(parents=True, exist_ok=True)
-            text = f"# {' '.join(fit_args(out, run, resume=False))}\n" + yaml.safe_dump(cfg, sort_keys=False)
-            atomic_write(run_dir / "fit.yaml", text)
-            atomic_write(old, json.dumps(info, indent=2) + "\n")
+            write_run(out, run, cfg, run_info(study, point, run, cfg))
+
+
+def write_run(out: Path, run: RunPlan, cfg: dict[str, Any], info: dict[str, Any]) -> None:
+    """Write ``RUN/fit.yaml`` (``cfg``) and ``RUN/run.json`` (``info``, with its
+    ``identity``); raise StudyError when the folder holds another run's state (results or
+    checkpoints of a different identity or length): never overwritten."""
+    run_dir = out / run.run_dir
+    old = run_dir / "run.json"
+    if old.is_file() and _has_state(run_dir):
+        previous = json.loads(old.read_text())
+        if previous.get("identity") != info["identity"] or previous.get("steps") != run.steps:
+            raise StudyError(
+                f"{run_dir} holds a different run (another model, LR, data, seed, trainer "
+                "or budget than this plan); remove that folder or choose another --out"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = f"# {' '.join(fit_args(out, run, resume=False))}\n" + yaml.safe_dump(cfg, sort_keys=False)
+    atomic_write(run_dir / "fit.yaml", text)
+    atomic_write(old, json.dumps(info, indent=2) + "\n")
 
 
 def write_spec(study: Study, out: Path) -> None:
@@ -442,6 +448,23 @@ def _report(out: Path) -> None:
         raise SystemExit(1) from err
 
 
+def executor_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The executor keys set by ``--executor`` and ``--executor-opt KEY=VALUE`` (the value
+    read as YAML; empty removes the key)."""
+    overrides: dict[str, Any] = {}
+    for opt in args.executor_opt:
+        key, eq, value = opt.partition("=")
+        if not eq or not key.strip():
+            parser.error(f"--executor-opt expects KEY=VALUE, got {opt!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parser.error(f"--executor-opt {key.strip()}: {value!r} is not a YAML value")
+    if args.executor:
+        overrides["kind"] = args.executor
+    return overrides
+
+
 def study_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="postformer study",
@@ -471,17 +494,7 @@ def study_main(argv: list[str]) -> None:
     parser.add_argument("--verbose", action="store_true", help="keep Lightning's own messages")
     parser.add_argument("--no-report", action="store_true", help="collect results.csv but skip the report")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for opt in args.executor_opt:
-        key, eq, value = opt.partition("=")
-        if not eq or not key.strip():
-            parser.error(f"--executor-opt expects KEY=VALUE, got {opt!r}")
-        try:
-            overrides[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parser.error(f"--executor-opt {key.strip()}: {value!r} is not a YAML value")
-    if args.executor:
-        overrides["kind"] = args.executor
+    overrides = executor_overrides(parser, args)
     from .locks import FolderLocked
 
     try:
