@@ -15,10 +15,8 @@ Scores, as both papers compute them:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import pandas as pd
 
 from postformer.train.fileio import atomic_write
 
-from .document import Block, fmt, render_html, render_markdown
+from .document import Block, render_html, render_markdown
 from .figures import _arch_colors, _panels, _plt, _png
 
 MAD_TASKS = ("in_context_recall", "noisy_in_context_recall", "fuzzy_in_context_recall",
@@ -197,10 +195,13 @@ def fig_mqar(cells: pd.DataFrame) -> tuple[bytes, str] | None:
 
 
 def _scope_line(df: pd.DataFrame, spec: dict[str, Any]) -> str:
-    lengths = df.groupby(["task", "setting"]).agg(steps=("steps", "first"), epochs=("epochs", "first"),
-                                                  examples=("examples", "first"))
-    steps = ", ".join(f"{t}/{s} {int(r.steps)} steps ({r.epochs:.3g} epochs of {int(r.examples)})"
-                      for (t, s), r in lengths.iterrows()) if "steps" in df else "–"
+    if {"steps", "epochs", "examples"} <= set(df):
+        lengths = df.groupby(["task", "setting"]).agg(
+            steps=("steps", "first"), epochs=("epochs", "first"), examples=("examples", "first"))
+        steps = ", ".join(f"{t}/{s} {int(r.steps)} steps ({r.epochs:.3g} epochs of {int(r.examples)})"
+                          for (t, s), r in lengths.iterrows())
+    else:  # a table from elsewhere: no training lengths
+        lengths, steps = df.groupby(["task", "setting"]).size(), "not recorded"
     return (f"Scope: {len(set(df['arch']))} archs, {df['task'].nunique()} tasks "
             f"({len(lengths)} settings), widths {sorted(int(d) for d in df['d_model'].unique())}, "
             f"LR grid {[float(f'{x:.3g}') for x in sorted(df['lr'].unique())]} (best per cell), "
@@ -236,7 +237,7 @@ def build_blocks(df: pd.DataFrame, name: str, spec: dict[str, Any],
                 row.append("–" if math.isnan(v) else f"**{v:.3f}**")
             rows.append(row)
         B += [Block("h2", f"Best-LR accuracy at d_model {d}"), Block("table", header=header, items=rows)]
-    for key, (path, png, cap) in figures.items():
+    for path, png, cap in figures.values():
         B.append(Block("img", cap, path=path, data=png))
     B.append(Block("h2", "Every setting"))
     rows = []
@@ -311,17 +312,78 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def fmt_score(x: float | None) -> str:
-    return "–" if x is None else fmt(float(x))
+# --------------------------------------------------------------------------- beside a study
 
 
-def probe_report_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="postformer report (probe folder)")
-    parser.add_argument("dir", metavar="DIR")
-    args = parser.parse_args(argv)
-    try:
-        written = write_probe_report(args.dir)
-    except ValueError as err:
-        parser.error(str(err))
-    print(f"postformer report: wrote {written['json']}, {written['md']}, {written['html']}",
-          file=sys.stderr)
+def rank_correlation(x: list[float], y: list[float]) -> tuple[float, float]:
+    """Spearman's rho of ``x`` and ``y`` and its two-sided p-value: exact (every
+    permutation) for up to 8 points, else scipy's t approximation. NaN below 3 points."""
+    from itertools import permutations
+
+    from scipy.stats import rankdata, spearmanr
+
+    n = len(x)
+    if n < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan, math.nan
+    rho = float(spearmanr(x, y).statistic)
+    if n > 8:
+        return rho, float(spearmanr(x, y).pvalue)
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    hits = total = 0
+    for perm in permutations(range(n)):
+        r = float((rx * ry[list(perm)]).sum() / denom)
+        hits += abs(r) >= abs(rho) - 1e-12
+        total += 1
+    return rho, hits / total
+
+
+def beside_study(an: Any, probe_dir: str | Path) -> tuple[list[Block], dict[str, Any]]:
+    """The probe scores of a probe folder beside a study's efficiency factors (``an``: its
+    ``analysis.Analysis``), with their rank correlation; (report blocks, report.json entry).
+    An arch is matched by its label; the probe score is the MAD score where all six MAD
+    tasks ran, else the mean over the tasks that ran (said so)."""
+    from .document import fmt_est
+
+    scores = probe_scores(probe_dir)
+    rows, pairs, data = [], [], {"probe_dir": str(probe_dir), "archs": {}}
+    for arch in an.archs:
+        eff = an.efficiency_of(arch)
+        s = scores.get(arch)
+        if s is None:
+            rows.append([arch, fmt_est(eff), "not in the probe folder", "–", "–"])
+            continue
+        if s["mad_score"] is not None:
+            score, what = s["mad_score"], "MAD score"
+        else:
+            score, what = float(np.mean(list(s["tasks"].values()))), f"mean of {len(s['tasks'])} tasks"
+        mqar = s["tasks"].get("mqar")
+        rows.append([arch, fmt_est(eff), f"{score:.3f} ({what})",
+                     "–" if mqar is None else f"{mqar:.3f}", str(s["d_model"])])
+        data["archs"][arch] = {"efficiency": None if eff is None else eff.estimate,
+                               "probe_score": score, "probe_score_kind": what, "mqar": mqar,
+                               "d_model": s["d_model"], "tasks": s["tasks"]}
+        if eff is not None:
+            pairs.append((eff.estimate, score))
+    rho, p = rank_correlation([a for a, _ in pairs], [b for _, b in pairs])
+    data.update(n_archs=len(pairs), spearman_rho=None if math.isnan(rho) else rho,
+                p_value=None if math.isnan(p) else p)
+    missing = [a for a in scores if a not in an.archs]
+    if math.isnan(rho):
+        corr = (f"Rank correlation: undefined, it rests on {len(pairs)} arch(s) with both an "
+                "efficiency factor and a probe score (3 or more are needed).")
+    else:
+        corr = (f"Spearman rank correlation between efficiency factor and probe score: "
+                f"**{rho:+.2f}** over {len(pairs)} archs (two-sided permutation p = {p:.2g}"
+                + ("; with so few archs it is weak evidence either way" if len(pairs) < 6 else "")
+                + ").")
+    blocks = [Block("h2", "Synthetic probes beside the verdict"),
+              Block("p", f"Probe scores from `{probe_dir}` (best-LR test accuracy at the largest "
+                         "width each arch ran; scaling.probe_report), matched to the study's archs "
+                         "by label. " + corr),
+              Block("table", header=["arch", "efficiency factor", "probe score", "MQAR", "d_model"],
+                    items=rows)]
+    if missing:
+        blocks.append(Block("p", f"In the probe folder but not in the study: {', '.join(missing)}."))
+    return blocks, data

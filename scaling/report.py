@@ -423,11 +423,14 @@ def build_report(an: Analysis, df: pd.DataFrame, *, name: str, scope: dict[str, 
 
 
 def write_report(out_dir: str | os.PathLike, *, baseline: str | None = None,
-                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> dict[str, Path]:
+                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                 probes: str | os.PathLike | None = None) -> dict[str, Path]:
     """Build ``DIR/report.{json,md,html}`` and ``DIR/figures/*.png`` (see the module
     docstring); returns name -> path of every file written (``"json"``, ``"md"``,
-    ``"html"``, one per figure). Raises ResultsError for a missing or bad results table and
-    ValueError for an unknown baseline."""
+    ``"html"``, one per figure). ``probes``: a probe folder (``postformer probe``) whose
+    scores are set beside the efficiency factors (``scaling.probe_report.beside_study``).
+    Raises ResultsError for a missing or bad results table and ValueError for an unknown
+    baseline or a probe folder without results."""
     out_dir = Path(out_dir)
     if (out_dir / "runs").is_dir() or (out_dir / "tune").is_dir():
         from postformer.scaling.results import write_results
@@ -438,6 +441,13 @@ def write_report(out_dir: str | os.PathLike, *, baseline: str | None = None,
     an = analyse(df, baseline=baseline, n_boot=n_boot, seed=seed)
     name = str(spec.get("name") or out_dir.resolve().name)
     data, blocks, pngs = build_report(an, df, name=name, scope=scope, out_dir=out_dir)
+    if probes is not None:
+        from .probe_report import beside_study
+
+        probe_blocks, data["probes"] = beside_study(an, probes)
+        at = next((i for i, b in enumerate(blocks) if b.kind == "h2" and b.text == "Figures"),
+                  len(blocks))
+        blocks[at:at] = probe_blocks
 
     written: dict[str, Path] = {}
     for key, png in pngs.items():
@@ -454,7 +464,8 @@ def write_report(out_dir: str | os.PathLike, *, baseline: str | None = None,
 
 
 def report_main(argv: list[str]) -> None:
-    """``postformer report DIR [--baseline NAME] [--n-boot N] [--seed S]``."""
+    """``postformer report DIR [--baseline NAME] [--n-boot N] [--seed S] [--probes PROBE_DIR]``;
+    a probe folder (``DIR/probe.yaml``) gets its probe report instead."""
     parser = argparse.ArgumentParser(
         prog="postformer report",
         description="Rebuild a study's report (report.json, report.md, report.html, figures/) "
@@ -468,12 +479,25 @@ def report_main(argv: list[str]) -> None:
     parser.add_argument("--n-boot", type=int, default=DEFAULT_N_BOOT,
                         help=f"bootstrap replicates (default {DEFAULT_N_BOOT})")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--probes", metavar="PROBE_DIR", default=None,
+                        help="a `postformer probe` folder: set its scores beside the efficiency "
+                             "factors, with their rank correlation")
     args = parser.parse_args(argv)
+    if (Path(args.dir) / "probe.yaml").is_file():  # a probe folder: its own report
+        from .probe_report import write_probe_report
+
+        try:
+            written = write_probe_report(args.dir)
+        except ValueError as err:
+            parser.error(" ".join(str(err).split()))
+        print(f"postformer report: wrote {written['json']}, {written['md']}, {written['html']}",
+              file=sys.stderr)
+        return
     if args.n_boot < 1:
         parser.error("--n-boot must be >= 1 (intervals need 10 replicates or more)")
     try:
         written = write_report(args.dir, baseline=args.baseline, n_boot=args.n_boot,
-                               seed=args.seed)
+                               seed=args.seed, probes=args.probes)
     except ValueError as err:  # ResultsError (a missing or bad table), an unknown baseline
         parser.error(" ".join(str(err).split()))
     figs = [str(p) for k, p in written.items() if k not in ("json", "md", "html")]
