@@ -20,6 +20,10 @@
     figures.py     the report's figures (matplotlib)
     report_json.py report.json: the analysis as strict JSON
     report.py      `postformer report`: report.json, report.md, report.html, figures
+    probe.py       `postformer probe`: synthetic probes (MQAR, MAD) over archs x tasks x widths
+                   x LRs, trained through the executors like a study's runs
+    probe_report.py  the probe report (best-LR scores, MAD score, heat maps) and the
+                   probe scores beside a study's verdict (`postformer report --probes`)
     compare.py     `postformer compare`: a one-size study of fit configs
     fit.py         Chinchilla's Approach 3 (and 2) for any table
 """

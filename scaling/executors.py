@@ -70,6 +70,19 @@ EXECUTOR_KEYS = ("kind", "jobs", "time_min", "nodes", "gpus_per_node", "cpus_per
                  "partition", "account", "qos", "constraint", "setup", "sbatch", "max_timeouts",
                  "poll_s")
 
+def executor_section(src: str, spec: dict[str, Any], trainer: dict[str, Any],
+                     overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """A spec's executor section with ``overrides`` applied (``--executor``,
+    ``--executor-opt``; a None value removes a key), validated (:func:`check_executor`)."""
+    ex = dict(_mapping(src, "executor", spec.get("executor")))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            ex.pop(key, None)
+        else:
+            ex[key] = value
+    return check_executor(src, ex, trainer, _mapping(src, "trainer", spec.get("trainer")))
+
+
 def check_executor(src: str, section: Any, trainer: dict[str, Any], given: dict[str, Any]
                     ) -> dict[str, Any]:
     """The executor section, validated; sets ``trainer.num_nodes`` from ``nodes`` and

@@ -53,7 +53,6 @@ import dataclasses
 import inspect
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ from postformer.arch.flops import flops_per_token, param_counts
 from postformer.train.fileio import atomic_write
 
 from .plan import RunPlan, _eval_steps, _rung_mixers, _shape_config
-from .results import final_validation, read_metrics
+from .results import finished_run
 from .study import (
     StudyError,
     _check_archs,
@@ -80,6 +79,7 @@ from .study import (
     _positive_numbers,
     _seed_list,
     _trainer_keys,
+    read_spec,
 )
 
 TOP_KEYS = ("name", "baseline", "archs", "tasks", "widths", "n_layers", "head_dim", "d_state",
@@ -276,15 +276,9 @@ def probe_from_dict(spec: dict[str, Any], source: str = "<probe>",
         if not isinstance(wf, int | float) or not 0 <= wf < 0.5:
             raise _fail(src, "model.warmup_fraction", f"must be in [0, 0.5), got {wf!r}")
     sections["trainer"].setdefault("devices", 1)
-    ex = dict(_mapping(src, "executor", spec.get("executor")))
-    for key, value in (executor or {}).items():
-        if value is None:
-            ex.pop(key, None)
-        else:
-            ex[key] = value
-    from .executors import check_executor
+    from .executors import executor_section
 
-    ex = check_executor(src, ex, sections["trainer"], _mapping(src, "trainer", spec.get("trainer")))
+    ex = executor_section(src, spec, sections["trainer"], executor)
     probe = Probe(
         name=str(spec["name"]), baseline=baseline, archs=copy.deepcopy(archs), tasks=tasks,
         widths=widths, n_layers=_int(src, "n_layers", spec.get("n_layers", 2), 1),
@@ -301,14 +295,7 @@ def probe_from_dict(spec: dict[str, Any], source: str = "<probe>",
 
 def load_probe(path: str | Path, executor: dict[str, Any] | None = None) -> Probe:
     """Read and validate a probe YAML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"probe file {str(path)!r} does not exist")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise StudyError(f"{path}: not valid YAML: {err}") from None
-    return probe_from_dict(spec, source=str(path), executor=executor)
+    return probe_from_dict(read_spec(path, "probe"), source=str(path), executor=executor)
 
 
 # ---- the plan ---------------------------------------------------------------------------
@@ -423,23 +410,18 @@ def probe_row(out: Path, run_dir: Path, wall_s: float | None = None) -> dict[str
     """The results row of a finished cell (``COLUMNS``), or None: the test-set accuracy and
     loss on the answers at its last step; ``wall_s``: its training seconds (default: from
     its timing.json)."""
-    info_path = Path(run_dir) / "run.json"
-    if not info_path.is_file():
+    done = finished_run(run_dir)
+    if done is None:
         return None
-    info = json.loads(info_path.read_text())
-    rows = read_metrics(run_dir)
-    final = final_validation(rows, info["steps"])
-    if final is None:
-        return None
-    accuracy = next(float(r["val/accuracy"]) for r in reversed(rows)
-                    if r.get("val/accuracy") and r.get("step") and int(r["step"]) == info["steps"] - 1)
+    info, _, last = done
     timing = Path(run_dir) / "timing.json"
     wall = wall_s
     if wall is None and timing.is_file():
         wall = json.loads(timing.read_text())["wall_s"]
     return {"arch": info["arch"], "task": info["task"], "setting": info["setting"],
             "d_model": info["d_model"], "lr": info["lr"], "seed": info["seed"],
-            "accuracy": accuracy, "loss": final[0], "params": info["N"],
+            "accuracy": float(last["val/accuracy"]), "loss": float(last["val/loss"]),
+            "params": info["N"],
             "params_non_emb": info["N_non_emb"], "steps": info["steps"],
             "epochs": round(info["epochs"], 4), "examples": info["examples"],
             "wall_s": None if wall is None else round(wall, 3),
@@ -520,58 +502,36 @@ def print_plan(probe: Probe) -> None:
     print(f"probe {probe.name}: {len(cells)} cells = {len(probe.archs)} archs x "
           f"{sum(len(t['labels']) for t in probe.tasks.values())} task settings x "
           f"{len(probe.widths)} widths x {len(probe.lrs)} LRs x {len(probe.seeds)} seeds")
-    seen = set()
-    for c in cells:
-        if (c.task, c.setting) not in seen:
-            seen.add((c.task, c.setting))
+    firsts = {}
+    for c in cells:  # the first cell of each task setting, then of each arch and width
+        firsts.setdefault(("setting", c.task, c.setting), c)
+        firsts.setdefault(("model", c.arch, c.d_model), c)
+    for (kind, *_), c in firsts.items():
+        if kind == "setting":
             print(f"  {c.task}/{c.setting}: {c.runs[0].steps} steps ({c.epochs:.3g} epochs of "
                   f"{c.settings['num_train']} examples), {c.seq_len} tokens per example")
-    seen = set()
-    for c in cells:
-        if (c.arch, c.d_model) not in seen:
-            seen.add((c.arch, c.d_model))
+    for (kind, *_), c in firsts.items():
+        if kind == "model":
             print(f"  {c.arch} d_model={c.d_model}: N={c.N} ({c.N_non_emb} non-embedding, "
                   f"task {c.task}), {c.config.n_layers} layers {c.config.pattern}")
 
 
 def probe_main(argv: list[str]) -> None:
     """``postformer probe PROBE.yaml --out DIR [--plan] [--jobs N] [--executor KIND] ...``"""
-    from .executors import EXECUTOR_KINDS
-    from .locks import FolderLocked
-    from .runner import executor_overrides
+    from .runner import add_run_options, cli_errors, executor_overrides
 
     parser = argparse.ArgumentParser(
         prog="postformer probe",
         description="Train synthetic probes (MQAR, the MAD tasks) over archs x tasks x widths x "
                     "LRs x seeds into DIR: results.csv and a report; a rerun skips finished cells.")
     parser.add_argument("probe", metavar="PROBE.yaml", help="the probe spec (see configs/probe/)")
-    parser.add_argument("--out", metavar="DIR", help="the probe folder (required but with --plan)")
     parser.add_argument("--plan", action="store_true", help="print the grid; trains nothing")
-    parser.add_argument("--jobs", type=int, default=None, metavar="N",
-                        help="cells at a time (as `postformer study --jobs`)")
-    parser.add_argument("--executor", choices=EXECUTOR_KINDS,
-                        help="where cells train (as `postformer study --executor`)")
-    parser.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
-                        help="set a key of the spec's executor section (value read as YAML)")
-    parser.add_argument("--verbose", action="store_true", help="keep Lightning's own messages")
-    parser.add_argument("--no-report", action="store_true", help="collect results.csv only")
+    add_run_options(parser, "probe")
     args = parser.parse_args(argv)
     overrides = executor_overrides(parser, args)
-    try:
+    with cli_errors(parser, args, "probe"):
         if args.plan:
             print_plan(load_probe(args.probe, executor=overrides))
             return
-        if not args.out:
-            parser.error("--out DIR is required (the probe folder)")
-        if args.jobs is not None and args.jobs < 1:
-            parser.error(f"--jobs must be >= 1, got {args.jobs}")
         run_probe(args.probe, args.out, verbose=args.verbose, report=not args.no_report,
                   jobs=args.jobs, executor=overrides)
-    except StudyError as err:
-        parser.error(str(err))
-    except FolderLocked as err:
-        print(f"postformer probe: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
-        raise SystemExit(130) from None

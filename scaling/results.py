@@ -60,14 +60,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def final_validation(rows: list[dict[str, str]], steps: int) -> tuple[float, float] | None:
-    """``(val/loss, val/bpb)`` logged at the run's last step (step ``steps - 1``), or None."""
-    for row in reversed(rows):
-        if row.get("val/bpb") and row.get("step") and int(row["step"]) == steps - 1:
-            return float(row["val/loss"]), float(row["val/bpb"])
-    return None
-
-
 def _throughput(rows: list[dict[str, str]], start_step: int, batch_tokens: int) -> tuple[float, float]:
     """(median tokens/s, estimated training seconds) over the steps from ``start_step``."""
     rates = [float(r["train/tokens_per_sec"]) for r in rows
@@ -78,17 +70,27 @@ def _throughput(rows: list[dict[str, str]], start_step: int, batch_tokens: int) 
     return statistics.median(rates), sum(batch_tokens / r for r in rates)
 
 
-def make_row(out_dir: Path, run_dir: Path, wall_s: float | None = None) -> dict[str, Any] | None:
-    """The results row of a finished run folder, or None when it has not finished."""
-    out_dir, run_dir = Path(out_dir), Path(run_dir)
-    info_path = run_dir / "run.json"
+def finished_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, str]], dict[str, str]] | None:
+    """``(run.json, metrics.csv rows, the validation row of the last step)`` of a run folder
+    whose run finished (validated at step ``steps - 1``), else None."""
+    info_path = Path(run_dir) / "run.json"
     if not info_path.is_file():
         return None
     info = json.loads(info_path.read_text())
     rows = read_metrics(run_dir)
-    final = final_validation(rows, info["steps"])
-    if final is None:
+    last = next((r for r in reversed(rows) if r.get("val/bpb") and r.get("step")
+                 and int(r["step"]) == info["steps"] - 1), None)
+    return None if last is None else (info, rows, last)
+
+
+def make_row(out_dir: Path, run_dir: Path, wall_s: float | None = None) -> dict[str, Any] | None:
+    """The results row of a finished run folder, or None when it has not finished."""
+    out_dir, run_dir = Path(out_dir), Path(run_dir)
+    done = finished_run(run_dir)
+    if done is None:
         return None
+    info, rows, last = done
+    final = float(last["val/loss"]), float(last["val/bpb"])
     tokens_per_s, est_wall = _throughput(rows, info["start_step"], info["tokens_per_step"])
     D = info["tokens"]
     return {

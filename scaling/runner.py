@@ -448,6 +448,25 @@ def _report(out: Path) -> None:
         raise SystemExit(1) from err
 
 
+def add_run_options(parser: argparse.ArgumentParser, folder: str) -> None:
+    """The options ``postformer study`` and ``postformer probe`` share: --out, --jobs,
+    --executor, --executor-opt, --verbose, --no-report (``folder``: what DIR is called)."""
+    parser.add_argument("--out", metavar="DIR", help=f"the {folder} folder (required but with --plan)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="runs at a time: in process, N worker processes side by side, each "
+                             "with its share of the CPU threads (default 1: in this process); "
+                             "local jobs (default 1); slurm jobs (default: all that are ready)")
+    parser.add_argument("--executor", choices=EXECUTOR_KINDS,
+                        help="where runs train: inprocess (default), local (a submitit job per run "
+                             "on this machine) or slurm (a submitit sbatch job per run); default: "
+                             "the spec's executor.kind")
+    parser.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a key of the spec's executor section (value read as YAML; empty "
+                             "removes it), e.g. time_min=240, partition=gpu, gpus_per_node=8")
+    parser.add_argument("--verbose", action="store_true", help="keep Lightning's own messages")
+    parser.add_argument("--no-report", action="store_true", help="collect results.csv but skip the report")
+
+
 def executor_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """The executor keys set by ``--executor`` and ``--executor-opt KEY=VALUE`` (the value
     read as YAML; empty removes the key)."""
@@ -465,6 +484,29 @@ def executor_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace
     return overrides
 
 
+@contextmanager
+def cli_errors(parser: argparse.ArgumentParser, args: argparse.Namespace, folder: str):
+    """Checks --out and --jobs (unless --plan), and turns a bad spec into a usage error, a
+    locked folder into exit 2 and Ctrl-C into exit 130 with a word on resuming."""
+    from .locks import FolderLocked
+
+    if not getattr(args, "plan", False):
+        if not args.out:
+            parser.error(f"--out DIR is required (the {folder} folder)")
+        if args.jobs is not None and args.jobs < 1:
+            parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        yield
+    except StudyError as err:
+        parser.error(str(err))
+    except FolderLocked as err:
+        print(f"{parser.prog}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 def study_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="postformer study",
@@ -472,7 +514,6 @@ def study_main(argv: list[str]) -> None:
                     "into DIR, or --plan / --list its runs.",
     )
     parser.add_argument("study", metavar="STUDY.yaml", help="the study spec (see configs/study/)")
-    parser.add_argument("--out", metavar="DIR", help="the study folder (required but with --plan)")
     parser.add_argument("--list", action="store_true",
                         help="print the `postformer fit` commands of the unfinished runs instead of training")
     parser.add_argument("--plan", action="store_true",
@@ -480,41 +521,14 @@ def study_main(argv: list[str]) -> None:
                              "probe on this machine); trains nothing")
     parser.add_argument("--no-probe", action="store_true",
                         help="with --plan: estimate times from assumed throughput, without the probe")
-    parser.add_argument("--jobs", type=int, default=None, metavar="N",
-                        help="runs at a time: in process, N worker processes side by side, each "
-                             "with its share of the CPU threads (default 1: in this process); "
-                             "local jobs (default 1); slurm jobs (default: all that are ready)")
-    parser.add_argument("--executor", choices=EXECUTOR_KINDS,
-                        help="where runs train: inprocess (default), local (a submitit job per run "
-                             "on this machine) or slurm (a submitit sbatch job per run); default: "
-                             "the spec's executor.kind")
-    parser.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
-                        help="set a key of the spec's executor section (value read as YAML; empty "
-                             "removes it), e.g. time_min=240, partition=gpu, gpus_per_node=8")
-    parser.add_argument("--verbose", action="store_true", help="keep Lightning's own messages")
-    parser.add_argument("--no-report", action="store_true", help="collect results.csv but skip the report")
+    add_run_options(parser, "study")
     args = parser.parse_args(argv)
     overrides = executor_overrides(parser, args)
-    from .locks import FolderLocked
-
-    try:
+    with cli_errors(parser, args, "study"):
         if args.plan:
             from .throughput import print_plan
 
             print_plan(load_study(args.study, executor=overrides), probe=not args.no_probe)
             return
-        if not args.out:
-            parser.error("--out DIR is required (the study folder)")
-        if args.jobs is not None and args.jobs < 1:
-            parser.error(f"--jobs must be >= 1, got {args.jobs}")
         run_study(args.study, args.out, list_only=args.list, verbose=args.verbose,
                   report=not args.no_report, jobs=args.jobs, executor=overrides)
-    except StudyError as err:
-        parser.error(str(err))
-    except FolderLocked as err:
-        print(f"postformer study: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
-        raise SystemExit(130) from None
-

@@ -493,15 +493,9 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>",
         raise _fail(src, "trainer.devices", f"must be a count >= 1 or a list of device ids (the "
                                             f"tokens per step depend on it), got {devices!r}")
     sections["trainer"].setdefault("devices", 1)
-    ex = dict(_mapping(src, "executor", spec.get("executor")))
-    for key, value in (executor or {}).items():
-        if value is None:
-            ex.pop(key, None)
-        else:
-            ex[key] = value
-    from .executors import check_executor  # the executor section's keys live with the executors
+    from .executors import executor_section  # the executor section lives with the executors
 
-    ex = check_executor(src, ex, sections["trainer"], _mapping(src, "trainer", spec.get("trainer")))
+    ex = executor_section(src, spec, sections["trainer"], executor)
     model = sections["model"]
     model.setdefault("schedule", "wsd")
     if "warmup_fraction" in model:
@@ -540,15 +534,19 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>",
     return study
 
 
-def load_study(path: str | Any, executor: dict[str, Any] | None = None) -> Study:
-    """Read and validate a study YAML file (``executor``: see :func:`study_from_dict`)."""
+def read_spec(path: str | Any, what: str = "study") -> Any:
+    """A spec file's YAML; StudyError naming the file when it is missing or not YAML."""
     from pathlib import Path
 
     path = Path(path)
     if not path.is_file():
-        raise StudyError(f"study file {str(path)!r} does not exist")
+        raise StudyError(f"{what} file {str(path)!r} does not exist")
     try:
-        spec = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise StudyError(f"{path}: not valid YAML: {err}") from None
-    return study_from_dict(spec, source=str(path), executor=executor)
+
+
+def load_study(path: str | Any, executor: dict[str, Any] | None = None) -> Study:
+    """Read and validate a study YAML file (``executor``: see :func:`study_from_dict`)."""
+    return study_from_dict(read_spec(path), source=str(path), executor=executor)
