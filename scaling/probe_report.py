@@ -37,10 +37,10 @@ def best_of_lr(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (arch, task, setting, d_model, seed): the best LR's, with ``n_lrs`` and
     ``lr_at_edge`` (the best LR is the grid's smallest or largest, grid of 3 or more)."""
     keys = CELL + ["seed"]
-    ranked = df.assign(_neg=-df["accuracy"]).sort_values(keys + ["_neg", "loss"], kind="stable")
-    best = ranked.groupby(keys, sort=False).head(1).drop(columns="_neg").copy()
+    ranked = df.assign(_neg=-df["accuracy"]).sort_values(["_neg", "loss"], kind="stable")
+    best = ranked.groupby(keys, sort=False).head(1).drop(columns="_neg").sort_index()  # df's order
     grid = df.groupby(keys)["lr"].agg(["min", "max", "nunique"]).reset_index()
-    best = best.merge(grid, on=keys)
+    best = best.merge(grid, on=keys, how="left")
     best["n_lrs"] = best["nunique"]
     best["lr_at_edge"] = (best["n_lrs"] >= 3) & ((best["lr"] == best["min"]) | (best["lr"] == best["max"]))
     return best.drop(columns=["min", "max", "nunique"]).reset_index(drop=True)
@@ -85,7 +85,22 @@ def read_probe_results(out_dir: str | Path) -> pd.DataFrame:
     missing = {"arch", "task", "setting", "d_model", "lr", "seed", "accuracy", "loss"} - set(df)
     if missing:
         raise ValueError(f"{path}: not a probe results table (missing columns {sorted(missing)})")
-    return df.dropna(subset=["accuracy"])
+    return _ordered(df.dropna(subset=["accuracy"]), out)
+
+
+def _ordered(df: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """Rows in the spec's arch order (probe.yaml) and the task registry's order, so tables
+    and figures read as the spec was written."""
+    from postformer.train.probes.tasks import TASKS
+
+    spec = yaml_load(out / "probe.yaml") if (out / "probe.yaml").is_file() else {}
+    arch_rank = {a: i for i, a in enumerate(spec.get("archs") or {})}
+    task_rank = {t: i for i, t in enumerate(TASKS)}
+    keyed = df.assign(_a=df["arch"].map(arch_rank).fillna(len(arch_rank)),
+                      _t=df["task"].map(task_rank).fillna(len(task_rank)))
+    keyed = keyed.sort_values(["_a", "arch", "_t", "task", "setting", "d_model", "lr", "seed"],
+                              kind="stable")
+    return keyed.drop(columns=["_a", "_t"]).reset_index(drop=True)
 
 
 def summary(df: pd.DataFrame) -> dict[str, Any]:
@@ -223,6 +238,15 @@ def build_blocks(df: pd.DataFrame, name: str, spec: dict[str, Any],
     if n_mad and n_mad < len(MAD_TASKS):
         notes.append(f"MAD score: not given, only {int(n_mad)} of the {len(MAD_TASKS)} MAD tasks "
                      "ran (the mean over those that ran is in report.json as mad_partial).")
+    from postformer.train.probes.tasks import TASKS
+
+    ran = df.groupby("task")["setting"].nunique()
+    short = [f"{t} {ran[t]} of {len(TASKS[t].sweep)}" for t in ran.index
+             if t in TASKS and len(TASKS[t].sweep) > ran[t]]
+    if short:
+        notes.append("Fewer settings than the paper's difficulty sweep (" + ", ".join(short)
+                     + "): a task score (and the MAD score) averages only the settings that ran, "
+                       "so it is not the paper's protocol score (`sweep: paper` runs them all).")
     B.append(Block("ul", items=notes))
     for d in sorted(int(x) for x in df["d_model"].unique()):
         t = tasks[tasks["d_model"] == d]

@@ -215,7 +215,7 @@ def test_cli_plan_and_errors(tmp_path, capsys):
     assert "tasks.nope" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "mad.yaml", "mqar.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "mad.yaml", "mqar.yaml", "mqar-cpu.yaml"])
 def test_configs_validate(name):
     probe = load_probe(REPO / "configs" / "probe" / name)
     cells = plan_probe(probe)
