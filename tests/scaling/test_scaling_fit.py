@@ -25,7 +25,7 @@ from postformer.scaling.fit import (
 CHINCHILLA_CSV = Path(
     os.environ.get(
         "POSTFORMER_CHINCHILLA_CSV",
-        Path(__file__).resolve().parents[3] / "shared/data/chinchilla/svg_extracted_data.csv",
+        Path(__file__).resolve().parent / "data/chinchilla/svg_extracted_data.csv",  # README there
     )
 )
 
