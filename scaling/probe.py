@@ -79,6 +79,7 @@ from .study import (
     _positive_numbers,
     _seed_list,
     _trainer_keys,
+    n_devices,
     read_spec,
 )
 
@@ -130,11 +131,8 @@ class Probe:
     @property
     def global_batch(self) -> int:
         """Examples per optimizer step over every device and accumulation."""
-        t = self.trainer
-        devices = t.get("devices", 1)
-        n = len(devices) if isinstance(devices, list) else int(devices)
-        return (int(self.data.get("batch_size", 64)) * int(t.get("accumulate_grad_batches", 1))
-                * n * int(t.get("num_nodes", 1)))
+        return (int(self.data.get("batch_size", 64))
+                * int(self.trainer.get("accumulate_grad_batches", 1)) * n_devices(self.trainer))
 
 
 @dataclass

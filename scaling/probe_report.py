@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,23 @@ def mad_scores(tasks: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["arch", "d_model", "mad_tasks", "mad_score", "mad_partial"])
 
 
+@dataclass
+class Scores:
+    """The report's tables, computed once from a results table (see the module docstring)."""
+
+    best: pd.DataFrame  # best_of_lr
+    cells: pd.DataFrame  # cell_scores
+    tasks: pd.DataFrame  # task_scores
+    mad: pd.DataFrame  # mad_scores
+
+    @classmethod
+    def of(cls, df: pd.DataFrame) -> Scores:
+        best = best_of_lr(df)
+        cells = cell_scores(best)
+        tasks = task_scores(cells)
+        return cls(best, cells, tasks, mad_scores(tasks))
+
+
 def read_probe_results(out_dir: str | Path) -> pd.DataFrame:
     """``DIR/results.csv`` (rebuilt from ``DIR/runs/`` when there is one)."""
     out = Path(out_dir)
@@ -103,12 +121,10 @@ def _ordered(df: pd.DataFrame, out: Path) -> pd.DataFrame:
     return keyed.drop(columns=["_a", "_t"]).reset_index(drop=True)
 
 
-def summary(df: pd.DataFrame) -> dict[str, Any]:
+def summary(df: pd.DataFrame, scores: Scores | None = None) -> dict[str, Any]:
     """Everything the report shows, as plain data (report.json)."""
-    best = best_of_lr(df)
-    cells = cell_scores(best)
-    tasks = task_scores(cells)
-    mad = mad_scores(tasks)
+    sc = scores or Scores.of(df)
+    best, cells, tasks, mad = sc.best, sc.cells, sc.tasks, sc.mad
     archs = list(dict.fromkeys(df["arch"]))
     per_arch = {}
     for arch in archs:
@@ -209,7 +225,7 @@ def fig_mqar(cells: pd.DataFrame) -> tuple[bytes, str] | None:
 # --------------------------------------------------------------------------- the document
 
 
-def _scope_line(df: pd.DataFrame, spec: dict[str, Any]) -> str:
+def _scope_line(df: pd.DataFrame) -> str:
     if {"steps", "epochs", "examples"} <= set(df):
         lengths = df.groupby(["task", "setting"]).agg(
             steps=("steps", "first"), epochs=("epochs", "first"), examples=("examples", "first"))
@@ -223,14 +239,11 @@ def _scope_line(df: pd.DataFrame, spec: dict[str, Any]) -> str:
             f"seeds {sorted(int(s) for s in df['seed'].unique())}; training: {steps}.")
 
 
-def build_blocks(df: pd.DataFrame, name: str, spec: dict[str, Any],
+def build_blocks(df: pd.DataFrame, name: str, sc: Scores,
                  figures: dict[str, tuple[str, bytes, str]]) -> list[Block]:
-    best = best_of_lr(df)
-    cells = cell_scores(best)
-    tasks = task_scores(cells)
-    mad = mad_scores(tasks)
+    best, cells, tasks, mad = sc.best, sc.cells, sc.tasks, sc.mad
     names = list(dict.fromkeys(df["task"]))
-    B = [Block("h1", f"Probe report: {name}"), Block("p", _scope_line(df, spec))]
+    B = [Block("h1", f"Probe report: {name}"), Block("p", _scope_line(df))]
     notes = ["Accuracy is argmax accuracy on the answer positions of the whole test set at the "
              "last step; a cell's result is the best of its LR grid (as Zoology and MAD), "
              "averaged over seeds; a task's score averages its settings."]
@@ -289,21 +302,18 @@ def write_probe_report(out_dir: str | Path) -> dict[str, Path]:
     spec_path = out / "probe.yaml"
     spec = yaml_load(spec_path) if spec_path.is_file() else {}
     name = str(spec.get("name") or out.resolve().name)
-    best = best_of_lr(df)
-    cells = cell_scores(best)
-    tasks = task_scores(cells)
-    mad = mad_scores(tasks)
+    sc = Scores.of(df)
     pngs: dict[str, tuple[bytes, str]] = {}
     for d in sorted(int(x) for x in df["d_model"].unique()):
-        pngs[f"probe_heatmap_d{d}"] = fig_heatmap(tasks, mad, d)
-    mq = fig_mqar(cells)
+        pngs[f"probe_heatmap_d{d}"] = fig_heatmap(sc.tasks, sc.mad, d)
+    mq = fig_mqar(sc.cells)
     if mq is not None:
         pngs["probe_mqar"] = mq
     figures = {k: (f"figures/{k}.png", png, cap) for k, (png, cap) in pngs.items()}
-    blocks = build_blocks(df, name, spec, figures)
-    data = summary(df)
+    blocks = build_blocks(df, name, sc, figures)
+    data = summary(df, sc)
     data["name"] = name
-    data["scope"] = _scope_line(df, spec)
+    data["scope"] = _scope_line(df)
     written: dict[str, Path] = {}
     for key, (path, png, _) in figures.items():
         atomic_write(out / path, png)

@@ -208,9 +208,7 @@ class Study:
 
     @property
     def n_devices(self) -> int:
-        devices = self.trainer.get("devices", 1)
-        n_dev = len(devices) if isinstance(devices, list) else int(devices)
-        return n_dev * int(self.trainer.get("num_nodes", 1))
+        return n_devices(self.trainer)
 
     @property
     def tokens_per_step(self) -> int:
@@ -232,6 +230,13 @@ class Study:
         arch = self.archs[label]
         fixed = isinstance(arch, dict) and "lr" in (arch.get("model") or {})
         return self.tune is not None and not fixed
+
+
+def n_devices(trainer: dict[str, Any]) -> int:
+    """Devices a run trains on: ``trainer.devices`` (a count or a list of ids) x ``num_nodes``."""
+    devices = trainer.get("devices", 1)
+    n_dev = len(devices) if isinstance(devices, list) else int(devices)
+    return n_dev * int(trainer.get("num_nodes", 1))
 
 
 def _fail(study: str, where: str, msg: str) -> StudyError:
