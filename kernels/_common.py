@@ -12,6 +12,12 @@ import torch
 
 IMPLS = ("auto", "reference", "chunk", "triton")
 
+# Log gates at or below this are a full reset in float32: exp(-60) ~ 9e-27 vanishes against
+# any term it is summed with. The chunked paths (PyTorch and Triton) floor gates here because
+# they difference cumulative sums of g: -inf (exp(-inf) = 0, a legal reset) would give
+# -inf - -inf = NaN, and a gate of -1e8 would swamp the float32 sums that follow it.
+GATE_FLOOR = -60.0
+
 
 def resolve_impl(impl: str, device: torch.device, *, has_triton: bool, dtype: torch.dtype | None = None,
                  triton_ok: bool = True) -> str:
@@ -42,6 +48,12 @@ def resolve_impl(impl: str, device: torch.device, *, has_triton: bool, dtype: to
     if impl == "triton" and not has_triton:
         raise ValueError("impl='triton' needs the triton package, which is not importable here")
     return impl
+
+
+def floor_gate(g: torch.Tensor | None) -> torch.Tensor | None:
+    """``g`` clamped below at :data:`GATE_FLOOR` (None passes); gradients are 0 where it clamps,
+    as they are (to float32 precision) in the recurrence itself."""
+    return None if g is None else g.clamp(min=GATE_FLOOR)
 
 
 def fmt_shape(x: torch.Tensor | None) -> str:

@@ -13,6 +13,7 @@ from .._common import (
     check_initial_state,
     check_qkv,
     check_same_device,
+    floor_gate,
     check_shape,
     resolve_impl,
     run_packed,
@@ -74,6 +75,8 @@ def delta_rule(
     check_same_device(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
     requested = impl
     impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON, dtype=q.dtype)
+    if impl != "reference":  # the chunked forms difference cumulative sums of g
+        g = floor_gate(g)
     if scale is None:
         scale = K**-0.5
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.

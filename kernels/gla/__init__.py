@@ -14,6 +14,7 @@ from .._common import (
     check_initial_state,
     check_qkv,
     check_same_device,
+    floor_gate,
     fmt_shape,
     resolve_impl,
     run_packed,
@@ -72,6 +73,8 @@ def gla(
     check_initial_state(initial_state, n_states, (H, K, V), "H, K, V", packed=cu_seqlens is not None)
     check_same_device(q=q, k=k, v=v, g=g, initial_state=initial_state)
     impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON, dtype=q.dtype)
+    if impl != "reference":  # the chunked forms difference cumulative sums of g
+        g = floor_gate(g)
     if scale is None:
         scale = K**-0.5
     if impl == "triton":
