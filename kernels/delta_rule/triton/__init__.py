@@ -64,9 +64,9 @@ from __future__ import annotations
 
 import torch
 
-from .._common import run_packed
-from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, interpreting, next_pow2
-from .._triton.plan import chunk_plan
+from ..._common import run_packed
+from ..._triton import HAS_TRITON, autotune_configs, check_triton_inputs, interpreting, next_pow2
+from ..._triton.plan import chunk_plan
 
 __all__ = ["RECURRENT_MAX_T", "delta_rule_triton"]
 

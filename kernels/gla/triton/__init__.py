@@ -56,8 +56,8 @@ from __future__ import annotations
 
 import torch
 
-from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, interpreting, next_pow2
-from .._triton.plan import ChunkPlan, chunk_plan
+from ..._triton import HAS_TRITON, autotune_configs, check_triton_inputs, interpreting, next_pow2
+from ..._triton.plan import ChunkPlan, chunk_plan
 
 BT = 64  # chunk length
 BC = 16  # sub-block length inside a chunk (tl.dot needs >= 16 on each side)
