@@ -51,7 +51,6 @@ import argparse
 import copy
 import dataclasses
 import inspect
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +63,7 @@ from postformer.arch.flops import flops_per_token, param_counts
 from postformer.train.fileio import atomic_write
 
 from .plan import RunPlan, _eval_steps, _rung_mixers, _shape_config
-from .results import finished_run
+from .results import TIMING_FIX, finished_run, read_json
 from .study import (
     StudyError,
     _check_archs,
@@ -415,7 +414,7 @@ def probe_row(out: Path, run_dir: Path, wall_s: float | None = None) -> dict[str
     timing = Path(run_dir) / "timing.json"
     wall = wall_s
     if wall is None and timing.is_file():
-        wall = json.loads(timing.read_text())["wall_s"]
+        wall = read_json(timing, TIMING_FIX)["wall_s"]
     return {"arch": info["arch"], "task": info["task"], "setting": info["setting"],
             "d_model": info["d_model"], "lr": info["lr"], "seed": info["seed"],
             "accuracy": float(last["val/accuracy"]), "loss": float(last["val/loss"]),
@@ -454,14 +453,17 @@ def write_results(out: str | Path) -> Path:
 
 def layout(probe: Probe, cells: list[Cell], out: Path) -> None:
     """DIR/probe.yaml and every cell's fit.yaml and run.json (``runner.write_run``)."""
-    from .runner import write_run
+    from .runner import check_run, write_run
 
+    runs = [(cell.runs[0], cfg, run_info(probe, cell, cfg))
+            for cell in cells for cfg in [fit_config(probe, cell, out)]]
+    for run, _, info in runs:  # a refused probe changes nothing: every check before a write
+        check_run(out, run, info)
     out.mkdir(parents=True, exist_ok=True)
     header = f"# resolved probe spec ({probe.source}); the runner wrote this\n"
     atomic_write(out / "probe.yaml", header + yaml.safe_dump(probe.to_dict(), sort_keys=False))
-    for cell in cells:
-        cfg = fit_config(probe, cell, out)
-        write_run(out, cell.runs[0], cfg, run_info(probe, cell, cfg))
+    for run, cfg, info in runs:
+        write_run(out, run, cfg, info)
 
 
 def run_probe(probe_path: str | Path, out_dir: str | Path, *, verbose: bool = False,

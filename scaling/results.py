@@ -45,11 +45,30 @@ import pandas as pd
 
 from postformer.train.fileio import atomic_write
 
+from .table import ResultsError
+
 COLUMNS = ["arch", "size", "seed", "stage", "budget_flops", "trajectory", "lr", "warmup_steps",
            "budget_tokens", "N", "N_non_emb", "D", "C", "C_6ND", "loss", "bpb", "steps",
            "wall_s", "tokens_per_s", "kind", "run_dir"]
 CURVE_COLUMNS = ["arch", "size", "seed", "stage", "trajectory", "run_dir", "kind", "step",
                  "tokens", "val_loss", "val_bpb", "val_tokens"]
+
+
+#: what to do about a damaged run.json, result.json of a run folder
+RUN_JSON_FIX = ("run the study (or probe) again with its spec to rewrite it, or remove the run "
+                "folder to train that run again")
+RESULT_JSON_FIX = "remove it: the run's row is rebuilt from its metrics.csv"
+TIMING_FIX = "remove it (the run's training time then counts from its next start)"
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """A JSON file of a run or study folder; a damaged one (truncated, not JSON) is a
+    ResultsError naming the file, what is wrong and ``fix``, what to do."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: not valid JSON ({err}); the file is truncated or "
+                           f"damaged: {fix}") from None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -76,7 +95,7 @@ def finished_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, str]], d
     info_path = Path(run_dir) / "run.json"
     if not info_path.is_file():
         return None
-    info = json.loads(info_path.read_text())
+    info = read_json(info_path, RUN_JSON_FIX)
     rows = read_metrics(run_dir)
     last = next((r for r in reversed(rows) if r.get("val/bpb") and r.get("step")
                  and int(r["step"]) == info["steps"] - 1), None)
@@ -111,7 +130,7 @@ def finished_row(out_dir: Path, run_dir: Path, make: Any = None) -> dict[str, An
     ``make(out_dir, run_dir)`` (default :func:`make_row`; the probe runner's rows differ)."""
     result = Path(run_dir) / "result.json"
     if result.is_file():
-        return json.loads(result.read_text())
+        return read_json(result, RESULT_JSON_FIX)
     return (make or make_row)(out_dir, run_dir)
 
 
@@ -142,7 +161,7 @@ def curves(out_dir: str | Path) -> pd.DataFrame:
     out_dir = Path(out_dir)
     rows = []
     for path in _run_infos(out_dir):
-        info = json.loads(path.read_text())
+        info = read_json(path, RUN_JSON_FIX)
         for r in read_metrics(path.parent):
             if r.get("val/loss") and r.get("step"):
                 step = int(r["step"]) + 1  # optimizer steps done when evaluated

@@ -72,8 +72,9 @@ from postformer.train.fileio import atomic_write
 
 from .executors import EXECUTOR_KINDS
 from .plan import Point, RunPlan, plan, plan_tune
-from .results import finished_row, write_results
+from .results import TIMING_FIX, finished_row, read_json, write_results
 from .study import Study, StudyError, load_study
+from .table import ResultsError
 
 # trainer options that do not change what a run computes (a changed one does not make a
 # finished run stale)
@@ -154,27 +155,50 @@ def _has_state(run_dir: Path) -> bool:
     return (run_dir / "result.json").exists() or (run_dir / "checkpoints").is_dir()
 
 
-def layout(study: Study, points: list[Point], out: Path) -> None:
-    """Write every run's fit.yaml and run.json; refuse stale run folders."""
+def _runs(study: Study, points: list[Point], out: Path):
+    """``(run, fit config, run.json)`` of every run of ``points``."""
     for point in points:
         for run in point.runs:
             cfg = fit_config(study, point, run, out)
-            write_run(out, run, cfg, run_info(study, point, run, cfg))
+            yield run, cfg, run_info(study, point, run, cfg)
+
+
+def layout(study: Study, points: list[Point], out: Path) -> None:
+    """Write every run's fit.yaml and run.json; refuse stale run folders."""
+    for run, cfg, info in _runs(study, points, out):
+        write_run(out, run, cfg, info)
+
+
+def check_folder(study: Study, out: Path) -> None:
+    """Raise StudyError when a run folder of the stages planned now holds another run
+    (:func:`check_run`): called before anything is written, so a refused study changes
+    nothing in ``out`` (its study.yaml, scope.json and fit.yaml files stay the old run's)."""
+    tune, main = _stages(study, out)
+    for run, _, info in _runs(study, tune + (main or []), out):
+        check_run(out, run, info)
+
+
+def check_run(out: Path, run: RunPlan, info: dict[str, Any]) -> None:
+    """Raise StudyError when ``RUN`` holds another run's state (results or checkpoints of a
+    different identity or length than ``info``'s)."""
+    run_dir = out / run.run_dir
+    old = run_dir / "run.json"
+    if old.is_file() and _has_state(run_dir):
+        previous = read_json(old, "remove that run folder to train it again")
+        if previous.get("identity") != info["identity"] or previous.get("steps") != run.steps:
+            raise StudyError(
+                f"{run_dir} holds a different run (another model, LR, data, seed, trainer "
+                "or budget than this plan); remove that folder or choose another --out"
+            )
 
 
 def write_run(out: Path, run: RunPlan, cfg: dict[str, Any], info: dict[str, Any]) -> None:
     """Write ``RUN/fit.yaml`` (``cfg``) and ``RUN/run.json`` (``info``, with its
     ``identity``); raise StudyError when the folder holds another run's state (results or
     checkpoints of a different identity or length): never overwritten."""
+    check_run(out, run, info)
     run_dir = out / run.run_dir
     old = run_dir / "run.json"
-    if old.is_file() and _has_state(run_dir):
-        previous = json.loads(old.read_text())
-        if previous.get("identity") != info["identity"] or previous.get("steps") != run.steps:
-            raise StudyError(
-                f"{run_dir} holds a different run (another model, LR, data, seed, trainer "
-                "or budget than this plan); remove that folder or choose another --out"
-            )
     run_dir.mkdir(parents=True, exist_ok=True)
     text = f"# {' '.join(fit_args(out, run, resume=False))}\n" + yaml.safe_dump(cfg, sort_keys=False)
     atomic_write(run_dir / "fit.yaml", text)
@@ -295,7 +319,7 @@ def _train(out: Path, run: RunPlan) -> tuple[Any, float]:
     from .locks import RunLocked, is_rank_zero
 
     timing = run_dir / "timing.json"
-    spent = json.loads(timing.read_text())["wall_s"] if timing.is_file() else 0.0
+    spent = read_json(timing, TIMING_FIX)["wall_s"] if timing.is_file() else 0.0
     start = time.perf_counter()
     ours = is_rank_zero()  # rank 0 keeps the time; nobody does when another process had the run
     try:
@@ -367,6 +391,7 @@ def run_loaded(study: Study, out_dir: str | Path, *, list_only: bool = False,
     out = Path(out_dir).resolve()
     plan(study)  # every error of the main grid's design before anything is written
     if list_only:
+        check_folder(study, out)
         write_spec(study, out)
         commands, main = _unfinished(study, out)
         for c in commands:
@@ -382,6 +407,7 @@ def run_loaded(study: Study, out_dir: str | Path, *, list_only: bool = False,
 
     failed: list[str] = []
     with FolderLock(out, STUDY):  # one study process per folder (FolderLocked otherwise)
+        check_folder(study, out)
         write_spec(study, out)
         if study.n_devices > 1 and study.executor["kind"] == "inprocess":
             commands, _ = _unfinished(study, out)
@@ -497,7 +523,7 @@ def cli_errors(parser: argparse.ArgumentParser, args: argparse.Namespace, folder
             parser.error(f"--jobs must be >= 1, got {args.jobs}")
     try:
         yield
-    except StudyError as err:
+    except (StudyError, ResultsError) as err:  # a bad spec; a damaged file of the folder
         parser.error(str(err))
     except FolderLocked as err:
         print(f"{parser.prog}: {err}", file=sys.stderr)

@@ -162,8 +162,11 @@ def test_run_skip_rows_report(tmp_path, capsys):
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("last.ckpt")}
     # a changed grid that lands on a finished folder with other settings is refused
     changed = _spec(model={"warmup_steps": 2, "weight_decay": 0.0})
+    kept = [out / "probe.yaml", *sorted(out.rglob("fit.yaml"))]
+    texts = [p.read_text() for p in kept]
     with pytest.raises(StudyError, match="holds a different run"):
         run_probe(_write(tmp_path, changed), out)
+    assert [p.read_text() for p in kept] == texts  # a refusal changes nothing
 
 
 def test_interrupted_cell_resumes(tmp_path, capsys, monkeypatch):

@@ -372,6 +372,23 @@ def test_stale_run_folder_is_refused(micro_study, tmp_path):
         run_study(changed, out, list_only=True)
 
 
+def test_refused_study_changes_nothing(micro_study, tmp_path, capsys):
+    """A study refused for a changed spec (a run folder holds another run) leaves DIR as it
+    was: study.yaml, scope.json, every fit.yaml and run.json stay the trained runs', so a
+    later report or --list does not use the rejected spec."""
+    study, out, _ = micro_study
+    files = [out / "study.yaml", out / "scope.json", *sorted(out.rglob("fit.yaml")),
+             *sorted(out.rglob("run.json"))]
+    before = {p: p.read_text() for p in files}
+    changed = write_study(tmp_path / "changed.yaml", spec(model={**MICRO["model"], "lr": 1e-3}))
+    for extra in ([], ["--list"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["study", str(changed), "--out", str(out), "--no-report", *extra])
+        assert exc.value.code == 2
+        assert "holds a different run" in capsys.readouterr().err
+        assert {p: p.read_text() for p in files} == before
+
+
 def test_results_csv_is_written_atomically(micro_study, monkeypatch):
     _, out, _ = micro_study
     before = (out / "results.csv").read_text()
