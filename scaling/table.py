@@ -15,7 +15,8 @@ Required columns: ``arch, N, D, C, loss``. Optional columns the analysis uses wh
     tokens_per_s  measured training throughput (the wall-clock view)
     size, bpb, kind, run_dir, ...   carried along for the report's tables
 
-A row that does not parse is an error naming the file, its line and the column.
+A row that does not parse is an error naming the file, its line and the column; so is a row
+with more or fewer cells than the header (a line cut short: a truncated file).
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ def read_results(path: str | Path) -> pd.DataFrame:
             if None in row:  # more cells than header fields
                 raise ResultsError(f"{path}: line {line}: {len(header) + len(row[None])} cells "
                                    f"for {len(header)} columns")
+            if None in row.values():  # fewer: a line cut short (a truncated copy, a full disk)
+                cells = sum(v is not None for v in row.values())
+                raise ResultsError(f"{path}: line {line}: {cells} cells for {len(header)} "
+                                   "columns, the line is cut short (a truncated file?); "
+                                   "rebuild the table from the study folder (`postformer "
+                                   "report DIR` rebuilds DIR/results.csv from DIR/runs/) or "
+                                   "mend that line")
             if not (raw.get("arch") or "").strip():
                 raise ResultsError(f"{path}: line {line}: column 'arch' is empty")
             row["arch"] = raw["arch"].strip()

@@ -177,6 +177,21 @@ def test_bad_row_is_a_one_line_error(tmp_path, capsys, bad, column):
     assert not (tmp_path / "report.md").exists()
 
 
+def test_truncated_table_is_refused_naming_the_line(tmp_path, capsys):
+    """A results.csv cut short in a row (a truncated copy) is refused, naming the line, not
+    reported from the rows before the cut."""
+    _bare(tmp_path)
+    lines = (tmp_path / "results.csv").read_text().splitlines(keepends=True)
+    cut = ",".join(lines[3].split(",")[:2])  # arch and N of line 4, the rest lost
+    (tmp_path / "results.csv").write_text("".join(lines[:3]) + cut)
+    with pytest.raises(SystemExit) as exc:
+        report_main([str(tmp_path), "--n-boot", "20"])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "results.csv: line 4: 2 cells for 5 columns" in last and "cut short" in last
+    assert not (tmp_path / "report.json").exists()
+
+
 def test_missing_table_and_unknown_baseline(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         report_main([str(tmp_path)])
