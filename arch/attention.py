@@ -26,10 +26,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from postformer.kernels import causal_conv1d
-
-from .layers import Rotary
-from .mixer import Mixer
+from .layers import Rotary, ShortConv
+from .mixer import Mixer, carry_state
 
 try:  # optional; never required
     from flash_attn import flash_attn_func as _flash_attn_func
@@ -183,11 +181,10 @@ class Attention(Mixer):
         self.rotary = Rotary(self.head_dim, options.rope_base)
         self.conv_size = options.conv_size
         if self.conv_size > 0:
-            # depthwise convs, weight [C, 1, W]; used through kernels.causal_conv1d
             q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            self.q_conv = nn.Conv1d(q_dim, q_dim, self.conv_size, groups=q_dim, bias=False)
-            self.k_conv = nn.Conv1d(kv_dim, kv_dim, self.conv_size, groups=kv_dim, bias=False)
-            self.v_conv = nn.Conv1d(kv_dim, kv_dim, self.conv_size, groups=kv_dim, bias=False)
+            self.q_conv = ShortConv(q_dim, self.conv_size)
+            self.k_conv = ShortConv(kv_dim, self.conv_size)
+            self.v_conv = ShortConv(kv_dim, self.conv_size)
 
     def _new_conv_states(
         self, batch_size: int, device: torch.device | str | None, dtype: torch.dtype
@@ -195,10 +192,7 @@ class Attention(Mixer):
         """Zero states ``[B, C, conv_size - 1]`` of the q, k, v convs; None without convs."""
         if self.conv_size == 0:
             return None
-        return [
-            torch.zeros(batch_size, conv.weight.shape[0], self.conv_size - 1, device=device, dtype=dtype)
-            for conv in (self.q_conv, self.k_conv, self.v_conv)
-        ]
+        return [conv.new_state(batch_size, device, dtype) for conv in (self.q_conv, self.k_conv, self.v_conv)]
 
     def _qkv(
         self, x: torch.Tensor, conv_states: list[torch.Tensor] | None = None
@@ -209,29 +203,13 @@ class Attention(Mixer):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, H*D), (B, T, Hkv*D) x 2
         if self.conv_size > 0:
             convs = (self.q_conv, self.k_conv, self.v_conv)
-            out = []
-            for i, (y, conv) in enumerate(zip((q, k, v), convs)):
-                y, state = causal_conv1d(
-                    y, rearrange(conv.weight, "c 1 w -> c w"),
-                    initial_state=None if conv_states is None else conv_states[i],
-                    output_final_state=conv_states is not None,
-                )  # (B, T, C)
-                if conv_states is not None:
-                    conv_states[i] = state
-                # the op's chunk path returns a transposed view (stride T along C); SDPA's fused
-                # kernels want the head dim contiguous and fall back to the O(T^2) math path
-                out.append(y.contiguous())
-            q, k, v = out
+            # .contiguous(): the op's chunk path returns a transposed view (stride T along C);
+            # SDPA's fused kernels want the head dim contiguous, else take the O(T^2) math path
+            q, k, v = (carry_state(conv_states, i, conv, y).contiguous()
+                       for i, (y, conv) in enumerate(zip((q, k, v), convs)))
         return tuple(rearrange(y, "b t (h d) -> b t h d", d=self.head_dim) for y in (q, k, v))
 
-    def new_cache(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        max_seq_len: int | None = None,
-    ) -> KVCache:
+    def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> KVCache:
         return KVCache(
             batch_size, self.n_kv_heads, self.head_dim,
             device=device, dtype=dtype, capacity=max_seq_len or 0,

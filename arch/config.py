@@ -192,7 +192,7 @@ def _mixer_options(arch: str, size: str) -> dict[str, dict[str, Any]]:
     opts: dict[str, dict[str, Any]] = {
         "attn": {"n_heads": heads},
         "swa": {"n_heads": heads, "window": {"tiny": 32, "small": 64}.get(size, 1024)},
-        "mamba2": {"d_state": {"tiny": 16, "small": 64}.get(size, 128), "headdim": 64, "expand": 2},
+        "mamba2": {"d_state": {"tiny": 16, "small": 64}.get(size, 128), "head_dim": 64, "expand": 2},
         "gla": {"n_heads": 4},
         # Gated DeltaNet: key dim 0.75 d in power-of-two heads (the paper's 1.3b: 6 heads of 256)
         "gdn": {"tiny": {"n_heads": 1, "head_dim": 32}, "small": {"n_heads": 3, "head_dim": 64},

@@ -47,10 +47,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from postformer.kernels import causal_conv1d, delta_rule, rms_norm
+from postformer.kernels import delta_rule
 
-from .layers import RMSNorm, init_dt_bias
-from .mixer import Mixer, state_dtype
+from .layers import GatedRMSNorm, ShortConv, init_dt_bias
+from .mixer import Mixer, carry_state, state_dtype, zero_state
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -137,41 +137,19 @@ class _DeltaRuleMixer(Mixer):
         self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         if self.conv_size > 0:
-            # depthwise convs, weight [C, 1, W]; used through kernels.causal_conv1d
-            self.q_conv = nn.Conv1d(self.key_dim, self.key_dim, self.conv_size, groups=self.key_dim, bias=False)
-            self.k_conv = nn.Conv1d(self.key_dim, self.key_dim, self.conv_size, groups=self.key_dim, bias=False)
-            self.v_conv = nn.Conv1d(
-                self.value_dim, self.value_dim, self.conv_size, groups=self.value_dim, bias=False
-            )
+            self.q_conv = ShortConv(self.key_dim, self.conv_size, activation="silu")
+            self.k_conv = ShortConv(self.key_dim, self.conv_size, activation="silu")
+            self.v_conv = ShortConv(self.value_dim, self.conv_size, activation="silu")
         self.b_proj = nn.Linear(d_model, self.n_heads, bias=False)  # beta logits
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)  # output gate
-        self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)  # holds the weight; applied by rms_norm
+        self.o_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps, norm_before_gate=True)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
-    def new_cache(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        max_seq_len: int | None = None,
-    ) -> DeltaNetCache:
-        W = self.conv_size - 1
-
-        def conv_state(channels: int) -> torch.Tensor | None:
-            if self.conv_size == 0:
-                return None
-            return torch.zeros(batch_size, channels, W, device=device, dtype=dtype)
-
-        return DeltaNetCache(
-            q_conv_state=conv_state(self.key_dim),
-            k_conv_state=conv_state(self.key_dim),
-            v_conv_state=conv_state(self.value_dim),
-            state=torch.zeros(
-                batch_size, self.n_heads, self.head_k_dim, self.head_v_dim,
-                device=device, dtype=state_dtype(dtype),
-            ),
-        )
+    def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> DeltaNetCache:
+        convs = [getattr(self, f"{n}_conv", None) for n in "qkv"]
+        q, k, v = (None if c is None else c.new_state(batch_size, device, dtype) for c in convs)
+        return DeltaNetCache(q, k, v, zero_state(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim,
+                                                 device=device, dtype=dtype))
 
     def _decay(self, x: torch.Tensor) -> torch.Tensor | None:
         """Log-space decay ``g [B, T, H]`` (<= 0), or None for no decay (DeltaNet)."""
@@ -182,15 +160,7 @@ class _DeltaRuleMixer(Mixer):
         continuing the cache's ``{name}_conv_state``; only SiLU(x) with ``conv_size=0``."""
         if self.conv_size == 0:
             return F.silu(x)  # the no-conv control
-        conv, attr = getattr(self, f"{name}_conv"), f"{name}_conv_state"
-        y, state = causal_conv1d(
-            x, rearrange(conv.weight, "c 1 w -> c w"), activation="silu",
-            initial_state=None if cache is None else getattr(cache, attr),
-            output_final_state=cache is not None,
-        )
-        if cache is not None:
-            setattr(cache, attr, state)
-        return y
+        return carry_state(cache, f"{name}_conv_state", getattr(self, f"{name}_conv"), x)
 
     def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
@@ -201,15 +171,10 @@ class _DeltaRuleMixer(Mixer):
         k = l2_normalize(rearrange(k, "b t (h k) -> b t h k", k=self.head_k_dim))
         v = rearrange(v, "b t (h v) -> b t h v", v=self.head_v_dim)
         beta = torch.sigmoid(self.b_proj(x).to(state_dtype(x.dtype)))  # (B, T, H)
-        o, S = delta_rule(
-            q, k, v, beta, self._decay(x),
-            initial_state=None if cache is None else cache.state,
-            output_final_state=cache is not None,
-        )  # o: (B, T, H, V); S: (B, H, K, V)
-        if cache is not None:
-            cache.state = S
+        o = carry_state(cache, "state", delta_rule, q=q, k=k, v=v, beta=beta,
+                        g=self._decay(x))  # (B, T, H, V); state (B, H, K, V)
         gate = rearrange(self.g_proj(x), "b t (h v) -> b t h v", v=self.head_v_dim)
-        o = rms_norm(o, self.o_norm.weight, eps=self.o_norm.eps, gate=gate, norm_before_gate=True)
+        o = self.o_norm(o, gate)
         return self.out_proj(rearrange(o, "b t h v -> b t (h v)"))
 
 

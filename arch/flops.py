@@ -46,7 +46,7 @@ Forward FLOPs per token, per component (``T`` = sequence length, ``d`` = d_model
   decay, fix-up).
 - sliding-window attention: as attention with the context capped at the window,
   ``T_ctx = min(T, window)`` (``causal=True``: the mean of ``min(t, window)`` over positions).
-- conv: depthwise causal conv, ``2 * channels * width``: Mamba-2's over xBC (``d_conv``),
+- conv: depthwise causal conv, ``2 * channels * width``: Mamba-2's over xBC (``conv_size``),
   DeltaNet's and Gated DeltaNet's on q, k, v (``conv_size``), Mamba-1's and RG-LRU's, and
   attention's optional Primer convs on q, k, v (``conv_size``, ``attn`` and ``swa``). A width
   of 0 (the no-conv controls, attention's default) counts nothing.
@@ -97,13 +97,13 @@ def _attn_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, floa
 def _mamba2_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
     d = cfg.d_model
     d_inner = o.expand * d
-    nheads = d_inner // o.headdim
+    nheads = d_inner // o.head_dim
     conv_dim = d_inner + 2 * o.ngroups * o.d_state
     return {
         "linear": d * (d_inner + conv_dim + nheads) + d_inner * d,  # in_proj, out_proj
-        "conv": conv_dim * o.d_conv,  # d_conv = 0: no conv
-        # state [N, P] per head: K = d_state, V = headdim
-        "recurrence": nheads * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, o.d_state, o.headdim),
+        "conv": conv_dim * o.conv_size,  # conv_size = 0: no conv
+        # state [N, P] per head: K = d_state, V = head_dim
+        "recurrence": nheads * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, o.d_state, o.head_dim),
     }
 
 
@@ -150,7 +150,7 @@ def _mamba_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, flo
     di, R, N = o.expand * d, o.dt_rank, o.d_state
     return {
         "linear": d * 2 * di + di * (R + 2 * N) + R * di + di * d,  # in, x, dt, out projections
-        "conv": di * o.d_conv,
+        "conv": di * o.conv_size,
         "recurrence": 5 * di * N,
     }
 
@@ -160,7 +160,7 @@ def _rglru_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, flo
     return {
         # gate and recurrent branches, out; the block-diagonal gates W_a, W_i (2 dr^2 / n_heads)
         "linear": 3 * d * dr + 2 * dr * (dr // o.n_heads),
-        "conv": dr * o.d_conv,
+        "conv": dr * o.conv_size,
         "recurrence": 3 * dr,
     }
 

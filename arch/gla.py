@@ -22,8 +22,8 @@ from torch import nn
 
 from postformer.kernels import gla
 
-from .layers import RMSNorm
-from .mixer import Mixer, check_heads_divide, expanded_dims, state_dtype
+from .layers import GatedRMSNorm
+from .mixer import Mixer, carry_state, check_heads_divide, expanded_dims, state_dtype, zero_state
 
 
 @dataclasses.dataclass
@@ -84,23 +84,11 @@ class GLA(Mixer):
             nn.Linear(options.gate_low_rank_dim, self.key_dim, bias=True),
         )
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
-        self.g_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
+        self.g_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps, norm_before_gate=True)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
-    def new_cache(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        max_seq_len: int | None = None,
-    ) -> GLACache:
-        return GLACache(
-            torch.zeros(
-                batch_size, self.n_heads, self.head_k_dim, self.head_v_dim,
-                device=device, dtype=state_dtype(dtype),
-            )
-        )
+    def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> GLACache:
+        return GLACache(zero_state(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, cache: GLACache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
@@ -109,13 +97,7 @@ class GLA(Mixer):
         v = rearrange(self.v_proj(x), "b t (h v) -> b t h v", v=self.head_v_dim)
         gk = F.logsigmoid(self.gk_proj(x).to(state_dtype(x.dtype))) / self.gate_logit_normalizer
         gk = rearrange(gk, "b t (h k) -> b t h k", k=self.head_k_dim)  # (B, T, H, K), <= 0
-        o, S = gla(
-            q, k, v, gk,
-            initial_state=None if cache is None else cache.state,
-            output_final_state=cache is not None,
-        )  # o: (B, T, H, V); S: (B, H, K, V)
-        if cache is not None:
-            cache.state = S
+        o = carry_state(cache, "state", gla, q=q, k=k, v=v, g=gk)  # (B, T, H, V); state (B, H, K, V)
         g = rearrange(self.g_proj(x), "b t (h v) -> b t h v", v=self.head_v_dim)
-        o = self.g_norm(o) * F.silu(g)  # (B, T, H, V)
+        o = self.g_norm(o, g)  # (B, T, H, V)
         return self.out_proj(rearrange(o, "b t h v -> b t (h v)"))

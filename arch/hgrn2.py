@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from postformer.kernels import gla, rms_norm
+from postformer.kernels import gla
 
 from .layers import RMSNorm
-from .mixer import Mixer, state_dtype
+from .mixer import Mixer, carry_state, state_dtype, zero_state
 
 
 @dataclasses.dataclass
@@ -92,23 +92,11 @@ class HGRN2(Mixer):
         self.q_proj = nn.Linear(d_model, d_model, bias=False)  # output gate = query
         self.f_proj = nn.Linear(d_model, d_model, bias=False)  # forget gate
         self.i_proj = nn.Linear(d_model, d_model, bias=False)  # input = value
-        self.g_norm = RMSNorm(d_model, eps=norm_eps)  # holds the weight; applied by rms_norm
+        self.g_norm = RMSNorm(d_model, eps=norm_eps)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
-    def new_cache(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        max_seq_len: int | None = None,
-    ) -> HGRN2Cache:
-        return HGRN2Cache(
-            torch.zeros(
-                batch_size, self.n_heads, self.head_dim, self.head_dim,
-                device=device, dtype=state_dtype(dtype),
-            )
-        )
+    def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> HGRN2Cache:
+        return HGRN2Cache(zero_state(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=dtype))
 
     def forget_gate(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For forget logits u (any shape): ``(log f, 1 - f)`` with ``f = lb + (1 - lb) sigmoid(u)``.
@@ -130,13 +118,6 @@ class HGRN2(Mixer):
         q = torch.sigmoid(self.q_proj(x))
         v = F.silu(self.i_proj(x))
         q, k, v, g = (rearrange(t, "b t (h e) -> b t h e", e=E) for t in (q, k, v, g))
-        o, S = gla(
-            q, k, v, g,
-            scale=1.0,
-            initial_state=None if cache is None else cache.state,
-            output_final_state=cache is not None,
-        )  # o: (B, T, H, E); S: (B, H, E, E)
-        if cache is not None:
-            cache.state = S
-        o = rms_norm(rearrange(o, "b t h e -> b t (h e)"), self.g_norm.weight, eps=self.g_norm.eps)
+        o = carry_state(cache, "state", gla, q=q, k=k, v=v, g=g, scale=1.0)  # (B, T, H, E); state (B, H, E, E)
+        o = self.g_norm(rearrange(o, "b t h e -> b t (h e)"))
         return self.out_proj(o)

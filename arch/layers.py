@@ -1,4 +1,5 @@
-"""Building blocks every mixer and block shares: norms, the SwiGLU MLP, rotary embeddings.
+"""Building blocks every mixer and block shares: norms (plain and gated), the short causal conv,
+the SwiGLU MLP, rotary embeddings.
 
 All modules take ``[..., D]`` channels-last tensors; norms run ``postformer.kernels.rms_norm``,
 which computes in float32 and returns the input's dtype, so bf16/fp16 activations do not lose
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from postformer.kernels import rms_norm
+from postformer.kernels import causal_conv1d, rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -35,14 +36,20 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(nn.Module):
-    """Mamba-2's gated norm: ``rmsnorm(x * silu(z)) * weight`` (gate before the norm).
+    """The gated output norm of the mixers, one module for both orders of norm and gate.
+
+    - ``norm_before_gate=False`` (Mamba-2): ``rmsnorm(x * silu(z)) * weight``;
+    - ``norm_before_gate=True`` (GLA, RetNet, DeltaNet, Gated DeltaNet):
+      ``rmsnorm(x) * weight * silu(z)``.
 
     With ``group_size < dim`` the mean of squares is taken per group of ``group_size``
     channels (Mamba-2 normalises each of its ``ngroups`` groups separately), so the norm
-    stays local to what one tensor-parallel shard would hold.
+    stays local to what one tensor-parallel shard would hold. Applied over the last dim, so a
+    per-head norm is ``GatedRMSNorm(head_dim)`` on ``[B, T, H, head_dim]``.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, group_size: int | None = None,
+                 norm_before_gate: bool = False) -> None:
         super().__init__()
         group_size = dim if group_size is None else group_size
         if dim % group_size != 0:
@@ -50,16 +57,45 @@ class GatedRMSNorm(nn.Module):
         self.dim = dim
         self.eps = eps
         self.group_size = group_size
+        self.norm_before_gate = norm_before_gate
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """x, z: ``[..., D]`` -> ``[..., D]`` in x's dtype. ``z=None`` means no gate."""
-        return rms_norm(
-            x, self.weight, eps=self.eps, gate=z, norm_before_gate=False, group_size=self.group_size
-        )
+        return rms_norm(x, self.weight, eps=self.eps, gate=z, norm_before_gate=self.norm_before_gate,
+                        group_size=self.group_size)
 
     def extra_repr(self) -> str:
-        return f"{self.dim}, eps={self.eps}, group_size={self.group_size}"
+        return (f"{self.dim}, eps={self.eps}, group_size={self.group_size}, "
+                f"norm_before_gate={self.norm_before_gate}")
+
+
+class ShortConv(nn.Conv1d):
+    """The short depthwise causal conv of Mamba, Mamba-2, (Gated) DeltaNet, RG-LRU and
+    attention's Primer convs: ``width`` taps per channel, run by ``kernels.causal_conv1d``.
+
+    It owns its weight ``[C, 1, W]`` and optional bias ``[C]`` in ``nn.Conv1d``'s layout and
+    init (state dicts of models built with ``nn.Conv1d`` load unchanged).
+    ``forward(x, initial_state=None, output_final_state=False)`` takes ``x [B, T, C]`` and returns
+    ``(y [B, T, C], state)``, the state being the last ``W - 1`` inputs ``[B, C, W - 1]`` (None
+    unless asked for); a T = 1 call with a state is the cheap decoding step.
+    """
+
+    def __init__(self, channels: int, width: int, bias: bool = False, activation: str | None = None) -> None:
+        if width < 1:
+            raise ValueError(f"ShortConv: width must be >= 1, got {width}")
+        super().__init__(channels, channels, width, groups=channels, bias=bias)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor, initial_state: torch.Tensor | None = None,
+                output_final_state: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return causal_conv1d(x, rearrange(self.weight, "c 1 w -> c w"), self.bias, activation=self.activation,
+                             initial_state=initial_state, output_final_state=output_final_state)
+
+    def new_state(self, batch_size: int, device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Zeros ``[B, C, W - 1]``: the state before the first token."""
+        return torch.zeros(batch_size, self.in_channels, self.kernel_size[0] - 1, device=device, dtype=dtype)
 
 
 def init_dt_bias(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:

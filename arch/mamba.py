@@ -4,7 +4,7 @@ Spaces"), the selective SSM block of section 3.4 / Figure 3, with its scan run b
 With ``d_inner = expand * d_model`` channels and ``N = d_state`` states per channel:
 
     x, z   = in_proj(u)                                   [B, T, d_inner] each
-    x      = silu(causal_conv1d(x))                       depthwise, width d_conv, with bias
+    x      = silu(causal_conv1d(x))                       depthwise, width conv_size, with bias
     dt_raw, B, C = x_proj(x)                              [R], [N], [N]   (R = dt_rank)
     dt     = softplus(W_dt dt_raw + b_dt)                 [B, T, d_inner] (Algorithm 2: s_Delta)
     h_t    = exp(dt_t A) * h_{t-1} + dt_t B_t x_t         h: [d_inner, N], A = -exp(A_log) [d_inner, N]
@@ -25,20 +25,20 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import repeat
 from torch import nn
 
-from postformer.kernels import causal_conv1d, selective_scan
+from postformer.kernels import selective_scan
 
-from .layers import init_dt_bias
-from .mixer import Mixer, state_dtype
+from .layers import ShortConv, init_dt_bias
+from .mixer import Mixer, carry_state, state_dtype, zero_state
 
 
 @dataclasses.dataclass
 class MambaCache:
     """Decoding state of one Mamba layer.
 
-    conv_state: ``[B, d_inner, d_conv-1]``, the last conv inputs (model dtype).
+    conv_state: ``[B, d_inner, conv_size-1]``, the last conv inputs (model dtype).
     ssm_state: ``[B, d_inner, d_state]`` float32 (float64 for float64 models).
     """
 
@@ -57,7 +57,7 @@ class Mamba(Mixer):
         #: N, the SSM state size per channel
         d_state: int = 16
         #: width of the depthwise causal conv
-        d_conv: int = 4
+        conv_size: int = 4
         #: d_inner = expand * d_model
         expand: int = 2
         #: rank of the dt projection; None: ceil(d_model / 16)
@@ -72,7 +72,7 @@ class Mamba(Mixer):
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
-        for key in ("d_state", "d_conv", "expand"):
+        for key in ("d_state", "conv_size", "expand"):
             if getattr(opts, key) < 1:
                 raise ValueError(f"mixer 'mamba': {key} must be >= 1, got {getattr(opts, key)}")
         dt_rank = opts.dt_rank if opts.dt_rank is not None else math.ceil(d_model / 16)
@@ -95,13 +95,11 @@ class Mamba(Mixer):
         o = options
         self.d_inner = o.expand * d_model
         self.d_state = o.d_state
-        self.d_conv = o.d_conv
+        self.conv_size = o.conv_size
         self.dt_rank = o.dt_rank
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        self.conv1d = nn.Conv1d(
-            self.d_inner, self.d_inner, o.d_conv, groups=self.d_inner, bias=o.conv_bias
-        )  # used through causal_conv1d, weight [d_inner, 1, d_conv]
+        self.conv1d = ShortConv(self.d_inner, o.conv_size, bias=o.conv_bias, activation="silu")
         self.x_proj = nn.Linear(self.d_inner, o.dt_rank + 2 * o.d_state, bias=False)
 
         self.dt_proj = nn.Linear(o.dt_rank, self.d_inner, bias=True)
@@ -120,40 +118,17 @@ class Mamba(Mixer):
 
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def new_cache(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        max_seq_len: int | None = None,
-    ) -> MambaCache:
-        return MambaCache(
-            conv_state=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
-            ssm_state=torch.zeros(
-                batch_size, self.d_inner, self.d_state, device=device, dtype=state_dtype(dtype)
-            ),
-        )
+    def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> MambaCache:
+        return MambaCache(conv_state=self.conv1d.new_state(batch_size, device, dtype),
+                          ssm_state=zero_state(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, cache: MambaCache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, d_inner) each
-        xs, conv_state = causal_conv1d(
-            xs, rearrange(self.conv1d.weight, "d 1 w -> d w"), self.conv1d.bias,
-            activation="silu",
-            initial_state=None if cache is None else cache.conv_state,
-            output_final_state=cache is not None,
-        )  # (B, T, d_inner)
+        xs = carry_state(cache, "conv_state", self.conv1d, xs)  # (B, T, d_inner), SiLU applied
         dt, Bm, Cm = torch.split(self.x_proj(xs), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, T, d_inner); the bias goes in before softplus
         A = -torch.exp(self.A_log.to(state_dtype(x.dtype)))  # (d_inner, N)
-        y, ssm_state = selective_scan(
-            xs, dt, A, Bm, Cm, self.D, z,
-            dt_bias=self.dt_proj.bias, dt_softplus=True,
-            initial_state=None if cache is None else cache.ssm_state,
-            output_final_state=cache is not None,
-        )  # y: (B, T, d_inner); ssm_state: (B, d_inner, N)
-        if cache is not None:
-            cache.conv_state = conv_state
-            cache.ssm_state = ssm_state
+        y = carry_state(cache, "ssm_state", selective_scan, xs, dt, A, Bm, Cm, self.D, z,
+                        dt_bias=self.dt_proj.bias, dt_softplus=True)  # (B, T, d_inner); state (B, d_inner, N)
         return self.out_proj(y)

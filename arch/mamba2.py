@@ -1,6 +1,6 @@
 """Mamba-2 mixer (Dao & Gu 2024, "Transformers are SSMs"), with its SSD scan run by ``gla``.
 
-Per head h (P = headdim channels, N = d_state), the selective SSM is
+Per head h (P = head_dim channels, N = d_state), the selective SSM is
 
     h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t^T x_t        h_t: [N, P]
     y_t = C_t h_t + D * x_t
@@ -11,9 +11,9 @@ with a scalar ``A < 0`` per head, a data-dependent step ``dt_t > 0`` per head, a
 
     q = C,  k = B,  v = dt * x,  g = dt * A  (one per head: [B, T, H]),  scale = 1,
 
-so the state S is ``[H, N, P]`` (K = d_state, V = headdim). The block around the scan:
+so the state S is ``[H, N, P]`` (K = d_state, V = head_dim). The block around the scan:
 in_proj -> (z, xBC, dt); depthwise causal conv over xBC, SiLU; scan; ``+ D x``;
-``rmsnorm(y * silu(z))``; out_proj. With ``d_conv=0`` the conv is left out (``xBC`` goes
+``rmsnorm(y * silu(z))``; out_proj. With ``conv_size=0`` the conv is left out (``xBC`` goes
 straight to the SiLU): a control for measuring what the short conv contributes.
 """
 
@@ -26,18 +26,18 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from postformer.kernels import causal_conv1d, gla
+from postformer.kernels import gla
 
-from .layers import GatedRMSNorm, init_dt_bias
-from .mixer import Mixer, state_dtype
+from .layers import GatedRMSNorm, ShortConv, init_dt_bias
+from .mixer import Mixer, carry_state, state_dtype, zero_state
 
 
 @dataclasses.dataclass
 class Mamba2Cache:
     """Decoding state of one Mamba-2 layer.
 
-    conv_state: ``[B, d_inner + 2*ngroups*d_state, d_conv-1]``, the last inputs of the conv;
-        None with ``d_conv=0`` (no conv).
+    conv_state: ``[B, d_inner + 2*ngroups*d_state, conv_size-1]``, the last inputs of the conv;
+        None with ``conv_size=0`` (no conv).
     ssm_state: ``[B, H, N, P]`` float32 (float64 for float64 models).
     """
 
@@ -57,11 +57,11 @@ class Mamba2(Mixer):
         d_state: int = 128
         #: width of the depthwise causal conv over xBC; 0: no conv (no conv1d parameters, no
         #: conv state; xBC goes straight to the SiLU), a control for measuring the conv's effect
-        d_conv: int = 4
+        conv_size: int = 4
         #: d_inner = expand * d_model
         expand: int = 2
         #: P, channels per head; clamped to d_inner so tiny widths work
-        headdim: int = 64
+        head_dim: int = 64
         #: groups sharing one B and C (and one norm group)
         ngroups: int = 1
         #: dt is initialised log-uniformly in [dt_min, dt_max], floored at dt_init_floor
@@ -71,7 +71,7 @@ class Mamba2(Mixer):
         #: A = -exp(A_log) is initialised uniformly in [-A_init_max, -A_init_min]
         A_init_min: float = 1.0
         A_init_max: float = 16.0
-        #: a bias in the conv (unused with d_conv=0)
+        #: a bias in the conv (unused with conv_size=0)
         conv_bias: bool = True
 
     @classmethod
@@ -80,22 +80,22 @@ class Mamba2(Mixer):
             raise ValueError(
                 f"mixer 'mamba2': expand, d_state and ngroups must be >= 1, got {opts}"
             )
-        if opts.d_conv < 0:
-            raise ValueError(f"mixer 'mamba2': d_conv must be >= 0 (0: no conv), got {opts.d_conv}")
+        if opts.conv_size < 0:
+            raise ValueError(f"mixer 'mamba2': conv_size must be >= 0 (0: no conv), got {opts.conv_size}")
         d_inner = opts.expand * d_model
-        headdim = min(opts.headdim, d_inner)
-        if headdim < 1 or d_inner % headdim != 0:
+        head_dim = min(opts.head_dim, d_inner)
+        if head_dim < 1 or d_inner % head_dim != 0:
             raise ValueError(
                 f"mixer 'mamba2': d_inner {d_inner} (expand {opts.expand} * d_model {d_model}) "
-                f"is not divisible by headdim {headdim}"
+                f"is not divisible by head_dim {head_dim}"
             )
-        nheads = d_inner // headdim
+        nheads = d_inner // head_dim
         if nheads % opts.ngroups != 0:
             raise ValueError(
-                f"mixer 'mamba2': nheads {nheads} (d_inner {d_inner} / headdim {headdim}) is not "
+                f"mixer 'mamba2': nheads {nheads} (d_inner {d_inner} / head_dim {head_dim}) is not "
                 f"divisible by ngroups {opts.ngroups}"
             )
-        return dataclasses.replace(opts, headdim=headdim)
+        return dataclasses.replace(opts, head_dim=head_dim)
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers
@@ -103,17 +103,15 @@ class Mamba2(Mixer):
         o = options
         self.d_inner = o.expand * d_model
         self.d_state = o.d_state
-        self.headdim = o.headdim
+        self.head_dim = o.head_dim
         self.ngroups = o.ngroups
-        self.nheads = self.d_inner // self.headdim
-        self.d_conv = o.d_conv
+        self.nheads = self.d_inner // self.head_dim
+        self.conv_size = o.conv_size
         self.conv_dim = self.d_inner + 2 * o.ngroups * o.d_state
 
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=False)
-        if o.d_conv > 0:
-            self.conv1d = nn.Conv1d(
-                self.conv_dim, self.conv_dim, o.d_conv, groups=self.conv_dim, bias=o.conv_bias
-            )  # used through kernels.causal_conv1d, weight [conv_dim, 1, d_conv]
+        if o.conv_size > 0:
+            self.conv1d = ShortConv(self.conv_dim, o.conv_size, bias=o.conv_bias, activation="silu")
 
         self.dt_bias = nn.Parameter(init_dt_bias(self.nheads, o.dt_min, o.dt_max, o.dt_init_floor))  # (H,)
         A = torch.empty(self.nheads).uniform_(o.A_init_min, o.A_init_max)
@@ -125,41 +123,21 @@ class Mamba2(Mixer):
         self.norm = GatedRMSNorm(self.d_inner, eps=norm_eps, group_size=self.d_inner // o.ngroups)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def new_cache(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        max_seq_len: int | None = None,
-    ) -> Mamba2Cache:
-        conv_state = None
-        if self.d_conv > 0:
-            conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
+    def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> Mamba2Cache:
         return Mamba2Cache(
-            conv_state=conv_state,
-            ssm_state=torch.zeros(
-                batch_size, self.nheads, self.d_state, self.headdim, device=device, dtype=state_dtype(dtype)
-            ),
+            conv_state=self.conv1d.new_state(batch_size, device, dtype) if self.conv_size > 0 else None,
+            ssm_state=zero_state(batch_size, self.nheads, self.d_state, self.head_dim, device=device, dtype=dtype),
         )
 
     def forward(self, x: torch.Tensor, cache: Mamba2Cache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
-        H, P, G, N = self.nheads, self.headdim, self.ngroups, self.d_state
+        H, P, G, N = self.nheads, self.head_dim, self.ngroups, self.d_state
         z, xBC, dt = torch.split(self.in_proj(x), [self.d_inner, self.conv_dim, H], dim=-1)
 
-        if self.d_conv == 0:
+        if self.conv_size == 0:
             xBC = F.silu(xBC)  # the no-conv control
         else:
-            # a T=1 call with the cache's state is the cheap decoding step inside the op
-            xBC, conv_state = causal_conv1d(
-                xBC, rearrange(self.conv1d.weight, "c 1 w -> c w"), self.conv1d.bias,
-                activation="silu",
-                initial_state=None if cache is None else cache.conv_state,
-                output_final_state=cache is not None,
-            )  # (B, T, conv_dim)
-            if cache is not None:
-                cache.conv_state = conv_state
+            xBC = carry_state(cache, "conv_state", self.conv1d, xBC)  # (B, T, conv_dim), SiLU applied
 
         xs, Bm, Cm = torch.split(xBC, [self.d_inner, G * N, G * N], dim=-1)
         xs = rearrange(xs, "b t (h p) -> b t h p", p=P)
@@ -169,14 +147,9 @@ class Mamba2(Mixer):
         sdt = state_dtype(x.dtype)
         dt = F.softplus(dt.to(sdt) + self.dt_bias.to(sdt))  # (B, T, H)
         A = -torch.exp(self.A_log.to(sdt))  # (H,)
-        o, S = gla(
-            Cm, Bm, xs.to(sdt) * rearrange(dt, "b t h -> b t h 1"), dt * A,
-            scale=1.0,
-            initial_state=None if cache is None else cache.ssm_state,
-            output_final_state=cache is not None,
-        )  # o: (B, T, H, P); S: (B, H, N, P)
-        if cache is not None:
-            cache.ssm_state = S
+        # the SSD scan as gla: C reads the state, B writes it, dt scales the input and the decay
+        o = carry_state(cache, "ssm_state", gla, q=Cm, k=Bm, v=xs.to(sdt) * rearrange(dt, "b t h -> b t h 1"),
+                        g=dt * A, scale=1.0)  # o: (B, T, H, P); state (B, H, N, P)
 
         y = o + xs * rearrange(self.D.to(xs.dtype), "h -> h 1")  # (B, T, H, P)
         y = self.norm(rearrange(y, "b t h p -> b t (h p)"), z)  # (B, T, d_inner)

@@ -14,10 +14,16 @@ continuation of whatever the cache has seen and updates the cache in place.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+#: option names retired for the one vocabulary every mixer shares (``conv_size`` for a short
+#: conv's width, ``head_dim`` for channels per head), so an old config's error says what to write
+RENAMED = {"d_conv": "conv_size", "headdim": "head_dim"}
 
 
 class Mixer(nn.Module):
@@ -76,8 +82,9 @@ class Mixer(nn.Module):
         keys = cls.option_keys()
         for key in options:
             if key not in keys:
+                renamed = f" ({key!r} is now {RENAMED[key]!r})" if RENAMED.get(key) in keys else ""
                 raise ValueError(
-                    f"mixer {cls.name!r} has no option {key!r}; accepted options: {sorted(keys)}"
+                    f"mixer {cls.name!r} has no option {key!r}{renamed}; accepted options: {sorted(keys)}"
                 )
         return cls._resolve(d_model, cls.Options(**options))
 
@@ -94,6 +101,14 @@ class Mixer(nn.Module):
         dtype: torch.dtype = torch.float32,
         max_seq_len: int | None = None,
     ) -> Any:
+        """The decoding state before the first token, for ``batch_size`` sequences: conv states in
+        ``dtype``, recurrent states in :func:`state_dtype` of it. ``max_seq_len`` lets attention
+        preallocate its KV buffers; recurrent mixers ignore it."""
+        return self._new_cache(batch_size, device, dtype, max_seq_len)
+
+    def _new_cache(self, batch_size: int, device: torch.device | str | None, dtype: torch.dtype,
+                   max_seq_len: int | None) -> Any:
+        """Subclasses build their cache here (:meth:`new_cache` is the public signature)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
@@ -131,3 +146,31 @@ def check_heads_divide(
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """Recurrent states are float32 (float64 for float64 models, e.g. in exactness tests)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def zero_state(batch_size: int, *dims: int, device: torch.device | str | None, dtype: torch.dtype) -> torch.Tensor:
+    """A recurrent state of zeros ``[batch_size, *dims]`` in :func:`state_dtype` of ``dtype``."""
+    return torch.zeros(batch_size, *dims, device=device, dtype=state_dtype(dtype))
+
+
+def carry_state(cache: Any, key: str | int, op: Callable[..., tuple[torch.Tensor, Any]], *args: Any,
+                **kwargs: Any) -> torch.Tensor:
+    """The cache hand-off of every stateful op call in a mixer, written once.
+
+    Runs ``op(*args, initial_state=cache[key], output_final_state=True, **kwargs)`` and stores the
+    new state back into ``cache[key]`` (``key`` an attribute name, or an index into a list of
+    states); with ``cache=None`` the op starts from zeros and keeps no state. Returns the op's
+    output (its first result).
+    """
+    if cache is None:
+        return op(*args, initial_state=None, output_final_state=False, **kwargs)[0]
+    out, state = op(*args, initial_state=_get(cache, key), output_final_state=True, **kwargs)
+    if isinstance(key, int):
+        cache[key] = state
+    else:
+        setattr(cache, key, state)
+    return out
+
+
+def _get(cache: Any, key: str | int) -> Any:
+    return cache[key] if isinstance(key, int) else getattr(cache, key)

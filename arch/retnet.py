@@ -37,10 +37,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from postformer.kernels import gla, rms_norm
+from postformer.kernels import gla
 
-from .layers import RMSNorm, Rotary
-from .mixer import Mixer, check_heads_divide, expanded_dims, state_dtype
+from .layers import GatedRMSNorm, Rotary
+from .mixer import Mixer, carry_state, check_heads_divide, expanded_dims, state_dtype, zero_state
 
 
 @dataclasses.dataclass
@@ -107,7 +107,7 @@ class RetNet(Mixer):
         self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.rotary = Rotary(self.head_k_dim, options.rope_base)
-        self.g_norm = RMSNorm(self.head_v_dim, eps=norm_eps)  # holds the weight; applied by rms_norm
+        self.g_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps, norm_before_gate=True)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
 
     def log_gamma(self, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -116,20 +116,9 @@ class RetNet(Mixer):
         h = torch.arange(self.n_heads, device=device, dtype=dtype)
         return torch.log1p(-torch.exp2(-5.0 - h))
 
-    def new_cache(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        max_seq_len: int | None = None,
-    ) -> RetNetCache:
-        return RetNetCache(
-            torch.zeros(
-                batch_size, self.n_heads, self.head_k_dim, self.head_v_dim,
-                device=device, dtype=state_dtype(dtype),
-            )
-        )
+    def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> RetNetCache:
+        return RetNetCache(zero_state(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim, device=device,
+                                      dtype=dtype))
 
     def forward(self, x: torch.Tensor, cache: RetNetCache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
@@ -140,15 +129,10 @@ class RetNet(Mixer):
         v = rearrange(self.v_proj(x), "b t (h v) -> b t h v", v=self.head_v_dim)
         q, k = self.rotary(q, offset), self.rotary(k, offset)
         g = self.log_gamma(x.device, state_dtype(x.dtype)).expand(B, T, self.n_heads)  # (B, T, H)
-        o, S = gla(
-            q, k, v, g,
-            scale=1.0 / math.sqrt(self.head_k_dim),
-            initial_state=None if cache is None else cache.state,
-            output_final_state=cache is not None,
-        )  # o: (B, T, H, V); S: (B, H, K, V)
+        o = carry_state(cache, "state", gla, q=q, k=k, v=v, g=g,
+                        scale=1.0 / math.sqrt(self.head_k_dim))  # (B, T, H, V); state (B, H, K, V)
         if cache is not None:
-            cache.state = S
             cache.offset = offset + T
         gate = rearrange(self.g_proj(x), "b t (h v) -> b t h v", v=self.head_v_dim)
-        o = rms_norm(o, self.g_norm.weight, eps=self.g_norm.eps, gate=gate, norm_before_gate=True)
+        o = self.g_norm(o, gate)
         return self.out_proj(rearrange(o, "b t h v -> b t (h v)"))

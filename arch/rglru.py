@@ -5,7 +5,7 @@ Linear Recurrent Unit (RG-LRU), with its recurrence run by ``linear_scan``.
 The block (section 2.3, Figure 2c) has two branches of width ``d_rnn`` from its input ``u``:
 
     gate      = gelu(W_y u)                                        [B, T, d_rnn]
-    x         = causal_conv1d(W_x u)                               depthwise, width d_conv, bias
+    x         = causal_conv1d(W_x u)                               depthwise, width conv_size, bias
     h         = RG-LRU(x)
     out       = W_o (gate * h)                                     (out_proj)
 
@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from postformer.kernels import causal_conv1d, linear_scan
+from postformer.kernels import linear_scan
 
-from .mixer import Mixer, state_dtype
+from .layers import ShortConv
+from .mixer import Mixer, carry_state, state_dtype, zero_state
 
 
 class _SqrtBoundedGrad(torch.autograd.Function):
@@ -74,7 +75,7 @@ def sqrt_bounded_grad(x: torch.Tensor, max_grad: float = 1000.0) -> torch.Tensor
 class RGLRUCache:
     """Decoding state of one RG-LRU block.
 
-    conv_state: ``[B, d_rnn, d_conv-1]``, the last conv inputs (model dtype).
+    conv_state: ``[B, d_rnn, conv_size-1]``, the last conv inputs (model dtype).
     h: ``[B, d_rnn]`` float32 (float64 for float64 models), the RG-LRU state.
     """
 
@@ -96,7 +97,7 @@ class RGLRU(Mixer):
         #: channels that divide d_rnn
         n_heads: int | None = None
         #: width of the depthwise causal conv
-        d_conv: int = 4
+        conv_size: int = 4
         #: the constant c in a_t = a^(c r_t)
         c: float = 8.0
         #: a^c is initialised uniformly in [a_init_min, a_init_max]
@@ -117,8 +118,8 @@ class RGLRU(Mixer):
                 n_heads += 1
         if n_heads < 1 or d_rnn % n_heads != 0:
             raise ValueError(f"mixer 'rglru': d_rnn {d_rnn} is not divisible by n_heads {n_heads}")
-        if opts.d_conv < 1:
-            raise ValueError(f"mixer 'rglru': d_conv must be >= 1, got {opts.d_conv}")
+        if opts.conv_size < 1:
+            raise ValueError(f"mixer 'rglru': conv_size must be >= 1, got {opts.conv_size}")
         if opts.c <= 0 or opts.max_sqrt_grad <= 0:
             raise ValueError(
                 f"mixer 'rglru': c and max_sqrt_grad must be > 0, got c {opts.c}, "
@@ -138,13 +139,13 @@ class RGLRU(Mixer):
         self.d_rnn = o.d_rnn
         self.n_heads = o.n_heads
         self.head_dim = o.d_rnn // o.n_heads
-        self.d_conv = o.d_conv
+        self.conv_size = o.conv_size
         self.c = o.c
         self.max_sqrt_grad = o.max_sqrt_grad
 
         self.gate_proj = nn.Linear(d_model, self.d_rnn, bias=False)  # W_y, the GeLU branch
         self.in_proj = nn.Linear(d_model, self.d_rnn, bias=False)  # W_x, the recurrent branch
-        self.conv1d = nn.Conv1d(self.d_rnn, self.d_rnn, o.d_conv, groups=self.d_rnn, bias=True)
+        self.conv1d = ShortConv(self.d_rnn, o.conv_size, bias=True)
         # Block-diagonal gates: [0] is W_a (recurrence gate), [1] is W_i (input gate);
         # x_t [H, P] -> gates [H, P] per block: gate[h, j] = sum_i x[h, i] W[h, i, j] + b[h, j].
         self.gate_weight = nn.Parameter(
@@ -158,27 +159,14 @@ class RGLRU(Mixer):
         self.gate_bias._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_rnn, d_model, bias=False)  # W_o
 
-    def new_cache(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        max_seq_len: int | None = None,
-    ) -> RGLRUCache:
-        return RGLRUCache(
-            conv_state=torch.zeros(batch_size, self.d_rnn, self.d_conv - 1, device=device, dtype=dtype),
-            h=torch.zeros(batch_size, self.d_rnn, device=device, dtype=state_dtype(dtype)),
-        )
+    def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> RGLRUCache:
+        return RGLRUCache(conv_state=self.conv1d.new_state(batch_size, device, dtype),
+                          h=zero_state(batch_size, self.d_rnn, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, cache: RGLRUCache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
         gate = F.gelu(self.gate_proj(x), approximate="tanh")  # (B, T, d_rnn)
-        xs, conv_state = causal_conv1d(
-            self.in_proj(x), rearrange(self.conv1d.weight, "d 1 w -> d w"), self.conv1d.bias,
-            initial_state=None if cache is None else cache.conv_state,
-            output_final_state=cache is not None,
-        )  # (B, T, d_rnn)
+        xs = carry_state(cache, "conv_state", self.conv1d, self.in_proj(x))  # (B, T, d_rnn)
 
         sdt = state_dtype(x.dtype)
         xh = rearrange(xs, "b t (h p) -> b t h p", p=self.head_dim).to(sdt)
@@ -188,12 +176,5 @@ class RGLRU(Mixer):
         # log a_t = c * r_t * log sigmoid(Lambda) = -c * softplus(-Lambda) * r_t   (<= 0)
         log_a = -self.c * F.softplus(-self.Lambda.to(sdt)) * r
         multiplier = sqrt_bounded_grad(-torch.expm1(2 * log_a), self.max_sqrt_grad)  # sqrt(1 - a_t^2)
-        h, h_last = linear_scan(
-            multiplier * i * xs.to(sdt), log_a,
-            initial_state=None if cache is None else cache.h,
-            output_final_state=cache is not None,
-        )  # h: (B, T, d_rnn); h_last: (B, d_rnn)
-        if cache is not None:
-            cache.conv_state = conv_state
-            cache.h = h_last
+        h = carry_state(cache, "h", linear_scan, x=multiplier * i * xs.to(sdt), g=log_a)  # (B, T, d_rnn)
         return self.out_proj(h.to(x.dtype) * gate)

@@ -152,14 +152,7 @@ class SlidingWindowAttention(Attention):
         super().__init__(d_model, options, norm_eps, **where)
         self.window = self.options.window
 
-    def new_cache(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        max_seq_len: int | None = None,
-    ) -> SWACache:
+    def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> SWACache:
         """An empty cache; it never holds more than ``window - 1`` positions (``max_seq_len`` unused)."""
         k = torch.empty(batch_size, 0, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
         return SWACache(

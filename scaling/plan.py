@@ -117,7 +117,7 @@ def _rung_mixers(d: int, head_dim: int, d_state: int | None) -> dict[str, dict[s
     return {
         "attn": {"n_heads": attn},
         "swa": {"n_heads": attn},
-        "mamba2": {"headdim": mamba_hd, **({"d_state": int(d_state)} if d_state else {})},
+        "mamba2": {"head_dim": mamba_hd, **({"d_state": int(d_state)} if d_state else {})},
         "gla": {"n_heads": gla},
         "gdn": {"n_heads": gdn, "head_dim": max(1, key_gdn // gdn)},
         "deltanet": {"n_heads": max(1, d // 32), "head_dim": d // max(1, d // 32)},

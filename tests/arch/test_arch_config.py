@@ -23,6 +23,14 @@ def test_bad_option_key_names_mixer_key_and_accepted():
         ModelConfig(pattern=["mamba2"], mixers={"mamba2": {"dstate": 4}})
 
 
+@pytest.mark.parametrize("mixer, old, new", [("mamba2", "d_conv", "conv_size"), ("mamba", "d_conv", "conv_size"),
+                                             ("rglru", "d_conv", "conv_size"), ("mamba2", "headdim", "head_dim")])
+def test_retired_option_names_say_the_new_one(mixer, old, new):
+    """One option vocabulary across mixers: a config with an old name says what to write."""
+    with pytest.raises(ValueError, match=rf"mixer '{mixer}' has no option '{old}' \('{old}' is now '{new}'\)"):
+        ModelConfig(d_model=64, pattern=[mixer], mixers={mixer: {old: 4}})
+
+
 def test_indivisible_heads_name_both_numbers():
     with pytest.raises(ValueError, match=r"d_model 96 is not divisible by n_heads 5"):
         ModelConfig(d_model=96, mixers={"attn": {"n_heads": 5}})
@@ -33,8 +41,8 @@ def test_indivisible_heads_name_both_numbers():
 
 
 def test_mamba2_error_mentions_headdim():
-    with pytest.raises(ValueError, match=r"d_inner 192 \(expand 2 \* d_model 96\) is not divisible by headdim 80"):
-        ModelConfig(d_model=96, pattern=["mamba2"], mixers={"mamba2": {"headdim": 80}})
+    with pytest.raises(ValueError, match=r"d_inner 192 \(expand 2 \* d_model 96\) is not divisible by head_dim 80"):
+        ModelConfig(d_model=96, pattern=["mamba2"], mixers={"mamba2": {"head_dim": 80}})
 
 
 @pytest.mark.parametrize(
@@ -70,8 +78,8 @@ def test_derived_shape():
     # defaults adapt to small widths
     assert ModelConfig(d_model=64).mixer_options("attn").n_heads == 1
     assert ModelConfig(d_model=256).mixer_options("attn").n_heads == 4
-    assert ModelConfig(d_model=64, pattern=["mamba2"]).mixer_options("mamba2").headdim == 64
-    assert ModelConfig(d_model=16, pattern=["mamba2"]).mixer_options("mamba2").headdim == 32
+    assert ModelConfig(d_model=64, pattern=["mamba2"]).mixer_options("mamba2").head_dim == 64
+    assert ModelConfig(d_model=16, pattern=["mamba2"]).mixer_options("mamba2").head_dim == 32
     assert ModelConfig(d_model=36, pattern=["gla"]).mixer_options("gla").n_heads == 3
 
 
@@ -95,11 +103,11 @@ def test_presets():
     m = ModelConfig.from_preset("mamba2", "1.3b")
     assert (m.d_model, m.n_layers, m.pattern) == (2048, 48, ["mamba2"])
     assert dataclasses.asdict(m.mixer_options("mamba2")) | {} == {
-        **MIXERS["mamba2"].defaults(), "d_state": 128, "headdim": 64, "expand": 2
+        **MIXERS["mamba2"].defaults(), "d_state": 128, "head_dim": 64, "expand": 2
     }
     tiny = ModelConfig.from_preset("mamba2", "tiny", mixers={"mamba2": {"d_state": 8}})
     assert (tiny.d_model, tiny.n_layers) == (64, 4)
-    assert tiny.mixers["mamba2"] == {"d_state": 8, "headdim": 64, "expand": 2}  # merged
+    assert tiny.mixers["mamba2"] == {"d_state": 8, "head_dim": 64, "expand": 2}  # merged
     assert ModelConfig.from_preset("gla", "small").mixer_options("gla").n_heads == 4
     assert ModelConfig.from_preset("transformer", "tiny").n_layers == 2
     assert PRESETS["mamba2"]["tiny"]["mixers"]["mamba2"]["d_state"] == 16  # not mutated

@@ -1,4 +1,4 @@
-"""Conv controls: Mamba-2 ``d_conv=0``, DeltaNet / Gated DeltaNet ``conv_size=0`` (no short conv)
+"""Conv controls: Mamba-2 ``conv_size=0``, DeltaNet / Gated DeltaNet ``conv_size=0`` (no short conv)
 and attention ``conv_size >= 2`` (Primer's depthwise causal convs on q, k, v).
 
 Each option trains, decodes through its cache like the parallel forward, has the parameter
@@ -23,7 +23,7 @@ VOCAB, D, LAYERS = 64, 32, 2
 #: mamba2 d_inner 64, conv over xBC of 64 + 2 * 8 = 80 channels; gdn key dim 2 * 16 = 32, value
 #: dim 2 * 32 = 64; deltanet 2 heads of 16, key = value dim 32; attn q 32, k = v 16 (GQA 2:1).
 CONTROLS = {
-    "mamba2-d_conv0": ("mamba2", {"d_state": 8, "headdim": 16}, {"d_conv": 0}),
+    "mamba2-d_conv0": ("mamba2", {"d_state": 8, "head_dim": 16}, {"conv_size": 0}),
     "gdn-conv_size0": ("gdn", {"n_heads": 2, "head_dim": 16}, {"conv_size": 0}),
     "deltanet-conv_size0": ("deltanet", {"n_heads": 2}, {"conv_size": 0}),
     "attn-conv_size4": ("attn", {"n_heads": 2, "n_kv_heads": 1}, {"conv_size": 4}),
@@ -215,7 +215,7 @@ def test_attention_conv_matches_naive_forward():
         ("attn", {"conv_size": 1}, "mixer 'attn': conv_size must be 0 .* or >= 2, got 1"),
         ("attn", {"conv_size": -1}, "mixer 'attn': conv_size must be 0 .* or >= 2, got -1"),
         ("swa", {"conv_size": 1}, "mixer 'swa': conv_size must be 0 .* or >= 2, got 1"),
-        ("mamba2", {"d_conv": -1}, "mixer 'mamba2': d_conv must be >= 0 .*got -1"),
+        ("mamba2", {"conv_size": -1}, "mixer 'mamba2': conv_size must be >= 0 .*got -1"),
         ("gdn", {"conv_size": -1}, "mixer 'gdn': conv_size must be 0 .* or >= 2, got -1"),
         ("deltanet", {"conv_size": 1}, "mixer 'deltanet': conv_size must be 0 .* or >= 2, got 1"),
     ],

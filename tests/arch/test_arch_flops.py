@@ -19,10 +19,10 @@ from postformer.arch.flops import (
 CONFIGS = {
     "transformer": ModelConfig(d_model=128, n_layers=4, pattern=["attn"], mixers={"attn": {"n_heads": 4}}),
     "mamba2": ModelConfig(d_model=128, n_layers=4, pattern=["mamba2"],
-                          mixers={"mamba2": {"d_state": 16, "headdim": 32}}),
+                          mixers={"mamba2": {"d_state": 16, "head_dim": 32}}),
     "gla": ModelConfig(d_model=128, n_layers=4, pattern=["gla"]),
     "hybrid": ModelConfig(d_model=128, n_layers=4, pattern=["mamba2", "mamba2", "mamba2", "attn"],
-                          mixers={"mamba2": {"d_state": 16, "headdim": 32}, "attn": {"n_heads": 4}}),
+                          mixers={"mamba2": {"d_state": 16, "head_dim": 32}, "attn": {"n_heads": 4}}),
     "swa": ModelConfig(d_model=128, n_layers=2, pattern=["swa"], mixers={"swa": {"window": 32}}),
     "mamba": ModelConfig(d_model=128, n_layers=2, pattern=["mamba"]),
     "retnet": ModelConfig(d_model=128, n_layers=2, pattern=["retnet"]),
@@ -73,7 +73,7 @@ def not_matmul_flops(cfg: ModelConfig, T: int) -> float:
                 H = o.n_heads
                 K, V = int(cfg.d_model * o.expand_k) // H, int(cfg.d_model * o.expand_v) // H
             else:
-                H, K, V = o.expand * cfg.d_model // o.headdim, o.d_state, o.headdim
+                H, K, V = o.expand * cfg.d_model // o.head_dim, o.d_state, o.head_dim
             C = min(16 if name in ("gla", "hgrn2") else 64, T)
             per_chunk = K * V + (C * C * K if name in ("gla", "hgrn2") else 0)
         elif name in ("deltanet", "gdn"):
@@ -147,7 +147,7 @@ def test_positive_and_linear_in_layers(name):
 
 def test_recurrence_uses_the_chunk_sizes_of_the_chunk_path():
     # Mamba-2: scalar gate, chunks of 64; per head C^2 (K + V) + 2 C K V + K V MACs per chunk.
-    cfg = ModelConfig(d_model=64, n_layers=1, pattern=["mamba2"], mixers={"mamba2": {"d_state": 16, "headdim": 32}})
+    cfg = ModelConfig(d_model=64, n_layers=1, pattern=["mamba2"], mixers={"mamba2": {"d_state": 16, "head_dim": 32}})
     H, K, V, C, T = 4, 16, 32, 64, 256
     per_token = (T // C) * (C * C * (K + V) + 2 * C * K * V + K * V) / T
     assert flops_breakdown(cfg, T)["recurrence"] == pytest.approx(6 * H * per_token)

@@ -68,7 +68,7 @@ def mamba_naive(m: Mamba, u: torch.Tensor) -> torch.Tensor:
     return torch.stack(ys, dim=1) @ m.out_proj.weight.T
 
 
-@pytest.mark.parametrize("opts", [{"d_state": 4, "dt_rank": 3}, {"expand": 1, "d_conv": 3}])
+@pytest.mark.parametrize("opts", [{"d_state": 4, "dt_rank": 3}, {"expand": 1, "conv_size": 3}])
 def test_mamba_matches_naive(opts):
     m = make(Mamba, opts)
     with torch.no_grad():
@@ -124,7 +124,7 @@ def rglru_naive(m: RGLRU, u: torch.Tensor) -> torch.Tensor:
     return (gate * torch.stack(hs, dim=1)) @ m.out_proj.weight.T
 
 
-@pytest.mark.parametrize("opts", [{"n_heads": 4}, {"d_rnn": 24, "n_heads": 2, "d_conv": 2, "c": 4.0}])
+@pytest.mark.parametrize("opts", [{"n_heads": 4}, {"d_rnn": 24, "n_heads": 2, "conv_size": 2, "c": 4.0}])
 def test_rglru_matches_naive(opts):
     m = make(RGLRU, opts)
     with torch.no_grad():

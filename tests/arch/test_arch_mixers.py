@@ -21,8 +21,8 @@ CASES = [
     ("rglru", {"n_heads": 4}),
     ("swa", {"n_heads": 4, "n_kv_heads": 2, "window": 4}),  # continuation chunks longer than the window
     ("swa", {"n_heads": 4, "window": 8}),
-    ("mamba2", {"d_state": 16, "headdim": 16, "ngroups": 2}),
-    ("mamba2", {"d_state": 8}),  # headdim clamps to 64: 2 heads
+    ("mamba2", {"d_state": 16, "head_dim": 16, "ngroups": 2}),
+    ("mamba2", {"d_state": 8}),  # head_dim clamps to 64: 2 heads
     ("gla", {}),
     ("gla", {"n_heads": 2, "expand_k": 1.0}),
     ("deltanet", {"n_heads": 2}),
@@ -93,7 +93,7 @@ def test_cache_carries_the_past(name, opts):
 def mamba2_naive(m: Mamba2, x: torch.Tensor) -> torch.Tensor:
     """Mamba-2 written out from the paper, looping over time; h is [P, N] per head."""
     Bsz, T, _ = x.shape
-    H, P, G, N, W = m.nheads, m.headdim, m.ngroups, m.d_state, m.d_conv
+    H, P, G, N, W = m.nheads, m.head_dim, m.ngroups, m.d_state, m.conv_size
     zxbcdt = x @ m.in_proj.weight.T
     z, xBC, dt = zxbcdt.split([m.d_inner, m.conv_dim, H], dim=-1)
     w = m.conv1d.weight[:, 0, :]  # (C, W)
@@ -120,7 +120,7 @@ def mamba2_naive(m: Mamba2, x: torch.Tensor) -> torch.Tensor:
     return y @ m.out_proj.weight.T
 
 
-@pytest.mark.parametrize("opts", [{"d_state": 8, "headdim": 16, "ngroups": 2}, {"d_state": 4, "headdim": 32}])
+@pytest.mark.parametrize("opts", [{"d_state": 8, "head_dim": 16, "ngroups": 2}, {"d_state": 4, "head_dim": 32}])
 def test_mamba2_matches_naive_ssm(opts):
     m = make_mixer("mamba2", opts, dtype=torch.float64)
     with torch.no_grad():
@@ -131,7 +131,7 @@ def test_mamba2_matches_naive_ssm(opts):
 
 
 def test_mamba2_params_and_dt_init():
-    m = Mamba2(D_MODEL, Mamba2.resolve_options(D_MODEL, {"d_state": 8, "headdim": 8}))
+    m = Mamba2(D_MODEL, Mamba2.resolve_options(D_MODEL, {"d_state": 8, "head_dim": 8}))
     for p in (m.A_log, m.dt_bias, m.D):
         assert getattr(p, "_no_weight_decay", False)
     dt = F.softplus(m.dt_bias)

@@ -13,7 +13,7 @@ from postformer.arch import MIXERS, LanguageModel, ModelConfig
 VOCAB = 64
 CONFIGS = {
     "attn": dict(pattern=["attn"], mixers={"attn": {"n_heads": 2}}),
-    "mamba2": dict(pattern=["mamba2"], mixers={"mamba2": {"d_state": 8, "headdim": 16}}),
+    "mamba2": dict(pattern=["mamba2"], mixers={"mamba2": {"d_state": 8, "head_dim": 16}}),
     "gla": dict(pattern=["gla"]),
     "mamba2+attn": dict(pattern=["mamba2", "attn"], mixers={"mamba2": {"d_state": 8}}),
     "gla+attn-gqa": dict(pattern=["gla", "attn"], mixers={"attn": {"n_heads": 4, "n_kv_heads": 2}}),
@@ -30,7 +30,7 @@ ZOO = CONFIGS | {
     "gdn-hybrid (Qwen3-Next 3:1)": dict(pattern=["gdn", "gdn", "gdn", "attn"], n_layers=4),
     "griffin": dict(pattern=["rglru", "rglru", "swa"], mixers={"swa": {"window": 4}}),
     "mamba2+attn (mlp everywhere)": dict(pattern=["mamba2", "attn"], mlp=True,
-                                         mixers={"mamba2": {"d_state": 8, "headdim": 16}}),
+                                         mixers={"mamba2": {"d_state": 8, "head_dim": 16}}),
 }
 
 
@@ -113,9 +113,9 @@ def count_analytic(cfg: ModelConfig) -> int:
             total += 2 * d * o.n_heads * hd + 2 * d * o.n_kv_heads * hd
         elif name == "mamba2":
             di = o.expand * d
-            H = di // o.headdim
+            H = di // o.head_dim
             conv = di + 2 * o.ngroups * o.d_state
-            total += d * (di + conv + H) + conv * o.d_conv + conv + 3 * H + di + di * d
+            total += d * (di + conv + H) + conv * o.conv_size + conv + 3 * H + di + di * d
         elif name == "gla":
             kd, vd = int(d * o.expand_k), int(d * o.expand_v)
             r = o.gate_low_rank_dim

@@ -43,8 +43,8 @@ MICRO = {
     "name": "micro",
     "archs": {"transformer": "transformer", "mamba2": "mamba2"},
     "sizes": [
-        {"name": "a", "d_model": 32, "n_layers": 1, "n_heads": 2, "mixers": {"mamba2": {"d_state": 8, "headdim": 16}}},
-        {"name": "b", "d_model": 48, "n_layers": 2, "n_heads": 2, "mixers": {"mamba2": {"d_state": 8, "headdim": 16}}},
+        {"name": "a", "d_model": 32, "n_layers": 1, "n_heads": 2, "mixers": {"mamba2": {"d_state": 8, "head_dim": 16}}},
+        {"name": "b", "d_model": 48, "n_layers": 2, "n_heads": 2, "mixers": {"mamba2": {"d_state": 8, "head_dim": 16}}},
     ],
     "budgets": {"tokens": [1024, 2048]},
     "model": {"lr": 3e-3, "warmup_steps": 2, "decay_fraction": 0.25},
@@ -182,11 +182,11 @@ def test_plan_hybrid_and_overrides():
         "hybrid": {"pattern": ["mamba2", "mamba2", "mamba2", "attn"], "layer_multiplier": 2},
         "gla": {"preset": "gla", "mixers": {"gla": {"n_heads": 2}}},
     }, sizes=[{"name": "a", "d_model": 32, "n_layers": 2, "n_heads": 2,
-               "mixers": {"mamba2": {"d_state": 8, "headdim": 16}},
+               "mixers": {"mamba2": {"d_state": 8, "head_dim": 16}},
                "overrides": {"gla": {"n_layers": 5}}}]))
     hybrid, gla = plan(study)
     assert hybrid.config.layer_mixers == ["mamba2", "mamba2", "mamba2", "attn"]
-    assert hybrid.config.mixers == {"attn": {"n_heads": 2}, "mamba2": {"d_state": 8, "headdim": 16}}
+    assert hybrid.config.mixers == {"attn": {"n_heads": 2}, "mamba2": {"d_state": 8, "head_dim": 16}}
     assert gla.config.n_layers == 5 and gla.config.mixers["gla"]["n_heads"] == 2
 
 
@@ -214,7 +214,7 @@ def test_cooldown_equals_standalone_wsd_run(tmp_path):
     base = {
         "seed_everything": 0,
         "model": {"config": {"d_model": 32, "n_layers": 2, "pattern": ["mamba2", "attn"],
-                             "mixers": {"mamba2": {"d_state": 8, "headdim": 16}, "attn": {"n_heads": 2}}},
+                             "mixers": {"mamba2": {"d_state": 8, "head_dim": 16}, "attn": {"n_heads": 2}}},
                   "lr": 3e-3, "warmup_steps": 2, "schedule": "wsd", "decay_fraction": 0.25},
         "data": {"max_bytes": 150_000, "seq_len": 32, "batch_size": 4},
         "trainer": {"accelerator": "cpu", "devices": 1, "log_every_n_steps": 1,
@@ -447,7 +447,7 @@ def test_ladder_keeps_heads_sensible():
     for size in sizes:
         d, m = size["d_model"], size["mixers"]
         assert d // m["attn"]["n_heads"] >= 16 and (d // m["attn"]["n_heads"]) % 2 == 0
-        assert m["mamba2"]["headdim"] >= 16 and (2 * d) % m["mamba2"]["headdim"] == 0
+        assert m["mamba2"]["head_dim"] >= 16 and (2 * d) % m["mamba2"]["head_dim"] == 0
         gla_key = (d // 2) // m["gla"]["n_heads"]
         assert gla_key >= 32 or (d // 2 < 64 and m["gla"]["n_heads"] == 1)
         assert m["gdn"]["head_dim"] >= 32 or m["gdn"]["n_heads"] == 1
@@ -665,7 +665,7 @@ def test_compare_is_a_one_size_study(tmp_path, capsys):
     for arch in ("transformer", "mamba2"):
         cfg = yaml.safe_load((REPO / "configs" / "smoke" / f"{arch}.yaml").read_text())
         cfg["model"]["config"].update(d_model=32, n_layers=2)
-        cfg["model"]["config"]["mixers"] = {"attn": {"n_heads": 2}, "mamba2": {"d_state": 8, "headdim": 16}}
+        cfg["model"]["config"]["mixers"] = {"attn": {"n_heads": 2}, "mamba2": {"d_state": 8, "head_dim": 16}}
         cfg["data"].update(max_bytes=150_000, seq_len=32, batch_size=4)
         configs.append(str(write_study(tmp_path / f"{arch}.yaml", cfg)))
     out = tmp_path / "cmp"

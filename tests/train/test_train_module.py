@@ -12,7 +12,7 @@ from postformer.train.module import LMModule, bits_per_byte, decay_split
 
 def tiny_config(pattern=("attn",)):
     return ModelConfig(d_model=32, n_layers=2, pattern=list(pattern),
-                       mixers={"attn": {"n_heads": 2}, "mamba2": {"d_state": 8, "headdim": 16}})
+                       mixers={"attn": {"n_heads": 2}, "mamba2": {"d_state": 8, "head_dim": 16}})
 
 
 def test_decay_split():
