@@ -14,13 +14,13 @@ import torch
 from postformer.scaling.fit import (
     FitError,
     ParametricFit,
-    _LseHuber,
     bootstrap,
     fit_frontier,
     fit_isoflop,
     fit_parametric,
     frontier_mask,
 )
+from postformer.scaling.solver import _LseHuber
 
 CHINCHILLA_CSV = Path(
     os.environ.get(
