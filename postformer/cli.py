@@ -25,6 +25,10 @@ def _lightning(argv: list[str]) -> None:
     except NonFiniteLossError as err:
         print(f"postformer {argv[0]}: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print(f"\npostformer {argv[0]}: interrupted; a run resumes from its last checkpoint "
+              "with --ckpt_path RUN/checkpoints/last.ckpt", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _compare(argv: list[str]) -> None:

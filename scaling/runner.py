@@ -529,7 +529,7 @@ def cli_errors(parser: argparse.ArgumentParser, args: argparse.Namespace, folder
         print(f"{parser.prog}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        print("\ninterrupted; the same command resumes", file=sys.stderr)
         raise SystemExit(130) from None
 
 

@@ -58,6 +58,21 @@ class NonFiniteGuard(Callback):
             self._fail(trainer, "non-finite gradient norm")
 
 
+class InterruptWatch(Callback):
+    """Notes a Ctrl-C (``KeyboardInterrupt``) that reaches Lightning's loops.
+
+    Lightning turns one into ``sys.exit(1)``, with no message, and ignores SIGINT from then
+    on; ``train.cli.lightning_main`` reads ``interrupted`` to raise ``KeyboardInterrupt``
+    again instead, so a caller (``postformer fit``, a study) can say what happened.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.interrupted |= isinstance(exception, KeyboardInterrupt)
+
+
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that also writes ``last.ckpt`` when training ends normally.
 

@@ -34,10 +34,14 @@ Additions to plain LightningCLI:
   run still ends with a validation (and a val/bpb).
 - Errors raised while building the model, data or trainer from the config (an unknown
   mixer, a missing data path) are reported like parse errors: a message and exit code 2.
+- Ctrl-C: ``lightning_main`` raises ``KeyboardInterrupt`` (Lightning alone exits 1 without a
+  word and ignores SIGINT from then on); ``postformer fit`` says so and exits 130, a study or
+  probe says the same command resumes.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from importlib import import_module
@@ -46,10 +50,10 @@ from typing import Any
 
 import lightning as L
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from .callbacks import NonFiniteGuard, RunCheckpoint
+from .callbacks import InterruptWatch, NonFiniteGuard, RunCheckpoint
 from .data import TextDataModule
 from .module import LMModule, split_batch
 
@@ -90,11 +94,13 @@ def _loggers(value: Any, root: str, track: list[str]) -> Any:
 
 
 class PostformerCLI(LightningCLI):
-    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = True,
+                 callbacks: tuple[Callback, ...] = (), **kwargs) -> None:
+        """``callbacks``: added to every trainer beside the configured ones."""
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("parser_kwargs", {"default_env": False})
-        kwargs.setdefault("trainer_defaults", {"callbacks": [throughput_monitor()]})
+        kwargs.setdefault("trainer_defaults", {"callbacks": [throughput_monitor(), *callbacks]})
         # any LightningDataModule (``data: {class_path: ..., init_args: ...}``), TextDataModule
         # by default, so ``data: {seq_len: 128}`` keeps meaning the text data's options
         kwargs.setdefault("subclass_mode_data", True)
@@ -167,7 +173,8 @@ class PostformerCLI(LightningCLI):
 
 
 def lightning_main(args: list[str]) -> PostformerCLI:
-    """Run ``postformer fit|validate|test|predict ...`` in process; returns the CLI object."""
+    """Run ``postformer fit|validate|test|predict ...`` in process; returns the CLI object.
+    Ctrl-C raises ``KeyboardInterrupt`` (Lightning itself would exit 1 without a word)."""
     # Resuming mid-epoch is exact here (the DataModule restores its position), so Lightning's
     # generic warning about it does not apply; the CSV logger appends on resume by design.
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
@@ -176,4 +183,14 @@ def lightning_main(args: list[str]) -> PostformerCLI:
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     # Lightning 2.6's own use of torch's pytree API, once per run: not actionable here.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-    return PostformerCLI(args=args)
+    watch = InterruptWatch()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return PostformerCLI(args=args, callbacks=(watch,))
+    except SystemExit:
+        if not watch.interrupted:
+            raise
+        # Lightning's answer to Ctrl-C: exit 1 with SIGINT ignored from then on; give the
+        # caller the interrupt back, with Ctrl-C working again
+        signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt from None

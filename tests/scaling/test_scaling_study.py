@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -387,6 +388,27 @@ def test_refused_study_changes_nothing(micro_study, tmp_path, capsys):
         assert exc.value.code == 2
         assert "holds a different run" in capsys.readouterr().err
         assert {p: p.read_text() for p in files} == before
+
+
+def test_ctrl_c_in_a_study_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a run trains: exit 130 and one line saying the same command resumes
+    (Lightning alone would exit 1 without a word, and ignore Ctrl-C from then on)."""
+    (tmp_path / "ctrl_c.py").write_text(
+        "import lightning as L\n"
+        "class CtrlC(L.Callback):\n"
+        "    def on_train_batch_end(self, trainer, *args):\n"
+        "        if trainer.global_step >= 2:\n"
+        "            raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    one = spec(archs={"transformer": "transformer"}, sizes=[MICRO["sizes"][0]],
+               trainer={**MICRO["trainer"], "callbacks": [{"class_path": "ctrl_c.CtrlC"}]})
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as exc:
+        main(["study", str(write_study(tmp_path / "one.yaml", one)), "--out",
+              str(tmp_path / "out"), "--no-report"])
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted; the same command resumes"
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def test_results_csv_is_written_atomically(micro_study, monkeypatch):

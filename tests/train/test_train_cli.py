@@ -2,6 +2,7 @@
 
 import csv
 import math
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -167,3 +168,28 @@ def test_eval_at_steps_logs_the_validation_at_chosen_steps(tmp_path):
     assert tokens == 7 * 32  # ceil(200 / 32) windows
     assert val[7] == pytest.approx(nats / tokens, rel=1e-5)
     assert column(rows, "val/bpb")[7] == pytest.approx(nats / tokens / math.log(2), rel=1e-5)
+
+
+CTRL_C = """import lightning as L
+
+
+class CtrlC(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= 2:
+            raise KeyboardInterrupt
+"""
+
+
+def test_ctrl_c_exits_130_with_a_word(tmp_path, capsys, monkeypatch):
+    """Lightning turns Ctrl-C into exit 1 without a message and ignores SIGINT afterwards;
+    `postformer fit` says it was interrupted, exits 130 and leaves Ctrl-C working."""
+    (tmp_path / "ctrl_c.py").write_text(CTRL_C)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = TINY | {"trainer": TINY["trainer"] | {"callbacks": [{"class_path": "ctrl_c.CtrlC"}]}}
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", write_config(tmp_path / "c.yaml", cfg),
+              "--trainer.default_root_dir", str(tmp_path / "run"), *QUIET])
+    assert exc.value.code == 130
+    assert "postformer fit: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is handler
