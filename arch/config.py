@@ -21,6 +21,11 @@ from .layers import default_ff_dim
 from .registry import MIXERS, get_mixer
 
 
+#: resolved mixer options by (mixer, d_model, options): a config's are resolved once, and configs
+#: that differ only elsewhere (depth, vocabulary: a study's ladder) share them
+_RESOLVED: dict[tuple[str, int, str], Any] = {}
+
+
 @dataclass
 class ModelConfig:
     """Shape of a ``LanguageModel``.
@@ -71,12 +76,13 @@ class ModelConfig:
         for name in self.pattern:
             get_mixer(name)  # unknown names raise, listing the known ones
         for name, opts in self.mixers.items():
-            cls = get_mixer(name)
+            get_mixer(name)
             if not isinstance(opts, dict):
                 raise ValueError(f"ModelConfig.mixers[{name!r}] must be a dict of options, got {opts!r}")
-            cls.resolve_options(self.d_model, opts)  # bad keys and indivisible widths raise
-        for name in set(self.pattern) - set(self.mixers):
-            get_mixer(name).resolve_options(self.d_model, {})  # defaults must fit d_model too
+        # every mixer's options resolved here (bad keys and indivisible widths raise; the defaults
+        # of a mixer without options must fit d_model too), once: mixer_options reads them back
+        for name in dict.fromkeys([*self.mixers, *self.pattern]):
+            self.mixer_options(name)
         if isinstance(self.mlp, dict):
             for name, value in self.mlp.items():
                 get_mixer(name)
@@ -98,14 +104,17 @@ class ModelConfig:
         return self.d_ff if self.d_ff is not None else default_ff_dim(self.d_model, self.ff_multiple_of)
 
     def mixer_options(self, name: str) -> Any:
-        """The resolved ``MIXERS[name].Options`` for this width (defaults filled in)."""
-        return get_mixer(name).resolve_options(self.d_model, self.mixers.get(name, {}))
+        """The resolved ``MIXERS[name].Options`` for this width (defaults filled in), resolved
+        once per width and options (``__post_init__`` does it for every mixer of the config)."""
+        opts = self.mixers.get(name, {})
+        key = (name, self.d_model, repr(sorted(opts.items())))
+        if key not in _RESOLVED:
+            _RESOLVED[key] = get_mixer(name).resolve_options(self.d_model, opts)
+        return _RESOLVED[key]
 
     def block_has_mlp(self, name: str) -> bool:
         """Whether a block with mixer ``name`` gets an MLP (``mlp`` if set for it, else the mixer's default)."""
-        if isinstance(self.mlp, dict):
-            return self.mlp.get(name, get_mixer(name).has_mlp)
-        return get_mixer(name).has_mlp if self.mlp is None else self.mlp
+        return block_has_mlp(name, self.mlp)
 
     # -- presets ------------------------------------------------------------------------------
 
@@ -133,6 +142,21 @@ class ModelConfig:
             else:
                 kwargs[key] = value
         return cls(**kwargs)
+
+
+def block_has_mlp(name: str, mlp: bool | dict[str, bool] | None = None) -> bool:
+    """Whether a block with mixer ``name`` gets an MLP under the rule ``mlp`` (see ``ModelConfig.mlp``)."""
+    if isinstance(mlp, dict):
+        return mlp.get(name, get_mixer(name).has_mlp)
+    return get_mixer(name).has_mlp if mlp is None else mlp
+
+
+def depth_multiplier(pattern: list[str], mlp: bool | dict[str, bool] | None = None) -> int:
+    """The depth rule for archs without MLPs: 2 when no block of ``pattern`` has an MLP under the
+    rule ``mlp``, else 1. Such a block (Mamba's, Mamba-2's) holds about half the parameters of an
+    attention block with its MLP, so the field matches a Transformer of L layers with 2L of them;
+    presets and study ladders both take their depth from here."""
+    return 1 if any(block_has_mlp(m, mlp) for m in pattern) else 2
 
 
 # Shapes the field uses: (d_model, n_layers, attention heads). 125m..1.3b are GPT-3's (Brown
@@ -209,8 +233,7 @@ def _presets() -> dict[str, dict[str, dict[str, Any]]]:
         for size, (d, L, _) in _SHAPES.items():
             pattern = list(spec["pattern"])
             n_layers, d_ff = _MATCHED.get(arch, {}).get(size, (None, None))
-            # Blocks without an MLP carry about half the parameters: twice the layers.
-            mult = 1 if spec.get("mlp") or any(get_mixer(m).has_mlp for m in pattern) else 2
+            mult = depth_multiplier(pattern, spec.get("mlp"))
             fields: dict[str, Any] = {
                 "d_model": d,
                 "n_layers": n_layers or max(mult * L, len(pattern)),

@@ -63,13 +63,16 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig
+from postformer.kernels.delta_rule import chunk as delta_rule_chunk_module
+from postformer.kernels.gla import chunk as gla_chunk_module
 
-#: chunk lengths of ``kernels.gla``'s chunk path (kept equal to its SCALAR_CHUNK / PER_KEY_CHUNK)
-SCALAR_GATE_CHUNK = 64
-PER_KEY_GATE_CHUNK = 16
-#: chunk length of ``kernels.delta_rule``'s chunk path (its CHUNK)
-DELTA_RULE_CHUNK = 64
+from .config import ModelConfig
+from .mamba2 import Mamba2
+
+#: the chunk lengths the counts assume: those of the kernels' chunk paths
+SCALAR_GATE_CHUNK = gla_chunk_module.SCALAR_CHUNK
+PER_KEY_GATE_CHUNK = gla_chunk_module.PER_KEY_CHUNK
+DELTA_RULE_CHUNK = delta_rule_chunk_module.CHUNK
 
 COMPONENTS = ("linear", "lm_head", "attention", "recurrence", "conv")
 
@@ -96,8 +99,7 @@ def _attn_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, floa
 
 def _mamba2_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
     d = cfg.d_model
-    d_inner = o.expand * d
-    nheads = d_inner // o.head_dim
+    d_inner, nheads = Mamba2.dims(d, o)
     conv_dim = d_inner + 2 * o.ngroups * o.d_state
     return {
         "linear": d * (d_inner + conv_dim + nheads) + d_inner * d,  # in_proj, out_proj

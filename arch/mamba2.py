@@ -83,7 +83,7 @@ class Mamba2(Mixer):
         if opts.conv_size < 0:
             raise ValueError(f"mixer 'mamba2': conv_size must be >= 0 (0: no conv), got {opts.conv_size}")
         d_inner = opts.expand * d_model
-        head_dim = min(opts.head_dim, d_inner)
+        head_dim = min(opts.head_dim, d_inner)  # tiny widths: one head of all channels
         if head_dim < 1 or d_inner % head_dim != 0:
             raise ValueError(
                 f"mixer 'mamba2': d_inner {d_inner} (expand {opts.expand} * d_model {d_model}) "
@@ -97,15 +97,20 @@ class Mamba2(Mixer):
             )
         return dataclasses.replace(opts, head_dim=head_dim)
 
+    @staticmethod
+    def dims(d_model: int, opts: Options) -> tuple[int, int]:
+        """``(d_inner, n_heads)`` of resolved options: the block's width and its head count."""
+        d_inner = opts.expand * d_model
+        return d_inner, d_inner // opts.head_dim
+
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers
         options = self.options
         o = options
-        self.d_inner = o.expand * d_model
+        self.d_inner, self.nheads = self.dims(d_model, o)
         self.d_state = o.d_state
         self.head_dim = o.head_dim
         self.ngroups = o.ngroups
-        self.nheads = self.d_inner // self.head_dim
         self.conv_size = o.conv_size
         self.conv_dim = self.d_inner + 2 * o.ngroups * o.d_state
 

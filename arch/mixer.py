@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-
 #: option names retired for the one vocabulary every mixer shares (``conv_size`` for a short
 #: conv's width, ``head_dim`` for channels per head), so an old config's error says what to write
 RENAMED = {"d_conv": "conv_size", "headdim": "head_dim"}
@@ -57,7 +56,7 @@ class Mixer(nn.Module):
         if not 0 <= layer_idx < n_layers:
             raise ValueError(f"{type(self).__name__}: layer_idx {layer_idx} is not in [0, n_layers={n_layers})")
         self.d_model = d_model
-        self.options = type(self)._resolve(d_model, options if options is not None else type(self).Options())
+        self.options = type(self).resolve_options(d_model, options)
         self.norm_eps = norm_eps
         self.layer_idx = layer_idx
         self.n_layers = n_layers
@@ -72,12 +71,19 @@ class Mixer(nn.Module):
         return dataclasses.asdict(cls.Options())
 
     @classmethod
-    def resolve_options(cls, d_model: int, options: dict[str, Any] | None = None) -> Any:
+    def resolve_options(cls, d_model: int, options: dict[str, Any] | Any = None) -> Any:
         """Check option keys, build ``cls.Options`` and fill width-dependent defaults.
 
+        ``options``: None (the defaults), a dict of options, or a ``cls.Options``. Options
+        resolved here for this ``d_model`` come back as they are, so a config resolves each
+        mixer's options once (``ModelConfig`` at construction) and the mixer takes them as given.
         Raises ``ValueError`` naming the mixer, the bad key and the accepted keys, or the
         numbers that do not divide.
         """
+        if isinstance(options, cls.Options):
+            if getattr(options, "_resolved_for", None) == d_model:
+                return options
+            options = dataclasses.asdict(options)
         options = dict(options or {})
         keys = cls.option_keys()
         for key in options:
@@ -86,7 +92,9 @@ class Mixer(nn.Module):
                 raise ValueError(
                     f"mixer {cls.name!r} has no option {key!r}{renamed}; accepted options: {sorted(keys)}"
                 )
-        return cls._resolve(d_model, cls.Options(**options))
+        resolved = cls._resolve(d_model, cls.Options(**options))
+        resolved._resolved_for = d_model  # not a field: asdict and YAML never see it
+        return resolved
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Any) -> Any:

@@ -97,8 +97,7 @@ class RetNet(Mixer):
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers
         options = self.options
         self.n_heads = options.n_heads
-        self.key_dim = int(d_model * options.expand_k)
-        self.value_dim = int(d_model * options.expand_v)
+        self.key_dim, self.value_dim = expanded_dims(self.name, d_model, options.expand_k, options.expand_v)
         self.head_k_dim = self.key_dim // self.n_heads
         self.head_v_dim = self.value_dim // self.n_heads
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from postformer.arch import PRESETS, ModelConfig
+from postformer.arch.config import depth_multiplier
 from postformer.arch.flops import flops_per_token, param_counts
 
 from .study import (
@@ -176,7 +177,7 @@ def _shape_config(study: Study, label: str, size: Any, vocab: int | None = None)
         if isinstance(arch, dict) and "layer_multiplier" in arch:
             mult = arch["layer_multiplier"]
         else:
-            mult = 2 if not any(probe.block_has_mlp(m) for m in probe.pattern) else 1
+            mult = depth_multiplier(probe.pattern, probe.mlp)
         if isinstance(size, str) and preset is not None and not (isinstance(arch, dict) and "layer_multiplier" in arch):
             fields["n_layers"] = PRESETS[preset][size]["n_layers"]  # the preset's matched depth
         else:
