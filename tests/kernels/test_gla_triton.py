@@ -19,7 +19,9 @@ K, V <= 40 but for one K = V = 128 case), gradients mostly in the chunk mode.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 
 import pytest
 import torch
@@ -163,9 +165,14 @@ def test_conftest_enables_the_interpreter():
             depth += 1
         return obj
 
-    kernels = [jitted(obj) for obj in vars(gla_triton_module).values()]
+    # every module of the package (the kernels sit in one module per phase, the jit helpers in common.py)
+    modules = [gla_triton_module] + [importlib.import_module(f"{gla_triton_module.__name__}.{m.name}")
+                                     for m in pkgutil.iter_modules(gla_triton_module.__path__)]
+    kernels = [jitted(obj) for mod in modules for obj in vars(mod).values()]
     kernels = [obj for obj in kernels if obj is not None]
     assert kernels, "postformer.kernels.gla.triton defines no Triton kernel"
+    names = {obj.__name__ for obj in kernels}
+    assert {"_state_fwd", "_output_fwd", "_state_bwd", "_recurrent_fwd", "_chunk_cumsum"} <= names, names
     compiled = [obj for obj in kernels if not isinstance(obj, InterpretedFunction)]
     assert not compiled, f"kernels defined before TRITON_INTERPRET was set: {compiled}"
 

@@ -1,0 +1,77 @@
+"""gla's ``@triton.jit`` helpers: loading gates, blocks and products with the chunk states; the
+autotune variants; and the chunk-local cumulative sum of the gates (the first forward phase).
+
+Gates reach the kernels as ``GATE``: 0 none, 1 scalar (``[rows, H]``), 2 per key (``[rows, H, K]``);
+``gc`` is their chunk-local cumulative sum ``G`` in the packed row layout (``_chunk_cumsum``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..._triton.jit import chunk_rows
+
+# 8 warps first (the one used untuned); 2 warps spilled in every kernel on sm_90 and 4 warps
+# in several at K = V = 128 (scripts/sm90_check.py)
+_WARPS = [{"num_warps": 8, "num_stages": 2}, {"num_warps": 4, "num_stages": 2},
+          {"num_warps": 4, "num_stages": 3}]
+
+
+@triton.jit
+def _load_G(gc, rows, rmask, cols, kmask, i_h, H: tl.constexpr, K: tl.constexpr, GATE: tl.constexpr,
+            NR: tl.constexpr):
+    """Cumulative gates of ``rows`` x ``cols``: [NR, BK] (per-key), [NR, 1] (scalar) or zeros."""
+    if GATE == 2:
+        G = tl.load(gc + (rows[:, None] * H + i_h) * K + cols[None, :],
+                    mask=rmask[:, None] & kmask[None, :], other=0.0)
+    elif GATE == 1:
+        G = tl.load(gc + rows * H + i_h, mask=rmask, other=0.0)[:, None]
+    else:
+        G = tl.zeros([NR, 1], dtype=tl.float32)
+    return G
+
+@triton.jit
+def _load_G_row(gc, row, limit, cols, kmask, i_h, H: tl.constexpr, K: tl.constexpr, GATE: tl.constexpr):
+    """Cumulative gate of one row (zero unless ``row < limit``): [BK] (per-key) or [1] (scalar, none)."""
+    if GATE == 2:
+        G = tl.load(gc + (row * H + i_h) * K + cols, mask=kmask & (cols * 0 + row < limit), other=0.0)
+    elif GATE == 1:
+        G = tl.zeros([1], dtype=tl.float32) + tl.load(gc + row * H + i_h, mask=row < limit, other=0.0)
+    else:
+        G = tl.zeros([1], dtype=tl.float32)
+    return G
+
+@triton.jit
+def _sdot(a, h, PREC: tl.constexpr, HALF: tl.constexpr):
+    """``a @ h`` with ``h`` a tile of chunk states as stored: bf16/fp16 operands when the
+    states are kept in half precision (``HALF``), fp32 otherwise. ``HALF`` is off under the
+    interpreter, whose half-precision products are wrong (it multiplies raw bit patterns)."""
+    if HALF:
+        return tl.dot(a.to(h.dtype), h)
+    else:
+        return tl.dot(a, h.to(tl.float32), input_precision=PREC)
+
+@triton.jit
+def _load_block(x, rows, rmask, cols, cmask, i_h, H: tl.constexpr, D: tl.constexpr):
+    """The [rows, cols] block of head ``i_h`` of a packed ``[N, H, D]`` tensor, in fp32 (0 outside
+    the masks)."""
+    return tl.load(x + (rows[:, None] * H + i_h) * D + cols[None, :], mask=rmask[:, None] & cmask[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _chunk_cumsum(g, gc, cstart, cend, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                  BK: tl.constexpr, GATE: tl.constexpr):
+    i_t, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    s, e, _, rows, rm = chunk_rows(cstart, cend, i_t, BT)
+    if GATE == 2:
+        cols = i_k * BK + tl.arange(0, BK)
+        m = rm[:, None] & (cols[None, :] < K)
+        off = (rows[:, None] * H + i_h) * K + cols[None, :]
+        x = tl.load(g + off, mask=m, other=0.0).to(tl.float32)
+        tl.store(gc + off, tl.cumsum(x, axis=0), mask=m)
+    else:
+        off = rows * H + i_h
+        x = tl.load(g + off, mask=rm, other=0.0).to(tl.float32)
+        tl.store(gc + off, tl.cumsum(x, axis=0), mask=rm)
