@@ -69,7 +69,7 @@ def pass_states(
 
     R ``[B, H, N, K, V]``, KW ``[B, H, N, K, K]``, a None or ``[B, H, N, 1, 1]``, S ``[B, H, K, V]``
     (the initial state). Returns the state entering every chunk ``[B, H, N, K, V]`` and the final
-    state. A Python loop over the N chunks (``kernels/delta_rule/triton.py`` has it as a kernel).
+    state. A Python loop over the N chunks (``triton/state.py`` has it as a kernel, ``_state_fwd``).
     unbind, not R[:, :, n]: each indexing op's backward would allocate a zero tensor as large as R.
     """
     a_n = (None,) * R.shape[2] if a is None else a.unbind(2)
@@ -90,7 +90,7 @@ def delta_rule_chunk(
     initial_state: torch.Tensor | None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of equal-length sequences, no varlen (``triton.py`` has this computation as
+    """One batch of equal-length sequences, no varlen (``triton/`` has this computation as
     fused kernels).
 
     q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; beta: ``[B, T, H]``; g: None or ``[B, T, H]``

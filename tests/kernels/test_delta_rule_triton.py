@@ -161,12 +161,12 @@ def chunk_inputs(corrs, K, g_scale=None, ragged=0, seed=0):
 
 
 def prepare(k, v, beta, g):
-    """``_prep_fwd`` through the kernels' own wrapper: (Tm [N, 1, 64, 64], U, W)."""
+    """``_wy_fwd`` through the kernels' own wrapper: (Tm [N, 1, 64, 64], U, W)."""
     from postformer.kernels._triton.plan import chunk_plan
     from postformer.kernels.delta_rule import triton as tri
 
     plan = chunk_plan((0, k.shape[0]), k.device, tri.CHUNK)
-    return tri._prepare(k, v, beta, tri._chunk_gates(g, plan), plan, tri._dot_mode(k))
+    return tri._wy_prepare(k, v, beta, tri._chunk_gates(g, plan), plan, tri._dot_mode(k))
 
 
 def prepare64(k, v, beta, g):
@@ -271,7 +271,7 @@ def test_gradient_through_one_output_only(used, monkeypatch):
 
 @pytest.mark.gpu
 def test_cuda_inverse_and_pseudo_values_match_float64():
-    """``_prep_fwd`` compiled, fp32 and strongly gated, at K = 64."""
+    """``_wy_fwd`` compiled, fp32 and strongly gated, at K = 64."""
     k, v, beta, g = chunk_inputs((1.0, 3.0, 0.0, 10.0) * 4, 64, g_scale=10.0, seed=9)
     Tm, U, W = (x.cpu() for x in prepare(k.cuda(), v.cuda(), beta.cuda(), g.cuda()))
     _, Tm64, U64, W64 = prepare64(k, v, beta, g)
