@@ -132,6 +132,28 @@ def check_initial_state(
     check_shape("initial_state", initial_state, (n_states, *dims), layout)
 
 
+def check_states(
+    initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None, B: int, T: int, dims: Sequence[int],
+    dims_layout: str,
+) -> int:
+    """Validate ``cu_seqlens`` (when given) and ``initial_state`` against it: one state ``[*dims]``
+    per batch row, or per packed sequence. Returns the number of states (B, or N sequences)."""
+    n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
+    check_initial_state(initial_state, n_states, dims, dims_layout, packed=cu_seqlens is not None)
+    return n_states
+
+
+def resolve_gated(impl: str, q: torch.Tensor, g: torch.Tensor | None, scale: float | None, *,
+                  has_triton: bool) -> tuple[str, torch.Tensor | None, float]:
+    """The dispatch of the attention-like families (gla, delta_rule): the implementation
+    (:func:`resolve_impl`), the gates floored (:func:`floor_gate`) on every path but the reference
+    loop (the chunked forms difference cumulative sums of g), and ``scale`` (None: ``K ** -0.5``)."""
+    impl = resolve_impl(impl, q.device, has_triton=has_triton, dtype=q.dtype)
+    if impl != "reference":
+        g = floor_gate(g)
+    return impl, g, q.shape[-1] ** -0.5 if scale is None else scale
+
+
 def check_same_device(**tensors: torch.Tensor | None) -> None:
     """Every given tensor (None skipped) must live on one device; the error names them all."""
     devices = {x.device for x in tensors.values() if x is not None}
@@ -142,7 +164,7 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
 
 def run_packed(
     fn,
-    cu_seqlens: torch.Tensor,
+    cu_seqlens: torch.Tensor | None,
     per_token: Sequence[torch.Tensor | None],
     initial_state: torch.Tensor | None,
     *args,
@@ -152,8 +174,10 @@ def run_packed(
     ``per_token`` tensors (None passes through) are sliced along T (dim 1) by ``cu_seqlens``;
     each sequence starts from its own row of ``initial_state`` (or zeros). Empty sequences pass
     their state through. Returns the outputs concatenated along T and the states stacked along
-    dim 0 (``[N, ...]``).
+    dim 0 (``[N, ...]``). Without ``cu_seqlens``, one call on the whole batch.
     """
+    if cu_seqlens is None:
+        return fn(*per_token, *args, initial_state)
     bounds = cu_seqlens.tolist()
     outs, states = [], []
     for i, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):

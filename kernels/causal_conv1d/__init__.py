@@ -12,13 +12,13 @@ import torch
 
 from .._common import (
     accumulation_dtype,
-    check_cu_seqlens,
     check_float,
-    check_initial_state,
     check_same_device,
     check_shape,
+    check_states,
     fmt_shape,
     resolve_impl,
+    run_packed,
 )
 from .._triton import HAS_TRITON
 from .chunk import causal_conv1d_chunk, causal_conv1d_step, causal_conv1d_varlen
@@ -80,8 +80,7 @@ def causal_conv1d(
         check_shape("bias", bias, (D,), "[D]")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not one of {ACTIVATIONS}")
-    n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
-    check_initial_state(initial_state, n_states, (D, W - 1), "D, W-1", packed=cu_seqlens is not None)
+    check_states(initial_state, cu_seqlens, B, T, (D, W - 1), "D, W-1")
     check_same_device(x=x, weight=weight, bias=bias, initial_state=initial_state)
     # the kernels unroll at most triton.MAX_WIDTH = 8 taps
     impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON,
@@ -91,19 +90,8 @@ def causal_conv1d(
 
         return causal_conv1d_triton(x, weight, bias, activation, initial_state, output_final_state, cu_seqlens)
 
-    if impl == "reference":
-        if cu_seqlens is None:
-            y, state = causal_conv1d_reference(x, weight, bias, activation, initial_state)
-        else:
-            # One sequence at a time from its own state; an empty sequence passes its state through.
-            bounds = cu_seqlens.tolist()
-            outs, states = [], []
-            for i, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):
-                h0 = None if initial_state is None else initial_state[i : i + 1]
-                y_i, s_i = causal_conv1d_reference(x[:, bos:eos], weight, bias, activation, h0)
-                outs.append(y_i)
-                states.append(s_i)
-            y, state = torch.cat(outs, dim=1), torch.cat(states, dim=0)
+    if impl == "reference":  # with cu_seqlens one sequence at a time, each from its own state
+        y, state = run_packed(causal_conv1d_reference, cu_seqlens, (x,), initial_state, weight, bias, activation)
     elif cu_seqlens is not None:
         y, state = causal_conv1d_varlen(x, weight, bias, activation, initial_state, cu_seqlens)
     elif T == 1 and initial_state is not None and W > 1:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import torch
 
 from .._common import (
-    check_cu_seqlens,
     check_float,
-    check_initial_state,
     check_qkv,
     check_same_device,
-    floor_gate,
     check_shape,
-    resolve_impl,
+    check_states,
+    resolve_gated,
     run_packed,
 )
 from .._triton import HAS_TRITON
@@ -70,15 +68,10 @@ def delta_rule(
     if g is not None:
         check_float("g", g)
         check_shape("g", g, (B, T, H), "None or [B, T, H] (one log decay per head and step)")
-    n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
-    check_initial_state(initial_state, n_states, (H, K, V), "H, K, V", packed=cu_seqlens is not None)
+    check_states(initial_state, cu_seqlens, B, T, (H, K, V), "H, K, V")
     check_same_device(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
     requested = impl
-    impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON, dtype=q.dtype)
-    if impl != "reference":  # the chunked forms difference cumulative sums of g
-        g = floor_gate(g)
-    if scale is None:
-        scale = K**-0.5
+    impl, g, scale = resolve_gated(impl, q, g, scale, has_triton=HAS_TRITON)
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     if impl == "reference" or (T == 1 and cu_seqlens is None and requested != "triton"):
         fn = delta_rule_reference
@@ -89,9 +82,6 @@ def delta_rule(
         return o.to(q.dtype), (S if output_final_state else None)
     else:
         fn = delta_rule_chunk
-
-    if cu_seqlens is None:
-        o, S = fn(q, k, v, beta, g, scale, initial_state)
-    else:  # one sequence at a time, each with its own state
-        o, S = run_packed(fn, cu_seqlens, (q, k, v, beta, g), initial_state, scale)
+    # with cu_seqlens, one sequence at a time, each with its own state
+    o, S = run_packed(fn, cu_seqlens, (q, k, v, beta, g), initial_state, scale)
     return o.to(q.dtype), (S if output_final_state else None)

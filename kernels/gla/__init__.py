@@ -9,14 +9,12 @@ from __future__ import annotations
 import torch
 
 from .._common import (
-    check_cu_seqlens,
     check_float,
-    check_initial_state,
     check_qkv,
     check_same_device,
-    floor_gate,
+    check_states,
     fmt_shape,
-    resolve_impl,
+    resolve_gated,
     run_packed,
 )
 from .._triton import HAS_TRITON
@@ -69,23 +67,15 @@ def gla(
                 f"g has shape {fmt_shape(g)}, expected None, [B, T, H] = {[B, T, H]} "
                 f"or [B, T, H, K] = {[B, T, H, K]}"
             )
-    n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
-    check_initial_state(initial_state, n_states, (H, K, V), "H, K, V", packed=cu_seqlens is not None)
+    check_states(initial_state, cu_seqlens, B, T, (H, K, V), "H, K, V")
     check_same_device(q=q, k=k, v=v, g=g, initial_state=initial_state)
-    impl = resolve_impl(impl, q.device, has_triton=HAS_TRITON, dtype=q.dtype)
-    if impl != "reference":  # the chunked forms difference cumulative sums of g
-        g = floor_gate(g)
-    if scale is None:
-        scale = K**-0.5
+    impl, g, scale = resolve_gated(impl, q, g, scale, has_triton=HAS_TRITON)
     if impl == "triton":
         from .triton import gla_triton
 
         return gla_triton(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     fn = gla_reference if impl == "reference" or (T == 1 and cu_seqlens is None) else gla_chunk
-
-    if cu_seqlens is None:
-        o, S = fn(q, k, v, g, scale, initial_state)
-    else:  # one sequence at a time, each with its own state
-        o, S = run_packed(fn, cu_seqlens, (q, k, v, g), initial_state, scale)
+    # with cu_seqlens, one sequence at a time, each with its own state
+    o, S = run_packed(fn, cu_seqlens, (q, k, v, g), initial_state, scale)
     return o.to(q.dtype), (S if output_final_state else None)

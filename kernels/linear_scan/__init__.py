@@ -10,13 +10,13 @@ import torch
 
 from .._common import (
     accumulation_dtype,
-    check_cu_seqlens,
     check_float,
-    check_initial_state,
     check_same_device,
     check_shape,
+    check_states,
     fmt_shape,
     resolve_impl,
+    run_packed,
 )
 from .._triton import HAS_TRITON
 from .chunk import linear_scan_chunk, linear_scan_varlen_chunk
@@ -60,8 +60,7 @@ def linear_scan(
         raise ValueError(f"x has shape {fmt_shape(x)}, expected [B, T, D] (3 dims)")
     B, T, D = x.shape
     check_shape("g", g, (B, T, D), "[B, T, D] like x")
-    n_states = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
-    check_initial_state(initial_state, n_states, (D,), "D", packed=cu_seqlens is not None)
+    check_states(initial_state, cu_seqlens, B, T, (D,), "D")
     check_same_device(x=x, g=g, initial_state=initial_state)
     impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON, dtype=accumulation_dtype(x, g, initial_state))
     if impl == "triton":
@@ -71,19 +70,9 @@ def linear_scan(
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     fn = linear_scan_reference if impl == "reference" or (T == 1 and cu_seqlens is None) else linear_scan_chunk
 
-    if cu_seqlens is None:
-        h, S = fn(x, g, initial_state)
-    elif fn is linear_scan_chunk:
+    if cu_seqlens is not None and fn is linear_scan_chunk:
         # One scan over the packed batch, the state reset at each sequence's first step.
         h, S = linear_scan_varlen_chunk(x, g, initial_state, cu_seqlens.tolist())
-    else:
-        # One sequence at a time: each has its own state. Empty sequences pass their state through.
-        bounds = cu_seqlens.tolist()
-        outs, states = [], []
-        for i, (bos, eos) in enumerate(zip(bounds[:-1], bounds[1:])):
-            h0 = None if initial_state is None else initial_state[i : i + 1]
-            h_i, S_i = fn(x[:, bos:eos], g[:, bos:eos], h0)
-            outs.append(h_i)
-            states.append(S_i)
-        h, S = torch.cat(outs, dim=1), torch.cat(states, dim=0)
+    else:  # with cu_seqlens one sequence at a time, each from its own state
+        h, S = run_packed(fn, cu_seqlens, (x, g), initial_state)
     return h.to(x.dtype), (S if output_final_state else None)
