@@ -203,7 +203,11 @@ def _sig(fn, args, kwargs):
 
 
 def record(ops, T: int) -> tuple[list[dict], list[str]]:
-    """The distinct launches of every op's kernels, and the kernels no recorded call launched."""
+    """The distinct launches of every op's kernels, and the kernels no recorded call launched.
+
+    Kernels are replaced by recorders where the launchers look them up: the attributes of
+    ``postformer.kernels.<op>.triton``, a module, or a package whose ``__init__.py`` holds the
+    launchers and imports the kernels from its phase modules (gla, delta_rule)."""
     import importlib
 
     import triton
@@ -245,14 +249,14 @@ def record(ops, T: int) -> tuple[list[dict], list[str]]:
             configs = [(c.num_warps, c.num_stages) for c in orig.configs] if tuned else \
                 [(opts.get("num_warps", 4), opts.get("num_stages", 3))]
             jobs.append(dict(op=op, module=module, kernel=name, sig=sig, cx=cx, attrs=attrs, configs=configs,
-                             tuned=tuned, has_dot=_has_dot(fn, mod)))
+                             tuned=tuned, has_dot=_has_dot(fn)))
         never += [f"{op}.{n}" for n in saved if n not in launched]
     return jobs, never
 
 
 def _is_kernel(obj, mod) -> bool:
     """A launchable kernel (autotuned, or a JIT function launched with a grid somewhere in the
-    module) rather than a ``@triton.jit`` helper called from kernels."""
+    module: the launchers' module) rather than a ``@triton.jit`` helper called from kernels."""
     from triton.runtime.autotuner import Autotuner
 
     if isinstance(obj, Autotuner):
@@ -263,7 +267,10 @@ def _is_kernel(obj, mod) -> bool:
     return re.search(rf"\b{re.escape(name)}\s*\[", inspect.getsource(mod)) is not None
 
 
-def _has_dot(fn, mod, depth: int = 3) -> bool:
+def _has_dot(fn, depth: int = 3) -> bool:
+    """Whether ``fn`` or a JIT helper it calls has a ``tl.dot``. Helpers are looked up where the
+    JIT looks them up: the globals of the function's own module (a family's phase module, which
+    imports its helpers from e.g. ``common.py`` or ``kernels/_triton/jit.py``)."""
     import triton
 
     src = fn.src
@@ -271,9 +278,9 @@ def _has_dot(fn, mod, depth: int = 3) -> bool:
         return True
     if depth == 0:
         return False
-    for name, obj in vars(mod).items():
+    for name, obj in fn.fn.__globals__.items():
         if isinstance(obj, triton.runtime.jit.JITFunction) and obj is not fn and re.search(rf"\b{name}\(", src):
-            if _has_dot(obj, mod, depth - 1):
+            if _has_dot(obj, depth - 1):
                 return True
     return False
 
