@@ -20,7 +20,6 @@ from typing import Any
 from .layers import default_ff_dim
 from .registry import MIXERS, get_mixer
 
-
 #: resolved mixer options by (mixer, d_model, options): a config's are resolved once, and configs
 #: that differ only elsewhere (depth, vocabulary: a study's ladder) share them
 _RESOLVED: dict[tuple[str, int, str], Any] = {}

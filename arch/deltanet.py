@@ -50,7 +50,7 @@ from torch import nn
 from postformer.kernels import delta_rule
 
 from .layers import GatedRMSNorm, ShortConv, init_dt_bias
-from .mixer import Mixer, carry_state, state_dtype, zero_state
+from .mixer import DecayRateOptions, Mixer, carry_state, state_dtype, zero_state
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -203,30 +203,17 @@ class GatedDeltaNet(_DeltaRuleMixer):
     _key_ratio = 0.75
 
     @dataclasses.dataclass
-    class Options(_DeltaRuleMixer.Options):
+    class Options(_DeltaRuleMixer.Options, DecayRateOptions):
         #: value channels per head = expand_v * head_dim (2 in the GDN paper / FLA)
         expand_v: float = 2.0
-        #: A = exp(A_log) starts uniform in [A_init_min, A_init_max] (floored at 1e-4)
-        A_init_min: float = 0.0
-        A_init_max: float = 16.0
+        #: A = exp(A_log) starts uniform in [A_init_min, A_init_max] (floored at 1e-4); (inherited)
         #: dt = softplus(dt_bias) starts log-uniform in [dt_min, dt_max], floored at dt_init_floor
-        dt_min: float = 0.001
-        dt_max: float = 0.1
-        dt_init_floor: float = 1e-4
+        A_init_min: float = 0.0
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
         opts = super()._resolve(d_model, opts)
-        if not 0 <= opts.A_init_min < opts.A_init_max:
-            raise ValueError(
-                f"mixer 'gdn': need 0 <= A_init_min < A_init_max, got A_init_min {opts.A_init_min}, "
-                f"A_init_max {opts.A_init_max}"
-            )
-        if not 0 < opts.dt_min <= opts.dt_max or opts.dt_init_floor <= 0:
-            raise ValueError(
-                f"mixer 'gdn': need 0 < dt_min <= dt_max and dt_init_floor > 0, got dt_min "
-                f"{opts.dt_min}, dt_max {opts.dt_max}, dt_init_floor {opts.dt_init_floor}"
-            )
+        opts.check_decay_rate(cls.name)
         return opts
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:

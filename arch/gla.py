@@ -23,7 +23,7 @@ from torch import nn
 from postformer.kernels import gla
 
 from .layers import GatedRMSNorm
-from .mixer import Mixer, carry_state, check_heads_divide, expanded_dims, state_dtype, zero_state
+from .mixer import Mixer, carry_state, default_heads, expanded_dims, state_dtype, zero_state
 
 
 @dataclasses.dataclass
@@ -55,11 +55,8 @@ class GLA(Mixer):
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
         key_dim, value_dim = expanded_dims(cls.name, d_model, opts.expand_k, opts.expand_v)
-        n_heads = opts.n_heads
-        if n_heads is None:
-            n_heads = next(h for h in (4, 3, 2, 1) if key_dim % h == 0 and value_dim % h == 0)
-        check_heads_divide(cls.name, d_model, n_heads,
-                           {"expand_k": (key_dim, opts.expand_k), "expand_v": (value_dim, opts.expand_v)})
+        dims = {"expand_k": (key_dim, opts.expand_k), "expand_v": (value_dim, opts.expand_v)}
+        n_heads = default_heads(cls.name, d_model, opts.n_heads, dims, [4, 3, 2, 1])
         if opts.gate_low_rank_dim < 1 or opts.gate_logit_normalizer <= 0:
             raise ValueError(
                 f"mixer 'gla': gate_low_rank_dim must be >= 1 and gate_logit_normalizer > 0, got {opts}"

@@ -31,7 +31,7 @@ from torch import nn
 from postformer.kernels import selective_scan
 
 from .layers import ShortConv, init_dt_bias
-from .mixer import Mixer, carry_state, state_dtype, zero_state
+from .mixer import Mixer, StepSizeOptions, carry_state, state_dtype, zero_state
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ class Mamba(Mixer):
     has_mlp = False
 
     @dataclasses.dataclass
-    class Options:
+    class Options(StepSizeOptions):
         #: N, the SSM state size per channel
         d_state: int = 16
         #: width of the depthwise causal conv
@@ -62,10 +62,7 @@ class Mamba(Mixer):
         expand: int = 2
         #: rank of the dt projection; None: ceil(d_model / 16)
         dt_rank: int | None = None
-        #: dt is initialised log-uniformly in [dt_min, dt_max], floored at dt_init_floor
-        dt_min: float = 0.001
-        dt_max: float = 0.1
-        dt_init_floor: float = 1e-4
+        #: (inherited) dt_min, dt_max, dt_init_floor
         #: dt_proj.weight ~ uniform(+-dt_scale / sqrt(dt_rank))
         dt_scale: float = 1.0
         conv_bias: bool = True
@@ -78,15 +75,9 @@ class Mamba(Mixer):
         dt_rank = opts.dt_rank if opts.dt_rank is not None else math.ceil(d_model / 16)
         if dt_rank < 1:
             raise ValueError(f"mixer 'mamba': dt_rank must be >= 1, got {dt_rank}")
-        if not 0 < opts.dt_min <= opts.dt_max:
-            raise ValueError(
-                f"mixer 'mamba': need 0 < dt_min <= dt_max, got dt_min {opts.dt_min}, dt_max {opts.dt_max}"
-            )
-        if opts.dt_init_floor <= 0 or opts.dt_scale <= 0:
-            raise ValueError(
-                f"mixer 'mamba': dt_init_floor and dt_scale must be > 0, got {opts.dt_init_floor}, "
-                f"{opts.dt_scale}"
-            )
+        opts.check_step_size(cls.name)
+        if opts.dt_scale <= 0:
+            raise ValueError(f"mixer 'mamba': dt_scale must be > 0, got {opts.dt_scale}")
         return dataclasses.replace(opts, dt_rank=dt_rank)
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:

@@ -29,7 +29,7 @@ from torch import nn
 from postformer.kernels import gla
 
 from .layers import GatedRMSNorm, ShortConv, init_dt_bias
-from .mixer import Mixer, carry_state, state_dtype, zero_state
+from .mixer import DecayRateOptions, Mixer, carry_state, state_dtype, zero_state
 
 
 @dataclasses.dataclass
@@ -52,7 +52,7 @@ class Mamba2(Mixer):
     has_mlp = False
 
     @dataclasses.dataclass
-    class Options:
+    class Options(DecayRateOptions):
         #: N, the state size per head (K of the gla state)
         d_state: int = 128
         #: width of the depthwise causal conv over xBC; 0: no conv (no conv1d parameters, no
@@ -64,13 +64,7 @@ class Mamba2(Mixer):
         head_dim: int = 64
         #: groups sharing one B and C (and one norm group)
         ngroups: int = 1
-        #: dt is initialised log-uniformly in [dt_min, dt_max], floored at dt_init_floor
-        dt_min: float = 0.001
-        dt_max: float = 0.1
-        dt_init_floor: float = 1e-4
-        #: A = -exp(A_log) is initialised uniformly in [-A_init_max, -A_init_min]
-        A_init_min: float = 1.0
-        A_init_max: float = 16.0
+        #: (inherited) dt_min, dt_max, dt_init_floor; A_init_min = 1, A_init_max = 16
         #: a bias in the conv (unused with conv_size=0)
         conv_bias: bool = True
 
@@ -82,6 +76,7 @@ class Mamba2(Mixer):
             )
         if opts.conv_size < 0:
             raise ValueError(f"mixer 'mamba2': conv_size must be >= 0 (0: no conv), got {opts.conv_size}")
+        opts.check_decay_rate(cls.name)
         d_inner = opts.expand * d_model
         head_dim = min(opts.head_dim, d_inner)  # tiny widths: one head of all channels
         if head_dim < 1 or d_inner % head_dim != 0:

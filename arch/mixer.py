@@ -123,6 +123,62 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
 
+@dataclasses.dataclass
+class StepSizeOptions:
+    """Options of the Mamba step-size init, shared by Mamba, Mamba-2 and Gated DeltaNet
+    (``layers.init_dt_bias``); a mixer's ``Options`` inherits them."""
+
+    #: dt is initialised log-uniformly in [dt_min, dt_max], floored at dt_init_floor
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+
+    def check_step_size(self, mixer: str) -> None:
+        """ValueError naming ``mixer`` unless ``0 < dt_min <= dt_max`` and ``dt_init_floor > 0``."""
+        if not 0 < self.dt_min <= self.dt_max or self.dt_init_floor <= 0:
+            raise ValueError(
+                f"mixer {mixer!r}: need 0 < dt_min <= dt_max and dt_init_floor > 0, got dt_min "
+                f"{self.dt_min}, dt_max {self.dt_max}, dt_init_floor {self.dt_init_floor}"
+            )
+
+
+@dataclasses.dataclass
+class DecayRateOptions(StepSizeOptions):
+    """The step size plus the per-head decay rate ``A = exp(A_log)`` of Mamba-2 and Gated
+    DeltaNet (the decay per step is ``exp(-A dt)``), initialised uniformly in
+    ``[A_init_min, A_init_max]``."""
+
+    A_init_min: float = 1.0
+    A_init_max: float = 16.0
+
+    def check_decay_rate(self, mixer: str) -> None:
+        """ValueError naming ``mixer`` unless ``0 <= A_init_min < A_init_max`` and the step size
+        is valid."""
+        self.check_step_size(mixer)
+        if not 0 <= self.A_init_min < self.A_init_max:
+            raise ValueError(
+                f"mixer {mixer!r}: need 0 <= A_init_min < A_init_max, got A_init_min {self.A_init_min}, "
+                f"A_init_max {self.A_init_max}"
+            )
+
+
+def default_heads(mixer: str, d_model: int, n_heads: int | None, dims: dict[str, tuple[int, float]],
+                  candidates: list[int], per_head_even: bool = False) -> int:
+    """The head count: ``n_heads`` if given, else the first of ``candidates`` that divides every
+    width in ``dims`` (and leaves an even key width per head with ``per_head_even``, for RoPE);
+    then checked like :func:`check_heads_divide`."""
+    if n_heads is None:
+        key_dim = dims["expand_k"][0]
+        fits = [h for h in candidates if h >= 1 and all(dim % h == 0 for dim, _ in dims.values())
+                and not (per_head_even and (key_dim // h) % 2)]
+        if not fits:
+            raise ValueError(f"mixer {mixer!r}: no head count divides the key dim {key_dim} into even "
+                             f"parts (d_model {d_model} * expand_k {dims['expand_k'][1]})")
+        n_heads = fits[0]
+    check_heads_divide(mixer, d_model, n_heads, dims)
+    return n_heads
+
+
 def expanded_dims(mixer: str, d_model: int, expand_k: float, expand_v: float) -> tuple[int, int]:
     """The key and value widths ``d_model * expand_k``, ``d_model * expand_v`` of a linear-attention
     mixer (GLA, RetNet); ValueError naming ``mixer`` unless both are positive whole numbers."""

@@ -40,7 +40,7 @@ from torch import nn
 from postformer.kernels import gla
 
 from .layers import GatedRMSNorm, Rotary
-from .mixer import Mixer, carry_state, check_heads_divide, expanded_dims, state_dtype, zero_state
+from .mixer import Mixer, carry_state, default_heads, expanded_dims, state_dtype, zero_state
 
 
 @dataclasses.dataclass
@@ -72,18 +72,9 @@ class RetNet(Mixer):
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
         key_dim, value_dim = expanded_dims(cls.name, d_model, opts.expand_k, opts.expand_v)
-        n_heads = opts.n_heads
-        if n_heads is None:
-            n_heads = max(1, key_dim // 256)
-            while key_dim % n_heads or value_dim % n_heads or (key_dim // n_heads) % 2:
-                n_heads -= 1
-                if n_heads == 0:
-                    raise ValueError(
-                        f"mixer 'retnet': key dim {key_dim} (d_model {d_model} * expand_k "
-                        f"{opts.expand_k}) must be even for the rotary embedding"
-                    )
-        check_heads_divide(cls.name, d_model, n_heads,
-                           {"expand_k": (key_dim, opts.expand_k), "expand_v": (value_dim, opts.expand_v)})
+        dims = {"expand_k": (key_dim, opts.expand_k), "expand_v": (value_dim, opts.expand_v)}
+        n_heads = default_heads(cls.name, d_model, opts.n_heads, dims,
+                                list(range(max(1, key_dim // 256), 0, -1)), per_head_even=True)
         if (key_dim // n_heads) % 2 != 0:
             raise ValueError(
                 f"mixer 'retnet': key channels per head {key_dim // n_heads} (key dim {key_dim} / "
