@@ -1,4 +1,5 @@
-"""ModelConfig: validation messages, derived shape, presets, and that it stays plain data."""
+"""ModelConfig: validation messages, derived shape, the mixers' default widths, presets, and that it
+stays plain data."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import dataclasses
 import pytest
 
 from postformer.arch import MIXERS, PRESETS, ModelConfig
+from postformer.arch.deltanet import DeltaNet, GatedDeltaNet
+from postformer.arch.hgrn2 import HGRN2
+from postformer.arch.retnet import RetNet
 
 
 def test_unknown_mixer_lists_known_names():
@@ -89,6 +93,21 @@ def test_mixers_expose_defaults():
         assert isinstance(cls.has_mlp, bool)
         assert set(cls.defaults()) == set(cls.option_keys())
     assert MIXERS["mamba2"].defaults()["d_state"] == 128
+
+
+def test_default_widths_follow_the_papers():
+    o = DeltaNet.resolve_options(2048)
+    assert (o.n_heads, o.head_dim, o.expand_v) == (16, 128, 1.0)
+    o = GatedDeltaNet.resolve_options(2048)
+    assert (o.n_heads, o.head_dim, o.expand_v) == (6, 256, 2.0)
+    assert RetNet.resolve_options(2048).n_heads == 8
+    assert RetNet.resolve_options(768).n_heads == 3
+    assert (DeltaNet.resolve_options(192).n_heads, DeltaNet.resolve_options(192).head_dim) == (2, 96)
+    o = GatedDeltaNet.resolve_options(64)
+    assert (o.n_heads, o.head_dim) == (1, 48)
+    assert HGRN2.resolve_options(2048).expand_ratio == 128
+    assert HGRN2.resolve_options(64).expand_ratio == 64  # clamped: one head
+    assert HGRN2.resolve_options(192).expand_ratio == 96  # 128 does not divide 192
 
 
 def test_presets():

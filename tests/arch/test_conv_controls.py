@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_arch_flops import not_matmul_flops
+from mixer_testing import not_matmul_flops
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
 from postformer.arch.flops import flops_breakdown, param_counts
@@ -82,7 +82,7 @@ def test_control_parameters(name):
 
 @pytest.mark.parametrize("name", list(CONTROLS))
 def test_control_flops_match_pytorch_flop_counter(name):
-    """As ``test_arch_flops.test_matmul_work_matches_pytorch_flop_counter``: FlopCounterMode sees
+    """As ``test_flops.test_matmul_work_matches_pytorch_flop_counter``: FlopCounterMode sees
     the linears, the convs and the matmuls of the chunked recurrences, not SDPA on CPU."""
     from torch.utils.flop_counter import FlopCounterMode
 

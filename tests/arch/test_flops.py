@@ -1,10 +1,9 @@
 """arch.flops against independent counts: the model's own linear layers, Kaplan/Chinchilla, and
 PyTorch's FlopCounterMode running the model's forward."""
 
-import math
-
 import pytest
 import torch
+from mixer_testing import not_matmul_flops
 from torch import nn
 
 from postformer.arch import LanguageModel, ModelConfig
@@ -53,38 +52,6 @@ def test_linear_part_is_six_times_matmul_params(name):
     assert parts["linear"] + parts["lm_head"] == 6 * expected
     assert matmul_params(cfg) == expected
     assert param_counts(cfg) == (model.num_params(), model.num_params(include_embeddings=False))
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
-def not_matmul_flops(cfg: ModelConfig, T: int) -> float:
-    """Forward FLOPs per token our formulas count that the chunk paths do without a matmul (so
-    FlopCounterMode cannot see them): the per-chunk state decay ``a * S`` (K V per chunk and head),
-    GLA-style per-key decayed scores (C^2 K, elementwise with C = 16), and the delta rule's
-    unit-triangular solve (C^2 (K + V) / 2, C = 64)."""
-    total = 0.0
-    for name in cfg.layer_mixers:
-        o = cfg.mixer_options(name)
-        if name in ("gla", "hgrn2", "retnet", "mamba2"):
-            if name == "gla":
-                H, K, V = o.n_heads, int(cfg.d_model * o.expand_k) // o.n_heads, int(cfg.d_model * o.expand_v) // o.n_heads
-            elif name == "hgrn2":
-                H, K, V = cfg.d_model // o.expand_ratio, o.expand_ratio, o.expand_ratio
-            elif name == "retnet":
-                H = o.n_heads
-                K, V = int(cfg.d_model * o.expand_k) // H, int(cfg.d_model * o.expand_v) // H
-            else:
-                H, K, V = o.expand * cfg.d_model // o.head_dim, o.d_state, o.head_dim
-            C = min(16 if name in ("gla", "hgrn2") else 64, T)
-            per_chunk = K * V + (C * C * K if name in ("gla", "hgrn2") else 0)
-        elif name in ("deltanet", "gdn"):
-            H, K = o.n_heads, o.head_dim
-            V = int(o.expand_v * K)
-            C = min(64, T)
-            per_chunk = C * C * (K + V) / 2 + K * V
-        else:
-            continue
-        total += 2 * H * math.ceil(T / C) * per_chunk / T
-    return total
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
