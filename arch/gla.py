@@ -23,7 +23,7 @@ from torch import nn
 from postformer.kernels import gla
 
 from .layers import GatedRMSNorm
-from .mixer import Mixer, carry_state, default_heads, expanded_dims, state_dtype, zero_state
+from .mixer import HeadOptions, Mixer, carry_state, expanded_dims, state_dtype, zero_state
 
 
 @dataclasses.dataclass
@@ -40,13 +40,10 @@ class GLA(Mixer):
     has_mlp = True
 
     @dataclasses.dataclass
-    class Options:
-        #: heads; None: 4, or the largest count below 4 that divides both key and value dims
-        n_heads: int | None = None
-        #: key dim (q, k, gate) = expand_k * d_model
+    class Options(HeadOptions):
+        #: (inherited) n_heads (None: 4, or the largest count below 4 that divides both key and
+        #: value dims), expand_v = 1; key dim (q, k, gate) = expand_k * d_model
         expand_k: float = 0.5
-        #: value dim (v, output gate) = expand_v * d_model
-        expand_v: float = 1.0
         #: rank of the gate projection W2 W1
         gate_low_rank_dim: int = 16
         #: g = logsigmoid(.) / gate_logit_normalizer
@@ -54,9 +51,7 @@ class GLA(Mixer):
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
-        key_dim, value_dim = expanded_dims(cls.name, d_model, opts.expand_k, opts.expand_v)
-        dims = {"expand_k": (key_dim, opts.expand_k), "expand_v": (value_dim, opts.expand_v)}
-        n_heads = default_heads(cls.name, d_model, opts.n_heads, dims, [4, 3, 2, 1])
+        _, _, n_heads = opts.resolve_heads(cls.name, d_model, lambda key_dim: [4, 3, 2, 1])
         if opts.gate_low_rank_dim < 1 or opts.gate_logit_normalizer <= 0:
             raise ValueError(
                 f"mixer 'gla': gate_low_rank_dim must be >= 1 and gate_logit_normalizer > 0, got {opts}"

@@ -162,6 +162,27 @@ class DecayRateOptions(StepSizeOptions):
             )
 
 
+@dataclasses.dataclass
+class HeadOptions:
+    """Heads and key/value widths of the linear-attention mixers (GLA, RetNet)."""
+
+    #: heads; None: the mixer's default count (see its Options)
+    n_heads: int | None = None
+    #: key dim (q, k) = expand_k * d_model
+    expand_k: float = 1.0
+    #: value dim (v, output gate) = expand_v * d_model
+    expand_v: float = 1.0
+
+    def resolve_heads(self, mixer: str, d_model: int, candidates: Callable[[int], list[int]],
+                      per_head_even: bool = False) -> tuple[int, int, int]:
+        """``(key_dim, value_dim, n_heads)`` for ``d_model``; ``candidates(key_dim)`` lists the
+        default head counts in order of preference (see :func:`default_heads`)."""
+        key_dim, value_dim = expanded_dims(mixer, d_model, self.expand_k, self.expand_v)
+        dims = {"expand_k": (key_dim, self.expand_k), "expand_v": (value_dim, self.expand_v)}
+        return key_dim, value_dim, default_heads(mixer, d_model, self.n_heads, dims, candidates(key_dim),
+                                                 per_head_even)
+
+
 def default_heads(mixer: str, d_model: int, n_heads: int | None, dims: dict[str, tuple[int, float]],
                   candidates: list[int], per_head_even: bool = False) -> int:
     """The head count: ``n_heads`` if given, else the first of ``candidates`` that divides every

@@ -40,7 +40,7 @@ from torch import nn
 from postformer.kernels import gla
 
 from .layers import GatedRMSNorm, Rotary
-from .mixer import Mixer, carry_state, default_heads, expanded_dims, state_dtype, zero_state
+from .mixer import HeadOptions, Mixer, carry_state, expanded_dims, state_dtype, zero_state
 
 
 @dataclasses.dataclass
@@ -59,22 +59,17 @@ class RetNet(Mixer):
     has_mlp = True
 
     @dataclasses.dataclass
-    class Options:
-        #: heads; None: key dim / 256 (at least 1, lowered until it divides key and value dims)
-        n_heads: int | None = None
-        #: key dim (q, k) = expand_k * d_model
-        expand_k: float = 1.0
-        #: value dim (v, output gate) = expand_v * d_model
+    class Options(HeadOptions):
+        #: (inherited) n_heads (None: key dim / 256, at least 1, lowered until it divides key and
+        #: value dims into even key widths), expand_k = 1; value dim = expand_v * d_model
         expand_v: float = 2.0
         #: RoPE base
         rope_base: float = 10000.0
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
-        key_dim, value_dim = expanded_dims(cls.name, d_model, opts.expand_k, opts.expand_v)
-        dims = {"expand_k": (key_dim, opts.expand_k), "expand_v": (value_dim, opts.expand_v)}
-        n_heads = default_heads(cls.name, d_model, opts.n_heads, dims,
-                                list(range(max(1, key_dim // 256), 0, -1)), per_head_even=True)
+        key_dim, _, n_heads = opts.resolve_heads(cls.name, d_model, lambda k: list(range(max(1, k // 256), 0, -1)),
+                                                 per_head_even=True)
         if (key_dim // n_heads) % 2 != 0:
             raise ValueError(
                 f"mixer 'retnet': key channels per head {key_dim // n_heads} (key dim {key_dim} / "
