@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..._triton import autotune_configs
 from ..._triton.jit import chunk_rows
-from .common import _WARPS, _load_block, _load_G, _load_G_row, _sdot
+from .common import _WARPS, _causal_decay, _load_block, _load_G, _load_G_row, _sdot
 
 
 @triton.jit
@@ -163,10 +163,7 @@ def _dqk_inter_bwd(q, k, v, do, gc, hbuf, dhbuf, dA, dq, dk, cstart, cend, scale
         ar = tl.arange(0, BT)
         dAb = tl.load(dA + (rows[:, None] * H + i_h) * BT + ar[None, :], mask=rm[:, None] & rm[None, :],
                       other=0.0)
-        if GATE == 1:
-            g1 = tl.load(gc + rows * H + i_h, mask=rm, other=0.0)
-            ok = (ar[:, None] >= ar[None, :]) & rm[:, None] & rm[None, :]
-            dAb = dAb * tl.exp(tl.where(ok, g1[:, None] - g1[None, :], float("-inf")))
+        dAb = _causal_decay(dAb, gc, rows, rm, ar, i_h, H, GATE)  # dA is causal: only the decay is new
         qb = _load_block(q, rows, rm, cols_k, km, i_h, H, K)
         kb = _load_block(k, rows, rm, cols_k, km, i_h, H, K)
         dq_acc += tl.dot(dAb, kb, input_precision=PREC)

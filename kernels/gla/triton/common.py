@@ -53,6 +53,18 @@ def _sdot(a, h, PREC: tl.constexpr, HALF: tl.constexpr):
         return tl.dot(a, h.to(tl.float32), input_precision=PREC)
 
 @triton.jit
+def _causal_decay(x, gc, rows, rm, ar, i_h, H: tl.constexpr, GATE: tl.constexpr):
+    """A chunk's [BT, BT] scores (or their gradient) ``x`` kept on i >= j between valid rows, 0
+    elsewhere, and for a scalar gate (``GATE == 1``) times the exact decay ``exp(G_i - G_j)``,
+    masked before the exp."""
+    ok = (ar[:, None] >= ar[None, :]) & rm[:, None] & rm[None, :]
+    if GATE == 1:
+        G = tl.load(gc + rows * H + i_h, mask=rm, other=0.0)
+        x = x * tl.exp(tl.where(ok, G[:, None] - G[None, :], float("-inf")))
+    return tl.where(ok, x, 0.0)
+
+
+@triton.jit
 def _load_block(x, rows, rmask, cols, cmask, i_h, H: tl.constexpr, D: tl.constexpr):
     """The [rows, cols] block of head ``i_h`` of a packed ``[N, H, D]`` tensor, in fp32 (0 outside
     the masks)."""

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ..._triton import autotune_configs
 from ..._triton.jit import chunk_rows
-from .common import _WARPS, _load_block, _load_G, _load_G_row, _sdot
+from .common import _WARPS, _causal_decay, _load_block, _load_G, _load_G_row, _sdot
 
 
 @triton.jit
@@ -82,11 +82,7 @@ def _scores_full_fwd(q, k, gc, A, cstart, cend, H: tl.constexpr, K: tl.constexpr
         qb = _load_block(q, rows, rm, cols, km, i_h, H, K)
         kb = _load_block(k, rows, rm, cols, km, i_h, H, K)
         acc += tl.dot(qb, tl.trans(kb), input_precision=PREC)
-    ok = (ar[:, None] >= ar[None, :]) & rm[:, None] & rm[None, :]
-    if GATE == 1:
-        G = tl.load(gc + rows * H + i_h, mask=rm, other=0.0)
-        acc = acc * tl.exp(tl.where(ok, G[:, None] - G[None, :], float("-inf")))
-    acc = tl.where(ok, acc, 0.0)
+    acc = _causal_decay(acc, gc, rows, rm, ar, i_h, H, GATE)
     tl.store(A + (rows[:, None] * H + i_h) * BT + ar[None, :], acc, mask=rm[:, None] & rm[None, :])
 
 @triton.autotune(configs=autotune_configs(_WARPS), key=["BK", "BV", "GATE"])
@@ -118,11 +114,7 @@ def _output_fwd(q, k, v, gc, hbuf, A, o, cstart, cend, scale, H: tl.constexpr, K
                      mask=km[:, None] & vm[None, :], other=0.0)
         acc += _sdot(qb, hb, PREC, HALF)
     if FUSE_A:
-        ok = (ar[:, None] >= ar[None, :]) & rm[:, None] & rm[None, :]
-        if GATE == 1:
-            Gs = tl.load(gc + rows * H + i_h, mask=rm, other=0.0)
-            qk = qk * tl.exp(tl.where(ok, Gs[:, None] - Gs[None, :], float("-inf")))
-        Ab = tl.where(ok, qk, 0.0)
+        Ab = _causal_decay(qk, gc, rows, rm, ar, i_h, H, GATE)
     else:
         Ab = tl.load(A + (rows[:, None] * H + i_h) * BT + ar[None, :], mask=rm[:, None] & (s + ar < e)[None, :],
                      other=0.0)
