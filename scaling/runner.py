@@ -256,7 +256,8 @@ def scope(study: Study) -> dict[str, Any]:
 
 
 def fit_args(out: Path, run: RunPlan, *, resume: bool = True) -> list[str]:
-    """``postformer fit ...`` for one run; with ``resume``, from its last.ckpt when there is one."""
+    """``postformer fit ...`` for one run; with ``resume``, from its last.ckpt when there is
+    one, else afresh (``--overwrite``) over what a start that saved no last.ckpt left."""
     run_dir = out / run.run_dir
     args = ["postformer", "fit", "--config", str(run_dir / "fit.yaml")]
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -264,6 +265,9 @@ def fit_args(out: Path, run: RunPlan, *, resume: bool = True) -> list[str]:
         args += ["--ckpt_path", str(last)]
     elif run.branch_ckpt is not None:
         args += ["--ckpt_path", str(out / run.branch_ckpt)]
+    elif resume and ((run_dir / "metrics.csv").is_file()
+                     or any((run_dir / "checkpoints").glob("*.ckpt"))):
+        args += ["--overwrite"]  # `postformer fit` refuses a used run folder without it
     return args
 
 

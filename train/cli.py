@@ -34,6 +34,11 @@ Additions to plain LightningCLI:
   run still ends with a validation (and a val/bpb).
 - Errors raised while building the model, data or trainer from the config (an unknown
   mixer, a missing data path) are reported like parse errors: a message and exit code 2.
+- A fresh ``fit`` (no ``--ckpt_path``) into a run folder that holds a run (metrics.csv or
+  checkpoints) is refused with exit 2, saying how to resume it, unless ``--overwrite``
+  (then the old checkpoints go once the classes are built and metrics.csv is replaced at
+  the first row): otherwise the old history would be lost and a ``last-v1.ckpt`` written
+  beside the old ``last.ckpt``, which a resume would pick.
 - Ctrl-C: ``lightning_main`` raises ``KeyboardInterrupt`` (Lightning alone exits 1 without a
   word and ignores SIGINT from then on); ``postformer fit`` says so and exits 130, a study or
   probe says the same command resumes.
@@ -49,12 +54,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from jsonargparse import Namespace
+from jsonargparse import ActionYesNo, Namespace
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .callbacks import InterruptWatch, NonFiniteGuard, RunCheckpoint
 from .data import TextDataModule
+from .logger import METRICS
 from .module import LMModule, split_batch
 
 DEFAULT_ROOT = "runs/default"
@@ -117,6 +123,10 @@ class PostformerCLI(LightningCLI):
         parser.set_defaults({"data": {"class_path": f"{TextDataModule.__module__}.TextDataModule"}})
         parser.add_argument("--track", type=list[str], default=[],
                             help=f"trackers beside metrics.csv: {sorted(TRACKERS)}")
+        parser.add_argument("--overwrite", action=ActionYesNo, default=False,
+                            help="fit: start afresh in a run folder that holds a run (its "
+                                 "checkpoints are removed, metrics.csv replaced); without it "
+                                 "such a folder is refused unless --ckpt_path resumes it")
 
     def _cfg(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
@@ -156,6 +166,7 @@ class PostformerCLI(LightningCLI):
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = str(Path(root) / "checkpoints")
         self._follow_data_vocab(cfg)
+        self._stale = self._check_fresh_fit(cfg) if self.subcommand == "fit" else []
         steps = trainer.max_steps
         interval = trainer.val_check_interval
         if (trainer.check_val_every_n_epoch is None and isinstance(interval, int)
@@ -165,11 +176,36 @@ class PostformerCLI(LightningCLI):
                 trainer.val_check_interval = batches
         Path(root).mkdir(parents=True, exist_ok=True)
 
+    def _check_fresh_fit(self, cfg: Namespace) -> list[Path]:
+        """The files of an earlier run that a fresh fit (no ``--ckpt_path``) would clobber:
+        ``metrics.csv`` (replaced) and checkpoints (a ``last-v1.ckpt`` beside the old
+        ``last.ckpt``, which a resume would then pick). Refuses them (exit 2, saying how to
+        resume or where to start afresh) unless ``--overwrite``; returns the checkpoints
+        to remove once the classes are built."""
+        if cfg.get("ckpt_path") is not None:
+            return []
+        root = Path(cfg.trainer.default_root_dir)
+        ckpts = sorted(Path(cfg.checkpoint.dirpath).glob("*.ckpt"))
+        used = [p for p in [root / METRICS] if p.is_file()] + ckpts
+        if not used:
+            return []
+        if not cfg.overwrite:
+            last = Path(cfg.checkpoint.dirpath) / "last.ckpt"
+            resume = (f"resume it with --ckpt_path {last}, " if last.is_file() else "")
+            self.parser.error(
+                f"{root} holds a run already ({', '.join(p.name for p in used[:3])}"
+                f"{', ...' if len(used) > 3 else ''}); {resume}start afresh in another "
+                "--trainer.default_root_dir, or pass --overwrite to replace it")
+        cfg.overwrite = False  # config.yaml: a rerun of it must not clobber this run
+        return ckpts
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except (ValueError, TypeError, FileNotFoundError) as err:
             self.parser.error(f"{type(err).__name__}: {err}")
+        for path in self._stale:  # --overwrite: the earlier run's checkpoints, now
+            path.unlink(missing_ok=True)
 
 
 def lightning_main(args: list[str]) -> PostformerCLI:

@@ -366,6 +366,24 @@ def test_interrupted_point_is_resumed(micro_study, tmp_path, capsys):
     assert steps == list(range(16))  # the history continues across the restart
 
 
+def test_a_start_that_saved_no_checkpoint_is_trained_afresh(tmp_path):
+    """A main run killed before its first last.ckpt left metrics.csv: the study starts it
+    afresh (`postformer fit --overwrite`), since a plain fresh fit refuses a used folder."""
+    one = spec(archs={"transformer": "transformer"}, sizes=[MICRO["sizes"][0]],
+               budgets={"tokens": [2048]})
+    study = write_study(tmp_path / "one.yaml", one)
+    out = tmp_path / "out"
+    commands = run_study(study, out, list_only=True)
+    assert "--overwrite" not in commands[0]
+    run = out / "runs" / "transformer-a-s0"
+    (run / "metrics.csv").write_text("train/loss,step\n5.5,0\n5.4,1\n")
+    assert run_study(study, out, list_only=True)[0].endswith(" --overwrite")
+    rows = run_study(study, out, report=False)
+    assert len(rows) == 1
+    steps = sorted(int(r["step"]) for r in results_mod.read_metrics(run) if r.get("train/loss"))
+    assert steps == list(range(16))
+
+
 def test_stale_run_folder_is_refused(micro_study, tmp_path):
     study, out, _ = micro_study
     changed = write_study(tmp_path / "changed.yaml", spec(model={**MICRO["model"], "lr": 1e-3}))

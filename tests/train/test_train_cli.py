@@ -114,6 +114,33 @@ def test_exact_resume(tmp_path):
     assert all(lr_a[s] == pytest.approx(lr_b[s]) for s in range(8))
 
 
+def test_fresh_fit_into_a_used_run_folder_is_refused(tmp_path, capsys):
+    """A second fit without --ckpt_path would replace metrics.csv and write last-v1.ckpt
+    beside the old last.ckpt (which a resume then picks): refused, naming how to resume;
+    --overwrite replaces the run instead."""
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    cfg = write_config(tmp_path / "tiny.yaml", TINY)
+    main(["fit", "--config", cfg, "--trainer.default_root_dir", str(run), *QUIET])
+    before = {p: p.read_bytes() for p in (run / "metrics.csv", ckpts / "last.ckpt")}
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", cfg, "--trainer.default_root_dir", str(run), *QUIET])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{run} holds a run already" in err and "--overwrite" in err
+    assert f"resume it with --ckpt_path {ckpts / 'last.ckpt'}" in err
+    assert {p: p.read_bytes() for p in before} == before
+    assert [p.name for p in ckpts.iterdir()] == ["last.ckpt"]
+
+    main(["fit", "--config", cfg, "--trainer.default_root_dir", str(run), *QUIET,
+          "--trainer.max_steps", "4", "--overwrite"])
+    assert [p.name for p in ckpts.iterdir()] == ["last.ckpt"]  # no last-v1.ckpt
+    ckpt = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4
+    assert sorted(column(read_metrics(run), "train/loss")) == [0, 1, 2, 3]
+    # the saved config reruns without clobbering anything
+    assert yaml.safe_load((run / "config.yaml").read_text())["overwrite"] is False
+
+
 class NaNAtStep3(LMModule):
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
