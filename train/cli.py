@@ -34,6 +34,8 @@ Additions to plain LightningCLI:
   run still ends with a validation (and a val/bpb).
 - Errors raised while building the model, data or trainer from the config (an unknown
   mixer, a missing data path) are reported like parse errors: a message and exit code 2.
+- ``--optimizer`` / ``--lr_scheduler`` (LightningCLI's) are refused: they would replace
+  AdamW, the decay split and the schedule without a word; ``model.*`` sets those.
 - A fresh ``fit`` (no ``--ckpt_path``) into a run folder that holds a run (metrics.csv or
   checkpoints) is refused with exit 2, saying how to resume it, unless ``--overwrite``
   (then the old checkpoints go once the classes are built and metrics.csv is replaced at
@@ -157,6 +159,7 @@ class PostformerCLI(LightningCLI):
         if trainer.default_root_dir is None:
             trainer.default_root_dir = DEFAULT_ROOT
         root = str(trainer.default_root_dir)
+        self._refuse_optimizer_options(cfg)
         unknown = sorted(set(cfg.track) - set(TRACKERS))
         if unknown:
             self.parser.error(f"track: unknown tracker(s) {unknown}; known: {sorted(TRACKERS)}")
@@ -175,6 +178,18 @@ class PostformerCLI(LightningCLI):
             if interval > batches:
                 trainer.val_check_interval = batches
         Path(root).mkdir(parents=True, exist_ok=True)
+
+    def _refuse_optimizer_options(self, cfg: Namespace) -> None:
+        """LightningCLI's ``--optimizer`` / ``--lr_scheduler`` would replace LMModule's AdamW,
+        its weight-decay split and its schedule all at once, without a word: refused (the
+        options stay, so a saved config.yaml with ``optimizer: null`` still parses)."""
+        given = [k for k in ("optimizer", "lr_scheduler") if cfg.get(k) is not None]
+        if given:
+            self.parser.error(
+                f"{given[0]}: not supported; LMModule trains with AdamW, no weight decay on "
+                "norms, biases and embeddings, and its model.schedule LR schedule, which "
+                f"--{given[0]} would silently replace; set model.lr, model.weight_decay, "
+                "model.betas, model.eps, model.schedule, model.warmup_steps instead")
 
     def _check_fresh_fit(self, cfg: Namespace) -> list[Path]:
         """The files of an earlier run that a fresh fit (no ``--ckpt_path``) would clobber:

@@ -141,6 +141,20 @@ def test_fresh_fit_into_a_used_run_folder_is_refused(tmp_path, capsys):
     assert yaml.safe_load((run / "config.yaml").read_text())["overwrite"] is False
 
 
+@pytest.mark.parametrize("option", [["--optimizer", "SGD"],
+                                    ["--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "2"]])
+def test_optimizer_options_are_refused(tmp_path, capsys, option):
+    """LightningCLI's --optimizer/--lr_scheduler would silently replace AdamW, its decay
+    split and the schedule: refused before anything trains."""
+    cfg = write_config(tmp_path / "tiny.yaml", TINY)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", cfg, "--trainer.default_root_dir", str(tmp_path / "run"), *option])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{option[0][2:]}: not supported" in err and "AdamW" in err and "model.schedule" in err
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
 class NaNAtStep3(LMModule):
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
