@@ -59,6 +59,27 @@ def test_resume_merges_without_a_window_that_loses_rows(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_a_resumed_run_stopped_at_once_keeps_the_history(tmp_path, monkeypatch):
+    """A resume that dies right after it starts (hyperparameters logged, no row yet) leaves
+    metrics.csv as it was: the merge happens at the first new row, never before."""
+    (tmp_path / "die.py").write_text(
+        "import lightning as L\n"
+        "class Die(L.Callback):\n"
+        "    def on_train_batch_start(self, trainer, *args):\n"
+        "        raise RuntimeError('killed')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    with_callback = lambda cb: {**TINY, "trainer": {**TINY["trainer"], "callbacks": [cb]}}
+    fit(tmp_path, run, cfg=with_callback({"class_path": "postformer.train.callbacks.StopAtStep",
+                                          "init_args": {"stop_at": 6}}))
+    before = (run / "metrics.csv").read_text()
+    assert {int(r["step"]) for r in rows_of(run / "metrics.csv") if r.get("train/loss")} == set(range(6))
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(tmp_path, run, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+            cfg=with_callback({"class_path": "die.Die"}))
+    assert (run / "metrics.csv").read_text() == before
+
+
 def test_an_added_logger_moves_nothing(tmp_path):
     run = tmp_path / "run"
     fit(tmp_path, run, "--trainer.logger+=lightning.pytorch.loggers.CSVLogger",
