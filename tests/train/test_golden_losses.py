@@ -1,0 +1,86 @@
+"""A golden loss curve per smoke config: the first STEPS training losses of every
+``configs/smoke/*.yaml``, stored in ``tests/train/data/golden_losses.json``, must come out again.
+
+Any silent change of training numerics on CPU (an init, the schedule, the data order, a
+kernel's chunk path, the loss) moves these curves and fails here; an intended change is
+recorded by regenerating the file, which says so in the commit:
+
+    python tests/train/test_golden_losses.py          # rewrites tests/train/data/golden_losses.json
+
+Runs on one thread (reductions keep their order whatever the machine's core count) and byte
+level on the stdlib corpus the smoke configs read, so nothing is downloaded. The tolerance
+(TOL, absolute, on losses near 5) covers float32 differences between CPUs, about 1e-5 after
+20 steps; the changes it is there to catch move a loss by 1e-3 or more within a few steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "configs" / "smoke"
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden_losses.json"
+STEPS = 20
+TOL = 2e-4
+REGENERATE = "python tests/train/test_golden_losses.py"
+
+
+def smoke_losses(config: Path, root: Path, steps: int = STEPS) -> list[float]:
+    """The first ``steps`` train/loss values of ``postformer fit --config config``, one thread."""
+    from postformer.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root),
+              "--trainer.accelerator", "cpu", "--trainer.max_steps", str(steps),
+              "--trainer.val_check_interval", str(steps), "--trainer.limit_val_batches", "1",
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+              "--checkpoint.every_n_train_steps", str(steps)])
+    finally:
+        torch.set_num_threads(threads)
+    with open(root / "metrics.csv") as f:
+        losses = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+    return [losses[s] for s in range(steps)]
+
+
+def read_golden() -> dict:
+    return json.loads(GOLDEN.read_text())
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SMOKE.glob("*.yaml")))
+def test_first_losses_match_the_golden_curve(name, tmp_path):
+    golden = read_golden()
+    assert name in golden["losses"], f"no golden curve for configs/smoke/{name}.yaml: run `{REGENERATE}`"
+    losses = smoke_losses(SMOKE / f"{name}.yaml", tmp_path / name, golden["steps"])
+    want = golden["losses"][name]
+    worst = max(range(len(want)), key=lambda i: abs(losses[i] - want[i]))
+    assert abs(losses[worst] - want[worst]) <= TOL, (
+        f"configs/smoke/{name}.yaml: training loss at step {worst} is {losses[worst]:.6f}, the golden "
+        f"curve has {want[worst]:.6f} (tolerance {TOL}); if the change is intended, run `{REGENERATE}` "
+        f"and say why in the commit")
+
+
+def regenerate() -> None:
+    out = {"command": REGENERATE, "steps": STEPS, "torch": torch.__version__,
+           "python": sys.version.split()[0], "losses": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for config in sorted(SMOKE.glob("*.yaml")):
+            out["losses"][config.stem] = [round(x, 6) for x in smoke_losses(config, Path(tmp) / config.stem)]
+            print(config.stem, out["losses"][config.stem][:3], "...", out["losses"][config.stem][-1], flush=True)
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = GOLDEN.with_suffix(".json.tmp")
+    tmp_file.write_text(json.dumps(out, indent=1) + "\n")
+    tmp_file.replace(GOLDEN)
+    print(f"wrote {GOLDEN.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    regenerate()
