@@ -193,7 +193,7 @@ ARCHS: dict[str, dict[str, Any]] = {
 
 # Matched depth and MLP width: (n_layers, d_ff) per arch and size, chosen so that the parameter
 # count without embeddings is within 10% of the Transformer++ preset of the same size (checked
-# by tests/arch/test_arch_presets.py; recomputed by ``python scripts/match_presets.py``). By
+# by tests/arch/test_presets.py; recomputed by ``python scripts/match_presets.py``). By
 # default an arch keeps its paper's shape: the Transformer++ depth (twice it when no block has an
 # MLP, like Mamba's) and the default d_ff; where that misses by more than 10%, archs without an
 # MLP are matched by depth, the others by the MLP width. None: the default.

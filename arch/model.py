@@ -47,12 +47,12 @@ class Block(nn.Module):
 
 
 class ModelCache:
-    """Decoding state of a whole model: one mixer cache per layer and the tokens seen so far."""
+    """Decoding state of a whole model: one mixer cache per layer, for ``batch_size`` sequences
+    (each mixer's cache counts the positions it has seen where it needs them: attention, RoPE)."""
 
     def __init__(self, layers: list[Any], batch_size: int) -> None:
         self.layers = layers
         self.batch_size = batch_size
-        self.seq_len = 0
 
 
 class LanguageModel(nn.Module):
@@ -139,8 +139,6 @@ class LanguageModel(nn.Module):
         x = self.embedding(tokens)  # (B, T, d_model)
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache.layers[i])
-        if cache is not None:
-            cache.seq_len += tokens.shape[1]
         return self.lm_head(self.norm(x)).float()  # (B, T, vocab)
 
     @torch.no_grad()

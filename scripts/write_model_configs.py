@@ -6,7 +6,7 @@ Each file is a ``ModelConfig`` a user can start from:
 
     postformer fit --config configs/smoke/gdn.yaml --model.config configs/model/gdn/125m.yaml
 
-tests/arch/test_arch_presets.py checks that the files and the presets agree.
+tests/arch/test_presets.py checks that the files and the presets agree.
 """
 
 from __future__ import annotations
