@@ -317,19 +317,26 @@ _MAD_SOURCE = (
 )
 _MAD_SIZES = {"num_train": 12_800, "num_test": 1_280}
 _MAD_TRAIN_SWEEP = {"num_train": (6_400, 3_200, 1_600, 800)}
+#: what the three recall tasks share: a query per key, no noise unless set, all targets trained
+_RECALL = {"multi_query": True, "noise_vocab_size": 0, "frac_noise": 0.0, "train_targets": "all"}
+_RECALL_ANSWERS = "every value whose key appeared earlier, incl. the final query (varies)"
+
+
+def _mad_task(name: str, defaults: dict, description: str, answers: str, sweep: dict,
+              train_sweep: bool = True, then: dict | None = None) -> TaskSpec:
+    """A MAD task: the paper's train/test sizes, its source, and its sweep (each setting one
+    change from the defaults: ``sweep``, with ``train_sweep`` the smaller training sets, then
+    ``then``, in the paper's order)."""
+    changes = {**sweep, **(_MAD_TRAIN_SWEEP if train_sweep else {}), **(then or {})}
+    return TaskSpec(name=name, defaults={**_MAD_SIZES, **defaults}, description=description, answers=answers,
+                    source=_MAD_SOURCE.format(name.replace("_", "-")), sweep=_mad_sweep(changes))
+
 
 TASKS: dict[str, TaskSpec] = {
     "mqar": TaskSpec(
         name="mqar",
-        defaults={
-            "vocab_size": 8_192,
-            "seq_len": 64,
-            "num_kv_pairs": 4,
-            "num_train": 100_000,
-            "num_test": 3_000,
-            "power_a": 0.01,
-            "random_non_queries": True,
-        },
+        defaults={"vocab_size": 8_192, "seq_len": 64, "num_kv_pairs": 4, "num_train": 100_000,
+                  "num_test": 3_000, "power_a": 0.01, "random_non_queries": True},
         description="recall the value of every key queried after a block of key-value pairs",
         answers="num_kv_pairs per example: the value at each query",
         source=(
@@ -340,123 +347,36 @@ TASKS: dict[str, TaskSpec] = {
             {"seq_len": t, "num_kv_pairs": k} for t, k in ((64, 4), (128, 8), (256, 16), (512, 64))
         ),
     ),
-    "in_context_recall": TaskSpec(
-        name="in_context_recall",
-        defaults={
-            "vocab_size": 16,
-            "seq_len": 128,
-            **_MAD_SIZES,
-            "multi_query": True,
-            "noise_vocab_size": 0,
-            "frac_noise": 0.0,
-            "train_targets": "all",
-        },
-        description="recall the value of every key seen before in a stream of key-value pairs",
-        answers="every value whose key appeared earlier, incl. the final query (varies)",
-        source=_MAD_SOURCE.format("in-context-recall"),
-        sweep=_mad_sweep(
-            {
-                "vocab_size": (32, 64, 128),
-                "seq_len": (256, 512, 1024),
-                **_MAD_TRAIN_SWEEP,
-            }
-        ),
-    ),
-    "noisy_in_context_recall": TaskSpec(
-        name="noisy_in_context_recall",
-        defaults={
-            "vocab_size": 32,
-            "seq_len": 128,
-            **_MAD_SIZES,
-            "multi_query": True,
-            "noise_vocab_size": 16,
-            "frac_noise": 0.2,
-            "train_targets": "all",
-        },
-        description="in-context recall with noise tokens of their own vocabulary between pairs",
-        answers="every value whose key appeared earlier, incl. the final query (varies)",
-        source=_MAD_SOURCE.format("noisy-in-context-recall"),
-        sweep=_mad_sweep(
-            {
-                "vocab_size": (48, 80, 144),
-                "seq_len": (256, 512, 1024),
-                **_MAD_TRAIN_SWEEP,
-                "frac_noise": (0.4, 0.6, 0.8),
-            }
-        ),
-    ),
-    "fuzzy_in_context_recall": TaskSpec(
-        name="fuzzy_in_context_recall",
-        defaults={
-            "vocab_size": 16,
-            "seq_len": 128,
-            **_MAD_SIZES,
-            "multi_query": True,
-            "k_motif_size": 3,
-            "v_motif_size": 3,
-            "noise_vocab_size": 0,
-            "frac_noise": 0.0,
-            "train_targets": "all",
-        },
-        description="in-context recall where keys and values span 1..3 adjacent tokens",
-        answers="every token of every value whose key appeared earlier, incl. the final (varies)",
-        source=_MAD_SOURCE.format("fuzzy-in-context-recall"),
-        sweep=_mad_sweep(
-            {
-                "vocab_size": (32, 64, 128),
-                "seq_len": (256, 512, 1024),
-                **_MAD_TRAIN_SWEEP,
-            }
-        ),
-    ),
-    "selective_copying": TaskSpec(
-        name="selective_copying",
-        defaults={
-            "vocab_size": 16,
-            "seq_len": 256,
-            **_MAD_SIZES,
-            "num_tokens_to_copy": 16,
-        },
-        description="after the copy token, reproduce the content tokens scattered among blanks",
-        answers="num_tokens_to_copy per example, in order",
-        source=_MAD_SOURCE.format("selective-copying"),
-        sweep=_mad_sweep(
-            {
-                "vocab_size": (32, 64, 128),
-                "seq_len": (512, 1024),
-                **_MAD_TRAIN_SWEEP,
-                "num_tokens_to_copy": (32, 64, 96),
-            }
-        ),
-    ),
-    "compression": TaskSpec(
-        name="compression",
-        defaults={"vocab_size": 16, "seq_len": 32, **_MAD_SIZES},
-        description="after the compression token, reproduce the whole random sequence",
-        answers="seq_len - 1 per example, one per compression token",
-        source=_MAD_SOURCE.format("compression"),
-        sweep=_mad_sweep(
-            {
-                "vocab_size": (32, 64, 128),
-                "seq_len": (64, 128, 256),
-                **_MAD_TRAIN_SWEEP,
-            }
-        ),
-    ),
-    "memorization": TaskSpec(
-        name="memorization",
-        defaults={
-            "vocab_size": 256,
-            "seq_len": 32,
-            "num_train": 256,
-            "num_test": 1_280,
-            "kv_map_seed": 12_345,
-        },
-        description="answer each key with its value under a fixed map learnt from training",
-        answers="seq_len / 2 per example, at each insert token",
-        source=_MAD_SOURCE.format("memorization"),
-        sweep=_mad_sweep({"vocab_size": (512, 1_024, 2_048, 4_096, 8_192)}),
-    ),
+    "in_context_recall": _mad_task(
+        "in_context_recall", {"vocab_size": 16, "seq_len": 128, **_RECALL},
+        "recall the value of every key seen before in a stream of key-value pairs", _RECALL_ANSWERS,
+        {"vocab_size": (32, 64, 128), "seq_len": (256, 512, 1024)}),
+    "noisy_in_context_recall": _mad_task(
+        "noisy_in_context_recall",
+        {"vocab_size": 32, "seq_len": 128, **_RECALL, "noise_vocab_size": 16, "frac_noise": 0.2},
+        "in-context recall with noise tokens of their own vocabulary between pairs", _RECALL_ANSWERS,
+        {"vocab_size": (48, 80, 144), "seq_len": (256, 512, 1024)}, then={"frac_noise": (0.4, 0.6, 0.8)}),
+    "fuzzy_in_context_recall": _mad_task(
+        "fuzzy_in_context_recall",
+        {"vocab_size": 16, "seq_len": 128, **_RECALL, "k_motif_size": 3, "v_motif_size": 3},
+        "in-context recall where keys and values span 1..3 adjacent tokens",
+        "every token of every value whose key appeared earlier, incl. the final (varies)",
+        {"vocab_size": (32, 64, 128), "seq_len": (256, 512, 1024)}),
+    "selective_copying": _mad_task(
+        "selective_copying", {"vocab_size": 16, "seq_len": 256, "num_tokens_to_copy": 16},
+        "after the copy token, reproduce the content tokens scattered among blanks",
+        "num_tokens_to_copy per example, in order",
+        {"vocab_size": (32, 64, 128), "seq_len": (512, 1024)}, then={"num_tokens_to_copy": (32, 64, 96)}),
+    "compression": _mad_task(
+        "compression", {"vocab_size": 16, "seq_len": 32},
+        "after the compression token, reproduce the whole random sequence",
+        "seq_len - 1 per example, one per compression token",
+        {"vocab_size": (32, 64, 128), "seq_len": (64, 128, 256)}),
+    "memorization": _mad_task(
+        "memorization", {"vocab_size": 256, "seq_len": 32, "num_train": 256, "kv_map_seed": 12_345},
+        "answer each key with its value under a fixed map learnt from training",
+        "seq_len / 2 per example, at each insert token",
+        {"vocab_size": (512, 1_024, 2_048, 4_096, 8_192)}, train_sweep=False),
 }
 
 _CHECKS: dict[str, Callable] = {
