@@ -279,14 +279,11 @@ class RunPlan:
 
 
 @dataclass
-class Point:
-    """One trajectory of a study: (arch, size, seed) of the main grid, or (arch, size, lr)
-    of the tuning stage, with every run that measures its budgets (main run first).
-
-    ``lr`` is None for a main-grid point whose LR awaits the tuning stage."""
+class Trained:
+    """What every trained model of a study or a probe is: its arch and seed, its model, what it
+    costs (parameters, FLOPs per token at its sequence length) and its runs (main run first)."""
 
     arch: str
-    size: str
     seed: int
     config: ModelConfig
     N: int
@@ -294,6 +291,16 @@ class Point:
     flops_per_token: float
     seq_len: int
     runs: list[RunPlan]
+
+
+@dataclass
+class Point(Trained):
+    """One trajectory of a study: (arch, size, seed) of the main grid, or (arch, size, lr)
+    of the tuning stage, with every run that measures its budgets.
+
+    ``lr`` is None for a main-grid point whose LR awaits the tuning stage."""
+
+    size: str = ""
     stage: str = "main"
     lr: float | None = None
     warmup_steps: int = 0

@@ -62,7 +62,7 @@ from postformer.arch import ModelConfig
 from postformer.arch.flops import flops_per_token, param_counts
 from postformer.train.fileio import atomic_write
 
-from .plan import RunPlan, _eval_steps, _rung_mixers, _shape_config
+from .plan import RunPlan, Trained, _eval_steps, _rung_mixers, _shape_config
 from .results import TIMING_FIX, finished_run, read_json
 from .study import (
     StudyError,
@@ -135,24 +135,16 @@ class Probe:
 
 
 @dataclass
-class Cell:
+class Cell(Trained):
     """One trained cell of the grid: (arch, task, setting, d_model, lr, seed) and its run."""
 
-    arch: str
-    task: str
-    setting: str
-    settings: dict[str, Any]
-    d_model: int
-    lr: float
-    seed: int
-    config: ModelConfig
-    N: int
-    N_non_emb: int
-    flops_per_token: float
-    seq_len: int
-    epochs: float
-    warmup_steps: int
-    runs: list[RunPlan]
+    task: str = ""
+    setting: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    d_model: int = 0
+    lr: float = 0.0
+    epochs: float = 0.0
+    warmup_steps: int = 0
 
     @property
     def name(self) -> str:
@@ -348,9 +340,10 @@ def plan_probe(probe: Probe) -> list[Cell]:
                             run = RunPlan("probe", steps * tokens_per_step, steps,
                                           steps * tokens_per_step, run_dir,
                                           eval_at=_eval_steps(steps, probe.eval_points))
-                            cells.append(Cell(arch, task, label, dict(settings), d, float(lr),
-                                              seed, copy.deepcopy(cfg), N, N_ne, fpt, seq,
-                                              epochs, warmup, [run]))
+                            cells.append(Cell(arch, seed, copy.deepcopy(cfg), N, N_ne, fpt, seq, [run],
+                                              task=task, setting=label, settings=dict(settings),
+                                              d_model=d, lr=float(lr), epochs=epochs,
+                                              warmup_steps=warmup))
     return cells
 
 
