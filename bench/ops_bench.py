@@ -29,14 +29,9 @@ SHAPES: dict[str, dict] = {
     "causal_conv1d": dict(B=4, T=8192, D=4096, W=4),
     "rms_norm": dict(B=4, T=8192, D=2048),
 }
-SMOKE_SHAPES: dict[str, dict] = {
-    "delta_rule": dict(B=1, T=64, H=2, K=16, V=16),
-    "delta_rule_ungated": dict(B=1, T=64, H=2, K=16, V=16),
-    "selective_scan": dict(B=1, T=32, D=16, N=4),
-    "linear_scan": dict(B=1, T=64, D=32),
-    "causal_conv1d": dict(B=1, T=64, D=32, W=4),
-    "rms_norm": dict(B=1, T=64, D=32),
-}
+#: the same ops at toy sizes, for checking the bench itself on a CPU
+SMOKE_DIMS = dict(B=1, T=64, H=2, K=16, V=16, D=32, N=4, W=4)
+SMOKE_SHAPES: dict[str, dict] = {op: {k: SMOKE_DIMS[k] for k in shape} for op, shape in SHAPES.items()}
 
 
 def _peers() -> dict[str, dict[str, Callable]]:

@@ -128,17 +128,7 @@ class ParametricFit:
         return np.vstack([self.theta, grid[np.argsort(dist, kind="stable")[:n_grid]]])
 
     def as_dict(self) -> dict[str, float]:
-        return {
-            "E": self.E,
-            "A": self.A,
-            "B": self.B,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "a": self.a,
-            "b": self.b,
-            "objective": self.objective,
-            "n_points": self.n_points,
-        }
+        return {k: getattr(self, k) for k in ("E", "A", "B", "alpha", "beta", "a", "b", "objective", "n_points")}
 
 
 def fit_parametric(
@@ -249,13 +239,7 @@ class FrontierFit:
         ])
 
     def as_dict(self) -> dict[str, float]:
-        return {
-            "E": self.E,
-            "k": self.k,
-            "gamma": self.gamma,
-            "objective": self.objective,
-            "n_points": self.n_points,
-        }
+        return {k: getattr(self, k) for k in ("E", "k", "gamma", "objective", "n_points")}
 
 
 def fit_frontier(
@@ -342,13 +326,7 @@ class IsoFlopFit:
         return self.kD * np.asarray(C, dtype=np.float64) ** self.b
 
     def as_dict(self) -> dict[str, float]:
-        return {
-            "a": self.a,
-            "b": self.b,
-            "kN": self.kN,
-            "kD": self.kD,
-            "n_budgets": len(self.budgets),
-        }
+        return {**{k: getattr(self, k) for k in ("a", "b", "kN", "kD")}, "n_budgets": len(self.budgets)}
 
 
 def _group(C: np.ndarray, budget, rtol: float) -> list[tuple[Any, np.ndarray]]:
