@@ -8,18 +8,12 @@ import torch.nn.functional as F
 from .._common import accumulation_dtype
 
 
-def rms_norm_chunk(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    eps: float,
-    gate: torch.Tensor | None,
-    norm_before_gate: bool,
-    group_size: int,
-) -> torch.Tensor:
-    """x, gate: ``[..., D]``; weight: ``[D]`` or None; groups of ``group_size`` channels.
-
-    Returns y ``[..., D]`` in the accumulation dtype (float32, float64 for float64 inputs).
-    """
+def rms_norm_chunk(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                   gate: torch.Tensor | None, norm_before_gate: bool,
+                   group_size: int) -> torch.Tensor:
+    """``F.rms_norm`` (over a ``[..., D // group_size, group_size]`` view when grouped, the weight
+    applied after) with the silu gate before or after it. Arguments as ``rms_norm`` validated
+    them; y comes back in the accumulation dtype (float32, float64 for float64 inputs)."""
     dt = accumulation_dtype(x, weight, gate)
     D = x.shape[-1]
     u = x.to(dt)

@@ -12,18 +12,12 @@ import torch
 from .._common import accumulation_dtype
 
 
-def rms_norm_reference(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    eps: float,
-    gate: torch.Tensor | None,
-    norm_before_gate: bool,
-    group_size: int,
-) -> torch.Tensor:
-    """x, gate: ``[..., D]``; weight: ``[D]`` or None; groups of ``group_size`` channels.
-
-    Returns y ``[..., D]`` in the accumulation dtype (float32, float64 for float64 inputs).
-    """
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                       gate: torch.Tensor | None, norm_before_gate: bool,
+                       group_size: int) -> torch.Tensor:
+    """The formula of the module docstring written out with elementwise ops (the silu too), no
+    fused kernel. Arguments as ``rms_norm`` validated them; y comes back in the accumulation
+    dtype (float32, float64 for float64 inputs)."""
     dt = accumulation_dtype(x, weight, gate)
     D = x.shape[-1]
     u = x.to(dt)

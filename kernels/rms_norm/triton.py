@@ -73,6 +73,14 @@ if HAS_TRITON:
         return xb, s, u
 
     @triton.jit
+    def _channel_block(base, rm, b, G: tl.constexpr, BLOCK: tl.constexpr):
+        """Block ``b`` of BLOCK channels of a group of G: the channels (within the group), their
+        mask, the offsets of the [ROWS, BLOCK] tile from each row's ``base`` and the tile's mask."""
+        ch = b * BLOCK + tl.arange(0, BLOCK)
+        cm = ch < G
+        return ch, cm, base[:, None] + ch[None, :], rm[:, None] & cm[None, :]
+
+    @triton.jit
     def _store_y(y, w, u, s, r, offs, m, cols, cm, GATE: tl.constexpr, HAS_W: tl.constexpr):
         out = u * r[:, None]
         if HAS_W:
@@ -100,17 +108,14 @@ if HAS_TRITON:
         else:  # blocks of BLOCK channels, twice
             ss = tl.zeros([ROWS], dtype=tl.float32)
             for b in range(0, NB):
-                cm = b * BLOCK + ar < G
-                offs = base[:, None] + (b * BLOCK + ar)[None, :]
-                _, s, u = _load_u(x, z, offs, rm[:, None] & cm[None, :], GATE)
+                _, _, offs, m = _channel_block(base, rm, b, G, BLOCK)
+                _, s, u = _load_u(x, z, offs, m, GATE)
                 ss += tl.sum(u * u, axis=1)
             r = 1.0 / tl.sqrt(ss / G + eps)
             for b in range(0, NB):
-                cm = b * BLOCK + ar < G
-                offs = base[:, None] + (b * BLOCK + ar)[None, :]
-                m = rm[:, None] & cm[None, :]
+                ch, cm, offs, m = _channel_block(base, rm, b, G, BLOCK)
                 _, s, u = _load_u(x, z, offs, m, GATE)
-                _store_y(y, w, u, s, r, offs, m, i_g * G + b * BLOCK + ar, cm, GATE, HAS_W)
+                _store_y(y, w, u, s, r, offs, m, i_g * G + ch, cm, GATE, HAS_W)
         tl.store(rstd + rows.to(tl.int64) * NG + i_g, r, mask=rm)
 
     @triton.jit
@@ -187,23 +192,19 @@ if HAS_TRITON:
                 r = tl.load(rstd + rows.to(tl.int64) * NG + i_g, mask=rm, other=0.0)
                 c = tl.zeros([ROWS], dtype=tl.float32)
                 for b in range(0, NB):
-                    cm = b * BLOCK + ar < G
-                    offs = base[:, None] + (b * BLOCK + ar)[None, :]
-                    m = rm[:, None] & cm[None, :]
-                    xb, zb, s, sig, n, dyb, e, dn, wb = _bwd_parts(
-                        x, z, w, dy, offs, m, i_g * G + b * BLOCK + ar, cm, r, GATE, HAS_W)
+                    ch, cm, offs, m = _channel_block(base, rm, b, G, BLOCK)
+                    _, _, _, _, n, _, _, dn, _ = _bwd_parts(
+                        x, z, w, dy, offs, m, i_g * G + ch, cm, r, GATE, HAS_W)
                     c += tl.sum(dn * n, axis=1)
                 c = c / G
                 for b in range(0, NB):
-                    cm = b * BLOCK + ar < G
-                    offs = base[:, None] + (b * BLOCK + ar)[None, :]
-                    m = rm[:, None] & cm[None, :]
+                    ch, cm, offs, m = _channel_block(base, rm, b, G, BLOCK)
                     xb, zb, s, sig, n, dyb, e, dn, wb = _bwd_parts(
-                        x, z, w, dy, offs, m, i_g * G + b * BLOCK + ar, cm, r, GATE, HAS_W)
+                        x, z, w, dy, offs, m, i_g * G + ch, cm, r, GATE, HAS_W)
                     _bwd_store(dx, dz, xb, zb, s, sig, n, dyb, dn, wb, r, c, offs, m, GATE)
                     if HAS_W:
-                        p = tl.load(part + b * BLOCK + ar, mask=cm, other=0.0)
-                        tl.store(part + b * BLOCK + ar, p + tl.sum(e * n, axis=0), mask=cm)
+                        p = tl.load(part + ch, mask=cm, other=0.0)
+                        tl.store(part + ch, p + tl.sum(e * n, axis=0), mask=cm)
                         # the next row's load of this partial row may fall to other threads of the
                         # program: make the store visible to all of them first
                         tl.debug_barrier()
@@ -279,19 +280,12 @@ class _RMSNormTritonFn(torch.autograd.Function):
         return dx, dz, None if dw is None else dw.to(w.dtype), None, None, None
 
 
-def rms_norm_triton(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    eps: float,
-    gate: torch.Tensor | None,
-    norm_before_gate: bool,
-    group_size: int,
-) -> torch.Tensor:
-    """rms_norm through the Triton kernels. Inputs as validated by ``postformer.kernels.rms_norm``.
-
-    x, gate ``[..., D]``; weight ``[D]`` or None; groups of ``group_size`` channels. Returns y
-    ``[..., D]`` in x's dtype (computed in fp32). Gradients flow to x, weight and gate.
-    """
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                    gate: torch.Tensor | None, norm_before_gate: bool,
+                    group_size: int) -> torch.Tensor:
+    """rms_norm through the fused kernels: x and gate flattened to rows ``[M, D]``, one autograd
+    Function over the forward and backward kernels. Arguments as ``rms_norm`` validated them; y
+    comes back in x's dtype (computed in fp32)."""
     check_triton_inputs(x=x, weight=weight, gate=gate)
     shape = x.shape
     D = shape[-1]
