@@ -110,26 +110,15 @@ class SelectiveScanFn(torch.autograd.Function):
 
 
 def selective_scan_chunk(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    dt_softplus: bool,
-    initial_state: torch.Tensor | None,
-    chunk_size: int | None = None,
-    block_size: int | None = None,
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None, dt_softplus: bool,
+    initial_state: torch.Tensor | None, chunk_size: int | None = None, block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x, dt, z: ``[B, T, D]``; A: ``[D, N]``; B, C: ``[B, T, N]`` or ``[B, T, G, N]``;
-    D, dt_bias: ``[D]``; initial_state: ``[B, D, N]``. ``chunk_size`` and ``block_size``
-    (time steps) override the defaults of linear_scan's ``plan``.
-
-    Returns y ``[B, T, D]`` and the final state ``[B, D, N]``, both in the accumulation dtype
-    (float32, or float64 for float64 inputs).
-    """
+    """The step sizes and ``delta * x`` in PyTorch, padded to whole chunks, then
+    ``SelectiveScanFn`` (the scan over D*N channels, time block by time block), then the skip
+    and the gate. ``chunk_size`` and ``block_size`` (time steps) override the defaults of
+    linear_scan's ``plan``. Other arguments as ``selective_scan`` validated them; y and the
+    final state come back in the accumulation dtype (float32, or float64 for float64 inputs)."""
     acc = accumulation_dtype(x, dt, A, B, C, D, z, dt_bias, initial_state)
     batch, T, dim = x.shape
     N = A.shape[-1]

@@ -41,23 +41,14 @@ def as_groups(M: torch.Tensor) -> torch.Tensor:
 
 
 def selective_scan_reference(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    dt_softplus: bool,
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None, dt_softplus: bool,
     initial_state: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x, dt, z: ``[B, T, D]``; A: ``[D, N]``; B, C: ``[B, T, N]`` or ``[B, T, G, N]``;
-    D, dt_bias: ``[D]``; initial_state: ``[B, D, N]``.
-
-    Returns y ``[B, T, D]`` and the final state ``[B, D, N]``, both in the accumulation dtype
-    (float32, or float64 for float64 inputs).
-    """
+    """The recurrence of the module docstring as a Python loop over time, the state held as
+    ``[B, G, D/G, N]`` so that each channel group meets its own row of B and C. Arguments as
+    ``selective_scan`` validated them; y and the final state come back in the accumulation dtype
+    (float32, or float64 for float64 inputs)."""
     acc = accumulation_dtype(x, dt, A, B, C, D, z, dt_bias, initial_state)
     batch, T, dim = x.shape
     N = A.shape[-1]

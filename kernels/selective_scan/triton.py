@@ -368,24 +368,14 @@ class _SelectiveScanFn(torch.autograd.Function):
 
 
 def selective_scan_triton(
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    dt_bias: torch.Tensor | None,
-    dt_softplus: bool,
-    initial_state: torch.Tensor | None,
-    output_final_state: bool,
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None, dt_softplus: bool,
+    initial_state: torch.Tensor | None, output_final_state: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The Triton path of ``selective_scan`` (inputs already validated by the public function).
-
-    x, dt, z ``[B, T, D]``; A ``[D, N]``; B, C ``[B, T, N]`` or ``[B, T, G, N]``; D, dt_bias ``[D]``;
-    initial_state ``[B, D, N]``. Returns y ``[B, T, D]`` in x's dtype and the final state
-    ``[B, D, N]`` fp32 (None unless ``output_final_state``).
-    """
+    """selective_scan through the kernels (``N <= MAX_N``): B and C as ``[B, T, G, N]``, every
+    input contiguous, then the autograd Function, or the forward kernel alone (no checkpoints
+    stored) when no gradient is needed. Arguments as ``selective_scan`` validated them; y comes
+    back in x's dtype, the final state fp32 (None unless ``output_final_state``)."""
     check_triton_inputs(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
     if A.shape[1] > MAX_N:
         raise ValueError(f"A has shape {list(A.shape)}: the Triton kernels take N <= {MAX_N}; use impl='chunk'")
