@@ -6,7 +6,7 @@
 
 from .attention import Attention, attend, attention_backend
 from .config import PRESETS, ModelConfig
-from .deltanet import DeltaNet, GatedDeltaNet
+from .deltanet_gdn import DeltaNet, GatedDeltaNet
 from .gla import GLA
 from .hgrn2 import HGRN2
 from .layers import GatedRMSNorm, RMSNorm, Rotary, SwiGLU

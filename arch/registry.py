@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .attention import Attention
-from .deltanet import DeltaNet, GatedDeltaNet
+from .deltanet_gdn import DeltaNet, GatedDeltaNet
 from .gla import GLA
 from .hgrn2 import HGRN2
 from .mamba import Mamba

@@ -1,7 +1,7 @@
 """Helpers shared by the tests/arch test files (imported by name: tests/arch is on pytest's
 ``pythonpath``, see pyproject.toml).
 
-- the naive-equation tests of one mixer each (test_deltanet.py, test_mamba.py, ...) build their
+- the naive-equation tests of one mixer each (test_deltanet_gdn.py, test_mamba.py, ...) build their
   mixer in float64 at width ``D_MODEL`` (``make`` by registry name, ``make_cls`` by class) and
   share ``inputs``, ``rmsnorm`` and the tap-by-tap ``conv_naive``;
 - the contract every mixer meets (test_mixers.py) and Mamba-2's naive loop (test_mamba2.py)

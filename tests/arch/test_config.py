@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from postformer.arch import MIXERS, PRESETS, ModelConfig
-from postformer.arch.deltanet import DeltaNet, GatedDeltaNet
+from postformer.arch.deltanet_gdn import DeltaNet, GatedDeltaNet
 from postformer.arch.hgrn2 import HGRN2
 from postformer.arch.retnet import RetNet
 

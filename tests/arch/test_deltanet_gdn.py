@@ -1,4 +1,4 @@
-"""DeltaNet and Gated DeltaNet (one class pair in arch/deltanet.py) against the papers' delta
+"""DeltaNet and Gated DeltaNet (one class pair in arch/deltanet_gdn.py) against the papers' delta
 rule, written in float64 in the column-vector form with the transition matrix
 ``I - beta k k^T``, using the mixer's own weights; Gated DeltaNet's decay and init; option checks.
 """
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from mixer_testing import D_MODEL, inputs, make, rmsnorm
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
-from postformer.arch.deltanet import DeltaNet, GatedDeltaNet
+from postformer.arch.deltanet_gdn import DeltaNet, GatedDeltaNet
 
 
 def conv_silu(x: torch.Tensor, conv: torch.nn.Conv1d) -> torch.Tensor:
