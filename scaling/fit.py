@@ -16,8 +16,8 @@ instead of a sum lets L-BFGS stop after a few iterations (the gradient is tiny),
 scipy's default tolerances stop early. Here all starts run at once as a batched
 Levenberg-Marquardt iteration in torch with analytic gradients and Hessians (see
 ``scaling/solver.py``), the best few end points are refined in float64 and the best is
-polished by scipy's L-BFGS-B with tight tolerances. The 240 Chinchilla runs from 4,500
-starts take about 4 s on a busy 2-core machine (bench/test_fit.py).
+polished by scipy's L-BFGS-B with tight tolerances. ``bench/test_fit.py`` times the fit of
+the 240 Chinchilla runs from 4,500 starts.
 """
 
 from __future__ import annotations

@@ -195,8 +195,8 @@ def _levenberg_marquardt(
 
 class _single_thread:
     """Run torch on one thread: results do not depend on the machine's thread count
-    (reductions keep their order), and on a busy 2-core machine OpenMP's barriers cost
-    more than the second core gains (elementwise ops measured 5-8x slower)."""
+    (reductions keep their order), and on a busy machine with few cores OpenMP's barriers
+    cost more than the second core gains (``bench/test_fit.py`` times it)."""
 
     def __enter__(self):
         self.n = torch.get_num_threads()
