@@ -29,10 +29,7 @@ def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
 
 
 def causal_conv1d_step(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    activation: str | None,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None,
     state: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The decoding step: x ``[B, 1, D]``, state ``[B, D, W-1]`` -> (y ``[B, 1, D]``, new state).
@@ -48,17 +45,12 @@ def causal_conv1d_step(
 
 
 def causal_conv1d_chunk(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    activation: str | None,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None,
     initial_state: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Equal-length batch: x ``[B, T, D]``, weight ``[D, W]``, bias ``[D]``, state ``[B, D, W-1]``.
-
-    Returns y ``[B, T, D]`` in the accumulation dtype and the final state ``[B, D, W-1]`` in
-    x's dtype.
-    """
+    """An equal-length batch: the state (or zeros) prepended along time, one valid grouped
+    ``F.conv1d``. Arguments as ``causal_conv1d`` validated them; y comes back in the
+    accumulation dtype, the final state in x's dtype."""
     dt = accumulation_dtype(x, weight, bias, initial_state)
     B, T, D = x.shape
     W = weight.shape[1]
@@ -76,18 +68,13 @@ def causal_conv1d_chunk(
 
 
 def causal_conv1d_varlen(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    activation: str | None,
-    initial_state: torch.Tensor | None,
-    cu_seqlens: torch.Tensor,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None,
+    initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed sequences: x ``[1, T, D]``, cu_seqlens ``[N+1]``, initial_state ``[N, D, W-1]``.
-
-    Returns y ``[1, T, D]`` in the accumulation dtype and the final states ``[N, D, W-1]`` in
-    x's dtype.
-    """
+    """Packed sequences (``[1, T, D]``, N of them): one conv over the packed stream, the first
+    ``W-1`` outputs of each sequence corrected to read its own state, the final states gathered
+    by index (module docstring). Arguments as ``causal_conv1d`` validated them; y comes back in
+    the accumulation dtype, the final states ``[N, D, W-1]`` in x's dtype."""
     dt = accumulation_dtype(x, weight, bias, initial_state)
     _, T, D = x.shape
     W = weight.shape[1]

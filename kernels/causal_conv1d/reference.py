@@ -15,22 +15,13 @@ from .._common import accumulation_dtype
 
 
 def causal_conv1d_reference(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    activation: str | None,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None,
     initial_state: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of equal-length sequences, no varlen.
-
-    Args:
-        x: ``[B, T, D]``; weight: ``[D, W]``; bias: ``[D]`` or None; activation: None or "silu";
-        initial_state: ``[B, D, W-1]`` or None (zeros).
-
-    Returns:
-        y ``[B, T, D]`` in the accumulation dtype (float32, float64 for float64 inputs) and the
-        final state ``[B, D, W-1]`` (the last ``W-1`` inputs, oldest first) in x's dtype.
-    """
+    """One batch of equal-length sequences (no varlen: the op loops over packed ones), a Python
+    loop over time and taps keeping the inputs seen so far. Arguments as ``causal_conv1d``
+    validated them; y comes back in the accumulation dtype (float32, float64 for float64
+    inputs), the final state in x's dtype."""
     dt = accumulation_dtype(x, weight, bias, initial_state)
     B, T, D = x.shape
     W = weight.shape[1]

@@ -303,21 +303,13 @@ class _CausalConv1dTritonFn(torch.autograd.Function):
 
 
 def causal_conv1d_triton(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    activation: str | None,
-    initial_state: torch.Tensor | None,
-    output_final_state: bool,
-    cu_seqlens: torch.Tensor | None,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None,
+    initial_state: torch.Tensor | None, output_final_state: bool, cu_seqlens: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """causal_conv1d through the Triton kernels. Inputs as validated by
-    ``postformer.kernels.causal_conv1d``.
-
-    x ``[B, T, D]``; weight ``[D, W]`` (``W <= MAX_WIDTH``); bias ``[D]`` or None; activation
-    None or ``"silu"``; initial_state ``[B or N, D, W-1]`` or None. Returns ``(y [B, T, D],
-    final state [B or N, D, W-1] or None)``, both in x's dtype.
-    """
+    """causal_conv1d through the fused kernels (``W <= MAX_WIDTH``): a batch flattened to packed
+    sequences (offsets ``0, T, 2T, ...`` or ``cu_seqlens``), one autograd Function over the
+    forward and backward passes. Arguments as ``causal_conv1d`` validated them; y and the final
+    state (None unless ``output_final_state``) come back in x's dtype."""
     check_triton_inputs(x=x, weight=weight, bias=bias, initial_state=initial_state)
     B, T, D = x.shape
     W = weight.shape[1]
