@@ -56,20 +56,31 @@ if HAS_TRITON:
         """The affine map ``h -> a1 h + b1`` followed by ``h -> a2 h + b2``."""
         return a1 * a2, a2 * b1 + b2
 
+    @triton.jit
+    def _program_tile(cu, D: tl.constexpr, BD: tl.constexpr):
+        """This program's sequence ``i_n``, its rows ``[bos, eos)``, its BD channels and their mask."""
+        i_d, i_n = tl.program_id(0), tl.program_id(1)
+        bos = tl.load(cu + i_n).to(tl.int64)
+        eos = tl.load(cu + i_n + 1).to(tl.int64)
+        cols = i_d * BD + tl.arange(0, BD)
+        return i_n, bos, eos, cols, cols < D
+
+    @triton.jit
+    def _state_row(s, i_n, cols, cm, D: tl.constexpr, BD: tl.constexpr, HAS: tl.constexpr):
+        """Row ``i_n`` of an ``[N, D]`` state at ``cols`` in fp32; zeros when the state is absent."""
+        if HAS:
+            row = tl.load(s + i_n * D + cols, mask=cm, other=0.0).to(tl.float32)
+        else:
+            row = tl.zeros([BD], dtype=tl.float32)
+        return row
+
     @triton.autotune(configs=autotune_configs(_WARPS), key=["D", "BT", "BD"])
     @triton.jit
     def _fwd(x, g, h0, h, ht, cu, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
              HAS_H0: tl.constexpr, STORE_HT: tl.constexpr):
         """x, g [rows, D] (any float dtype); h0 [N, D] fp32; h [rows, D] fp32 out; ht [N, D] fp32 out."""
-        i_d, i_n = tl.program_id(0), tl.program_id(1)
-        bos = tl.load(cu + i_n).to(tl.int64)
-        eos = tl.load(cu + i_n + 1).to(tl.int64)
-        cols = i_d * BD + tl.arange(0, BD)
-        cm = cols < D
-        if HAS_H0:
-            carry = tl.load(h0 + i_n * D + cols, mask=cm, other=0.0).to(tl.float32)
-        else:
-            carry = tl.zeros([BD], dtype=tl.float32)
+        i_n, bos, eos, cols, cm = _program_tile(cu, D, BD)
+        carry = _state_row(h0, i_n, cols, cm, D, BD, HAS_H0)
         last = (tl.arange(0, BT) == BT - 1)[:, None]
         nblk = tl.cdiv(eos - bos, BT)
         for i in range(nblk):
@@ -91,19 +102,9 @@ if HAS_TRITON:
              HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
         """g [rows, D]; h0 [N, D] fp32; h [rows, D] fp32 (the forward's states); dh [rows, D];
         dht [N, D] fp32. Out: dx, dg [rows, D] fp32; dh0 [N, D] fp32 (when HAS_H0)."""
-        i_d, i_n = tl.program_id(0), tl.program_id(1)
-        bos = tl.load(cu + i_n).to(tl.int64)
-        eos = tl.load(cu + i_n + 1).to(tl.int64)
-        cols = i_d * BD + tl.arange(0, BD)
-        cm = cols < D
-        if HAS_DHT:
-            carry = tl.load(dht + i_n * D + cols, mask=cm, other=0.0).to(tl.float32)  # lam after the last step
-        else:
-            carry = tl.zeros([BD], dtype=tl.float32)
-        if HAS_H0:
-            first = tl.load(h0 + i_n * D + cols, mask=cm, other=0.0).to(tl.float32)
-        else:
-            first = tl.zeros([BD], dtype=tl.float32)
+        i_n, bos, eos, cols, cm = _program_tile(cu, D, BD)
+        carry = _state_row(dht, i_n, cols, cm, D, BD, HAS_DHT)  # lam after the last step
+        first = _state_row(h0, i_n, cols, cm, D, BD, HAS_H0)
         last = (tl.arange(0, BT) == BT - 1)[:, None]
         nblk = tl.cdiv(eos - bos, BT)
         for j in range(nblk):
