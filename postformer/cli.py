@@ -19,9 +19,13 @@ from collections.abc import Callable, Sequence
 def _lightning(argv: list[str]) -> None:
     from postformer.train.callbacks import NonFiniteLossError
     from postformer.train.cli import lightning_main
+    from postformer.train.corpus import DataError
 
     try:
         lightning_main(argv)
+    except DataError as err:  # found once training started: the data, not the config's form
+        print(f"postformer {argv[0]}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     except NonFiniteLossError as err:
         print(f"postformer {argv[0]}: {err}", file=sys.stderr)
         raise SystemExit(1) from None

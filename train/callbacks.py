@@ -82,14 +82,14 @@ class RunCheckpoint(ModelCheckpoint):
     """
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.save_last and self.dirpath and _saved_step(self.last_model_path) != trainer.global_step:
+        if self.save_last and self.dirpath and saved_step(self.last_model_path) != trainer.global_step:
             trainer.save_checkpoint(os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))
         super().on_train_end(trainer, pl_module)
 
 
-def _saved_step(path: str) -> int | None:
+def saved_step(path: str) -> int | None:
     """The global step a checkpoint file was saved at (None: no file). Memory-mapped: the
-    weights are not read."""
+    weights are not read, so it is also a cheap check that a checkpoint is whole."""
     if not path or not os.path.isfile(path):
         return None
     return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])

@@ -48,19 +48,21 @@ Additions to plain LightningCLI:
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import warnings
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 from jsonargparse import ActionYesNo, Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from .callbacks import InterruptWatch, NonFiniteGuard, RunCheckpoint
+from .callbacks import InterruptWatch, NonFiniteGuard, RunCheckpoint, saved_step
 from .data import TextDataModule
 from .logger import METRICS
 from .module import LMModule, split_batch
@@ -80,6 +82,42 @@ def throughput_monitor() -> ThroughputMonitor:
     sequences, items are target tokens; a 10-step window."""
     return ThroughputMonitor(batch_size_fn=lambda b: split_batch(b)[0].shape[0],
                              length_fn=lambda b: split_batch(b)[0].numel(), window_size=10)
+
+
+def one_line(message: str) -> str:
+    """A jsonargparse error message in one line: the innermost error of a nested one (a bad
+    value inside a class's arguments), prefixed with its full key."""
+    keys, text = [], []
+    for line in message.splitlines():
+        line = line.strip().removeprefix("- ")
+        key = re.fullmatch(r'Parser key "([^"]+)":', line)
+        if key:
+            keys.append(key.group(1))
+        elif line and not line.startswith(_NOISE) and "Does not validate against any" not in line:
+            text.append(line)
+    first = text[0] if text else message.strip()
+    typed = re.fullmatch(r"Expected a <class '(\w+)'>\. Got value: (.*)", first)
+    if typed:
+        first = f"expected {typed.group(1)}, got {typed.group(2)!r}"
+    return f"{'.'.join(keys)}: {first}" if keys else first
+
+
+# the lines of a jsonargparse message that say nothing about what was wrong
+_NOISE = ("Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
+          "Problem with given class_path")
+
+
+class PostformerParser(LightningArgumentParser):
+    """Errors in one line, ``postformer fit: error: KEY: what was wrong``, without the usage
+    (``--help`` shows it)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # a nested parser: its caller reports
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        print(f"{parser.prog.replace(' [options]', '')}: error: {one_line(message)}",
+              file=sys.stderr)
+        self.exit(2)
 
 
 def _class_path(logger: Any) -> str:
@@ -107,7 +145,8 @@ class PostformerCLI(LightningCLI):
         """``callbacks``: added to every trainer beside the configured ones."""
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        kwargs.setdefault("parser_kwargs", {"default_env": False, "prog": "postformer"})
+        kwargs.setdefault("parser_class", PostformerParser)
         kwargs.setdefault("trainer_defaults", {"callbacks": [throughput_monitor(), *callbacks]})
         # any LightningDataModule (``data: {class_path: ..., init_args: ...}``), TextDataModule
         # by default, so ``data: {seq_len: 128}`` keeps meaning the text data's options
@@ -130,8 +169,20 @@ class PostformerCLI(LightningCLI):
                                  "checkpoints are removed, metrics.csv replaced); without it "
                                  "such a folder is refused unless --ckpt_path resumes it")
 
+    def _fail(self, message: str) -> NoReturn:
+        """A usage error found after parsing: one line, exit 2, as the parser's own."""
+        prog = " ".join(filter(None, [self.parser.prog, self.config.get("subcommand")]))
+        print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+        raise SystemExit(2)
+
     def _cfg(self) -> Namespace:
-        return self.config[self.subcommand] if self.subcommand else self.config
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else self.config
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # before LightningCLI reads the model's hyperparameters from --ckpt_path
+        self._check_checkpoint(self._cfg())
 
     def _follow_data_vocab(self, cfg: Namespace) -> None:
         """Set ``model.config.vocab_size`` to the data's vocabulary (``data.tokenizer``'s, or a
@@ -145,7 +196,7 @@ class PostformerCLI(LightningCLI):
         try:
             vocab = planned(init_args)
         except (ValueError, OSError) as err:
-            self.parser.error(f"data: {err}")
+            self._fail(f"data: {err}")
         given = cfg.model.config.vocab_size
         if given != vocab:
             if given not in (None, 256):  # 256: the bytes default the smoke configs spell out
@@ -162,7 +213,7 @@ class PostformerCLI(LightningCLI):
         self._refuse_optimizer_options(cfg)
         unknown = sorted(set(cfg.track) - set(TRACKERS))
         if unknown:
-            self.parser.error(f"track: unknown tracker(s) {unknown}; known: {sorted(TRACKERS)}")
+            self._fail(f"track: unknown tracker(s) {unknown}; known: {sorted(TRACKERS)}")
         # Flat layout: RunLogger first (metrics.csv and config.yaml in the run folder), any
         # other logger beside it; checkpoints in DIR/checkpoints whatever the loggers are.
         trainer.logger = _loggers(trainer.logger, root, list(cfg.track))
@@ -171,6 +222,9 @@ class PostformerCLI(LightningCLI):
         self._follow_data_vocab(cfg)
         self._stale = self._check_fresh_fit(cfg) if self.subcommand == "fit" else []
         steps = trainer.max_steps
+        if self.subcommand == "fit" and not (isinstance(steps, int) and steps >= 1):
+            self._fail(f"trainer.max_steps: expected an integer >= 1 (the LR schedule "
+                              f"is shaped from it), got {steps}")
         interval = trainer.val_check_interval
         if (trainer.check_val_every_n_epoch is None and isinstance(interval, int)
                 and steps is not None and steps > 0):
@@ -185,11 +239,27 @@ class PostformerCLI(LightningCLI):
         options stay, so a saved config.yaml with ``optimizer: null`` still parses)."""
         given = [k for k in ("optimizer", "lr_scheduler") if cfg.get(k) is not None]
         if given:
-            self.parser.error(
+            self._fail(
                 f"{given[0]}: not supported; LMModule trains with AdamW, no weight decay on "
                 "norms, biases and embeddings, and its model.schedule LR schedule, which "
                 f"--{given[0]} would silently replace; set model.lr, model.weight_decay, "
                 "model.betas, model.eps, model.schedule, model.warmup_steps instead")
+
+    def _check_checkpoint(self, cfg: Namespace) -> None:
+        """``--ckpt_path`` names a whole checkpoint (read memory-mapped, weights untouched):
+        a truncated one is a line saying so, not a traceback from deep in torch."""
+        path = cfg.get("ckpt_path")
+        if path is None or path in ("last", "best", "hpc", "registry"):  # Lightning's names
+            return
+        if not Path(path).is_file():
+            self._fail(f"ckpt_path: {path} does not exist")
+        try:
+            saved_step(path)
+        except Exception as err:  # torch's zip reader, pickle, a missing key: all say "damaged"
+            self._fail(
+                f"ckpt_path: {path} cannot be read ({type(err).__name__}: "
+                f"{one_line(str(err))}); it is truncated or damaged: resume from another "
+                "checkpoint of the run (checkpoints/*.ckpt), or start afresh with --overwrite")
 
     def _check_fresh_fit(self, cfg: Namespace) -> list[Path]:
         """The files of an earlier run that a fresh fit (no ``--ckpt_path``) would clobber:
@@ -207,7 +277,7 @@ class PostformerCLI(LightningCLI):
         if not cfg.overwrite:
             last = Path(cfg.checkpoint.dirpath) / "last.ckpt"
             resume = (f"resume it with --ckpt_path {last}, " if last.is_file() else "")
-            self.parser.error(
+            self._fail(
                 f"{root} holds a run already ({', '.join(p.name for p in used[:3])}"
                 f"{', ...' if len(used) > 3 else ''}); {resume}start afresh in another "
                 "--trainer.default_root_dir, or pass --overwrite to replace it")
@@ -217,8 +287,8 @@ class PostformerCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError, FileNotFoundError) as err:
-            self.parser.error(f"{type(err).__name__}: {err}")
+        except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
+            self._fail(str(err))
         for path in self._stale:  # --overwrite: the earlier run's checkpoints, now
             path.unlink(missing_ok=True)
 

@@ -26,7 +26,7 @@ import sysconfig
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,12 @@ import numpy as np
 SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 BATCH_DOCS = 256  # documents per tokenisation task
 BATCH_BYTES = 16 << 20  # ... or about this many bytes of text, whichever comes first
+
+
+class DataError(ValueError):
+    """The data cannot be used as given (too little of it, a file that does not parse, a
+    damaged token cache); the message names the source or file and what to do.
+    ``postformer fit`` reports it in one line."""
 
 
 def default_cache_dir() -> Path:
@@ -155,6 +161,7 @@ class Corpus:
     max_bytes: int | None = None
     max_tokens: int | None = None
     cache_dir: Path | None = None
+    capped: bool = field(default=False, init=False)  # max_bytes left documents unread
 
     def __post_init__(self) -> None:
         if self.files is not None and self.hf_name is not None:
@@ -201,6 +208,7 @@ class Corpus:
                     break
                 keep.append(f)
                 total += f.stat().st_size
+            self.capped = len(keep) < len(order)
             order = keep
         return root, (sorted(order) if self.max_tokens is None else order)
 
@@ -228,11 +236,29 @@ class Corpus:
         for i, text in enumerate(self._rows()):
             if self.max_bytes is not None:
                 if total >= self.max_bytes:
+                    self.capped = True
                     return
                 total += len(text.encode("utf-8", errors="surrogatepass"))
             yield str(i), text
 
     def _rows(self) -> Iterator[str]:
+        if self.hf_name is not None:
+            yield from self._table_rows()
+            return
+        import datasets
+        import pyarrow as pa
+
+        try:
+            yield from self._table_rows()
+        except (datasets.exceptions.DatasetGenerationError, pa.ArrowInvalid) as err:
+            kind = SUFFIXES[self.files[0].suffix]
+            want = (f"one JSON object per line, each with a {self.text_field!r} field"
+                    if kind == "json" else f"Parquet tables with a {self.text_field!r} column")
+            cause = err.__cause__ or err
+            raise DataError(f"data.path {self.path!r}: a file does not parse as {kind} "
+                            f"({' '.join(str(cause).split())}); expected {want}") from None
+
+    def _table_rows(self) -> Iterator[str]:
         import datasets
 
         cache = str((self.cache_dir or default_cache_dir()) / "hf")
@@ -395,7 +421,7 @@ def tokenize_corpus(docs: Iterable[tuple[str, str | Path]], tokenizer: Any,
 
     Returns the metadata: ``split`` ("by document" or "tail"), ``documents`` per split,
     ``tokens`` per split, ``replaced_bytes`` (bytes of invalid UTF-8 replaced, text
-    tokenizers only), ``dtype``.
+    tokenizers only), ``dtype``, ``capped`` (``max_tokens`` cut the corpus).
     """
     dtype = token_dtype(tokenizer.vocab_size)
     writers = {s: NpyWriter(p, dtype) for s, p in out.items()}
@@ -428,7 +454,8 @@ def tokenize_corpus(docs: Iterable[tuple[str, str | Path]], tokenizer: Any,
     if n_docs["train"] + n_docs["val"] == 0:
         for w in writers.values():
             w.f.close()
-        raise ValueError("the corpus is empty (no documents were read)")
+        raise DataError("the corpus is empty (no documents were read); expected at least one "
+                        "document in data.path or data.hf_name")
     for w in writers.values():
         w.close()
     meta: dict[str, Any] = {"split": "by document", "documents": dict(n_docs)}
@@ -440,6 +467,7 @@ def tokenize_corpus(docs: Iterable[tuple[str, str | Path]], tokenizer: Any,
     meta["tokens"] = {s: int(len(np.load(p, mmap_mode="r"))) for s, p in out.items()}
     meta["replaced_bytes"] = replaced
     meta["dtype"] = dtype.name
+    meta["capped"] = max_tokens is not None and total >= max_tokens
     return meta
 
 

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .corpus import (
     SUFFIXES,
     Corpus,
+    DataError,
     default_cache_dir,
     locked_build,
     resolve_files,
@@ -44,7 +45,7 @@ from .fileio import atomic_write
 from .sampler import PositionedDataModule
 from .tokenizer import Tokenizer, get_tokenizer
 
-__all__ = ["SUFFIXES", "PackedSequences", "TextDataModule", "default_cache_dir",
+__all__ = ["SUFFIXES", "DataError", "PackedSequences", "TextDataModule", "default_cache_dir",
            "resolve_files", "split_is_val", "stdlib_files"]  # the helpers live in corpus.py
 
 _FORMAT_VERSION = 2  # bump when the cached layout or the split rule changes
@@ -153,8 +154,9 @@ class TextDataModule(PositionedDataModule):
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if val_tokens is not None and val_tokens < 1:
             raise ValueError(f"val_tokens must be >= 1 or None (all), got {val_tokens}")
-        if seq_len < 1 or batch_size < 1:
-            raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
+        for key, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"data.{key}: expected an integer >= 1, got {value!r}")
         if max_tokens is not None and max_tokens < seq_len + 1:
             raise ValueError(f"data.max_tokens={max_tokens} is below seq_len + 1 = {seq_len + 1}; "
                              "expected room for at least one window (or None: no cap)")
@@ -250,7 +252,8 @@ class TextDataModule(PositionedDataModule):
         finally:
             for t in tmp.values():
                 t.unlink(missing_ok=True)
-        meta |= {"version": _FORMAT_VERSION, "tokenizer": self.tokenizer.name}
+        meta |= {"version": _FORMAT_VERSION, "tokenizer": self.tokenizer.name,
+                 "capped": meta["capped"] or self.corpus.capped}
         atomic_write(self._meta_path(), json.dumps(meta) + "\n")
         if meta["replaced_bytes"]:
             warnings.warn(
@@ -277,14 +280,46 @@ class TextDataModule(PositionedDataModule):
             return
         self._build()
         self.cache_hit = not self._built
-        self.tokens = {s: np.load(p, mmap_mode="r") for s, p in self._cache_paths().items()}
+        tokens = {s: self._read_cache(p, lambda p: np.load(p, mmap_mode="r"))
+                  for s, p in self._cache_paths().items()}
         for split in ("train", "val"):
-            if len(self.tokens[split]) < self.seq_len + 1:
-                raise ValueError(
-                    f"the {split} split has only {len(self.tokens[split])} tokens, fewer than "
-                    f"seq_len + 1 = {self.seq_len + 1}; raise max_bytes, max_tokens or "
-                    "val_fraction"
-                )
+            if len(tokens[split]) < self.seq_len + 1:
+                raise DataError(self._too_small(split, len(tokens[split])))
+        self.tokens = tokens
+
+    def _read_cache(self, path: Path, read: Any) -> Any:
+        """``read(path)`` of a file of the token cache; a damaged one (truncated, not what
+        it should be) is a DataError naming it and how to rebuild it."""
+        try:
+            return read(path)
+        except (ValueError, OSError, EOFError) as err:
+            raise DataError(
+                f"the token cache file {path} cannot be read ({' '.join(str(err).split())}); "
+                f"it is truncated or damaged: remove {path.parent / self.cache_key()}-* and "
+                "run again to rebuild it") from None
+
+    def _meta(self) -> dict[str, Any]:
+        return self._read_cache(self._meta_path(), lambda p: json.loads(p.read_text()))
+
+    def _too_small(self, split: str, n: int) -> str:
+        """What to say when a split holds less than one window: the caps only when they
+        cut the corpus (a 4-byte file does not grow with max_bytes)."""
+        where = (f"data.path {self.path!r}" if self.path is not None else
+                 f"data.hf_name {self.hf_name!r}" if self.hf_name is not None else
+                 "the default corpus")
+        fixes = []
+        if self._meta().get("capped", True):
+            caps = [f"data.{k} ({v})" for k, v in (("max_bytes", self.max_bytes),
+                                                     ("max_tokens", self.max_tokens)) if v]
+            fixes += [f"raise {' or '.join(caps)}"] if caps else []
+        if split == "val":
+            fixes.append(f"raise data.val_fraction ({self.val_fraction})")
+        fixes.append("give more text")
+        if n >= 2:  # one input and one target at least
+            fixes.append(f"lower data.seq_len ({self.seq_len})")
+        advice = f"{', '.join(fixes[:-1])} or {fixes[-1]}" if len(fixes) > 1 else fixes[0]
+        return (f"{where}: the {split} split has {n} tokens, fewer than one window of "
+                f"data.seq_len + 1 = {self.seq_len + 1}; {advice}")
 
     # ---- loaders ---------------------------------------------------------------------
 
@@ -309,7 +344,7 @@ class TextDataModule(PositionedDataModule):
         """What the validation set is, for a report: documents and tokens held out, and the
         windows and tokens evaluated."""
         self.setup()
-        meta = json.loads(self._meta_path().read_text())
+        meta = self._meta()
         windows = len(self.val_windows())
         return {"split": meta["split"], "val_fraction": self.val_fraction,
                 "documents": meta["documents"]["val"], "held_out_tokens": len(self.tokens["val"]),

@@ -114,6 +114,11 @@ class LMModule(L.LightningModule):
             config = ModelConfig(**config)
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; known: {list(SCHEDULES)}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"model.lr: expected a positive learning rate, got {lr}")
+        if warmup_steps < 0 or weight_decay < 0:
+            raise ValueError(f"model.warmup_steps and model.weight_decay: expected >= 0, got "
+                             f"{warmup_steps}, {weight_decay}")
         if not 0.0 <= min_lr_ratio <= 1.0 or not 0.0 < decay_fraction <= 1.0:
             raise ValueError(
                 f"need 0 <= min_lr_ratio <= 1 and 0 < decay_fraction <= 1, got {min_lr_ratio}, "

@@ -155,6 +155,58 @@ def test_optimizer_options_are_refused(tmp_path, capsys, option):
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
+def fit_error(tmp_path, capsys, cfg: dict, *args: str) -> str:
+    """The one line a refused `postformer fit` prints (exit 2, no traceback, no usage)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", write_config(tmp_path / "c.yaml", cfg),
+              "--trainer.default_root_dir", str(tmp_path / "run"), *QUIET, *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "usage:" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("postformer fit: error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model.lr", "-1"], "model.lr: expected a positive learning rate, got -1.0"),
+    (["--trainer.max_steps", "-3"], "trainer.max_steps: expected an integer >= 1"),
+    (["--trainer.max_steps", "0"], "trainer.max_steps: expected an integer >= 1"),
+    (["--data.seq_len", "long"], "data.seq_len: expected int, got 'long'"),
+    (["--data.seq_len", "0"], "data.seq_len: expected an integer >= 1, got 0"),
+    (["--data.batch_size", "-2"], "data.batch_size: expected an integer >= 1, got -2"),
+    (["--data.max_bytes", "-5"], "data.max_bytes must be >= 1"),
+])
+def test_bad_numbers_are_one_line(tmp_path, capsys, args, message):
+    assert message in fit_error(tmp_path, capsys, TINY, *args)
+
+
+@pytest.mark.parametrize("content", [b"", b"abcd"])
+def test_too_little_data_is_one_line_without_the_wrong_advice(tmp_path, capsys, content):
+    """An empty or 4-byte file: more max_bytes would not help, so it is not advised."""
+    (tmp_path / "tiny.txt").write_bytes(content)
+    cfg = TINY | {"data": TINY["data"] | {"path": str(tmp_path / "tiny.txt")}}
+    line = fit_error(tmp_path, capsys, cfg)
+    assert f"data.path '{tmp_path / 'tiny.txt'}': the train split has {len(content)} tokens" in line
+    assert "give more text" in line and "max_bytes" not in line
+
+
+def test_malformed_jsonl_is_one_line(tmp_path, capsys):
+    (tmp_path / "docs.jsonl").write_text('{"text": "fine"}\n{"text": "cut sh\n')
+    cfg = TINY | {"data": TINY["data"] | {"path": str(tmp_path / "docs.jsonl")}}
+    line = fit_error(tmp_path, capsys, cfg)
+    assert f"data.path '{tmp_path / 'docs.jsonl'}': a file does not parse as json" in line
+    assert "expected one JSON object per line, each with a 'text' field" in line
+
+
+def test_truncated_checkpoint_is_one_line(tmp_path, capsys):
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"global_step": 4, "state_dict": {"w": torch.zeros(1000)}}, ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:2000])
+    line = fit_error(tmp_path, capsys, TINY, "--ckpt_path", str(ckpt))
+    assert f"ckpt_path: {ckpt} cannot be read" in line and "truncated or damaged" in line
+
+
 class NaNAtStep3(LMModule):
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)

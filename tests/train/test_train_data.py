@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from postformer.train.data import PackedSequences, TextDataModule, split_is_val
+from postformer.train.data import DataError, PackedSequences, TextDataModule, split_is_val
 from postformer.train.sampler import ResumableBatchSampler
 from postformer.train.tokenizer import ByteTokenizer, get_tokenizer
 
@@ -65,6 +65,21 @@ def test_cache_hit_on_second_load(tmp_path, monkeypatch):
     # a different tokenizer-relevant setting is a different key
     other = TextDataModule(cache_dir=str(tmp_path), **(TINY_DATA | {"max_bytes": 100_000}))
     assert other.cache_key() != dm.cache_key()
+
+
+@pytest.mark.parametrize("damaged", ["train.npy", "meta.json"])
+def test_damaged_token_cache_names_the_file_and_the_fix(tmp_path, damaged):
+    dm = TextDataModule(cache_dir=str(tmp_path), **TINY_DATA)
+    dm.setup()
+    path = tmp_path / "tokens" / f"{dm.cache_key()}-{damaged}"
+    path.write_bytes(path.read_bytes()[: 200 if damaged == "train.npy" else 10])
+    again = TextDataModule(cache_dir=str(tmp_path), **TINY_DATA)
+    with pytest.raises(DataError, match="truncated or damaged") as exc:
+        again.setup() if damaged == "train.npy" else again.describe_validation()
+    message = str(exc.value)
+    assert f"the token cache file {path} cannot be read" in message
+    assert f"remove {tmp_path / 'tokens' / dm.cache_key()}-* and run again" in message
+    assert "\n" not in message
 
 
 def test_missing_path_error(tmp_path):
