@@ -50,6 +50,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -404,8 +405,9 @@ class _Progress:
 def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed: list[str],
                  title: str, jobs: int | None = None, make_row: Any = None) -> None:
     """Train every unfinished run of ``points``, a cooldown after its main run, with the
-    study's executor (see the module docstring); ``jobs``: runs at a time. Appends the runs
-    that did not finish to ``failed``.
+    study's executor (see the module docstring); ``jobs``: runs at a time. A run that fails
+    (any error but Ctrl-C) is printed as FAILED with its reason and the others go on;
+    appends the runs that did not finish to ``failed``.
 
     ``study`` needs ``executor`` and ``trainer`` (and ``name`` for slurm); a point needs
     ``name``, ``runs`` (``plan.RunPlan``, main run first) and ``flops_per_token``: the probe
@@ -442,7 +444,17 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
     done = [total - len(todo)]
     start = time.perf_counter()
     fmt_tokens, fmt_time = runner._fmt_tokens, runner._fmt_time
-    errors = (NonFiniteLossError, FileNotFoundError, RunLocked, JobFailed)
+    # a run that fails is reported and the others go on; anything but Ctrl-C (a usage error
+    # of `postformer fit` is a SystemExit after its one-line message)
+    errors = (Exception, SystemExit)
+    expected = (NonFiniteLossError, FileNotFoundError, RunLocked, JobFailed)
+
+    def why(err: BaseException) -> str:
+        if isinstance(err, SystemExit):
+            return f"postformer fit exited {err.code} (its message is above)"
+        if verbose and not isinstance(err, expected):
+            traceback.print_exception(err)
+        return str(err) if isinstance(err, expected) else f"{type(err).__name__}: {err}"
 
     def name(p: Any, r: Any) -> str:
         return p.name if r.kind != "cooldown" else f"{p.name}/{Path(r.run_dir).name}"
@@ -452,7 +464,7 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
         head = f"  [{index[id(r)]}/{total}] {name(p, r)} (D={fmt_tokens(r.tokens)} tokens)"
         work = prog.work.pop(id(r), 0.0)
         if err is not None:
-            print(f"{head}: FAILED: {err}", flush=True)
+            print(f"{head}: FAILED: {why(err)}", flush=True)
             failed.append(name(p, r))
             return False
         if step != r.steps:

@@ -192,6 +192,22 @@ def test_truncated_table_is_refused_naming_the_line(tmp_path, capsys):
     assert not (tmp_path / "report.json").exists()
 
 
+@pytest.mark.parametrize("name", ["run.json", "result.json"])
+def test_damaged_run_file_is_one_line(tmp_path, capsys, name):
+    """A truncated run.json or result.json in a study folder: a line naming the file and
+    what to do, not a JSONDecodeError traceback."""
+    run = tmp_path / "runs" / "t-a-s0"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text('{"arch": "t"}\n')
+    (run / name).write_text('{"arch": "t", "N": 12')
+    with pytest.raises(SystemExit) as exc:
+        report_main([str(tmp_path)])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{run / name}: not valid JSON" in last and "truncated or damaged" in last
+    assert ("rebuilt from its metrics.csv" if name == "result.json" else "run the study") in last
+
+
 def test_missing_table_and_unknown_baseline(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         report_main([str(tmp_path)])

@@ -384,6 +384,24 @@ def test_a_start_that_saved_no_checkpoint_is_trained_afresh(tmp_path):
     assert steps == list(range(16))
 
 
+@pytest.mark.parametrize(("model", "why"), [
+    ({"lr": -1.0}, "postformer fit exited 2"),  # refused by `postformer fit`: a usage error
+    ({"betas": [2.0, 0.95]}, "ValueError: Invalid beta parameter"),  # raised while training
+])
+def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, capsys, model, why):
+    one = spec(archs={"broken": {"preset": "transformer", "model": model},
+                      "transformer": "transformer"},
+               sizes=[MICRO["sizes"][0]], budgets={"tokens": [2048]})
+    out = tmp_path / "out"
+    assert main(["study", str(write_study(tmp_path / "one.yaml", one)), "--out", str(out),
+                 "--no-report"]) == 0
+    log = capsys.readouterr().out
+    assert f"broken-a-s0 (D=2.05K tokens): FAILED: {why}" in log
+    assert "transformer-a-s0 (D=2.05K tokens): loss" in log
+    assert "not finished: broken-a-s0" in log
+    assert list(pd.read_csv(out / "results.csv")["arch"]) == ["transformer"]
+
+
 def test_stale_run_folder_is_refused(micro_study, tmp_path):
     study, out, _ = micro_study
     changed = write_study(tmp_path / "changed.yaml", spec(model={**MICRO["model"], "lr": 1e-3}))
