@@ -19,18 +19,19 @@ IMPLS = ("auto", "reference", "chunk", "triton")
 GATE_FLOOR = -60.0
 
 
-def resolve_impl(impl: str, device: torch.device, *, has_triton: bool, dtype: torch.dtype | None = None,
+def resolve_impl(impl: str, *tensors: torch.Tensor | None, has_triton: bool,
                  triton_ok: bool = True) -> str:
-    """Turn ``impl`` into the implementation that runs.
+    """Turn ``impl`` into the implementation that runs for a call on ``tensors`` (the op's inputs,
+    None skipped; the first one's device decides).
 
     ``auto`` picks ``triton`` for CUDA tensors when the family has Triton kernels, ``chunk``
-    otherwise, and also ``chunk`` when the computation is in float64 (``dtype``: the kernels
-    compute in fp32, so gradchecks stay exact on the chunk path) or the op says its kernels do
-    not cover the call (``triton_ok=False``, e.g. a conv wider than the kernels unroll). The
-    environment variable ``POSTFORMER_IMPL`` overrides ``auto`` (and only ``auto``), e.g.
-    ``POSTFORMER_IMPL=reference`` to debug a whole model against the loops; the float64 and
-    ``triton_ok`` fallbacks still apply to it. An explicit ``triton`` without the triton package
-    is a ValueError.
+    otherwise, and also ``chunk`` when the computation is in float64 (any of ``tensors`` float64,
+    see :func:`accumulation_dtype`: the kernels compute in fp32, so gradchecks stay exact on the
+    chunk path) or the op says its kernels do not cover the call (``triton_ok=False``, e.g. a
+    conv wider than the kernels unroll). The environment variable ``POSTFORMER_IMPL`` overrides
+    ``auto`` (and only ``auto``), e.g. ``POSTFORMER_IMPL=reference`` to debug a whole model
+    against the loops; the float64 and ``triton_ok`` fallbacks still apply to it. An explicit
+    ``triton`` without the triton package is a ValueError.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
@@ -42,8 +43,9 @@ def resolve_impl(impl: str, device: torch.device, *, has_triton: bool, dtype: to
                 raise ValueError(f"POSTFORMER_IMPL={env!r} is not one of {IMPLS}")
             impl = env
     if impl == "auto":
-        impl = "triton" if (device.type == "cuda" and has_triton) else "chunk"
-    if automatic and impl == "triton" and (dtype == torch.float64 or not triton_ok):
+        impl = "triton" if (tensors[0].device.type == "cuda" and has_triton) else "chunk"
+    float64 = accumulation_dtype(*tensors) == torch.float64
+    if automatic and impl == "triton" and (float64 or not triton_ok):
         impl = "chunk"
     if impl == "triton" and not has_triton:
         raise ValueError("impl='triton' needs the triton package, which is not importable here")
@@ -105,6 +107,16 @@ def accumulation_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return torch.float32
 
 
+def check_btd(x: torch.Tensor) -> tuple[int, int, int]:
+    """Validate the input ``x`` ``[B, T, D]`` of the channel ops (linear_scan, causal_conv1d,
+    selective_scan); return ``(B, T, D)``."""
+    check_float("x", x)
+    if x.dim() != 3:
+        raise ValueError(f"x has shape {fmt_shape(x)}, expected [B, T, D] (3 dims)")
+    B, T, D = x.shape
+    return B, T, D
+
+
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
     """Validate attention-like inputs q, k ``[B, T, H, K]`` and v ``[B, T, H, V]``; return
     ``(B, T, H, K, V)``."""
@@ -148,7 +160,7 @@ def resolve_gated(impl: str, q: torch.Tensor, g: torch.Tensor | None, scale: flo
     """The dispatch of the attention-like families (gla, delta_rule): the implementation
     (:func:`resolve_impl`), the gates floored (:func:`floor_gate`) on every path but the reference
     loop (the chunked forms difference cumulative sums of g), and ``scale`` (None: ``K ** -0.5``)."""
-    impl = resolve_impl(impl, q.device, has_triton=has_triton, dtype=q.dtype)
+    impl = resolve_impl(impl, q, has_triton=has_triton)
     if impl != "reference":
         g = floor_gate(g)
     return impl, g, q.shape[-1] ** -0.5 if scale is None else scale

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._common import (
-    accumulation_dtype,
+    check_btd,
     check_float,
     check_same_device,
     check_shape,
@@ -30,15 +30,9 @@ __all__ = ["causal_conv1d", "causal_conv1d_chunk", "causal_conv1d_reference", "c
 
 
 def causal_conv1d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    activation: str | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    impl: str = "auto",
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+    activation: str | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None, impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Depthwise causal 1-D convolution over time, optionally continuing from a state.
 
@@ -48,16 +42,13 @@ def causal_conv1d(
             step (an ``nn.Conv1d(D, D, W, groups=D)`` weight ``[D, 1, W]`` squeezed).
         bias: ``[D]`` or None.
         activation: None or ``"silu"``, applied after the bias.
-        initial_state: ``[B, D, W-1]`` (``[N, D, W-1]`` with ``cu_seqlens``), the ``W-1``
-            inputs before ``x``, oldest first; None means zeros. Gradients flow into it.
-        output_final_state: return the last ``W-1`` inputs (taken from ``initial_state`` too
-            when ``T < W-1``).
-        cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
-            each sequence is convolved on its own, from its own state.
-        impl: ``"auto"`` (the Triton kernels for CUDA tensors, ``chunk`` otherwise and for
-            float64; ``POSTFORMER_IMPL`` overrides), ``"reference"`` (a loop over time and
-            taps), ``"chunk"`` (grouped ``F.conv1d``) or ``"triton"`` (one fused pass: taps,
-            bias, SiLU and state; float32/bf16/fp16 and ``W <= 8``).
+        initial_state, output_final_state, cu_seqlens, impl: as every op, see
+            ``postformer.kernels``. The state is the ``W-1`` inputs before ``x``, oldest first,
+            ``[B, D, W-1]`` (``[N, D, W-1]`` with ``cu_seqlens``); the final state is the last
+            ``W-1`` inputs (taken from ``initial_state`` too when ``T < W-1``). ``impl``:
+            ``"reference"`` is a loop over time and taps, ``"chunk"`` a grouped ``F.conv1d``,
+            ``"triton"`` one fused pass (taps, bias, SiLU and state) for ``W <= 8``; ``"auto"``
+            takes ``"chunk"`` for wider filters.
 
     Returns:
         ``(y, final_state)``: ``y`` ``[B, T, D]`` in x's dtype (computed in float32, float64
@@ -67,11 +58,8 @@ def causal_conv1d(
 
     A call with ``T == 1`` and an ``initial_state`` (decoding) is a window multiply-sum.
     """
-    check_float("x", x)
+    B, T, D = check_btd(x)
     check_float("weight", weight)
-    if x.dim() != 3:
-        raise ValueError(f"x has shape {fmt_shape(x)}, expected [B, T, D] (3 dims)")
-    B, T, D = x.shape
     if weight.dim() != 2 or weight.shape[0] != D or weight.shape[1] < 1:
         raise ValueError(f"weight has shape {fmt_shape(weight)}, expected [D, W] = [{D}, W] with W >= 1")
     W = weight.shape[1]
@@ -83,8 +71,7 @@ def causal_conv1d(
     check_states(initial_state, cu_seqlens, B, T, (D, W - 1), "D, W-1")
     check_same_device(x=x, weight=weight, bias=bias, initial_state=initial_state)
     # the kernels unroll at most triton.MAX_WIDTH = 8 taps
-    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON,
-                        dtype=accumulation_dtype(x, weight, bias, initial_state), triton_ok=W <= 8)
+    impl = resolve_impl(impl, x, weight, bias, initial_state, has_triton=HAS_TRITON, triton_ok=W <= 8)
     if impl == "triton":
         from .triton import causal_conv1d_triton
 

@@ -24,17 +24,10 @@ __all__ = ["delta_rule", "delta_rule_chunk", "delta_rule_reference"]
 
 
 def delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    beta: torch.Tensor,
-    g: torch.Tensor | None = None,
-    *,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    impl: str = "auto",
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+    g: torch.Tensor | None = None, *, scale: float | None = None,
+    initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None, impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Delta-rule linear attention (DeltaNet; Gated DeltaNet with ``g``).
 
@@ -47,20 +40,13 @@ def delta_rule(
         v: values ``[B, T, H, V]``.
         beta: write strengths ``[B, T, H]``, typically in ``(0, 1)``.
         g: None (DeltaNet) or a log-space decay ``[B, T, H]`` (``g <= 0``, decay ``exp(g)``).
-        scale: multiplies ``q``; None means ``K ** -0.5``.
-        initial_state: ``[B, H, K, V]`` (``[N, H, K, V]`` with ``cu_seqlens``), float32
-            preferred; gradients flow into it.
-        output_final_state: return the state after the last step.
-        cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
-            each sequence starts from its own initial state (or zeros).
-        impl: ``"auto"`` (the Triton path for CUDA tensors, chunked PyTorch otherwise; the
-            environment variable ``POSTFORMER_IMPL`` overrides), ``"reference"``, ``"chunk"``
-            or ``"triton"``.
+        scale, initial_state, output_final_state, cu_seqlens, impl: as every op, see
+            ``postformer.kernels``; the state S (``[K, V]`` per head) is ``[B, H, K, V]``
+            (``[N, H, K, V]`` with ``cu_seqlens``).
 
     Returns:
-        ``(o, final_state)``: ``o`` ``[B, T, H, V]`` in q's dtype; ``final_state`` float32
-        ``[B, H, K, V]`` (``[N, H, K, V]`` with ``cu_seqlens``; float64 for float64 inputs),
-        or None unless ``output_final_state``.
+        ``(o, final_state)``: ``o`` ``[B, T, H, V]`` in q's dtype, and the state after the last
+        step or None (without ``output_final_state``).
     """
     B, T, H, K, V = check_qkv(q, k, v)
     check_float("beta", beta)

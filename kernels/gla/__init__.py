@@ -25,16 +25,9 @@ __all__ = ["gla", "gla_chunk", "gla_reference"]
 
 
 def gla(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor | None = None,
-    *,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    impl: str = "auto",
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None = None, *,
+    scale: float | None = None, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None, impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated linear attention.
 
@@ -44,20 +37,13 @@ def gla(
         v: values ``[B, T, H, V]``.
         g: log-space decay (``g <= 0``; the decay is ``exp(g)``): None (no decay),
             ``[B, T, H]`` (one per head and step) or ``[B, T, H, K]`` (one per key channel).
-        scale: multiplies ``q``; None means ``K ** -0.5``.
-        initial_state: ``[B, H, K, V]`` (``[N, H, K, V]`` with ``cu_seqlens``), float32
-            preferred; gradients flow into it.
-        output_final_state: return the state after the last step.
-        cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
-            each sequence starts from its own initial state (or zeros).
-        impl: ``"auto"`` (the Triton kernels for CUDA tensors, chunked PyTorch otherwise; the
-            environment variable ``POSTFORMER_IMPL`` overrides), ``"reference"``, ``"chunk"``
-            or ``"triton"``.
+        scale, initial_state, output_final_state, cu_seqlens, impl: as every op, see
+            ``postformer.kernels``. The state S is ``[B, H, K, V]`` (``[N, H, K, V]`` with
+            ``cu_seqlens``).
 
     Returns:
-        ``(o, final_state)``: ``o`` ``[B, T, H, V]`` in q's dtype; ``final_state`` float32
-        ``[B, H, K, V]`` (``[N, H, K, V]`` with ``cu_seqlens``; float64 for float64 inputs),
-        or None unless ``output_final_state``.
+        ``(o, final_state)``: the outputs ``o`` ``[B, T, H, V]`` in q's dtype and the state
+        after the last step (None unless ``output_final_state``).
     """
     B, T, H, K, V = check_qkv(q, k, v)
     if g is not None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import torch
 
 from .._common import (
-    accumulation_dtype,
+    check_btd,
     check_float,
     check_same_device,
     check_shape,
     check_states,
-    fmt_shape,
     resolve_impl,
     run_packed,
 )
@@ -26,43 +25,27 @@ __all__ = ["linear_scan", "linear_scan_chunk", "linear_scan_reference"]
 
 
 def linear_scan(
-    x: torch.Tensor,
-    g: torch.Tensor,
-    *,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    impl: str = "auto",
+    x: torch.Tensor, g: torch.Tensor, *, initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None, impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Elementwise gated linear scan.
 
     Args:
         x: inputs ``[B, T, D]``.
         g: log-space decay ``[B, T, D]`` (normally ``g <= 0``; the decay is ``exp(g)``).
-        initial_state: ``[B, D]`` (``[N, D]`` with ``cu_seqlens``), float32 preferred;
-            gradients flow into it.
-        output_final_state: return the state after the last step.
-        cu_seqlens: ``[N+1]`` int32/int64 offsets of N sequences packed along T (B must be 1);
-            each sequence starts from its own initial state (or zeros); an empty sequence
-            passes its initial state through as its final state.
-        impl: ``"auto"`` (the Triton kernels for CUDA tensors, chunked PyTorch otherwise; the
-            environment variable ``POSTFORMER_IMPL`` overrides), ``"reference"``, ``"chunk"``
-            or ``"triton"`` (float32/bf16/fp16 only).
+        initial_state, output_final_state, cu_seqlens, impl: as every op, see
+            ``postformer.kernels``; the state is ``[B, D]`` (``[N, D]`` with ``cu_seqlens``).
 
     Returns:
-        ``(h, final_state)``: every state ``h`` ``[B, T, D]`` in x's dtype; ``final_state``
-        float32 ``[B, D]`` (``[N, D]`` with ``cu_seqlens``; float64 for float64 inputs), or
-        None unless ``output_final_state``.
+        ``(h, final_state)``: every state ``h`` ``[B, T, D]`` in x's dtype, and the last one
+        (``[B, D]``, or ``[N, D]``) or None unless ``output_final_state``.
     """
-    check_float("x", x)
+    B, T, D = check_btd(x)
     check_float("g", g)
-    if x.dim() != 3:
-        raise ValueError(f"x has shape {fmt_shape(x)}, expected [B, T, D] (3 dims)")
-    B, T, D = x.shape
     check_shape("g", g, (B, T, D), "[B, T, D] like x")
     check_states(initial_state, cu_seqlens, B, T, (D,), "D")
     check_same_device(x=x, g=g, initial_state=initial_state)
-    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON, dtype=accumulation_dtype(x, g, initial_state))
+    impl = resolve_impl(impl, x, g, initial_state, has_triton=HAS_TRITON)
     if impl == "triton":
         from .triton import linear_scan_triton
 

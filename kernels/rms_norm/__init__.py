@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from .._common import (
-    accumulation_dtype,
     check_float,
     check_same_device,
     check_shape,
@@ -45,10 +44,8 @@ def rms_norm(
             ``norm(x * silu(gate)) * weight``. Ignored without a gate.
         group_size: normalise each group of ``group_size`` consecutive channels separately
             (Mamba-2 with ``ngroups > 1``); must divide D. None means D (one group).
-        impl: ``"auto"`` (``triton`` for CUDA tensors, ``chunk`` otherwise and for float64;
-            ``POSTFORMER_IMPL`` overrides), ``"reference"`` (the formula written out),
-            ``"chunk"`` (``F.rms_norm``) or ``"triton"`` (fused kernels; float32/bf16/fp16
-            only, CUDA tensors or ``TRITON_INTERPRET=1``).
+        impl: as every op, see ``postformer.kernels``: ``"reference"`` is the formula written
+            out, ``"chunk"`` ``F.rms_norm``, ``"triton"`` fused kernels.
 
     Returns:
         y ``[..., D]`` in x's dtype, computed in float32 (float64 for float64 inputs).
@@ -71,7 +68,7 @@ def rms_norm(
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     check_same_device(x=x, weight=weight, gate=gate)
-    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON, dtype=accumulation_dtype(x, weight, gate))
+    impl = resolve_impl(impl, x, weight, gate, has_triton=HAS_TRITON)
     if impl == "triton":
         from .triton import rms_norm_triton
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._common import (
-    accumulation_dtype,
+    check_btd,
     check_float,
     check_initial_state,
     check_same_device,
@@ -52,21 +52,17 @@ def selective_scan(
         z: gate ``[B, T, D]`` or None; the output is multiplied by ``silu(z)``.
         dt_bias: ``[D]`` or None, added to dt (before the softplus when ``dt_softplus``).
         dt_softplus: apply ``softplus(dt + dt_bias)``.
-        initial_state: ``[B, D, N]``, float32 preferred; gradients flow into it.
-        output_final_state: return the state after the last step.
-        impl: ``"auto"`` (the Triton kernels for CUDA tensors, chunked PyTorch otherwise; the
-            environment variable ``POSTFORMER_IMPL`` overrides), ``"reference"``, ``"chunk"``
-            or ``"triton"`` (fp32/bf16/fp16 only; N <= 256).
+        initial_state, output_final_state, impl: as every op, see ``postformer.kernels``; the
+            state is ``[B, D, N]`` (no ``cu_seqlens``). ``"triton"`` takes ``N <= 256``;
+            ``"auto"`` takes ``"chunk"`` for larger N.
 
     Returns:
         ``(y, final_state)``: ``y`` ``[B, T, D]`` in x's dtype; ``final_state`` float32
         ``[B, D, N]`` (float64 for float64 inputs), or None unless ``output_final_state``.
     """
-    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C)):
+    batch, T, dim = check_btd(x)
+    for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C)):
         check_float(name, t)
-    if x.dim() != 3:
-        raise ValueError(f"x has shape {fmt_shape(x)}, expected [B, T, D] (3 dims)")
-    batch, T, dim = x.shape
     check_shape("dt", dt, (batch, T, dim), "[B, T, D] like x")
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"A has shape {fmt_shape(A)}, expected [D, N] = [{dim}, N]")
@@ -97,8 +93,8 @@ def selective_scan(
     check_initial_state(initial_state, batch, (dim, N), "D, N", packed=False)
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state)
     # the kernels keep the state in registers (N <= triton.MAX_N = 256)
-    impl = resolve_impl(impl, x.device, has_triton=HAS_TRITON,
-                        dtype=accumulation_dtype(x, dt, A, B, C, D, z, dt_bias, initial_state), triton_ok=N <= 256)
+    impl = resolve_impl(impl, x, dt, A, B, C, D, z, dt_bias, initial_state, has_triton=HAS_TRITON,
+                        triton_ok=N <= 256)
     if impl == "triton":
         from .triton import selective_scan_triton
 
