@@ -81,24 +81,14 @@ def pass_states(
 
 
 def delta_rule_chunk(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    beta: torch.Tensor,
-    g: torch.Tensor | None,
-    scale: float,
-    initial_state: torch.Tensor | None,
-    chunk_size: int | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: torch.Tensor | None,
+    scale: float, initial_state: torch.Tensor | None, chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of equal-length sequences, no varlen (``triton/`` has this computation as
-    fused kernels).
-
-    q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; beta: ``[B, T, H]``; g: None or ``[B, T, H]``
-    (log space); initial_state: None or ``[B, H, K, V]``.
-
-    Returns o ``[B, T, H, V]`` in the accumulation dtype (float32, or float64 for float64
-    inputs) and the final state ``[B, H, K, V]``.
-    """
+    """The WY/UT form of the module docstring on one batch of equal-length sequences (the op
+    loops over packed ones; ``triton/`` has this computation as fused kernels): chunks of
+    ``chunk_size`` steps (default ``CHUNK``), the end padded. Arguments as ``delta_rule``
+    validated them (gates floored); o and the final state come back in the accumulation dtype
+    (float32, or float64 for float64 inputs)."""
     dt = accumulation_dtype(q, k, v, beta, g, initial_state)
     B, T, H, K = q.shape
     V = v.shape[-1]

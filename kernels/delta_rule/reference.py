@@ -20,22 +20,13 @@ from .._common import accumulation_dtype
 
 
 def delta_rule_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    beta: torch.Tensor,
-    g: torch.Tensor | None,
-    scale: float,
-    initial_state: torch.Tensor | None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: torch.Tensor | None,
+    scale: float, initial_state: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of equal-length sequences, no varlen.
-
-    q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; beta: ``[B, T, H]``; g: None or ``[B, T, H]``;
-    initial_state: None or ``[B, H, K, V]``.
-
-    Returns o ``[B, T, H, V]`` in the accumulation dtype (float32, float64 for float64
-    inputs) and the final state ``[B, H, K, V]``.
-    """
+    """One batch of equal-length sequences (the op loops over packed ones): a Python loop over
+    time, one decay and one delta-rule write per step. Arguments as ``delta_rule`` validated
+    them; o and the final state come back in the accumulation dtype (float32, float64 for
+    float64 inputs)."""
     dt = accumulation_dtype(q, k, v, beta, g, initial_state)
     B, T, H, K = q.shape
     V = v.shape[-1]

@@ -32,19 +32,13 @@ PER_KEY_CHUNK = 16
 
 
 def gla_chunk(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor | None,
-    scale: float,
-    initial_state: torch.Tensor | None,
-    chunk_size: int | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, scale: float,
+    initial_state: torch.Tensor | None, chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q, k: [B, T, H, K]; v: [B, T, H, V]; g: None, [B, T, H] or [B, T, H, K] (log space).
-
-    Returns o [B, T, H, V] in the accumulation dtype (float32, or float64 for float64 inputs)
-    and the final state [B, H, K, V].
-    """
+    """The chunked form of the module docstring on one batch of equal-length sequences: chunks of
+    ``chunk_size`` steps (default ``SCALAR_CHUNK``, ``PER_KEY_CHUNK`` for per-key gates), the
+    end padded. Arguments as ``gla`` validated them (gates floored); o and the final state come
+    back in the accumulation dtype (float32, or float64 for float64 inputs)."""
     dt = accumulation_dtype(q, k, v, g, initial_state)
     B, T, H, K = q.shape
     V = v.shape[-1]

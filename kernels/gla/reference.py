@@ -16,17 +16,12 @@ from .._common import accumulation_dtype
 
 
 def gla_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor | None,
-    scale: float,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, scale: float,
     initial_state: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One sequence batch, no varlen. q, k: [B, T, H, K]; v: [B, T, H, V]; g: see module doc.
-
-    Returns o [B, T, H, V] in the accumulation dtype and the final state [B, H, K, V].
-    """
+    """One batch of equal-length sequences (the op loops over packed ones): a Python loop over
+    time, one decay and one rank-1 write of the ``[B, H, K, V]`` state per step. Arguments as
+    ``gla`` validated them; o and the final state come back in the accumulation dtype."""
     dt = accumulation_dtype(q, k, v, g, initial_state)
     B, T, H, K = q.shape
     V = v.shape[-1]

@@ -222,24 +222,15 @@ class _GLATritonFn(torch.autograd.Function):
 
 
 def gla_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor | None,
-    scale: float,
-    initial_state: torch.Tensor | None,
-    output_final_state: bool,
-    cu_seqlens: torch.Tensor | None,
-    *,
-    mode: str = "auto",
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, scale: float,
+    initial_state: torch.Tensor | None, output_final_state: bool, cu_seqlens: torch.Tensor | None,
+    *, mode: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """gla through the Triton kernels. Inputs as validated by ``postformer.kernels.gla``.
-
-    q, k ``[B, T, H, K]``; v ``[B, T, H, V]``; g None, ``[B, T, H]`` or ``[B, T, H, K]``;
-    initial_state ``[B or N, H, K, V]``. ``mode``: ``"chunk"``, ``"recurrent"`` or ``"auto"``
-    (recurrent when the longest sequence has at most ``RECURRENT_MAX_T`` steps). Returns
-    ``(o [B, T, H, V] in q's dtype, final state fp32 or None)``.
-    """
+    """gla through the kernels: the call flattened to packed sequences (the module docstring's
+    layout), then one autograd Function whose forward is the chunked kernels (``mode="chunk"``)
+    or the fused recurrent one (``"recurrent"``; ``"auto"`` when the longest sequence has at most
+    ``RECURRENT_MAX_T`` steps). Arguments as ``gla`` validated them; o comes back in q's dtype,
+    the final state fp32 (None unless ``output_final_state``)."""
     if mode not in ("auto", "chunk", "recurrent"):
         raise ValueError(f"mode={mode!r} is not one of ('auto', 'chunk', 'recurrent')")
     check_triton_inputs(q=q, k=k, v=v, g=g, initial_state=initial_state)
