@@ -15,8 +15,7 @@ import triton
 import triton.language as tl
 
 from ..._triton import autotune_configs
-from ..._triton.jit import chunk_rows
-from .common import _WARPS_BIG, _decay, _gates, _ld, _ld_state, _mm, _st
+from .common import _WARPS_BIG, _chunk_program, _decay, _gates, _ld, _ld_state, _mm, _st
 
 
 @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC", "DOT"])
@@ -26,9 +25,8 @@ def _du_intra_bwd(q, k, G, do, du, cstart, cend, scale, H: tl.constexpr, K: tl.c
                   DOT: tl.constexpr):
     """The intra-chunk part of the written values' gradient, ``P^T do`` with
     ``P = scale q k^T exp(G_i - G_j)`` (i >= j), for one chunk, head and V tile."""
-    i_v, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_v, i_n, i_h, rows, rm = _chunk_program(cstart, cend, C)
     v0 = i_v * BVT
-    _, _, _, rows, rm = chunk_rows(cstart, cend, i_n, C)
     qk = tl.zeros([C, C], dtype=tl.float32)
     for k0 in range(0, K, BKT):
         qk += _mm(_ld(q, i_h, rows, rm, k0, H, K, BKT), tl.trans(_ld(k, i_h, rows, rm, k0, H, K, BKT)), DOT)
@@ -46,9 +44,8 @@ def _dqk_bwd(q, k, G, u, du, do, S_in, dH, dq, dk, dW, dgr, dgc, cstart, cend, s
     """The chunk-parallel gradients for one chunk, head and K tile: dq, the output's and the
     state update's part of dk, ``dW = -du S^T``; with gates, the per-step gate gradient of
     these terms (``q.dq - k.dk``, per K tile in ``dgr``) and the chunk-end term (``dgc``)."""
-    i_k, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_k, i_n, i_h, rows, rm = _chunk_program(cstart, cend, C)
     k0 = i_k * BKT
-    _, _, _, rows, rm = chunk_rows(cstart, cend, i_n, C)
     base = (i_n * H + i_h) * K * V
     dWt = tl.zeros([C, BKT], dtype=tl.float32)
     dqs = tl.zeros([C, BKT], dtype=tl.float32)

@@ -17,10 +17,21 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..._triton.jit import chunk_rows
+
 # The chunk kernels hold [64, K] tiles: at K = V = 128 with bf16 inputs, sm_90 compiles show no
 # spills at 8 warps and up to ~140 B at 4 (scripts/sm90_check.py), except _wy_fwd (8 B at 4,
 # 56 B at 8: it runs 4 first); 2 warps spill kilobytes. The first entry runs untuned.
 _WARPS_BIG = [{"num_warps": 8}, {"num_warps": 4}]
+
+
+@triton.jit
+def _chunk_program(cstart, cend, C: tl.constexpr):
+    """A program of a (K or V tile, chunk, head) grid: its tile, its chunk ``i_n`` (int64), its
+    head, and the chunk's rows and their mask."""
+    i_t, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    _, _, _, rows, rm = chunk_rows(cstart, cend, i_n, C)
+    return i_t, i_n, i_h, rows, rm
 
 
 @triton.jit

@@ -9,8 +9,7 @@ import triton
 import triton.language as tl
 
 from ..._triton import autotune_configs
-from ..._triton.jit import chunk_rows
-from .common import _WARPS_BIG, _decay, _gates, _ld, _ld_state, _mm, _st
+from .common import _WARPS_BIG, _chunk_program, _decay, _gates, _ld, _ld_state, _mm, _st
 
 
 @triton.autotune(configs=autotune_configs(_WARPS_BIG), key=["K", "V", "HAS_G", "PREC", "DOT"])
@@ -19,9 +18,8 @@ def _output_fwd(q, k, G, u, S_in, o, cstart, cend, scale, H: tl.constexpr, K: tl
                 C: tl.constexpr, BKT: tl.constexpr, BVT: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr,
                 DOT: tl.constexpr):
     """``o = scale [(q exp(G)) S + (q k^T exp(G_i - G_j), i >= j) u]`` for one chunk, head and V tile."""
-    i_v, i_n, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_v, i_n, i_h, rows, rm = _chunk_program(cstart, cend, C)
     v0 = i_v * BVT
-    _, _, _, rows, rm = chunk_rows(cstart, cend, i_n, C)
     base = (i_n * H + i_h) * K * V
     qk = tl.zeros([C, C], dtype=tl.float32)
     qs = tl.zeros([C, BVT], dtype=tl.float32)

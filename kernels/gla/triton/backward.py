@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..._triton import autotune_configs
 from ..._triton.jit import chunk_rows
-from .common import _WARPS, _causal_decay, _load_block, _load_G, _load_G_row, _sdot
+from .common import _WARPS, _causal_decay, _cols, _load_block, _load_G, _load_G_row, _sdot
 
 
 @triton.jit
@@ -28,8 +28,8 @@ def _dA_bwd(do, v, dA, cstart, cend, scale, H: tl.constexpr, V: tl.constexpr, BT
     s, e, ar, rows, rm = chunk_rows(cstart, cend, i_t, BT)
     acc = tl.zeros([BT, BT], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
-        cols = i_v * BV + tl.arange(0, BV)
-        m = rm[:, None] & (cols < V)[None, :]
+        cols, vm = _cols(i_v, BV, V)
+        m = rm[:, None] & vm[None, :]
         dob = tl.load(do + (rows[:, None] * H + i_h) * V + cols[None, :], mask=m, other=0.0).to(tl.float32)
         vb = tl.load(v + (rows[:, None] * H + i_h) * V + cols[None, :], mask=m, other=0.0).to(tl.float32)
         acc += tl.dot(dob, tl.trans(vb), input_precision=PREC)
@@ -43,15 +43,13 @@ def _dv_bwd(k, do, gc, A, dhbuf, dv, cstart, cend, scale, H: tl.constexpr, K: tl
             PREC: tl.constexpr, HALF: tl.constexpr):
     i_t, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     s, e, ar, rows, rm = chunk_rows(cstart, cend, i_t, BT)
-    cols_v = i_v * BV + tl.arange(0, BV)
-    vm = cols_v < V
+    cols_v, vm = _cols(i_v, BV, V)
     Ab = tl.load(A + (rows[:, None] * H + i_h) * BT + ar[None, :], mask=rm[:, None] & rm[None, :], other=0.0)
     dob = _load_block(do, rows, rm, cols_v, vm, i_h, H, V)
     acc = tl.dot(tl.trans(Ab), dob, input_precision=PREC) * scale
     last = tl.minimum(s + BT, e) - 1
     for i_k in range(0, tl.cdiv(K, BK)):
-        cols_k = i_k * BK + tl.arange(0, BK)
-        km = cols_k < K
+        cols_k, km = _cols(i_k, BK, K)
         kb = _load_block(k, rows, rm, cols_k, km, i_h, H, K)
         if GATE != 0:
             G = _load_G(gc, rows, rm, cols_k, km, i_h, H, K, GATE, BT)
@@ -76,8 +74,7 @@ def _dqk_intra_bwd(q, k, gc, dA, dq, dk, cstart, cend, H: tl.constexpr, K: tl.co
     ar = tl.arange(0, BC)
     ri = s + i_c * BC + ar
     mi = ri < e
-    cols = i_k * BK + tl.arange(0, BK)
-    km = cols < K
+    cols, km = _cols(i_k, BK, K)
     mik = mi[:, None] & km[None, :]
     Gi = _load_G(gc, ri, mi, cols, km, i_h, H, K, GATE, BC)
     qi = tl.load(q + (ri[:, None] * H + i_h) * K + cols[None, :], mask=mik, other=0.0).to(tl.float32)
@@ -132,14 +129,12 @@ def _dqk_inter_bwd(q, k, v, do, gc, hbuf, dhbuf, dA, dq, dk, cstart, cend, scale
                    GATE: tl.constexpr, FULL_INTRA: tl.constexpr, PREC: tl.constexpr, HALF: tl.constexpr):
     i_t, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     s, e, _, rows, rm = chunk_rows(cstart, cend, i_t, BT)
-    cols_k = i_k * BK + tl.arange(0, BK)
-    km = cols_k < K
+    cols_k, km = _cols(i_k, BK, K)
     dq_acc = tl.zeros([BT, BK], dtype=tl.float32)
     dk_acc = tl.zeros([BT, BK], dtype=tl.float32)
     base = (i_t.to(tl.int64) * H + i_h) * K * V
     for i_v in range(0, tl.cdiv(V, BV)):
-        cols_v = i_v * BV + tl.arange(0, BV)
-        vm = cols_v < V
+        cols_v, vm = _cols(i_v, BV, V)
         m = rm[:, None] & vm[None, :]
         dob = tl.load(do + (rows[:, None] * H + i_h) * V + cols_v[None, :], mask=m, other=0.0).to(tl.float32)
         vb = tl.load(v + (rows[:, None] * H + i_h) * V + cols_v[None, :], mask=m, other=0.0).to(tl.float32)

@@ -19,6 +19,14 @@ _WARPS = [{"num_warps": 8, "num_stages": 2}, {"num_warps": 4, "num_stages": 2},
 
 
 @triton.jit
+def _cols(i, BLOCK: tl.constexpr, N: tl.constexpr):
+    """Tile ``i`` of BLOCK columns (of K or V): the columns ``i * BLOCK + 0 .. BLOCK-1`` and their
+    mask ``< N``."""
+    cols = i * BLOCK + tl.arange(0, BLOCK)
+    return cols, cols < N
+
+
+@triton.jit
 def _load_G(gc, rows, rmask, cols, kmask, i_h, H: tl.constexpr, K: tl.constexpr, GATE: tl.constexpr,
             NR: tl.constexpr):
     """Cumulative gates of ``rows`` x ``cols``: [NR, BK] (per-key), [NR, 1] (scalar) or zeros."""

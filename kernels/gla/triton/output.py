@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ..._triton import autotune_configs
 from ..._triton.jit import chunk_rows
-from .common import _WARPS, _causal_decay, _load_block, _load_G, _load_G_row, _sdot
+from .common import _WARPS, _causal_decay, _cols, _load_block, _load_G, _load_G_row, _sdot
 
 
 @triton.jit
@@ -40,8 +40,7 @@ def _scores_fwd(q, k, gc, A, cstart, cend, H: tl.constexpr, K: tl.constexpr, BT:
     mi, mj = ri < e, rj < e
     acc = tl.zeros([BC, BC], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
-        cols = i_k * BK + tl.arange(0, BK)
-        km = cols < K
+        cols, km = _cols(i_k, BK, K)
         qb = _load_block(q, ri, mi, cols, km, i_h, H, K)
         kb = _load_block(k, rj, mj, cols, km, i_h, H, K)
         if i_i > i_j:
@@ -77,8 +76,7 @@ def _scores_full_fwd(q, k, gc, A, cstart, cend, H: tl.constexpr, K: tl.constexpr
     s, e, ar, rows, rm = chunk_rows(cstart, cend, i_t, BT)
     acc = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
-        cols = i_k * BK + tl.arange(0, BK)
-        km = cols < K
+        cols, km = _cols(i_k, BK, K)
         qb = _load_block(q, rows, rm, cols, km, i_h, H, K)
         kb = _load_block(k, rows, rm, cols, km, i_h, H, K)
         acc += tl.dot(qb, tl.trans(kb), input_precision=PREC)
@@ -96,13 +94,11 @@ def _output_fwd(q, k, v, gc, hbuf, A, o, cstart, cend, scale, H: tl.constexpr, K
     neither written nor read back."""
     i_t, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     s, e, ar, rows, rm = chunk_rows(cstart, cend, i_t, BT)
-    cols_v = i_v * BV + tl.arange(0, BV)
-    vm = cols_v < V
+    cols_v, vm = _cols(i_v, BV, V)
     acc = tl.zeros([BT, BV], dtype=tl.float32)
     qk = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
-        cols_k = i_k * BK + tl.arange(0, BK)
-        km = cols_k < K
+        cols_k, km = _cols(i_k, BK, K)
         qb = _load_block(q, rows, rm, cols_k, km, i_h, H, K)
         if FUSE_A:
             kb = _load_block(k, rows, rm, cols_k, km, i_h, H, K)

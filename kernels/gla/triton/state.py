@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ..._triton import autotune_configs
-from .common import _WARPS, _load_block, _load_G, _load_G_row
+from .common import _WARPS, _cols, _load_block, _load_G, _load_G_row
 
 
 @triton.jit
@@ -33,9 +33,8 @@ def _state_program(cu, coff, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, 
     eos = tl.load(cu + i_n + 1).to(tl.int64)
     c0 = tl.load(coff + i_n).to(tl.int64)
     nc = tl.cdiv(eos - bos, BT)
-    cols_k = i_k * BK + tl.arange(0, BK)
-    cols_v = i_v * BV + tl.arange(0, BV)
-    km, vm = cols_k < K, cols_v < V
+    cols_k, km = _cols(i_k, BK, K)
+    cols_v, vm = _cols(i_v, BV, V)
     tile = cols_k[:, None] * V + cols_v[None, :]
     tm = km[:, None] & vm[None, :]
     return i_n, i_h, bos, eos, c0, nc, cols_k, cols_v, km, vm, tile, tm
