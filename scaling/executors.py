@@ -450,11 +450,13 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
     expected = (NonFiniteLossError, FileNotFoundError, RunLocked, JobFailed)
 
     def why(err: BaseException) -> str:
+        if isinstance(err, expected):  # RunLocked, a SystemExit, says it all
+            return str(err)
         if isinstance(err, SystemExit):
             return f"postformer fit exited {err.code} (its message is above)"
-        if verbose and not isinstance(err, expected):
+        if verbose:
             traceback.print_exception(err)
-        return str(err) if isinstance(err, expected) else f"{type(err).__name__}: {err}"
+        return f"{type(err).__name__}: {err}"
 
     def name(p: Any, r: Any) -> str:
         return p.name if r.kind != "cooldown" else f"{p.name}/{Path(r.run_dir).name}"
