@@ -1,4 +1,5 @@
-"""Host-side chunk tables shared by the chunked Triton ops (gla, delta_rule).
+"""Host-side chunk tables shared by the chunked Triton ops (gla, delta_rule), and the packed
+offsets every Triton launcher starts from (``packed_offsets``).
 
 Every call is flattened to packed sequences (``[B, T, H, D]`` -> ``[B*T, H, D]`` with offsets
 ``0, T, 2T, ...``; varlen calls pass their ``cu_seqlens``) and each sequence is cut into chunks of
@@ -10,6 +11,12 @@ from __future__ import annotations
 import functools
 
 import torch
+
+
+def packed_offsets(cu_seqlens: torch.Tensor | None, B: int, T: int) -> list[int]:
+    """A call's sequences as offsets into its packed rows ``[B*T]``: ``cu_seqlens`` as given, or
+    a batch of B sequences of T steps, ``0, T, 2T, ..., B*T``."""
+    return [b * T for b in range(B + 1)] if cu_seqlens is None else cu_seqlens.tolist()
 
 
 class ChunkPlan:

@@ -47,6 +47,7 @@ import functools
 import torch
 
 from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
+from .._triton.plan import packed_offsets
 
 BT = 64  # rows (time steps) per block
 MAX_BD = 64  # channels per program
@@ -316,7 +317,7 @@ def causal_conv1d_triton(
     if W > MAX_WIDTH:
         raise ValueError(f"impl='triton' supports filter widths W <= {MAX_WIDTH}, got weight of shape "
                          f"{list(weight.shape)}; use impl='chunk'")
-    offsets = cu_seqlens.tolist() if cu_seqlens is not None else [b * T for b in range(B + 1)]
+    offsets = packed_offsets(cu_seqlens, B, T)
     plan = _plan(tuple(offsets), x.device)
     xs = x.reshape(B * T, D).contiguous()
     h0 = None if initial_state is None else initial_state.contiguous()

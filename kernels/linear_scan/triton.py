@@ -39,6 +39,7 @@ import functools
 import torch
 
 from .._triton import HAS_TRITON, autotune_configs, check_triton_inputs, next_pow2
+from .._triton.plan import packed_offsets
 
 BT = 64  # time steps per block
 
@@ -192,7 +193,7 @@ def linear_scan_triton(
     """
     check_triton_inputs(x=x, g=g, initial_state=initial_state)
     B, T, D = x.shape
-    offsets = cu_seqlens.tolist() if cu_seqlens is not None else [b * T for b in range(B + 1)]
+    offsets = packed_offsets(cu_seqlens, B, T)
     cu = _offsets(tuple(offsets), x.device)
     xf = x.reshape(B * T, D).contiguous()
     gf = g.reshape(B * T, D).contiguous()

@@ -70,7 +70,7 @@ from ..._triton import (
     interpreting,
     state_tile,
 )
-from ..._triton.plan import chunk_plan
+from ..._triton.plan import chunk_plan, packed_offsets
 
 __all__ = ["RECURRENT_MAX_T", "delta_rule_triton"]
 
@@ -115,7 +115,7 @@ class _RecurrentFn(torch.autograd.Function):
         leaves = [None if x is None else x.detach().requires_grad_() for x in saved]
         B, T = leaves[0].shape[:2]
         with torch.enable_grad():
-            o, ht = delta_rule_triton_packed(*leaves[:5], ctx.scale, leaves[5], _batch_offsets(B, T))
+            o, ht = delta_rule_triton_packed(*leaves[:5], ctx.scale, leaves[5], packed_offsets(None, B, T))
             pairs = [(y, dy) for y, dy in ((o, do), (ht, dht)) if dy is not None and y.requires_grad]
             wanted = [x for x in leaves if x is not None]
             if not pairs:  # e.g. an empty sequence whose state is not used
@@ -291,13 +291,8 @@ def delta_rule_triton(q, k, v, beta, g, scale, initial_state, cu_seqlens=None, *
         if cu_seqlens is not None:
             return run_packed(_recurrent, cu_seqlens, (q, k, v, beta, g), initial_state, scale)
         return _recurrent(q, k, v, beta, g, scale, initial_state)
-    offsets = _batch_offsets(B, T) if cu_seqlens is None else cu_seqlens.tolist()
+    offsets = packed_offsets(cu_seqlens, B, T)
     return delta_rule_triton_packed(q, k, v, beta, g, scale, initial_state, offsets)
-
-
-def _batch_offsets(B: int, T: int) -> list[int]:
-    """A batch of B sequences of T steps as packed offsets."""
-    return [b * T for b in range(B + 1)]
 
 
 def _recurrent(q, k, v, beta, g, scale, initial_state):

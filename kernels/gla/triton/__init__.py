@@ -60,7 +60,7 @@ from ..._triton import (
     state_tile,
     tile,
 )
-from ..._triton.plan import ChunkPlan, chunk_plan
+from ..._triton.plan import ChunkPlan, chunk_plan, packed_offsets
 
 BT = 64  # chunk length
 BC = 16  # sub-block length inside a chunk (tl.dot needs >= 16 on each side)
@@ -237,7 +237,7 @@ def gla_triton(
     B, T, H, K = q.shape
     V = v.shape[-1]
     check_head_dims(K, V)
-    offsets = cu_seqlens.tolist() if cu_seqlens is not None else [b * T for b in range(B + 1)]
+    offsets = packed_offsets(cu_seqlens, B, T)
     plan = _plan(tuple(offsets), q.device)
     if mode == "auto":
         mode = "recurrent" if plan.max_len <= RECURRENT_MAX_T else "chunk"
