@@ -1,6 +1,6 @@
 """The ``postformer`` command: one entry point, subcommands routed to their packages.
 
-    postformer fit|validate|test|predict --config CONFIG [...]   LightningCLI (postformer.train)
+    postformer fit|validate|test --config CONFIG [...]           LightningCLI (postformer.train)
     postformer compare CONFIG [CONFIG ...] --out DIR             a one-size study of fit configs
     postformer study STUDY.yaml --out DIR [--plan|--list]        a scaling study (postformer.scaling)
     postformer probe PROBE.yaml --out DIR                        synthetic probes (MQAR, MAD)
@@ -73,7 +73,6 @@ SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "fit": (_lightning, "train a model (LightningCLI; see `postformer fit --help`)"),
     "validate": (_lightning, "evaluate on the validation split"),
     "test": (_lightning, "evaluate on the test split"),
-    "predict": (_lightning, "run prediction"),
     "compare": (_compare, "train several fit configs as a one-size study and compare them"),
     "study": (_study, "train a scaling study (LR tuning, IsoFLOP budgets, seeds) into a "
                       "folder, or --plan / --list its runs"),

@@ -1,4 +1,4 @@
-"""``postformer fit|validate|test|predict``: LightningCLI over ``LMModule`` and ``TextDataModule``.
+"""``postformer fit|validate|test``: LightningCLI over ``LMModule`` and ``TextDataModule``.
 
 Run folder layout (``--trainer.default_root_dir DIR``, default ``runs/default``)::
 
@@ -294,7 +294,7 @@ class PostformerCLI(LightningCLI):
 
 
 def lightning_main(args: list[str]) -> PostformerCLI:
-    """Run ``postformer fit|validate|test|predict ...`` in process; returns the CLI object.
+    """Run ``postformer fit|validate|test ...`` in process; returns the CLI object.
     Ctrl-C raises ``KeyboardInterrupt`` (Lightning itself would exit 1 without a word)."""
     # Resuming mid-epoch is exact here (the DataModule restores its position), so Lightning's
     # generic warning about it does not apply; the CSV logger appends on resume by design.

@@ -41,6 +41,9 @@ def test_help_lists_subcommands(capsys):
         assert name in out
     assert main(["frobnicate"]) == 2
     assert "unknown subcommand" in capsys.readouterr().err
+    # LMModule has no predict step and the DataModules no predict data: not offered
+    assert "predict" not in out
+    assert main(["predict", "--config", "x.yaml"]) == 2
 
 
 @pytest.mark.parametrize("arch", sorted(p.stem for p in SMOKE.glob("*.yaml")))
