@@ -61,6 +61,7 @@ import yaml
 from postformer.arch import ModelConfig
 from postformer.arch.flops import flops_per_token, param_counts
 from postformer.train.fileio import atomic_write
+from postformer.train.schedule import DEFAULT_SCHEDULE
 
 from .plan import RunPlan, Trained, _eval_steps, _rung_mixers, _shape_config
 from .results import TIMING_FIX, finished_run, read_json
@@ -257,7 +258,7 @@ def probe_from_dict(spec: dict[str, Any], source: str = "<probe>",
     if "lr" in sections["model"]:
         raise _fail(src, "model.lr", "the LR grid is the spec's lrs; remove it")
     model = sections["model"]
-    model.setdefault("schedule", "cosine")
+    model.setdefault("schedule", DEFAULT_SCHEDULE)
     if "warmup_fraction" in model and "warmup_steps" in model:
         raise _fail(src, "model", "give warmup_fraction or warmup_steps, not both")
     if "warmup_steps" not in model:

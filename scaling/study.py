@@ -81,6 +81,7 @@ import numpy as np
 import yaml
 
 from postformer.arch import PRESETS, ModelConfig
+from postformer.train.schedule import STUDY_SCHEDULE
 
 TOP_KEYS = ("name", "baseline", "archs", "sizes", "ladder", "budgets", "tune", "seeds",
             "headline_seeds", "eval", "model", "data", "trainer", "checkpoint", "cooldowns",
@@ -502,7 +503,7 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>",
 
     ex = executor_section(src, spec, sections["trainer"], executor)
     model = sections["model"]
-    model.setdefault("schedule", "wsd")
+    model.setdefault("schedule", STUDY_SCHEDULE)
     if "warmup_fraction" in model:
         wf = model["warmup_fraction"]
         if not isinstance(wf, int | float) or not 0 < wf < 0.5:

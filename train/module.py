@@ -34,7 +34,7 @@ from torch import nn
 from postformer.arch import LanguageModel, ModelConfig
 from postformer.arch.flops import flops_per_token
 
-from .schedule import SCHEDULES, lr_factor
+from .schedule import DEFAULT_SCHEDULE, SCHEDULES, lr_factor
 
 IGNORE = -100  # a target not scored (F.cross_entropy's ignore_index): probes score answers only
 
@@ -105,7 +105,7 @@ class LMModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
         warmup_steps: int = 10,
-        schedule: str = "cosine",
+        schedule: str = DEFAULT_SCHEDULE,
         min_lr_ratio: float = 0.1,
         decay_fraction: float = 0.2,
     ) -> None:

@@ -19,6 +19,11 @@ from __future__ import annotations
 import math
 
 SCHEDULES = ("cosine", "wsd")
+#: The schedule decided once for each kind of run. A single run (``postformer fit``, a probe
+#: cell) anneals over its own length: cosine. A study trains wsd, because its token budgets are
+#: cooldowns branched off one longer run's stable phase, which a cosine run does not have.
+DEFAULT_SCHEDULE = "cosine"
+STUDY_SCHEDULE = "wsd"
 
 
 def lr_factor(
@@ -26,7 +31,7 @@ def lr_factor(
     *,
     total_steps: int,
     warmup_steps: int,
-    schedule: str = "cosine",
+    schedule: str = DEFAULT_SCHEDULE,
     min_lr_ratio: float = 0.1,
     decay_fraction: float = 0.2,
 ) -> float:
