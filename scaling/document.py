@@ -1,4 +1,4 @@
-"""The report's text: numbers for people (``fmt``), and one document built as a list of
+"""The report's text: one document built as a list of
 blocks and rendered twice, as Markdown and as self-contained HTML, so the two always say
 the same thing."""
 
@@ -6,74 +6,9 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
-
-from .analysis import Estimate
-
-# --------------------------------------------------------------------------- formatting
-
-
-def fmt(x: Any, digits: int = 3) -> str:
-    """Numbers for people: 3 significant digits, scientific notation for big and small."""
-    if x is None:
-        return "–"
-    if isinstance(x, (bool, np.bool_)):
-        return "yes" if x else "no"
-    if isinstance(x, (int, np.integer)):
-        return f"{x:.3g}" if abs(x) >= 1e6 else str(x)
-    if isinstance(x, (float, np.floating)):
-        if np.isnan(x):
-            return "–"
-        if np.isinf(x):
-            return "∞" if x > 0 else "-∞"
-        if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
-            return f"{x:.{digits - 1}e}"
-        return f"{x:.{digits}g}"
-    return str(x)
-
-
-def _fixed(x: float, spec: str) -> str:
-    return f"{x:{spec}}" if x is not None and math.isfinite(x) else "–"
-
-
-def fmt_sig(x: float) -> str:
-    """3 significant digits, trailing zeros kept (an interval's ends line up: 1.80, 2.07)."""
-    if not math.isfinite(x) or x == 0 or not 1e-3 <= abs(x) < 1e5:
-        return fmt(x)
-    return f"{x:#.3g}".rstrip(".")
-
-
-def fmt_est(e: Estimate | None, spec: str | None = None) -> str:
-    """``estimate [low, high]``; ``spec`` a format spec (e.g. ``+.4f``), else 3 significant
-    digits. The summary and the tables format an estimate with this one function."""
-    if e is None:
-        return "–"
-    f = (lambda x: _fixed(x, spec)) if spec else fmt_sig
-    if not (math.isfinite(e.low) and math.isfinite(e.high)):
-        return f"{f(e.estimate)} [interval undefined: {e.n_ok} replicates defined]"
-    return f"{f(e.estimate)} [{f(e.low)}, {f(e.high)}]"
-
-
-def fmt_flops(c: float) -> str:
-    return f"{c:.1e}" if math.isfinite(c) else "–"
-
-
-def _ceil_sig(x: float, sig: int = 2) -> float:
-    """x rounded up to ``sig`` significant digits."""
-    if not x > 0 or not math.isfinite(x):
-        return x
-    e = math.floor(math.log10(x)) - sig + 1
-    return math.ceil(x / 10**e) * 10**e
-
-
-def _finite(x: Any) -> bool:
-    return x is not None and math.isfinite(float(x))
-
 
 # --------------------------------------------------------------------------- documents
 # The report is built once as a list of blocks and rendered twice (Markdown, HTML), so the

@@ -396,10 +396,10 @@ class _Progress:
         self.done_work = self.done_wall = 0.0
 
     def eta(self) -> str:
-        from .runner import _fmt_time
+        from .numbers import fmt_duration
 
         left = sum(self.work.values())
-        return _fmt_time(self.done_wall / self.done_work * left) if self.done_work else "?"
+        return fmt_duration(self.done_wall / self.done_work * left) if self.done_work else "?"
 
 
 def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed: list[str],
@@ -443,7 +443,7 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
     index = {id(r): i + 1 for i, (_, r) in enumerate(items)}
     done = [total - len(todo)]
     start = time.perf_counter()
-    fmt_tokens, fmt_time = runner._fmt_tokens, runner._fmt_time
+    from .numbers import fmt_duration, fmt_tokens
     # a run that fails is reported and the others go on; anything but Ctrl-C (a usage error
     # of `postformer fit` is a SystemExit after its one-line message)
     errors = (Exception, SystemExit)
@@ -481,7 +481,7 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
         prog.done_wall = time.perf_counter() - start
         done[0] += 1
         acc = f", accuracy {row['accuracy']:.3f}" if row.get("accuracy") is not None else ""
-        print(f"{head}: loss {row['loss']:.4f}{acc}, {fmt_time(time.perf_counter() - t0)}; "
+        print(f"{head}: loss {row['loss']:.4f}{acc}, {fmt_duration(time.perf_counter() - t0)}; "
               f"{done[0]}/{total} done, stage ETA {prog.eta()}", flush=True)
         return True
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import Analysis, Estimate
-from .document import _finite, fmt, fmt_est, fmt_flops
+from .numbers import finite, fmt, fmt_est, fmt_flops
 
 # --------------------------------------------------------------------------- figures
 
@@ -85,7 +85,7 @@ def _log_panel(ax: Any, title: str, xlabel: str, legend_title: str) -> None:
 def _err(est: float, e: Estimate | None) -> tuple[float, float, bool]:
     """Error-bar half lengths (below, above) of an interval around ``est``; False when the
     interval is undefined (drawn without a bar)."""
-    if e is None or not (_finite(e.low) and _finite(e.high)):
+    if e is None or not (finite(e.low) and finite(e.high)):
         return 0.0, 0.0, False
     return max(est - e.low, 0.0), max(e.high - est, 0.0), True
 
@@ -199,13 +199,13 @@ def fig_frontier(an: Analysis) -> tuple[bytes, str]:
     colors = _arch_colors(an.archs)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     mins = [m for a in an.archs for m in an.verdicts[a].minima]
-    Cs = [m.C for m in mins if _finite(m.C)]
+    Cs = [m.C for m in mins if finite(m.C)]
     no_curve = []
     if Cs:
         grid = np.geomspace(min(Cs) / 1.5, max(Cs) * 1.5, 120)
     for a in an.archs:
         col = colors[a]
-        am = [m for m in an.verdicts[a].minima if _finite(m.C)]
+        am = [m for m in an.verdicts[a].minima if finite(m.C)]
         for interior in (True, False):
             sel = [m for m in am if m.interior == interior]
             if not sel:
@@ -275,7 +275,7 @@ def fig_efficiency(an: Analysis) -> tuple[bytes, str]:
         inv = [x for x in an.verdicts[a].inverted]
         k = 0
         for x in inv:
-            if x.status != "ok" or x.value is None or not _finite(x.value.estimate):
+            if x.status != "ok" or x.value is None or not finite(x.value.estimate):
                 if x.status != "excluded":
                     outside.append(f"{a} at {fmt_flops(x.budget)} ({x.status})")
                 continue
@@ -285,7 +285,7 @@ def fig_efficiency(an: Analysis) -> tuple[bytes, str]:
             ax.errorbar([x.value.estimate], [yy], xerr=[[lo], [hi]], fmt="s", ms=3.5,
                         color=col, alpha=0.45, elinewidth=1, capsize=2)
             vals += [x.value.estimate, x.value.low, x.value.high]
-    vals = [v for v in vals if _finite(v) and v > 0]
+    vals = [v for v in vals if finite(v) and v > 0]
     lo, hi = min(vals + [0.8]), max(vals + [1.25])
     ax.set_xscale("log")
     ax.set_xlim(lo / 1.25, hi * 1.25)

@@ -378,7 +378,7 @@ def beside_study(an: Any, probe_dir: str | Path) -> tuple[list[Block], dict[str,
     ``analysis.Analysis``), with their rank correlation; (report blocks, report.json entry).
     An arch is matched by its label; the probe score is the MAD score where all six MAD
     tasks ran, else the mean over the tasks that ran (said so)."""
-    from .document import fmt_est
+    from .numbers import fmt_est
 
     scores = probe_scores(probe_dir)
     rows, pairs, data = [], [], {"probe_dir": str(probe_dir), "archs": {}}

@@ -34,19 +34,9 @@ import pandas as pd
 from postformer.train.fileio import atomic_write
 
 from .analysis import DEFAULT_N_BOOT, Analysis, analyse
-from .document import (
-    Block,
-    Link,
-    _ceil_sig,
-    _finite,
-    _fixed,
-    fmt,
-    fmt_est,
-    fmt_flops,
-    render_html,
-    render_markdown,
-)
+from .document import Block, Link, render_html, render_markdown
 from .figures import make_figures
+from .numbers import ceil_sig, finite, fmt, fmt_est, fmt_fixed, fmt_flops
 from .report_json import (
     all_warnings,
     dumps_strict,
@@ -98,7 +88,7 @@ def verdict_sentence(an: Analysis, arch: str) -> str:
         return (f"{arch}: no efficiency factor against the {base} (not identifiable): "
                 f"{why_no_efficiency(an, arch)}.")
     m = fmt_est(e)
-    if not (_finite(e.low) and _finite(e.high)):
+    if not (finite(e.low) and finite(e.high)):
         words = f"has efficiency m = {m} against the {base}"
     elif e.low > 1:
         words = f"reaches the {base}'s loss with less compute: efficiency m = {m}"
@@ -159,9 +149,9 @@ def scope_text(an: Analysis, scope: dict[str, Any]) -> str:
     text = "Scope: " + ", ".join(parts)
     mc = [an.verdicts[a].efficiency.mc_error for a in an.archs
           if a != an.baseline and an.efficiency_of(a) is not None]
-    mc = [x for x in mc if _finite(x)]
+    mc = [x for x in mc if finite(x)]
     if mc:
-        text += (f"; Monte Carlo error of the interval endpoints < {fmt(_ceil_sig(max(mc)), 2)} "
+        text += (f"; Monte Carlo error of the interval endpoints < {fmt(ceil_sig(max(mc)), 2)} "
                  f"({an.n_boot} bootstrap replicates)")
     return text + "."
 
@@ -317,7 +307,7 @@ def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any
         for m in an.verdicts[a].minima:
             rows.append([a, fmt_flops(m.budget), str(m.n_sizes), str(m.n_seeds),
                          fmt_est(m.N_ci) if m.N_ci else fmt(m.N_opt),
-                         fmt_est(m.L_ci, ".4f") if m.L_ci else _fixed(m.L_opt, ".4f"),
+                         fmt_est(m.L_ci, ".4f") if m.L_ci else fmt_fixed(m.L_opt, ".4f"),
                          "interior" if m.interior else f"edge: {m.reason}"])
     B.append(Block("table", header=["arch", "budget", "sizes", "seeds (max per size)",
                                     "N_opt [95%]", "L_opt [95%]", "used / why not"],
@@ -352,7 +342,7 @@ def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any
             "differently (each a joint refit, no intervals); the headline is \"C, N\" (the "
             "architecture's own FLOP count, parameters with embeddings). \"measured seconds\" "
             "is the wall-clock view: compute measured as training time.")))
-        rows = [[a] + [fmt(an.verdicts[a].conventions.get(k)) if _finite(
+        rows = [[a] + [fmt(an.verdicts[a].conventions.get(k)) if finite(
             an.verdicts[a].conventions.get(k)) else "not identifiable" for k in labels]
             for a in an.archs]
         B.append(Block("table", header=["arch"] + labels, items=rows))
@@ -380,9 +370,9 @@ def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any
                 rows.append([a, fmt_flops(an.held_out), "–", "–", "–", "–",
                              "no interior minimum at the held-out budget, or none below it"])
                 continue
-            rows.append([a, fmt_flops(x["flops"]), _fixed(x["measured"], ".4f"),
-                         _fixed(x["predicted"], ".4f"), _fixed(x["error_loss"], "+.4f"),
-                         _fixed(x["error_ln_C"], "+.3f") if _finite(x["error_ln_C"])
+            rows.append([a, fmt_flops(x["flops"]), fmt_fixed(x["measured"], ".4f"),
+                         fmt_fixed(x["predicted"], ".4f"), fmt_fixed(x["error_loss"], "+.4f"),
+                         fmt_fixed(x["error_ln_C"], "+.3f") if finite(x["error_ln_C"])
                          else "not identifiable (below the refit's asymptote)", ""])
         B.append(Block("table", header=["arch", "held-out budget", "measured L_opt",
                                         "predicted", "error in loss", "error in ln C", "note"],
@@ -400,7 +390,7 @@ def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any
     cols = [c for c in ("arch", "size", "seed", "N", "D", "C", "loss", "stage") if c in df]
     rows = []
     for _, r in df.sort_values(["arch", "stage", "C", "N"], kind="stable").iterrows():
-        row: list[Any] = [_fixed(r[c], ".4f") if c == "loss" else fmt(r[c]) for c in cols]
+        row: list[Any] = [fmt_fixed(r[c], ".4f") if c == "loss" else fmt(r[c]) for c in cols]
         if "run_dir" in df:
             rd = r["run_dir"]
             row.append(Link(str(rd), str(rd).replace(os.sep, "/"))

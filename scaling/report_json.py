@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .analysis import Analysis, ArchVerdict, Estimate, Minimum, percentile
-from .document import _finite, fmt_flops
+from .numbers import finite, fmt_flops
 
 
 def _jsonable(x: Any) -> Any:
@@ -56,7 +56,7 @@ def why_no_efficiency(an: Analysis, arch: str) -> str:
     if arch not in an.joint.design.archs:
         return (f"{arch} has no interior IsoFLOP minimum (every budget's "
                 "optimum lies at the edge of its size grid or has too few sizes)")
-    if v.efficiency is None or not _finite(v.efficiency.estimate):
+    if v.efficiency is None or not finite(v.efficiency.estimate):
         return "the joint fit's exponent is not positive"
     return ""
 

@@ -57,7 +57,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import shlex
 import sys
 import time
@@ -269,22 +268,6 @@ def fit_args(out: Path, run: RunPlan, *, resume: bool = True) -> list[str]:
                      or any((run_dir / "checkpoints").glob("*.ckpt"))):
         args += ["--overwrite"]  # `postformer fit` refuses a used run folder without it
     return args
-
-
-def _fmt_tokens(n: float) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}"
-
-
-def _fmt_time(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    s = round(s)
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 @contextmanager

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .numbers import fmt_duration
 from .plan import plan, plan_tune
-from .runner import _fmt_time
 from .study import Study
 
 #: dense bf16 peak of an H100/H200 SXM (FLOP/s) and the utilisation assumed without a probe
@@ -162,11 +162,11 @@ def print_plan(study: Study, probe: bool = True) -> dict[str, float]:
             name = p.name if r.kind != "cooldown" else f"{p.name}/{Path(r.run_dir).name}"
             budget = f"{r.budget_flops:.3g}" if r.budget_flops else "-"
             print(f"{p.stage:5s} {name[:44]:44s} {p.N:9.3g} {r.tokens:9.3g} {C:9.3g} {budget:>9s} "
-                  f"{_fmt_time(secs):>8s}")
+                  f"{fmt_duration(secs):>8s}")
     all_s = totals["tune"] + totals["main"]
     unit = speed.unit
-    print(f"total: {total_C:.3g} FLOPs trained; estimated {_fmt_time(totals['tune'])} tuning + "
-          f"{_fmt_time(totals['main'])} main = {_fmt_time(all_s)}"
+    print(f"total: {total_C:.3g} FLOPs trained; estimated {fmt_duration(totals['tune'])} tuning + "
+          f"{fmt_duration(totals['main'])} main = {fmt_duration(all_s)}"
           + (f" ({all_s * study.n_devices / 3600:.3g} {unit}-hours on {study.n_devices} "
              f"device{'s' if study.n_devices > 1 else ''})" if unit != "CPU" else ""))
     return totals

@@ -14,7 +14,7 @@ import yaml
 from synthetic import law, optimal_n, simulate
 
 from postformer.cli import main as cli_main
-from postformer.scaling.document import fmt, fmt_est, fmt_sig
+from postformer.scaling.numbers import fmt, fmt_est, fmt_sig
 from postformer.scaling.report import report_main, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
