@@ -20,11 +20,8 @@ scan run in reverse (``lam_t = dh_t + a_{t+1} lam_{t+1}``, ``du = lam``,
 run over time blocks of about ``BLOCK_ELEMS`` elements, carrying the state (or the adjoint)
 from block to block, so the decay and scratch buffers are small, cache-resident and reused
 instead of fresh ``[B, T, M]`` tensors (on CPU the allocation and page faults of those cost
-more than the arithmetic). Measured fwd+bwd at B=1, T=4096, D=1024 (float32, the shared
-2-core box, median of 5; bench/test_scans.py): ~0.03-0.06 s against ~0.2-0.4 s for the
-reference loop. Blocks of 1-2 MiB beat no blocks by 2x for selective_scan's [B, T, D, N]
-scan (its chunk.py lists the alternatives measured); for this [B, T, D] one the difference
-was within the box's noise (0.03-0.09 s either way). A masked ``[C, C]``
+more than the arithmetic). ``bench/test_scans.py`` times it against the reference loop; the
+measurements behind this design are in ``docs/bench/2026-11-cpu-2core-scans.md``. A masked ``[C, C]``
 decay matrix per channel would cost C times the memory of the states for an elementwise
 scan (there is no matmul to gain, unlike gla's shared-decay case).
 """

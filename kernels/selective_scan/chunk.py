@@ -12,12 +12,11 @@ fresh ``[B, T, D, N]`` tensor costs more (allocation, page faults, cache misses)
 arithmetic on it. The Function allocates the states h at full size (kept for the backward)
 and nothing else: a, u and the backward's buffers are one time block's (~2 MiB, see
 linear_scan.chunk.BLOCK_ELEMS), reused in place, and the scan state is carried from block to
-block. Measured fwd+bwd at B=1, T=2048, D=512, N=16 (float32, the shared 2-core box, median
-of 5): this path ~0.24-0.32 s against ~0.65 s for the reference loop. Rejected on the way, at
-B=2, T=1024, D=256, N=16 (1 thread): the same two-level scan under plain autograd ~1.4 s,
-a log-depth (Hillis-Steele) scan inside 16/64-step chunks 2.9/4.2 s, the Function without
-time blocks ~0.26-0.56 s. A masked ``[C, C]`` decay matrix per (d, n) would hold C times the
-memory of the states; it was not pursued.
+block. Rejected on the way, each slower on CPU (``docs/bench/2026-11-cpu-2core-scans.md`` has
+the timings; ``bench/test_scans.py`` measures this path): the same two-level scan under plain
+autograd, a log-depth (Hillis-Steele) scan inside short chunks, the Function without time
+blocks. A masked ``[C, C]`` decay matrix per (d, n) would hold C times the memory of the
+states; it was not pursued.
 
 Exactness under strong decay (delta*A down to -20 per step): decays are only multiplied,
 never divided; there is no ``exp`` of a positive cumulative sum. Memory: O(B T D N) (the
