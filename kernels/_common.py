@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 IMPLS = ("auto", "reference", "chunk", "triton")
 
@@ -199,3 +200,21 @@ def run_packed(
         outs.append(o_i)
         states.append(S_i)
     return torch.cat(outs, dim=1), torch.cat(states, dim=0)
+
+
+# The chunked PyTorch forms (``<family>/chunk.py``): the chunk layout and the first phase.
+
+
+def to_chunks(x: torch.Tensor, C: int) -> torch.Tensor:
+    """``[B, T, H, *D]`` -> the chunk layout ``[B, H, N, C, *D]`` (N = ceil(T / C)), the end
+    padded with zeros (a zero log gate, key and value leave the state untouched)."""
+    pad = (-x.shape[1]) % C
+    x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
+    return x.unflatten(1, (-1, C)).movedim(3, 1)
+
+
+def chunk_gates(g: torch.Tensor, C: int) -> torch.Tensor:
+    """Phase 1: the chunk-local cumulative log gates ``G_i = g_1 + .. + g_i`` (from each chunk's
+    first step). g ``[B, T, H]`` (scalar) or ``[B, T, H, K]`` (per key) -> G ``[B, H, N, C]`` or
+    ``[B, H, N, C, K]``, in g's dtype; padded steps add 0 (they repeat the chunk's last G)."""
+    return to_chunks(g, C).cumsum(3)

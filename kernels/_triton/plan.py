@@ -1,5 +1,6 @@
-"""Host-side chunk tables shared by the chunked Triton ops (gla, delta_rule), and the packed
-offsets every Triton launcher starts from (``packed_offsets``).
+"""Host-side chunk tables shared by the chunked Triton ops (gla, delta_rule), the packed
+offsets every Triton launcher starts from (``packed_offsets``) and the chunk-local cumulative sum
+of the gates, the first forward phase of both families (``chunk_cumsum``).
 
 Every call is flattened to packed sequences (``[B, T, H, D]`` -> ``[B*T, H, D]`` with offsets
 ``0, T, 2T, ...``; varlen calls pass their ``cu_seqlens``) and each sequence is cut into chunks of
@@ -62,6 +63,43 @@ class ChunkPlan:
         rows = self.cstart[: self.n_chunks, None] + r
         valid = rows < self.cend[: self.n_chunks, None]
         return torch.where(valid, rows, self.cstart[: self.n_chunks, None]), valid
+
+    @functools.cached_property
+    def aligned(self) -> bool:
+        """Every chunk is full (every sequence's length a multiple of ``chunk``): the chunk layout
+        ``[n_chunks * chunk]`` is then the packed row layout itself."""
+        return len(self.seq_of_row) == self.n_chunks * self.chunk
+
+    @functools.cached_property
+    def row_slot(self) -> torch.Tensor:
+        """``[rows]``: the position of every packed row in the chunk layout ``[n_chunks * chunk]``
+        (``chunk index * chunk + offset in the chunk``); gathers a chunk-layout tensor back into
+        rows."""
+        rows, valid = self.chunk_rows
+        slots = torch.arange(self.n_chunks * self.chunk, device=rows.device).view(self.n_chunks, self.chunk)
+        return slots[valid]  # chunks are in row order and cover every row once
+
+
+def chunk_cumsum(g: torch.Tensor, plan: ChunkPlan, layout: str = "rows") -> torch.Tensor:
+    """The chunk-local cumulative sum of the log gates, ``G_i = g_1 + .. + g_i`` from each chunk's
+    first row (chunks never cross a sequence), in fp32: the first forward phase of gla and
+    delta_rule.
+
+    g: packed gates ``[rows, H]`` (scalar) or ``[rows, H, K]`` (per key). ``layout="rows"``
+    returns G in g's row layout (``[rows, H(, K)]``, gla's kernels); ``"chunks"`` in the chunk
+    layout ``[n_chunks * chunk, H(, K)]`` (delta_rule's), where a padded row past a chunk's end
+    adds 0 and so repeats the chunk's last G. A memory-bound elementwise pass, in PyTorch: a
+    reshape and a cumsum when every chunk is full, else a gather into chunks first (and back)."""
+    if layout not in ("rows", "chunks"):
+        raise ValueError(f"layout={layout!r} is not one of ('rows', 'chunks')")
+    tail = g.shape[1:]
+    g = g.float()
+    if plan.aligned:
+        return g.reshape(plan.n_chunks, plan.chunk, *tail).cumsum(1).reshape(g.shape).contiguous()
+    rows, valid = plan.chunk_rows
+    valid = valid.view(*valid.shape, *(1,) * len(tail))
+    G = torch.where(valid, g[rows], 0.0).cumsum(1).reshape(-1, *tail)  # [n_chunks * chunk, H(, K)]
+    return (G[plan.row_slot] if layout == "rows" else G).contiguous()
 
 
 @functools.lru_cache(maxsize=64)

@@ -16,19 +16,91 @@ never form it. The cost is that a per-key gate ([B, T, H, K]) needs the decay fo
 
 Between chunks only states move: S_{n+1} = a_n * S_n + U_n, a loop over T/C chunks of one
 multiply-add each; all matmuls are batched over every chunk at once.
+
+Phases. ``gla_chunk`` composes the same phases as the Triton kernels (``triton/__init__.py``),
+each a function here, so every Triton phase has a PyTorch twin to test against
+(tests/kernels/test_gla_phases.py); tensors are in the chunk layout ``[B, H, N, C, D]``:
+
+1. ``chunk_gates`` (``kernels/_common.py``, shared with delta_rule): G, the chunk-local
+   cumulative log gates (Triton: ``chunk_cumsum``).
+2. ``state_pass``: the state entering every chunk and the final state (``_state_fwd``).
+3. ``scores``: the causal decayed intra-chunk scores A (``_scores_fwd``; fused into
+   ``_output_fwd`` for no gate or a scalar gate).
+4. ``output``: ``o = (q * exp(G)) S_in + A v`` (``_output_fwd``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch.autograd.function import once_differentiable
 
-from .._common import accumulation_dtype
+from .._common import accumulation_dtype, chunk_gates, to_chunks
 
 SCALAR_CHUNK = 64
 PER_KEY_CHUNK = 16
+
+__all__ = ["chunk_gates", "gla_chunk", "output", "scores", "state_pass"]
+
+
+def _unbind_chunks(x: torch.Tensor | None, n: int) -> tuple:
+    # unbind, not x[:, :, n]: the backward of one unbind is one stack, while each indexing
+    # op's backward would write a zero tensor as large as x (quadratic in the chunk count).
+    return (None,) * n if x is None else x.unbind(2)
+
+
+def state_pass(
+    k: torch.Tensor, v: torch.Tensor, G: torch.Tensor | None, S0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phase 2: the states. k ``[B, H, N, C, K]``, v ``[B, H, N, C, V]``, G None or from
+    ``chunk_gates``, S0 ``[B, H, K, V]`` -> (the state entering every chunk ``[B, H, N, K, V]``,
+    the final state ``[B, H, K, V]``).
+
+    Each chunk's contribution ``U_n = (k * exp(G_C - G))^T v`` ``[B, H, N, K, V]`` and decay
+    ``a_n = exp(G_C)`` come from matmuls batched over every chunk; the loop over the N chunks does
+    one multiply-add each, ``S_{n+1} = a_n S_n + U_n``."""
+    if G is None:
+        U = k.transpose(-1, -2) @ v  # (B, H, N, K, V)
+        a = None
+    elif G.dim() == 4:  # scalar gate
+        G_last = G[..., -1:]  # (B, H, N, 1)
+        U = (k * (G_last - G).exp().unsqueeze(-1)).transpose(-1, -2) @ v
+        a = G_last.exp().unsqueeze(-1)  # (B, H, N, 1, 1)
+    else:  # per-key gate
+        G_last = G[..., -1:, :]  # (B, H, N, 1, K)
+        U = (k * (G_last - G).exp()).transpose(-1, -2) @ v
+        a = G_last.exp().transpose(-1, -2)  # (B, H, N, K, 1)
+    S = S0
+    entering = []
+    for u, decay in zip(U.unbind(2), _unbind_chunks(a, U.shape[2])):
+        entering.append(S)
+        S = (S if decay is None else decay * S) + u
+    return torch.stack(entering, dim=2), S
+
+
+def scores(q: torch.Tensor, k: torch.Tensor, G: torch.Tensor | None) -> torch.Tensor:
+    """Phase 3: the causal intra-chunk scores ``A_ij = sum_k q_ik k_jk exp(G_ik - G_jk)`` for
+    i >= j, 0 above the diagonal. q, k ``[B, H, N, C, K]`` (q scaled), G None or from
+    ``chunk_gates`` -> A ``[B, H, N, C, C]``. Every exponent is a difference ``G_i - G_j <= 0``,
+    masked before the exp."""
+    C = q.shape[-2]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    if G is None:
+        return (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)
+    if G.dim() == 4:  # scalar gate: a [C, C] decay
+        diff = (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
+        return (q @ k.transpose(-1, -2)) * diff.exp()
+    return PerKeyDecayedScores.apply(q, k, G)  # per-key gate: a [C, C, K] decay
+
+
+def output(
+    q: torch.Tensor, v: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor, S_in: torch.Tensor
+) -> torch.Tensor:
+    """Phase 4: ``o = A v + (q * exp(G)) S_in`` ``[B, H, N, C, V]``: q ``[B, H, N, C, K]``
+    (scaled), v ``[B, H, N, C, V]``, G None or from ``chunk_gates``, A from ``scores``, S_in
+    (the entering states) from ``state_pass``."""
+    if G is not None:
+        q = q * (G.exp().unsqueeze(-1) if G.dim() == 4 else G.exp())
+    return A @ v + q @ S_in
 
 
 def gla_chunk(
@@ -37,63 +109,24 @@ def gla_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunked form of the module docstring on one batch of equal-length sequences: chunks of
     ``chunk_size`` steps (default ``SCALAR_CHUNK``, ``PER_KEY_CHUNK`` for per-key gates), the
-    end padded. Arguments as ``gla`` validated them (gates floored); o and the final state come
-    back in the accumulation dtype (float32, or float64 for float64 inputs)."""
+    end padded; the phases ``chunk_gates``, ``state_pass``, ``scores``, ``output``. Arguments
+    as ``gla`` validated them (gates floored); o and the final state come back in the
+    accumulation dtype (float32, or float64 for float64 inputs)."""
     dt = accumulation_dtype(q, k, v, g, initial_state)
     B, T, H, K = q.shape
     V = v.shape[-1]
-    per_key = g is not None and g.dim() == 4
+    S0 = q.new_zeros(B, H, K, V, dtype=dt) if initial_state is None else initial_state.to(dt)
     if T == 0:
-        S = q.new_zeros(B, H, K, V, dtype=dt) if initial_state is None else initial_state.to(dt)
-        return q.new_zeros(B, 0, H, V, dtype=dt), S
+        return q.new_zeros(B, 0, H, V, dtype=dt), S0
 
+    per_key = g is not None and g.dim() == 4
     C = min(chunk_size or (PER_KEY_CHUNK if per_key else SCALAR_CHUNK), T)
-    pad = (-T) % C
-    # Padding at the end with k = v = 0 and g = 0 leaves the state untouched.
-    q, k, v = (
-        rearrange(F.pad(x.to(dt), (0, 0, 0, 0, 0, pad)), "b (n c) h d -> b h n c d", c=C)
-        for x in (q, k, v)
-    )  # (B, H, N, C, D)
+    q, k, v = (to_chunks(x.to(dt), C) for x in (q, k, v))  # (B, H, N, C, D)
     q = q * scale
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-
-    if g is None:
-        A = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B, H, N, C, C)
-        o = A @ v
-        U = k.transpose(-1, -2) @ v  # (B, H, N, K, V): each chunk's contribution to the state
-        a = None
-        q_in = q
-    elif not per_key:
-        G = rearrange(F.pad(g.to(dt), (0, 0, 0, pad)), "b (n c) h -> b h n c", c=C).cumsum(-1)
-        diff = (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
-        A = (q @ k.transpose(-1, -2)) * diff.exp()  # (B, H, N, C, C)
-        o = A @ v
-        G_last = G[..., -1:]  # (B, H, N, 1)
-        U = (k * (G_last - G).exp().unsqueeze(-1)).transpose(-1, -2) @ v  # (B, H, N, K, V)
-        a = G_last.exp().unsqueeze(-1)  # (B, H, N, 1, 1)
-        q_in = q * G.exp().unsqueeze(-1)
-    else:
-        G = rearrange(F.pad(g.to(dt), (0, 0, 0, 0, 0, pad)), "b (n c) h k -> b h n c k", c=C)
-        G = G.cumsum(-2)  # (B, H, N, C, K)
-        A = PerKeyDecayedScores.apply(q, k, G)  # (B, H, N, C, C)
-        o = A @ v
-        G_last = G[..., -1:, :]  # (B, H, N, 1, K)
-        U = (k * (G_last - G).exp()).transpose(-1, -2) @ v
-        a = rearrange(G_last.exp(), "b h n 1 k -> b h n k 1")
-        q_in = q * G.exp()
-
-    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dt)
-    # unbind, not U[:, :, n]: the backward of one unbind is one stack, while each indexing
-    # op's backward would write a zero tensor as large as U (quadratic in the chunk count).
-    U_n = U.unbind(2)
-    a_n = (None,) * len(U_n) if a is None else a.unbind(2)
-    entering = []
-    for u, decay in zip(U_n, a_n):
-        entering.append(S)
-        S = (S if decay is None else decay * S) + u
-    o = o + q_in @ torch.stack(entering, dim=2)  # (B, H, N, C, V)
-    o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]
-    return o, S
+    G = None if g is None else chunk_gates(g.to(dt), C)
+    S_in, S = state_pass(k, v, G, S0)
+    o = output(q, v, G, scores(q, k, G), S_in)  # (B, H, N, C, V)
+    return o.movedim(1, 3).flatten(1, 2)[:, :T], S
 
 
 def _pair_decay(G: torch.Tensor) -> torch.Tensor:

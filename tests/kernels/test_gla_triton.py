@@ -172,7 +172,7 @@ def test_conftest_enables_the_interpreter():
     kernels = [obj for obj in kernels if obj is not None]
     assert kernels, "postformer.kernels.gla.triton defines no Triton kernel"
     names = {obj.__name__ for obj in kernels}
-    assert {"_state_fwd", "_output_fwd", "_state_bwd", "_recurrent_fwd", "_chunk_cumsum"} <= names, names
+    assert {"_state_fwd", "_output_fwd", "_state_bwd", "_recurrent_fwd", "_scores_fwd"} <= names, names
     compiled = [obj for obj in kernels if not isinstance(obj, InterpretedFunction)]
     assert not compiled, f"kernels defined before TRITON_INTERPRET was set: {compiled}"
 

@@ -70,7 +70,7 @@ from ..._triton import (
     interpreting,
     state_tile,
 )
-from ..._triton.plan import chunk_plan, packed_offsets
+from ..._triton.plan import chunk_cumsum, chunk_plan, packed_offsets
 
 __all__ = ["RECURRENT_MAX_T", "delta_rule_triton"]
 
@@ -148,11 +148,9 @@ def _dot_mode(q: torch.Tensor) -> str:
 
 def _chunk_gates(g: torch.Tensor | None, plan) -> torch.Tensor | None:
     """The chunk-local cumulative log gates in the chunk layout, fp32 ``[n_chunks * C, H]`` (a
-    padded row adds 0, so it repeats its chunk's last G); None without gates. g: ``[rows, H]``."""
-    if g is None:
-        return None
-    rows, valid = plan.chunk_rows
-    return torch.where(valid[..., None], g.float()[rows], 0.0).cumsum(1).reshape(-1, g.shape[-1]).contiguous()
+    padded row adds 0, so it repeats its chunk's last G); None without gates. g: ``[rows, H]``.
+    ``chunk_cumsum`` of ``kernels/_triton/plan.py``, shared with gla."""
+    return None if g is None else chunk_cumsum(g, plan, "chunks")
 
 
 def _wy_prepare(k, v, beta, G, plan, dot: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -176,6 +174,45 @@ def _wy_prepare(k, v, beta, G, plan, dot: str) -> tuple[torch.Tensor, torch.Tens
     return Tm, U, W
 
 
+def _dims(q: torch.Tensor, K: int, V: int, gated: bool) -> dict:
+    """The constexprs every chunk kernel takes."""
+    H = q.shape[1]
+    return dict(H=H, K=K, V=V, C=CHUNK, HAS_G=gated, PREC=dot_precision(q.dtype), DOT=_dot_mode(q))
+
+
+def _state_pass(k, G, U, W, h0, plan, dot: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_state_fwd``, sequential over each sequence's chunks: the state entering every chunk
+    ``S_in`` ``[n_chunks, H, K, V]``, the written values ``u = U - W S_in`` ``[rows, H, V]`` (both
+    in U's dtype) and the final states ``[n_seqs, H, K, V]`` fp32. U, W from ``_wy_prepare``; h0
+    ``[n_seqs, H, K, V]`` fp32 contiguous."""
+    _, H, K = k.shape
+    V = U.shape[-1]
+    BK, BV = _state_tile(K, V, dot.startswith("bf16"))
+    sdt = dict(device=k.device, dtype=U.dtype)  # the stored intermediates' dtype (see _wy_prepare)
+    u = torch.empty(U.shape, **sdt)
+    S_in = torch.empty(plan.n_chunks, H, K, V, **sdt)
+    S_T = torch.empty(plan.n_seqs, H, K, V, device=k.device, dtype=torch.float32)
+    _state_fwd[(triton.cdiv(V, BV), plan.n_seqs * H)](
+        k, W if G is None else G, U, W, u, h0, S_in, S_T, plan.cstart, plan.cend, plan.coff, BK=BK, BV=BV,
+        **_dims(k, K, V, G is not None))
+    return S_in, u, S_T
+
+
+def _output(q, k, G, u, S_in, scale: float, plan) -> torch.Tensor:
+    """``_output_fwd``: ``o = scale [(q exp(G)) S_in + (q k^T exp(G_i - G_j), i >= j) u]``
+    ``[rows, H, V]`` in q's dtype, given the entering states and written values of
+    ``_state_pass``."""
+    _, H, K = q.shape
+    V = u.shape[-1]
+    o = torch.empty(u.shape, device=q.device, dtype=q.dtype)  # stored once, in the inputs' dtype
+    if plan.n_chunks:
+        BKT, BVT = chunk_tiles(K, V)
+        _output_fwd[(triton.cdiv(V, BVT), plan.n_chunks, H)](
+            q, k, u if G is None else G, u, S_in, o, plan.cstart, plan.cend, scale, BKT=BKT, BVT=BVT,
+            **_dims(q, K, V, G is not None))
+    return o
+
+
 class _ChunkFn(torch.autograd.Function):
     """delta_rule by the fused chunk kernels, forward and backward (see the module docstring), on
     packed sequences: q, k ``[rows, H, K]``, v ``[rows, H, V]``, beta and g ``[rows, H]``, h0
@@ -187,27 +224,11 @@ class _ChunkFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, beta, g, h0, scale, plan):
-        _, H, K = q.shape
-        V = v.shape[-1]
-        C, NC = CHUNK, plan.n_chunks
         q, k, v, beta, h0 = (x.contiguous() for x in (q, k, v, beta, h0))
         G = _chunk_gates(g, plan)
-        f32 = dict(device=q.device, dtype=torch.float32)
-        BKT, BVT = chunk_tiles(K, V)
-        BK, BV = _state_tile(K, V, _dot_mode(q).startswith("bf16"))
-        dims = dict(H=H, K=K, V=V, C=C, HAS_G=g is not None, PREC=dot_precision(q.dtype), DOT=_dot_mode(q))
-        Gp = beta if G is None else G  # a placeholder pointer without gates (never read)
         Tm, U, W = _wy_prepare(k, v, beta, G, plan, _dot_mode(q))
-        sdt = dict(device=q.device, dtype=U.dtype)  # the stored intermediates' dtype (see _wy_prepare)
-        u = torch.empty(v.shape, **sdt)
-        o = torch.empty(v.shape, device=q.device, dtype=q.dtype)  # stored once, in the inputs' dtype
-        S_in = torch.empty(NC, H, K, V, **sdt)
-        S_T = torch.empty(plan.n_seqs, H, K, V, **f32)
-        _state_fwd[(triton.cdiv(V, BV), plan.n_seqs * H)](k, Gp, U, W, u, h0, S_in, S_T, plan.cstart, plan.cend,
-                                                          plan.coff, BK=BK, BV=BV, **dims)
-        if NC:
-            _output_fwd[(triton.cdiv(V, BVT), NC, H)](q, k, Gp, u, S_in, o, plan.cstart, plan.cend, scale,
-                                                      BKT=BKT, BVT=BVT, **dims)
+        S_in, u, S_T = _state_pass(k, G, U, W, h0, plan, _dot_mode(q))
+        o = _output(q, k, G, u, S_in, scale, plan)
         ctx.save_for_backward(q, k, v, beta, G, Tm, U, W, u, S_in)
         ctx.meta = scale, plan, g is not None, None if g is None else g.dtype
         return o, S_T

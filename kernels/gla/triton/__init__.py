@@ -3,10 +3,12 @@
     S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,      o_t = scale * q_t S_t
 
 This package holds the host side (the launchers, the autograd Function, ``gla_triton``); the
-kernels sit in one module per phase, each with its derivation: ``common.py`` (jit helpers and
-``_chunk_cumsum``), ``state.py`` (the state passes, forward and backward), ``output.py`` (scores
+kernels sit in one module per phase, each with its derivation: ``common.py`` (jit helpers),
+``state.py`` (the state passes, forward and backward), ``output.py`` (scores
 and output), ``recurrent.py`` (the fused recurrent forward) and ``backward.py`` (the
-chunk-parallel gradients). ``chunk.py`` of the family is the PyTorch form of the same computation.
+chunk-parallel gradients). ``chunk.py`` of the family is the PyTorch form of the same computation,
+written as the same phases (``chunk_gates``, ``state_pass``, ``scores``, ``output``): each launcher
+below has a twin there to test against (tests/kernels/test_gla_phases.py).
 
 Layout. Every call is flattened to packed sequences: ``[B, T, H, D]`` becomes ``[B*T, H, D]``
 with offsets ``[0, T, 2T, ...]`` (or the caller's ``cu_seqlens``), so one set of kernels serves
@@ -17,10 +19,12 @@ sequence and chunk), and empty sequences own no chunk.
 
 Forward (chunked), with G the chunk-local cumulative log gate (``G_i = g_1 + .. + g_i``):
 
-1. ``_chunk_cumsum``: G for every chunk.
-2. ``_state_fwd``: the state entering every chunk (``state.py``).
-3. ``_scores_fwd`` (per-key gates only): the intra-chunk scores A by sub-blocks (``output.py``).
-4. ``_output_fwd``: ``o = scale * ((q * exp(G)) h_n + A v)`` (forming A itself for no gate or a
+1. ``_chunk_gates``: G for every chunk (``chunk_cumsum`` of ``kernels/_triton/plan.py``, PyTorch,
+   shared with delta_rule).
+2. ``_chunk_states`` (``_state_fwd``): the state entering every chunk (``state.py``).
+3. ``_scores`` (``_scores_fwd``, per-key gates only): the intra-chunk scores A by sub-blocks
+   (``output.py``).
+4. ``_output`` (``_output_fwd``): ``o = scale * ((q * exp(G)) h_n + A v)`` (forming A itself for no gate or a
    scalar gate).
 
 Backward (chunked). Kept from the forward: only the inputs (q, k, v, g, initial state) and the
@@ -60,7 +64,7 @@ from ..._triton import (
     state_tile,
     tile,
 )
-from ..._triton.plan import ChunkPlan, chunk_plan, packed_offsets
+from ..._triton.plan import ChunkPlan, chunk_cumsum, chunk_plan, packed_offsets
 
 BT = 64  # chunk length
 BC = 16  # sub-block length inside a chunk (tl.dot needs >= 16 on each side)
@@ -72,7 +76,6 @@ if HAS_TRITON:  # the launchers look the kernels up here (scripts/sm90_check.py 
     import triton
 
     from .backward import _dA_bwd, _dqk_inter_bwd, _dqk_intra_bwd, _dv_bwd
-    from .common import _chunk_cumsum
     from .output import _output_fwd, _scores_full_fwd, _scores_fwd
     from .recurrent import _recurrent_fwd
     from .state import _state_bwd, _state_fwd
@@ -86,13 +89,10 @@ def _gate_kind(g: torch.Tensor | None) -> int:
     return 0 if g is None else (2 if g.dim() == 3 else 1)  # flattened: [N, H, K] per-key, [N, H] scalar
 
 
-def _chunk_gates(g, plan, H, K, GATE):
-    """The chunk-local cumulative log gates G in the packed row layout of g (fp32)."""
-    gc = torch.empty(g.shape, device=g.device, dtype=torch.float32)
-    BK = tile(K)
-    grid = (plan.n_chunks, H, triton.cdiv(K, BK) if GATE == 2 else 1)
-    _chunk_cumsum[grid](g, gc, plan.cstart, plan.cend, H=H, K=K, BT=BT, BK=BK, GATE=GATE)
-    return gc
+def _chunk_gates(g: torch.Tensor | None, plan: ChunkPlan) -> torch.Tensor | None:
+    """The chunk-local cumulative log gates G in the packed row layout of g (fp32 ``[rows, H]``
+    or ``[rows, H, K]``; None without gates): ``chunk_cumsum``, shared with delta_rule."""
+    return None if g is None else chunk_cumsum(g, plan, "rows")
 
 
 def _chunk_states(k, v, gc, h0, plan, H, K, V, GATE, prec, want_ht):
@@ -144,8 +144,16 @@ def _forward(q, k, v, g, h0, scale, plan, want_ht, mode):
             q, k, v, g if g is not None else q, h0 if h0 is not None else q, o, ht if ht is not None else o,
             plan.cu, scale, H=H, K=K, V=V, BK=BK, BV=BV, GATE=GATE, HAS_H0=h0 is not None, STORE_HT=want_ht)
         return o, ht
-    gc = _chunk_gates(g, plan, H, K, GATE) if GATE else None
+    gc = _chunk_gates(g, plan)
     hbuf, ht = _chunk_states(k, v, gc, h0, plan, H, K, V, GATE, prec, want_ht)
+    _output(q, k, v, gc, hbuf, o, scale, plan, GATE, prec)
+    return o, ht
+
+
+def _output(q, k, v, gc, hbuf, o, scale, plan, GATE, prec):
+    """``_output_fwd`` (after ``_scores_fwd`` for per-key gates) into ``o`` [rows, H, V]: the
+    outputs given the chunk-local gates ``gc`` and the entering states ``hbuf`` [n_chunks, H, K, V]."""
+    H, K, V = q.shape[1], q.shape[2], v.shape[-1]
     if plan.n_chunks:
         fuse = GATE != 2  # per-key gates need the sub-block factorisation of _scores_fwd
         A = q if fuse else _scores(q, k, gc, plan, H, K, GATE, prec)
@@ -153,7 +161,7 @@ def _forward(q, k, v, g, h0, scale, plan, want_ht, mode):
         _output_fwd[(plan.n_chunks, triton.cdiv(V, BV), H)](
             q, k, v, gc if gc is not None else q, hbuf, A, o, plan.cstart, plan.cend, scale,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=GATE, PREC=prec, HALF=_half_states(hbuf), FUSE_A=fuse)
-    return o, ht
+    return o
 
 
 def _backward(q, k, v, g, h0, ht, do, dht, scale, plan):
@@ -162,7 +170,7 @@ def _backward(q, k, v, g, h0, ht, do, dht, scale, plan):
     GATE = _gate_kind(g)
     prec = dot_precision(q.dtype)
     BK, BV = chunk_tiles(K, V)
-    gc = _chunk_gates(g, plan, H, K, GATE) if GATE else None
+    gc = _chunk_gates(g, plan)
     gcp = gc if gc is not None else q
     hbuf, _ = _chunk_states(k, v, gc, h0, plan, H, K, V, GATE, prec, want_ht=False)  # recomputed, not stored
     A = _scores(q, k, gc, plan, H, K, GATE, prec) if plan.n_chunks else None  # recomputed, not stored

@@ -1,16 +1,15 @@
 """gla's ``@triton.jit`` helpers: loading gates, blocks and products with the chunk states; the
-autotune variants; and the chunk-local cumulative sum of the gates (the first forward phase).
+autotune variants.
 
 Gates reach the kernels as ``GATE``: 0 none, 1 scalar (``[rows, H]``), 2 per key (``[rows, H, K]``);
-``gc`` is their chunk-local cumulative sum ``G`` in the packed row layout (``_chunk_cumsum``).
+``gc`` is their chunk-local cumulative sum ``G`` in the packed row layout (``chunk_cumsum`` of
+``kernels/_triton/plan.py``, in PyTorch).
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
-
-from ..._triton.jit import chunk_rows
 
 # 8 warps first (the one used untuned); 2 warps spilled in every kernel on sm_90 and 4 warps
 # in several at K = V = 128 (scripts/sm90_check.py)
@@ -78,20 +77,3 @@ def _load_block(x, rows, rmask, cols, cmask, i_h, H: tl.constexpr, D: tl.constex
     the masks)."""
     return tl.load(x + (rows[:, None] * H + i_h) * D + cols[None, :], mask=rmask[:, None] & cmask[None, :],
                    other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _chunk_cumsum(g, gc, cstart, cend, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
-                  BK: tl.constexpr, GATE: tl.constexpr):
-    i_t, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    s, e, _, rows, rm = chunk_rows(cstart, cend, i_t, BT)
-    if GATE == 2:
-        cols = i_k * BK + tl.arange(0, BK)
-        m = rm[:, None] & (cols[None, :] < K)
-        off = (rows[:, None] * H + i_h) * K + cols[None, :]
-        x = tl.load(g + off, mask=m, other=0.0).to(tl.float32)
-        tl.store(gc + off, tl.cumsum(x, axis=0), mask=m)
-    else:
-        off = rows * H + i_h
-        x = tl.load(g + off, mask=rm, other=0.0).to(tl.float32)
-        tl.store(gc + off, tl.cumsum(x, axis=0), mask=rm)
