@@ -42,17 +42,29 @@ shortcut ``exp(G_i) exp(-G_j)`` would overflow at g = -10 per step and is never 
 
 A ragged last chunk is padded with ``q = k = v = 0``, ``beta = 0``, ``g = 0``: padded steps write
 nothing (``u = 0``) and do not decay, so the final state is untouched.
+
+Phases. ``delta_rule_chunk`` composes the same phases as the Triton kernels
+(``triton/__init__.py``), each a function here, so every Triton phase has a PyTorch twin to test
+against (tests/kernels/test_delta_rule_phases.py); tensors are in the chunk layout
+``[B, H, N, C, D]``:
+
+1. ``chunk_gates`` (``kernels/_common.py``, shared with gla): G (Triton: ``chunk_cumsum``).
+2. ``wy_prepare``: U and W, by one triangular solve (``_wy_fwd``, which also stores the inverse
+   Tm; its twin is ``wy_inverse``).
+3. ``state_pass``: the state entering every chunk, the written values u and the final state
+   (``_state_fwd``).
+4. ``output``: o from q, k, G, u and the entering states (``_output_fwd``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 
-from .._common import accumulation_dtype
+from .._common import accumulation_dtype, chunk_gates, to_chunks
 
 CHUNK = 64
+
+__all__ = ["chunk_gates", "decay", "delta_rule_chunk", "output", "state_pass", "wy_inverse", "wy_prepare"]
 
 
 def solve_unit_lower(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -62,22 +74,95 @@ def solve_unit_lower(A: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
 
 
-def pass_states(
-    R: torch.Tensor, KW: torch.Tensor, a: torch.Tensor | None, S: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chunk-to-chunk recurrence ``S_{n+1} = a_n S_n + R_n - KW_n S_n``.
+def decay(G: torch.Tensor) -> torch.Tensor:
+    """``D = exp(G_i - G_j)`` for i >= j, 0 above the diagonal (masked before the exp: never
+    overflows): G ``[..., C]`` -> ``[..., C, C]``. Shared by ``wy_prepare`` and ``output`` (each
+    forms it from G when not given it)."""
+    C = G.shape[-1]
+    causal = torch.ones(C, C, dtype=torch.bool, device=G.device).tril()
+    return (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()
 
-    R ``[B, H, N, K, V]``, KW ``[B, H, N, K, K]``, a None or ``[B, H, N, 1, 1]``, S ``[B, H, K, V]``
-    (the initial state). Returns the state entering every chunk ``[B, H, N, K, V]`` and the final
-    state. A Python loop over the N chunks (``triton/state.py`` has it as a kernel, ``_state_fwd``).
-    unbind, not R[:, :, n]: each indexing op's backward would allocate a zero tensor as large as R.
-    """
-    a_n = (None,) * R.shape[2] if a is None else a.unbind(2)
+
+def _wy_system(k_beta: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
+    """A ``[B, H, N, C, C]`` whose strictly lower triangle is ``beta_i (k_i . k_j) exp(G_i - G_j)``
+    (on and above the diagonal: whatever the product gives; the solves read only below it)."""
+    A = k_beta @ k.transpose(-1, -2)  # beta_i k_i . k_j
+    return A if D is None else A * D
+
+
+def wy_prepare(
+    k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, G: torch.Tensor | None,
+    D: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phase 2: the pseudo-values ``U = (I + A)^{-1} (beta v)`` ``[B, H, N, C, V]`` and
+    ``W = (I + A)^{-1} (beta exp(G) k)`` ``[B, H, N, C, K]``, one unit-lower-triangular solve per
+    chunk against the concatenated right-hand side, all chunks at once. k ``[B, H, N, C, K]``,
+    v ``[B, H, N, C, V]``, beta ``[B, H, N, C]``, G None or ``[B, H, N, C]`` from ``chunk_gates``
+    (D: ``decay(G)``, formed here unless given)."""
+    b = beta.unsqueeze(-1)
+    k_beta = k * b
+    if G is None:
+        A, rhs_k = _wy_system(k_beta, k, None), k_beta
+    else:
+        A, rhs_k = _wy_system(k_beta, k, decay(G) if D is None else D), k_beta * G.exp().unsqueeze(-1)
+    UW = solve_unit_lower(A, torch.cat([v * b, rhs_k], -1))
+    return UW.split([v.shape[-1], k.shape[-1]], dim=-1)
+
+
+def wy_inverse(k: torch.Tensor, beta: torch.Tensor, G: torch.Tensor | None) -> torch.Tensor:
+    """``Tm = (I + A)^{-1}`` ``[B, H, N, C, C]`` (unit lower triangular), which ``_wy_fwd`` stores
+    for the backward; ``wy_prepare`` never forms it (it solves against the right-hand sides)."""
+    A = _wy_system(k * beta.unsqueeze(-1), k, None if G is None else decay(G))
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(A)
+    return solve_unit_lower(A, eye)
+
+
+def state_pass(
+    k: torch.Tensor, G: torch.Tensor | None, U: torch.Tensor, W: torch.Tensor, S0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Phase 3: the states. k ``[B, H, N, C, K]``, G None or from ``chunk_gates``, U and W from
+    ``wy_prepare``, S0 ``[B, H, K, V]`` -> (the state entering every chunk ``S_in``
+    ``[B, H, N, K, V]``, the written values ``u = U - W S_in`` ``[B, H, N, C, V]``, the final
+    state ``[B, H, K, V]``).
+
+    Per chunk the state map is affine, ``S_{n+1} = exp(G_C) S_n + R_n - KW_n S_n`` with the
+    decayed keys ``Kd = k exp(G_C - G)``, ``R_n = Kd^T U_n`` and ``KW_n = Kd^T W_n`` (matmuls
+    batched over every chunk); the only sequential part is a loop over the N chunks of one
+    ``[K, K] @ [K, V]`` product each. unbind, not R[:, :, n]: each indexing op's backward would
+    allocate a zero tensor as large as R."""
+    if G is None:
+        Kd, a_n = k, (None,) * k.shape[2]
+    else:
+        G_last = G[..., -1:]
+        Kd = k * (G_last - G).exp().unsqueeze(-1)
+        a_n = G_last.exp().unsqueeze(-1).unbind(2)  # (B, H, 1, 1) per chunk
+    Kd_t = Kd.transpose(-1, -2)
+    R, KW = Kd_t @ U, Kd_t @ W  # (B, H, N, K, V), (B, H, N, K, K)
+    S = S0
     entering = []
     for R_n, KW_n, decay in zip(R.unbind(2), KW.unbind(2), a_n):
         entering.append(S)
         S = (S if decay is None else decay * S) + (R_n - KW_n @ S)
-    return torch.stack(entering, dim=2), S
+    S_in = torch.stack(entering, dim=2)
+    return S_in, U - W @ S_in, S
+
+
+def output(
+    q: torch.Tensor, k: torch.Tensor, G: torch.Tensor | None, u: torch.Tensor, S_in: torch.Tensor,
+    scale: float, D: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Phase 4: ``o = scale [(q exp(G)) S_in + (q k^T exp(G_i - G_j), i >= j) u]``
+    ``[B, H, N, C, V]``: q, k ``[B, H, N, C, K]``, G None or from ``chunk_gates`` (D:
+    ``decay(G)``, formed here unless given), u and S_in from ``state_pass``."""
+    qk = (q * scale) @ k.transpose(-1, -2)
+    if G is None:
+        C = q.shape[-2]
+        P = qk.masked_fill(~torch.ones(C, C, dtype=torch.bool, device=q.device).tril(), 0.0)
+        q_in = q * scale
+    else:
+        P = qk * (decay(G) if D is None else D)
+        q_in = q * (G.exp().unsqueeze(-1) * scale)
+    return q_in @ S_in + P @ u
 
 
 def delta_rule_chunk(
@@ -86,58 +171,22 @@ def delta_rule_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The WY/UT form of the module docstring on one batch of equal-length sequences (the op
     loops over packed ones; ``triton/`` has this computation as fused kernels): chunks of
-    ``chunk_size`` steps (default ``CHUNK``), the end padded. Arguments as ``delta_rule``
-    validated them (gates floored); o and the final state come back in the accumulation dtype
-    (float32, or float64 for float64 inputs)."""
+    ``chunk_size`` steps (default ``CHUNK``), the end padded; the phases ``chunk_gates``,
+    ``wy_prepare``, ``state_pass``, ``output``. Arguments as ``delta_rule`` validated them
+    (gates floored); o and the final state come back in the accumulation dtype (float32, or
+    float64 for float64 inputs)."""
     dt = accumulation_dtype(q, k, v, beta, g, initial_state)
     B, T, H, K = q.shape
     V = v.shape[-1]
-    S = q.new_zeros(B, H, K, V, dtype=dt) if initial_state is None else initial_state.to(dt)
+    S0 = q.new_zeros(B, H, K, V, dtype=dt) if initial_state is None else initial_state.to(dt)
     if T == 0:
-        return q.new_zeros(B, 0, H, V, dtype=dt), S
+        return q.new_zeros(B, 0, H, V, dtype=dt), S0
 
     C = min(chunk_size or CHUNK, T)
-    pad = (-T) % C
-    q, k, v = (
-        rearrange(F.pad(x.to(dt), (0, 0, 0, 0, 0, pad)), "b (n c) h d -> b h n c d", c=C)
-        for x in (q, k, v)
-    )  # (B, H, N, C, D)
-    beta = rearrange(F.pad(beta.to(dt), (0, 0, 0, pad)), "b (n c) h -> b h n c 1", c=C)
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-
-    # The solve (linalg.solve_triangular(..., unitriangular=True)) reads only the strictly lower
-    # triangle of its matrix, so (k*beta) k^T (decayed) can be passed as it is: the solve is with I + A.
-    k_beta = k * beta
-    kbk = k_beta @ k.transpose(-1, -2)  # (B, H, N, C, C): beta_i k_i . k_j
-    qk = (q * scale) @ k.transpose(-1, -2)
-    if g is None:
-        A = kbk
-        P = qk.masked_fill(~causal, 0.0)
-        rhs_k, Kd, q_in, a = k_beta, k, q * scale, None
-    else:
-        G = rearrange(F.pad(g.to(dt), (0, 0, 0, pad)), "b (n c) h -> b h n c", c=C).cumsum(-1)
-        # exp(G_i - G_j) for i >= j, 0 above the diagonal (masked before exp: never overflows)
-        D = (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()
-        A = kbk * D
-        P = qk * D
-        eG = G.exp().unsqueeze(-1)  # (B, H, N, C, 1)
-        G_last = G[..., -1:]
-        rhs_k = k_beta * eG
-        Kd = k * (G_last - G).exp().unsqueeze(-1)
-        q_in = q * (eG * scale)
-        a = G_last.exp().unsqueeze(-1)  # (B, H, N, 1, 1)
-
-    # One unit-lower-triangular solve per chunk, all chunks at once: (I + A)^{-1} [beta*v | beta*e^G*k].
-    UW = solve_unit_lower(A, torch.cat([v * beta, rhs_k], -1))
-    U, W = UW.split([V, K], dim=-1)  # (B, H, N, C, V), (B, H, N, C, K)
-
-    # Per chunk the state map is affine: S_{n+1} = exp(G_C) S_n + R_n - KW_n S_n with
-    # R_n = Kd_n^T U_n and KW_n = Kd_n^T W_n, both from one matmul batched over all chunks.
-    RKW = Kd.transpose(-1, -2) @ UW  # (B, H, N, K, V + K)
-    R, KW = RKW.split([V, K], dim=-1)
-    # The only sequential part: one [K, K] @ [K, V] per chunk.
-    S_in, S = pass_states(R, KW, a, S)  # S_in: (B, H, N, K, V), entering each chunk
-    u = U - W @ S_in  # (B, H, N, C, V): the values actually written, eq. (2)
-    o = q_in @ S_in + P @ u
-    o = rearrange(o, "b h n c d -> b (n c) h d")[:, :T]
-    return o, S
+    q, k, v, beta = (to_chunks(x.to(dt), C) for x in (q, k, v, beta))  # (B, H, N, C, *D)
+    G = None if g is None else chunk_gates(g.to(dt), C)
+    D = None if G is None else decay(G)  # formed once for both phases that use it
+    U, W = wy_prepare(k, v, beta, G, D)
+    S_in, u, S = state_pass(k, G, U, W, S0)
+    o = output(q, k, G, u, S_in, scale, D)  # (B, H, N, C, V)
+    return o.movedim(1, 3).flatten(1, 2)[:, :T], S
