@@ -20,12 +20,16 @@ and backward), ``output.py``, ``backward.py`` (the chunk-parallel gradients) and
 ``recurrent.py``.
 
 Forward, three launches (``_ChunkFn.forward``), after the chunk-local cumulative gates
-(``_chunk_gates``, PyTorch):
+(``_chunk_gates``: ``chunk_cumsum`` of ``kernels/_triton/plan.py``, PyTorch, shared with gla),
+each behind a launcher with a PyTorch twin of the same name in ``chunk.py`` (tested against each
+other in tests/kernels/test_delta_rule_phases.py):
 
-1. ``_wy_fwd``, one program per (chunk, head): A, Tm, U, W (``wy.py``).
-2. ``_state_fwd``, one program per (V tile, sequence * head), the only sequential part: stores
-   every entering state and u (``state.py``).
-3. ``_output_fwd``, one program per (V tile, chunk, head): the output (``output.py``).
+1. ``_wy_prepare`` (``_wy_fwd``), one program per (chunk, head): A, Tm, U, W (``wy.py``; twins
+   ``wy_prepare`` and ``wy_inverse``).
+2. ``_state_pass`` (``_state_fwd``), one program per (V tile, sequence * head), the only
+   sequential part: stores every entering state and u (``state.py``).
+3. ``_output`` (``_output_fwd``), one program per (V tile, chunk, head): the output
+   (``output.py``).
 
 Backward, four launches (``_ChunkFn.backward``), nothing recomputed:
 
@@ -193,7 +197,7 @@ def _state_pass(k, G, U, W, h0, plan, dot: str) -> tuple[torch.Tensor, torch.Ten
     S_in = torch.empty(plan.n_chunks, H, K, V, **sdt)
     S_T = torch.empty(plan.n_seqs, H, K, V, device=k.device, dtype=torch.float32)
     _state_fwd[(triton.cdiv(V, BV), plan.n_seqs * H)](
-        k, W if G is None else G, U, W, u, h0, S_in, S_T, plan.cstart, plan.cend, plan.coff, BK=BK, BV=BV,
+        k, k if G is None else G, U, W, u, h0, S_in, S_T, plan.cstart, plan.cend, plan.coff, BK=BK, BV=BV,
         **_dims(k, K, V, G is not None))
     return S_in, u, S_T
 
@@ -208,7 +212,7 @@ def _output(q, k, G, u, S_in, scale: float, plan) -> torch.Tensor:
     if plan.n_chunks:
         BKT, BVT = chunk_tiles(K, V)
         _output_fwd[(triton.cdiv(V, BVT), plan.n_chunks, H)](
-            q, k, u if G is None else G, u, S_in, o, plan.cstart, plan.cend, scale, BKT=BKT, BVT=BVT,
+            q, k, k if G is None else G, u, S_in, o, plan.cstart, plan.cend, scale, BKT=BKT, BVT=BVT,
             **_dims(q, K, V, G is not None))
     return o
 
