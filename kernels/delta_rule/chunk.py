@@ -32,7 +32,7 @@ state update makes the chunk-to-chunk map affine,
 
     S_C = exp(G_C) S0 + Kd^T U - (Kd^T W) S0,
 
-so ``Kd^T [U | W]`` is also one batched matmul, and the only sequential part is a loop over
+so ``Kd^T U`` and ``Kd^T W`` are batched matmuls too, and the only sequential part is a loop over
 the T/C chunks doing one [K, K] @ [K, V] product each. The entering states are then stacked and
 ``u`` and ``o`` follow from batched matmuls again.
 
