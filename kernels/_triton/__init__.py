@@ -83,8 +83,8 @@ def dot_precision(dtype) -> str:
     intermediates round to TF32's 10-bit mantissa, finer than the inputs), at a third of the
     tensor-core work and without tf32x3's split operands in registers. Never ``"ieee"`` for large
     tiles: on sm_90 it lowers [64, 64] and larger tiles to scalar FMAs with kilobytes of register
-    spills per thread (``scripts/sm90_check.py``; the first H200 run's T=8K delta_rule forward
-    took 33 ms that way). The interpreter computes all of them in fp32."""
+    spills per thread (``scripts/sm90_check.py``; ``docs/bench/2026-11-27-h200.md`` has what
+    that cost on a GPU). The interpreter computes all of them in fp32."""
     import torch
 
     return "tf32x3" if dtype == torch.float32 else "tf32"
