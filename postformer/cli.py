@@ -6,6 +6,8 @@
     postformer probe PROBE.yaml --out DIR                        synthetic probes (MQAR, MAD)
     postformer report DIR [--probes PROBE_DIR]                   the verdict of a study folder
     postformer tokenizer train --vocab_size N --out tok.json     a byte-level BPE on a corpus
+    postformer generate|export|eval|list ...                     use a trained model; discover
+    postformer --version
 
 Imports are lazy so ``postformer --help`` answers at once.
 """
@@ -35,37 +37,22 @@ def _lightning(argv: list[str]) -> None:
         raise SystemExit(130) from None
 
 
-def _compare(argv: list[str]) -> None:
-    from postformer.scaling.compare import compare_main
+def _entry(target: str) -> Callable[[list[str]], None]:
+    """A subcommand whose ``main(argv)`` lives at ``"module:function"``, imported when it runs and
+    called with the arguments after the subcommand's name."""
 
-    compare_main(argv[1:])
+    def run(argv: list[str]) -> None:
+        import importlib
 
+        module, function = target.split(":")
+        try:
+            main_fn = getattr(importlib.import_module(module), function)
+        except ImportError as err:
+            print(f"postformer {argv[0]}: not available here ({err})", file=sys.stderr)
+            raise SystemExit(1) from None
+        main_fn(argv[1:])
 
-def _study(argv: list[str]) -> None:
-    from postformer.scaling.runner import study_main
-
-    study_main(argv[1:])
-
-
-def _probe(argv: list[str]) -> None:
-    from postformer.scaling.probe import probe_main
-
-    probe_main(argv[1:])
-
-
-def _tokenizer(argv: list[str]) -> None:
-    from postformer.train.tokenizer import tokenizer_main
-
-    tokenizer_main(argv[1:])
-
-
-def _report(argv: list[str]) -> None:
-    try:
-        from postformer.scaling.report import report_main
-    except ImportError as err:
-        print(f"postformer report: the report is not available ({err})", file=sys.stderr)
-        raise SystemExit(1) from None
-    report_main(argv[1:])
+    return run
 
 
 # name -> (runner taking the full argv, one-line help)
@@ -73,21 +60,33 @@ SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "fit": (_lightning, "train a model (LightningCLI; see `postformer fit --help`)"),
     "validate": (_lightning, "evaluate on the validation split"),
     "test": (_lightning, "evaluate on the test split"),
-    "compare": (_compare, "train several fit configs as a one-size study and compare them"),
-    "study": (_study, "train a scaling study (LR tuning, IsoFLOP budgets, seeds) into a "
-                      "folder, or --plan / --list its runs"),
-    "probe": (_probe, "train synthetic probes (MQAR, the MAD tasks) over archs x tasks x widths "
-                      "x LRs into a folder, with a report"),
-    "report": (_report, "write the verdict of a study folder or a results.csv (report.json, "
-                        ".md, .html)"),
-    "tokenizer": (_tokenizer, "train a byte-level BPE tokenizer on a corpus (`tokenizer train "
-                              "--vocab_size N --out tok.json`)"),
+    "generate": (_entry("postformer.train.generate:generate_main"),
+                 "sample text from a checkpoint or an exported model, streamed as it is produced"),
+    "export": (_entry("postformer.train.export:export_main"),
+               "write a checkpoint as model.safetensors + config.json + tokenizer files"),
+    "eval": (_entry("postformer.train.evaluate:eval_main"),
+             "evaluate a checkpoint or an export with lm-evaluation-harness tasks"),
+    "list": (_entry("postformer.train.discover:list_main"),
+             "list archs, presets, mixers and their options, tokenizers, study and probe configs"),
+    "compare": (_entry("postformer.scaling.compare:compare_main"),
+                "train several fit configs as a one-size study and compare them"),
+    "study": (_entry("postformer.scaling.runner:study_main"),
+              "train a scaling study (LR tuning, IsoFLOP budgets, seeds) into a folder, or --plan / "
+              "--list its runs"),
+    "probe": (_entry("postformer.scaling.probe:probe_main"),
+              "train synthetic probes (MQAR, the MAD tasks) over archs x tasks x widths x LRs into a "
+              "folder, with a report"),
+    "report": (_entry("postformer.scaling.report:report_main"),
+               "write the verdict of a study folder or a results.csv (report.json, .md, .html)"),
+    "tokenizer": (_entry("postformer.train.tokenizer:tokenizer_main"),
+                  "train a byte-level BPE tokenizer on a corpus (`tokenizer train --vocab_size N "
+                  "--out tok.json`)"),
 }
 
 
 def usage() -> str:
     width = max(len(n) for n in SUBCOMMANDS)
-    lines = ["usage: postformer SUBCOMMAND [options]", "", "subcommands:"]
+    lines = ["usage: postformer SUBCOMMAND [options]   (postformer --version)", "", "subcommands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
     lines += ["", "`postformer SUBCOMMAND --help` shows a subcommand's options."]
     return "\n".join(lines)
@@ -97,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        from postformer import __version__
+
+        print(f"postformer {__version__}")
         return 0
     if args[0] not in SUBCOMMANDS:
         print(usage(), file=sys.stderr)

@@ -46,6 +46,13 @@ def test_help_lists_subcommands(capsys):
     assert main(["predict", "--config", "x.yaml"]) == 2
 
 
+def test_version(capsys):
+    from postformer import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"postformer {__version__}"
+
+
 @pytest.mark.parametrize("arch", sorted(p.stem for p in SMOKE.glob("*.yaml")))
 def test_smoke_config(arch, tmp_path):
     run = tmp_path / arch
