@@ -6,12 +6,23 @@
 
 Decoding: ``new_cache(B)`` makes one state per layer; ``forward(tokens, cache)`` consumes the
 tokens as the continuation of what the cache has seen (a prompt of any length on an empty
-cache is a prefill with the parallel form; one token is a recurrent step).
+cache is a prefill with the parallel form; one token is a recurrent step). ``stream`` yields
+the new tokens one step at a time, ``generate`` collects them; ``sample_next`` is their one
+sampling step (greedy, temperature, top-k, top-p).
+
+Saving: ``save_pretrained(DIR)`` writes ``DIR/config.json`` (the ``ModelConfig`` under
+``"model"``) and ``DIR/model.safetensors`` (the state dict, float32); ``from_pretrained(DIR)``
+reads them back. ``postformer export`` adds the run's tokenizer beside them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +31,55 @@ from torch import nn
 from .config import ModelConfig
 from .layers import RMSNorm, SwiGLU
 from .registry import get_mixer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One sampling step: logits ``[B, vocab]`` -> tokens ``[B, 1]``.
+
+    ``temperature <= 0`` is greedy argmax (``top_k``, ``top_p`` and ``generator`` unused).
+    Otherwise sample from ``softmax(logits / temperature)`` restricted to the ``top_k`` most
+    likely tokens (ties with the k-th kept) and then to the nucleus: the most likely tokens
+    whose probabilities, in descending order, first reach ``top_p`` (the most likely token
+    always stays). ``generator`` makes the draw reproducible (on the logits' device).
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        probs, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # the mass before a token already reaches top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def _atomic_replace(path: Path, write: Any) -> None:
+    """``write(tmp)`` writes a temporary file beside ``path``, then it is renamed to ``path``:
+    a reader sees the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 class Block(nn.Module):
@@ -149,44 +209,150 @@ class LanguageModel(nn.Module):
         temperature: float = 0.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
     ) -> torch.Tensor:
         """Continue ``prompt [B, T]`` (T >= 1) by ``max_new_tokens``; returns ``[B, T + max_new_tokens]``.
 
         The prompt is prefilled with the parallel form, then each new token is one recurrent
         step through the cache. ``temperature=0`` is greedy argmax; otherwise sample from
-        ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens.
-        Runs in eval mode and restores the previous mode afterwards.
+        ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens and
+        the ``top_p`` nucleus (``sample_next``). Runs in eval mode and restores the previous
+        mode afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            steps = self.stream(prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                                top_p=top_p, generator=generator)
+            return torch.cat([prompt, *steps], dim=1)
+        finally:
+            self.train(was_training)
+
+    def stream(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the ``max_new_tokens`` tokens that continue ``prompt [B, T]`` (T >= 1), one
+        ``[B, 1]`` tensor per step, each as soon as it is sampled: the prompt is prefilled with
+        the parallel form, each new token is one recurrent step through the cache, and the
+        next step runs only when the next token is asked for (stop early by not asking).
+        Sampling as ``generate``; the model's mode is left as it is (use eval mode).
         """
         if prompt.dim() != 2 or prompt.shape[1] < 1:
             raise ValueError(f"prompt has shape {list(prompt.shape)}, expected [B, T] with T >= 1")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        was_training = self.training
-        self.eval()
-        try:
-            B, T = prompt.shape
-            cache = self.new_cache(B, max_seq_len=T + max_new_tokens)
-            out = [prompt]
-            logits = self(prompt, cache)[:, -1]  # (B, vocab)
-            for i in range(max_new_tokens):
-                token = self._sample(logits, temperature, top_k, generator)  # (B, 1)
-                out.append(token)
-                if i + 1 < max_new_tokens:
-                    logits = self(token, cache)[:, -1]
-            return torch.cat(out, dim=1)
-        finally:
-            self.train(was_training)
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        return self._stream(prompt, max_new_tokens, temperature, top_k, top_p, generator)
+
+    @torch.no_grad()
+    def _stream(
+        self, prompt: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+        top_p: float | None, generator: torch.Generator | None,
+    ) -> Iterator[torch.Tensor]:
+        if max_new_tokens == 0:
+            return
+        B, T = prompt.shape
+        cache = self.new_cache(B, max_seq_len=T + max_new_tokens)
+        logits = self(prompt, cache)[:, -1]  # (B, vocab)
+        for i in range(max_new_tokens):
+            token = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+            yield token
+            if i + 1 < max_new_tokens:
+                logits = self(token, cache)[:, -1]
 
     @staticmethod
     def _sample(
         logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """logits ``[B, vocab]`` -> tokens ``[B, 1]``."""
-        if temperature <= 0:
-            return logits.argmax(dim=-1, keepdim=True)
-        logits = logits / temperature
-        if top_k is not None and top_k < logits.shape[-1]:
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator)
+        """logits ``[B, vocab]`` -> tokens ``[B, 1]`` (``sample_next`` without top-p)."""
+        return sample_next(logits, temperature, top_k, None, generator)
+
+    # ---- saving and loading ----------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``DIR/model.safetensors`` (the state dict; a tied embedding/head matrix
+        stored once) and then ``DIR/config.json``::
+
+            {"model_type": "postformer", "architectures": ["PostformerForCausalLM"],
+             "postformer_version": ..., "vocab_size": ..., "model": {ModelConfig's fields},
+             **extra, "torch_dtype": "float32"}
+
+        each file atomically (a temporary name in the folder, then a rename), config.json last,
+        so a folder with a config.json is whole. ``extra`` adds keys (``postformer export``:
+        the tokenizer and ``eos_token_id``); it may not replace ``"model"``. The weights are
+        saved in the parameters' dtype, which ``torch_dtype`` records (float32 unless the model
+        was cast). Creates the folder; returns it.
+        """
+        from safetensors.torch import save_model
+
+        from postformer import __version__
+
+        extra = dict(extra or {})
+        if "model" in extra:
+            raise ValueError("save_pretrained: extra may not replace the 'model' entry (the ModelConfig)")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        dtype = str(self.embedding.weight.dtype).removeprefix("torch.")
+        config = {
+            "model_type": "postformer", "architectures": ["PostformerForCausalLM"],
+            "postformer_version": __version__, "vocab_size": self.cfg.vocab_size,
+            "model": dataclasses.asdict(self.cfg), **extra,
+        }
+        config.setdefault("torch_dtype", dtype)
+        _atomic_replace(directory / WEIGHTS_FILE,
+                        lambda tmp: save_model(self, str(tmp), metadata={"format": "pt"}))
+        text = json.dumps(config, indent=2) + "\n"
+        _atomic_replace(directory / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, device: torch.device | str | None = None
+    ) -> LanguageModel:
+        """The model ``save_pretrained`` (or ``postformer export``) wrote to ``directory``, in
+        float32 on ``device`` (CPU by default), in eval mode. Raises FileNotFoundError for a
+        missing folder or file, ValueError for a config.json without a usable ``"model"``
+        entry or weights that do not fit it; each message names the file."""
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: no such folder (from_pretrained reads a folder "
+                                    "written by save_pretrained or `postformer export`)")
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist (from_pretrained reads a folder "
+                                        "written by save_pretrained or `postformer export`)")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{config_path} is not valid JSON ({err})") from None
+        fields = config.get("model") if isinstance(config, dict) else None
+        if not isinstance(fields, dict):
+            raise ValueError(f"{config_path} has no 'model' entry (the ModelConfig's fields); "
+                             "it was not written by save_pretrained or `postformer export`")
+        try:
+            cfg = ModelConfig(**fields)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{config_path}: 'model' is not a valid ModelConfig ({err})") from None
+        model = cls(cfg)
+        try:
+            load_model(model, str(weights_path), strict=True)
+        except Exception as err:  # safetensors and load_state_dict raise several types
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise ValueError(f"{weights_path} does not fit the model of {config_path} "
+                             f"({type(err).__name__}: {first})") from None
+        if device is not None:
+            model.to(device)
+        return model.eval()
