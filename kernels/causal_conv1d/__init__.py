@@ -20,6 +20,7 @@ from .._common import (
     resolve_impl,
     run_packed,
 )
+from .._library import fake_pair, register
 from .._triton import HAS_TRITON
 from .chunk import causal_conv1d_chunk, causal_conv1d_step, causal_conv1d_varlen
 from .reference import causal_conv1d_reference
@@ -58,6 +59,10 @@ def causal_conv1d(
 
     A call with ``T == 1`` and an ``initial_state`` (decoding) is a window multiply-sum.
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (see kernels/_library.py)
+        return _OP(x=x, weight=weight, bias=bias, activation=activation,
+                   initial_state=initial_state, output_final_state=output_final_state,
+                   cu_seqlens=cu_seqlens, impl=impl)
     B, T, D = check_btd(x)
     check_float("weight", weight)
     if weight.dim() != 2 or weight.shape[0] != D or weight.shape[1] < 1:
@@ -86,3 +91,14 @@ def causal_conv1d(
     else:
         y, state = causal_conv1d_chunk(x, weight, bias, activation, initial_state)
     return y.to(x.dtype), (state if output_final_state else None)
+
+
+def _fake(x, weight, bias, activation, initial_state, output_final_state, impl):
+    B, T, D = x.shape
+    return fake_pair(x, (B, T, D), (B, D, weight.shape[1] - 1), x.dtype, output_final_state)
+
+
+_OP = register("causal_conv1d", causal_conv1d, [
+    ("x", "Tensor"), ("weight", "Tensor"), ("bias", "Tensor?"), ("activation", "str?"),
+    ("initial_state", "Tensor?"), ("output_final_state", "bool"), ("impl", "str"),
+], _fake)

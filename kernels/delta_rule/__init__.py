@@ -16,6 +16,7 @@ from .._common import (
     resolve_gated,
     run_packed,
 )
+from .._library import fake_pair, register, state_dtype
 from .._triton import HAS_TRITON
 from .chunk import delta_rule_chunk
 from .reference import delta_rule_reference
@@ -48,6 +49,9 @@ def delta_rule(
         ``(o, final_state)``: ``o`` ``[B, T, H, V]`` in q's dtype, and the state after the last
         step or None (without ``output_final_state``).
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (see kernels/_library.py)
+        return _OP(q=q, k=k, v=v, beta=beta, g=g, scale=scale, initial_state=initial_state,
+                   output_final_state=output_final_state, cu_seqlens=cu_seqlens, impl=impl)
     B, T, H, K, V = check_qkv(q, k, v)
     check_float("beta", beta)
     check_shape("beta", beta, (B, T, H), "[B, T, H]")
@@ -71,3 +75,17 @@ def delta_rule(
     # with cu_seqlens, one sequence at a time, each with its own state
     o, S = run_packed(fn, cu_seqlens, (q, k, v, beta, g), initial_state, scale)
     return o.to(q.dtype), (S if output_final_state else None)
+
+
+def _fake(q, k, v, beta, g, scale, initial_state, output_final_state, impl):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    return fake_pair(q, (B, T, H, V), (B, H, K, V), state_dtype(q, k, v, beta, g, initial_state),
+                     output_final_state)
+
+
+_OP = register("delta_rule", delta_rule, [
+    ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("beta", "Tensor"), ("g", "Tensor?"),
+    ("scale", "float?"), ("initial_state", "Tensor?"), ("output_final_state", "bool"),
+    ("impl", "str"),
+], _fake)

@@ -17,6 +17,7 @@ from .._common import (
     resolve_gated,
     run_packed,
 )
+from .._library import fake_pair, register, state_dtype
 from .._triton import HAS_TRITON
 from .chunk import gla_chunk
 from .reference import gla_reference
@@ -45,6 +46,9 @@ def gla(
         ``(o, final_state)``: the outputs ``o`` ``[B, T, H, V]`` in q's dtype and the state
         after the last step (None unless ``output_final_state``).
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (see kernels/_library.py)
+        return _OP(q=q, k=k, v=v, g=g, scale=scale, initial_state=initial_state,
+                   output_final_state=output_final_state, cu_seqlens=cu_seqlens, impl=impl)
     B, T, H, K, V = check_qkv(q, k, v)
     if g is not None:
         check_float("g", g)
@@ -65,3 +69,16 @@ def gla(
     # with cu_seqlens, one sequence at a time, each with its own state
     o, S = run_packed(fn, cu_seqlens, (q, k, v, g), initial_state, scale)
     return o.to(q.dtype), (S if output_final_state else None)
+
+
+def _fake(q, k, v, g, scale, initial_state, output_final_state, impl):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    return fake_pair(q, (B, T, H, V), (B, H, K, V), state_dtype(q, k, v, g, initial_state),
+                     output_final_state)
+
+
+_OP = register("gla", gla, [
+    ("q", "Tensor"), ("k", "Tensor"), ("v", "Tensor"), ("g", "Tensor?"), ("scale", "float?"),
+    ("initial_state", "Tensor?"), ("output_final_state", "bool"), ("impl", "str"),
+], _fake)

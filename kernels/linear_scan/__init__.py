@@ -17,6 +17,7 @@ from .._common import (
     resolve_impl,
     run_packed,
 )
+from .._library import fake_pair, register, state_dtype
 from .._triton import HAS_TRITON
 from .chunk import linear_scan_chunk, linear_scan_varlen_chunk
 from .reference import linear_scan_reference
@@ -40,6 +41,9 @@ def linear_scan(
         ``(h, final_state)``: every state ``h`` ``[B, T, D]`` in x's dtype, and the last one
         (``[B, D]``, or ``[N, D]``) or None unless ``output_final_state``.
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (see kernels/_library.py)
+        return _OP(x=x, g=g, initial_state=initial_state, output_final_state=output_final_state,
+                   cu_seqlens=cu_seqlens, impl=impl)
     B, T, D = check_btd(x)
     check_float("g", g)
     check_shape("g", g, (B, T, D), "[B, T, D] like x")
@@ -59,3 +63,14 @@ def linear_scan(
     else:  # with cu_seqlens one sequence at a time, each from its own state
         h, S = run_packed(fn, cu_seqlens, (x, g), initial_state)
     return h.to(x.dtype), (S if output_final_state else None)
+
+
+def _fake(x, g, initial_state, output_final_state, impl):
+    B, T, D = x.shape
+    return fake_pair(x, (B, T, D), (B, D), state_dtype(x, g, initial_state), output_final_state)
+
+
+_OP = register("linear_scan", linear_scan, [
+    ("x", "Tensor"), ("g", "Tensor"), ("initial_state", "Tensor?"), ("output_final_state", "bool"),
+    ("impl", "str"),
+], _fake)

@@ -16,6 +16,7 @@ from .._common import (
     fmt_shape,
     resolve_impl,
 )
+from .._library import register
 from .._triton import HAS_TRITON
 from .chunk import rms_norm_chunk
 from .reference import rms_norm_reference
@@ -51,6 +52,9 @@ def rms_norm(
         y ``[..., D]`` in x's dtype, computed in float32 (float64 for float64 inputs).
         Gradients flow to x, weight and gate.
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (see kernels/_library.py)
+        return _OP(x=x, weight=weight, eps=eps, gate=gate, norm_before_gate=norm_before_gate,
+                   group_size=group_size, impl=impl)
     check_float("x", x)
     if x.dim() < 1:
         raise ValueError(f"x has shape {fmt_shape(x)}, expected [..., D] (at least 1 dim)")
@@ -75,3 +79,13 @@ def rms_norm(
         return rms_norm_triton(x, weight, eps, gate, norm_before_gate, group_size)
     fn = rms_norm_reference if impl == "reference" else rms_norm_chunk
     return fn(x, weight, eps, gate, norm_before_gate, group_size).to(x.dtype)
+
+
+def _fake(x, weight, eps, gate, norm_before_gate, group_size, impl):
+    return x.new_empty(x.shape)
+
+
+_OP = register("rms_norm", rms_norm, [
+    ("x", "Tensor"), ("weight", "Tensor?"), ("eps", "float"), ("gate", "Tensor?"),
+    ("norm_before_gate", "bool"), ("group_size", "int?"), ("impl", "str"),
+], _fake, pair=False)

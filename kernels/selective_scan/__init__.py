@@ -17,6 +17,7 @@ from .._common import (
     fmt_shape,
     resolve_impl,
 )
+from .._library import fake_pair, register, state_dtype
 from .._triton import HAS_TRITON
 from .chunk import selective_scan_chunk
 from .reference import selective_scan_reference
@@ -60,6 +61,9 @@ def selective_scan(
         ``(y, final_state)``: ``y`` ``[B, T, D]`` in x's dtype; ``final_state`` float32
         ``[B, D, N]`` (float64 for float64 inputs), or None unless ``output_final_state``.
     """
+    if torch.compiler.is_compiling():  # traced: the custom op (see kernels/_library.py)
+        return _OP(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                   initial_state=initial_state, output_final_state=output_final_state, impl=impl)
     batch, T, dim = check_btd(x)
     for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C)):
         check_float(name, t)
@@ -103,3 +107,16 @@ def selective_scan(
     fn = selective_scan_reference if impl == "reference" or T == 1 else selective_scan_chunk
     y, S = fn(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state)
     return y.to(x.dtype), (S if output_final_state else None)
+
+
+def _fake(x, dt, A, B, C, D, z, dt_bias, dt_softplus, initial_state, output_final_state, impl):
+    batch, T, dim = x.shape
+    return fake_pair(x, (batch, T, dim), (batch, dim, A.shape[1]),
+                     state_dtype(x, dt, A, B, C, D, z, dt_bias, initial_state), output_final_state)
+
+
+_OP = register("selective_scan", selective_scan, [
+    ("x", "Tensor"), ("dt", "Tensor"), ("A", "Tensor"), ("B", "Tensor"), ("C", "Tensor"),
+    ("D", "Tensor?"), ("z", "Tensor?"), ("dt_bias", "Tensor?"), ("dt_softplus", "bool"),
+    ("initial_state", "Tensor?"), ("output_final_state", "bool"), ("impl", "str"),
+], _fake)
