@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from functools import partial
 from typing import Any
@@ -93,6 +94,12 @@ class LMModule(L.LightningModule):
         schedule: ``cosine`` or ``wsd`` (warmup-stable-decay); see ``train.schedule``.
         min_lr_ratio: the final LR as a share of ``lr``.
         decay_fraction: the share of steps the wsd cooldown takes.
+        compile: compile each block of the model with ``torch.compile`` when training starts
+            (``--model.compile true``); the ops run as custom ops inside the compiled graph
+            (``kernels/_library.py``). The backend is inductor, or the environment variable
+            ``POSTFORMER_COMPILE_BACKEND`` (e.g. ``aot_eager``, for tests). An execution choice,
+            not part of the model: not stored in hparams; checkpoints keep the eager
+            ``state_dict`` keys (``nn.Module.compile`` compiles in place, no ``_orig_mod.``).
 
     The total number of steps is ``trainer.max_steps``, which must be set.
     """
@@ -108,6 +115,7 @@ class LMModule(L.LightningModule):
         schedule: str = DEFAULT_SCHEDULE,
         min_lr_ratio: float = 0.1,
         decay_fraction: float = 0.2,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(config, dict):
@@ -139,6 +147,8 @@ class LMModule(L.LightningModule):
         self._flops_shape: tuple[int, int] | None = None
         self._last_step_end: float | None = None
         self._eval_sums: dict[str, torch.Tensor] = {}
+        self.compile_blocks = compile
+        self._compiled = False
 
     # ---- wiring ----------------------------------------------------------------------
 
@@ -226,7 +236,20 @@ class LMModule(L.LightningModule):
         super().on_validation_model_train()
         self._last_step_end = None  # do not count validation time as a training step
 
+    def compile_model(self) -> None:
+        """Compile each block in place (``nn.Module.compile``), once; called at the start of
+        training when ``compile`` is set (after the model summary and sanity validation, which
+        run eagerly). The backend is ``POSTFORMER_COMPILE_BACKEND`` or inductor."""
+        if self._compiled:
+            return
+        backend = os.environ.get("POSTFORMER_COMPILE_BACKEND", "").strip() or "inductor"
+        for block in self.model.blocks:
+            block.compile(backend=backend)
+        self._compiled = True
+
     def on_train_start(self) -> None:
+        if self.compile_blocks:
+            self.compile_model()
         # A resumed run restores the optimizer's LR of the step it was saved at, computed with
         # the max_steps of the run that saved it. When the resumed run has another max_steps
         # (a wsd cooldown branched off a longer run), the next step must use *this* run's
