@@ -48,9 +48,12 @@ Additions to plain LightningCLI:
 
 from __future__ import annotations
 
+import argparse
 import re
 import signal
 import sys
+import types
+import typing
 import warnings
 from importlib import import_module
 from pathlib import Path
@@ -64,6 +67,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .callbacks import InterruptWatch, NonFiniteGuard, RunCheckpoint, saved_step
 from .data import TextDataModule
+from .discover import preset_config
 from .logger import METRICS
 from .module import LMModule, split_batch
 
@@ -119,6 +123,39 @@ class PostformerParser(LightningArgumentParser):
               file=sys.stderr)
         self.exit(2)
 
+    def _apply_actions(self, cfg: Any, parent_key: str = "", *args: Any, **kwargs: Any) -> Any:
+        # a config file's model section, as it is loaded: its preset expanded (PresetAction)
+        section = cfg if parent_key == "model" else cfg.get("model") if parent_key == "" else None
+        if isinstance(section, (dict, Namespace)) and "preset" in section:
+            expand_preset(section)
+        return super()._apply_actions(cfg, parent_key, *args, **kwargs)
+
+
+def expand_preset(section: dict | Namespace) -> None:
+    """A config file's ``model: {preset: ARCH/SIZE, config: {...}}``: the preset's fields with
+    the section's own ``config`` keys over them, whatever their order (``mixers`` merged per
+    mixer, as ``ModelConfig.from_preset`` does); ``preset`` itself removed."""
+    name = section["preset"]
+    try:
+        fields = preset_config(name)
+    except ValueError as err:
+        raise TypeError(f'Parser key "model.preset":\n{err}') from None
+    given = section.get("config")
+    if isinstance(given, str):
+        raise TypeError(f'Parser key "model.preset":\n{name} and model.config {given!r} (a file) '
+                        "both give the whole model config; keep one, or give config fields")
+    given = given.as_dict() if isinstance(given, Namespace) else dict(given or {})
+    mixers = {m: dict(o) for m, o in fields["mixers"].items()}
+    for m, opts in (given.pop("mixers", None) or {}).items():
+        mixers[m] = {**mixers.get(m, {}), **opts}
+    fields.update(given, mixers=mixers)
+    if isinstance(section, Namespace):
+        del section["preset"]
+        section["config"] = Namespace(fields)
+    else:
+        section.pop("preset")
+        section["config"] = fields
+
 
 def _class_path(logger: Any) -> str:
     return str(getattr(logger, "class_path", "") or "")
@@ -139,6 +176,117 @@ def _loggers(value: Any, root: str, track: list[str]) -> Any:
     return ours[:1] + others
 
 
+class PresetAction(argparse.Action):
+    """``--model.preset ARCH/SIZE``: every field of ``model.config`` but ``vocab_size`` set to
+    the preset's (``ModelConfig.from_preset``), where it stands on the command line: arguments
+    after it override it, a ``--config`` after it replaces it. Nothing named ``preset``
+    reaches LMModule or config.yaml, which holds the fields themselves."""
+
+    HELP = ("a named model shape (`postformer list presets`), e.g. gdn/small: sets every "
+            "model.config field but vocab_size; later --model.config.* arguments override it")
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        try:
+            fields = preset_config(values)
+        except ValueError as err:
+            raise argparse.ArgumentError(self, str(err)) from None
+        for key, value in fields.items():
+            namespace[f"model.config.{key}"] = value
+
+
+#: the sections of ``--help-short``: (title, key prefix); ``data`` is read off TextDataModule
+SHORT_HELP_GROUPS = (
+    ("model: LMModule, its optimizer (AdamW) and LR schedule", "model."),
+    ("model.config: ModelConfig, the model's shape (mixer options: `postformer list mixers`)",
+     "model.config."),
+    ("data: TextDataModule unless --data names another DataModule (its options: --data.help "
+     "CLASS; probe tasks: postformer.train.probes.data.ProbeDataModule)", "data."),
+    ("checkpoint: RunCheckpoint, into DIR/checkpoints", "checkpoint."),
+    ("run", ""),
+)
+#: the run-level options ``--help-short`` shows besides the groups (Lightning's trainer.* and
+#: the rest stay in --help)
+SHORT_HELP_RUN = ("config", "trainer.default_root_dir", "trainer.max_steps", "trainer.accelerator",
+                  "trainer.devices", "trainer.precision", "ckpt_path", "overwrite", "track",
+                  "seed_everything")
+
+
+def _hint_name(hint: Any) -> str:
+    """A type hint as a user reads it: ``int | None``, ``list[str]``, ``{'link'}``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "None"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(dict.fromkeys(_hint_name(a) for a in args))
+    if origin is typing.Literal:
+        return "{" + ",".join(map(repr, args)) + "}"
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(map(_hint_name, args))}]"
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _type_name(action: argparse.Action) -> str:
+    hint = getattr(action, "_typehint", None)
+    name = _hint_name(hint) if hint is not None else (action.metavar or "")
+    return name if len(name) <= 30 else name[:27] + "..."
+
+
+def _first_sentence(text: str | None) -> str:
+    text = " ".join((text or "").split()).replace("``", "`")
+    text = re.sub(r"\s*\(type: .*$", "", text)  # jsonargparse's own suffix
+    match = re.match(r"(.+?(?<!\be\.g)(?<!\bi\.e)\.)(\s|$)", text)
+    return (match.group(1) if match else text).rstrip(".")
+
+
+def short_help(parser: Any, subcommand: str, width: int = 110) -> str:
+    """``postformer fit --help-short``: the project's own options, one line each (name, type,
+    default, the first sentence of its help): model.* and model.preset, model.config.*, the
+    TextDataModule's data.*, checkpoint.* and a few run options; ``--help`` has the rest."""
+    from jsonargparse import ArgumentParser
+
+    data = ArgumentParser()
+    data.add_class_arguments(TextDataModule, "data")
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    actions.update({a.dest: a for a in data._actions if a.dest.startswith("data.")})
+    lines = [f"usage: postformer {subcommand} [--config FILE] [--model.preset ARCH/SIZE] "
+             "[--model.* ...] [--data.* ...] [--trainer.* ...]",
+             f"postformer's own options; `postformer {subcommand} --help` gives the full Lightning "
+             "help (every trainer.* option, nan_guard.*, --print_config, ...)."]
+    shown = set()
+    for title, prefix in SHORT_HELP_GROUPS:
+        lines += ["", f"{title}:"]
+        for dest, action in sorted(actions.items(), key=lambda kv: kv[0] != "model.preset"):
+            in_group = (dest in SHORT_HELP_RUN if not prefix else dest.startswith(prefix)
+                        and (prefix == "model.config." or not dest.startswith("model.config.")))
+            if not in_group or dest in shown or action.help == argparse.SUPPRESS or (
+                    action.default == argparse.SUPPRESS and dest not in ("model.preset", "config")):
+                continue
+            shown.add(dest)
+            flag = next((o for o in action.option_strings if o.startswith("--")), f"--{dest}")
+            kind = ({"model.preset": "ARCH/SIZE", "config": "FILE"}.get(dest) or _type_name(action)
+                    or type(action.default).__name__)
+            default = "" if action.default in (argparse.SUPPRESS, None) and dest != "config" \
+                else f" = {action.default!r}" if dest != "config" else ""
+            line = f"  {flag} {kind}{default}".rstrip()
+            line = f"{line:<44} {_first_sentence(action.help)}"
+            lines.append(line if len(line) <= width else line[: width - 3] + "...")
+    return "\n".join(lines)
+
+
+class ShortHelpAction(argparse.Action):
+    """``--help-short``: print :func:`short_help` and exit, like ``--help``."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="show the project's own options only (model, data, checkpoint, run), "
+                              "one line each, and exit")
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        subcommand = parser.prog.split()[-1] if parser.prog else "fit"
+        print(short_help(parser, subcommand))
+        parser.exit(0)
+
+
 class PostformerCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True,
                  callbacks: tuple[Callback, ...] = (), **kwargs) -> None:
@@ -154,6 +302,9 @@ class PostformerCLI(LightningCLI):
         super().__init__(LMModule, L.LightningDataModule, args=args, run=run, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--help-short", action=ShortHelpAction)
+        parser.add_argument("--model.preset", action=PresetAction, metavar="ARCH/SIZE",
+                            default=argparse.SUPPRESS, help=PresetAction.HELP)
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.save_last": True,
