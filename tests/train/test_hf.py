@@ -1,8 +1,8 @@
 """The transformers face of an export (train/hf.py): AutoModelForCausalLM round trip, generate
 with the recurrent cache, save_pretrained, the byte tokenizer, and the `kernels` shadowing fix.
 
-A tiny random model is exported here in the export format (config.json + model.safetensors via
-safetensors' save_model), the same files `postformer export` writes.
+A tiny random model is exported here with ``LanguageModel.save_pretrained`` and the entries
+`postformer export` adds (config.json + model.safetensors).
 """
 
 from __future__ import annotations
@@ -30,22 +30,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_export(model: LanguageModel, out: Path, tokenizer: str = "bytes", eos_token_id: int = 0) -> Path:
-    """config.json + model.safetensors of ``model`` in ``out``, as `postformer export` writes them."""
-    from safetensors.torch import save_model
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(out / "model.safetensors"))
-    config = {
-        "model_type": "postformer",
-        "architectures": ["PostformerForCausalLM"],
-        "postformer_version": __version__,
-        "vocab_size": model.cfg.vocab_size,
-        "model": dataclasses.asdict(model.cfg),
-        "tokenizer": tokenizer,
-        "eos_token_id": eos_token_id,
-        "torch_dtype": "float32",
-    }
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    """An export folder of ``model`` as `postformer export` writes it (config.json with the
+    tokenizer entries + model.safetensors), through ``LanguageModel.save_pretrained``."""
+    model.save_pretrained(out, {"tokenizer": tokenizer, "eos_token_id": eos_token_id,
+                                "torch_dtype": "float32"})
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == dataclasses.asdict(model.cfg) and config["postformer_version"] == __version__
     return out
 
 
@@ -97,6 +87,9 @@ def test_generate_greedy_uses_the_cache_and_matches_recompute(tmp_path):
             seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert out.tolist() == seq.tolist()
     assert lengths == [5] + [1] * 7  # the prompt once, then one token per step
+    no_cache = hf_model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False,
+                                 pad_token_id=0, eos_token_id=None)
+    assert no_cache.tolist() == seq.tolist()
 
 
 def test_labels_loss_and_padding_refused(tmp_path):
