@@ -25,9 +25,10 @@ form) makes a ``ModelCache`` and returns it, wrapped in ``RecurrentCache``, as t
 ``cache`` (``past_key_values`` on transformers 4.x); ``generate`` hands it back on every step
 and ``prepare_inputs_for_generation`` feeds only the tokens the cache has not seen (one per
 step). ``_supports_default_dynamic_cache`` is False, so transformers never builds a KV cache of
-its own for us (as for Mamba, RWKV, xLSTM). Not supported: padding (an attention mask with
+its own for us (as for RWKV, xLSTM). Tested on transformers 5 (the 4.x names are handled but
+untested). Not supported: padding (an attention mask with
 zeros raises: a recurrence has no mask; generate one prompt length per batch), beam search
-(the state is not reordered). ``labels`` gives the usual shifted cross-entropy.
+(the state is not reordered; ``generate`` refuses ``num_beams > 1``). ``labels`` gives the usual shifted cross-entropy.
 
 ``byte_tokenizer()`` builds a ``tokenizers.Tokenizer`` whose ids are the byte values (vocab
 256, NUL = id 0 the end of text), for exports of byte-level models that want a
@@ -226,6 +227,14 @@ class PostformerForCausalLM(PreTrainedModel, GenerationMixin):
         if isinstance(cache, RecurrentCache) and cache.state.batch_size == batch_size:
             return cache
         return RecurrentCache(self._lm.new_cache(batch_size))
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``generate``, refusing beam search (our state is not reordered by beam)."""
+        config = kwargs.get("generation_config") or self.generation_config
+        if int(kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1) > 1:
+            raise NotImplementedError("PostformerForCausalLM.generate: beam search (num_beams > 1) "
+                                      "is not supported; use greedy or sampling")
+        return super().generate(*args, **kwargs)
 
     def prepare_inputs_for_generation(
         self,

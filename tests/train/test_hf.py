@@ -90,6 +90,8 @@ def test_generate_greedy_uses_the_cache_and_matches_recompute(tmp_path):
     no_cache = hf_model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False,
                                  pad_token_id=0, eos_token_id=None)
     assert no_cache.tolist() == seq.tolist()
+    with pytest.raises(NotImplementedError, match="beam"):
+        hf_model.generate(prompt, max_new_tokens=2, num_beams=2)
 
 
 def test_labels_loss_and_padding_refused(tmp_path):
