@@ -15,6 +15,12 @@ beside ``RunLogger``, which always comes first, and checkpoints always go to
 
 Additions to plain LightningCLI:
 
+- ``--model.preset ARCH/SIZE``: a named shape from ``arch.config.PRESETS``, from any folder
+  (``PresetAction``: every ``model.config`` field but ``vocab_size``, where it stands on the
+  command line; ``model: {preset: ...}`` in a config file, under that file's own
+  ``model.config`` keys). ``postformer list presets`` lists them.
+- ``--help-short``: the project's own options (model, model.config, data, checkpoint, a few
+  run options), one line each; ``--help`` stays Lightning's full help.
 - ``checkpoint.*``: the ``RunCheckpoint`` options (save_last on, no top-k files).
 - ``nan_guard.*``: the ``NonFiniteGuard`` options.
 - ``track``: extra trackers beside the CSV, ``tensorboard`` and/or ``wandb`` (the
