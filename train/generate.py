@@ -16,6 +16,7 @@ prompt starts from the end-of-text token, as a document does in training.
 from __future__ import annotations
 
 import codecs
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -189,10 +190,17 @@ def generate_main(argv: Sequence[str]) -> None:
 
     out = sys.stdout
     start = time.perf_counter()
-    new, stopped = generate_text(
-        model, loaded.tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, generator=generator,
-        stop_at_eos=not args.ignore_eos, out=out)
+    try:
+        new, stopped = generate_text(
+            model, loaded.tokenizer, args.prompt, args.max_new_tokens,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            generator=generator, stop_at_eos=not args.ignore_eos, out=out)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
     seconds = time.perf_counter() - start
     if out.isatty():
         out.write("\n")
