@@ -1,7 +1,8 @@
 """Training step time, eager against ``--model.compile true`` (each block compiled in place with
 ``torch.compile``, as ``LMModule.compile_model`` does): one forward + backward + AdamW step of a
-small LanguageModel per arch, the median of ``--steps`` steps after ``--warmup`` steps (the first
-compiled step's compile time is reported on its own). On CPU by default, and on CUDA too when a
+small LanguageModel per arch, the median of ``--steps`` steps after ``--warmup`` steps, the eager
+and the compiled model stepping in turns (the first compiled step, which compiles, is reported on
+its own). On CPU by default, and on CUDA too when a
 GPU is present (``--device``).
 
     python bench/compile_bench.py                           # gla, mamba, gdn, transformer on CPU
@@ -32,28 +33,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(model: torch.nn.Module, batches: list[torch.Tensor], device: str,
-               warmup: int) -> tuple[list[float], list[float], float]:
-    """Train ``model`` one step per batch; returns (seconds of each timed step, every step's
-    loss, seconds of the first step)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    times, losses, first = [], [], 0.0
-    for i, batch in enumerate(batches):
-        _sync(device)
+class Trainer:
+    """One model and its AdamW; ``step(batch)`` trains one step and returns (seconds, loss)."""
+
+    def __init__(self, model: torch.nn.Module, device: str) -> None:
+        self.model, self.device = model, device
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step(self, batch: torch.Tensor) -> tuple[float, float]:
+        _sync(self.device)
         t0 = time.perf_counter()
-        logits = model(batch[:, :-1])
+        logits = self.model(batch[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        dt = time.perf_counter() - t0
-        losses.append(loss.item())
-        if i == 0:
-            first = dt
-        if i >= warmup:
-            times.append(dt)
-    return times, losses, first
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        _sync(self.device)
+        return time.perf_counter() - t0, loss.item()
 
 
 def bench_arch(arch: str, args: argparse.Namespace, device: str) -> dict:
@@ -68,9 +64,21 @@ def bench_arch(arch: str, args: argparse.Namespace, device: str) -> dict:
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, 256, (args.batch, args.seq + 1), generator=g).to(device)
                for _ in range(n)]
-    t_eager, l_eager, _ = time_steps(eager, batches, device, args.warmup)
     torch._dynamo.reset()
-    t_comp, l_comp, first = time_steps(compiled, batches, device, args.warmup)
+    # the two runs step in turns, so a change of the machine's load hits both alike
+    runs = {"eager": Trainer(eager, device), "compiled": Trainer(compiled, device)}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    losses: dict[str, list[float]] = {k: [] for k in runs}
+    first = 0.0
+    for i, batch in enumerate(batches):
+        for name, run in runs.items():
+            dt, loss = run.step(batch)
+            losses[name].append(loss)
+            if i >= args.warmup:
+                times[name].append(dt)
+            elif i == 0 and name == "compiled":
+                first = dt
+    t_eager, t_comp, l_eager, l_comp = times["eager"], times["compiled"], losses["eager"], losses["compiled"]
     me, mc = statistics.median(t_eager), statistics.median(t_comp)
     return {"arch": arch, "device": device, "eager_ms": 1e3 * me, "compiled_ms": 1e3 * mc,
             "speedup": me / mc, "first_compiled_s": first,
