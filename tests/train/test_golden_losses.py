@@ -8,9 +8,16 @@ recorded by regenerating the file, which says so in the commit:
     python tests/train/test_golden_losses.py          # rewrites tests/train/data/golden_losses.json
 
 Runs on one thread (reductions keep their order whatever the machine's core count) and byte
-level on the stdlib corpus the smoke configs read, so nothing is downloaded. The tolerance
-(TOL, absolute, on losses near 5) covers float32 differences between CPUs, about 1e-5 after
-20 steps; the changes it is there to catch move a loss by 1e-3 or more within a few steps.
+level on the stdlib corpus the smoke configs read, so nothing is downloaded.
+
+Tolerances. Training at these learning rates is chaotic: a float32 reassociation of 1e-7 (a
+kernel summing in another order, another CPU's SIMD width) grows about threefold per step and
+reaches 1e-2 by step 12 (measured on the gla config when its chunk path was rewritten as phase
+functions, with bit-identical float64 results). So the first EXACT_STEPS losses are held to
+TOL, where such noise stays below 1e-5 and a real change is plain (on the gla config a 1%
+learning-rate change moves step 1 by 1e-3 and step 3 by 5e-3; a changed init, data order or
+loss moves step 0); the rest of the
+curve is held to LOOSE, which catches a run that diverges or stops learning.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke"
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden_losses.json"
 STEPS = 20
+EXACT_STEPS = 8
 TOL = 2e-4
+LOOSE = 0.1
 REGENERATE = "python tests/train/test_golden_losses.py"
 
 
@@ -61,11 +70,12 @@ def test_first_losses_match_the_golden_curve(name, tmp_path):
     assert name in golden["losses"], f"no golden curve for configs/smoke/{name}.yaml: run `{REGENERATE}`"
     losses = smoke_losses(SMOKE / f"{name}.yaml", tmp_path / name, golden["steps"])
     want = golden["losses"][name]
-    worst = max(range(len(want)), key=lambda i: abs(losses[i] - want[i]))
-    assert abs(losses[worst] - want[worst]) <= TOL, (
-        f"configs/smoke/{name}.yaml: training loss at step {worst} is {losses[worst]:.6f}, the golden "
-        f"curve has {want[worst]:.6f} (tolerance {TOL}); if the change is intended, run `{REGENERATE}` "
-        f"and say why in the commit")
+    for i, (got, ref) in enumerate(zip(losses, want)):
+        tol = TOL if i < EXACT_STEPS else LOOSE
+        assert abs(got - ref) <= tol, (
+            f"configs/smoke/{name}.yaml: training loss at step {i} is {got:.6f}, the golden curve has "
+            f"{ref:.6f} (tolerance {tol}); if the change is intended, run `{REGENERATE}` and say why in "
+            f"the commit")
 
 
 def regenerate() -> None:
