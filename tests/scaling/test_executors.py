@@ -326,6 +326,11 @@ def test_slurm_executor_requeues_a_preempted_job(tmp_path, fake_cluster, capsys)
         while not last.exists() and study.is_alive() and time.monotonic() - t0 < 120:
             time.sleep(0.005)
         assert last.exists(), "the main run never saved a checkpoint"
+        # Lightning saves a step's checkpoint before it logs that step's row: a kill between the
+        # two loses the row (a window of milliseconds, noted in issue 15's note). Preempt after
+        # the first checkpoint's row, so that the test is about the requeue, not that window.
+        while 3 not in steps_logged(out / MAIN) and study.is_alive() and time.monotonic() - t0 < 120:
+            time.sleep(0.005)
         pid = int(json.loads(owner.read_text())["pid"])
         os.kill(pid, signal.SIGUSR2)  # preempted: submitit checkpoints and requeues
     finally:
