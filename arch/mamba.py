@@ -65,6 +65,7 @@ class Mamba(Mixer):
         #: (inherited) dt_min, dt_max, dt_init_floor
         #: dt_proj.weight ~ uniform(+-dt_scale / sqrt(dt_rank))
         dt_scale: float = 1.0
+        #: a bias in the conv
         conv_bias: bool = True
 
     @classmethod
