@@ -110,3 +110,16 @@ def not_matmul_flops(cfg: ModelConfig, T: int) -> float:
             continue
         total += 2 * H * math.ceil(T / C) * per_chunk / T
     return total
+
+
+def assert_cached_equals_full(model, vocab: int, seed: int = 2) -> torch.Tensor:
+    """A model's logits over 17 tokens in one call equal a 6-token prefill then 11 single-token
+    steps through its cache; returns the tokens (``[2, 17]``)."""
+    torch.manual_seed(seed)
+    tokens = torch.randint(0, vocab, (2, 17))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.new_cache(2)
+        parts = [model(tokens[:, :6], cache)] + [model(tokens[:, t : t + 1], cache) for t in range(6, 17)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-4)
+    return tokens

@@ -13,7 +13,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_testing import not_matmul_flops
+from mixer_testing import (
+    assert_cached_equals_full,  # tests/arch/mixer_testing.py
+    not_matmul_flops,
+)
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
 from postformer.arch.flops import flops_breakdown, param_counts
@@ -101,15 +104,10 @@ def test_control_flops_match_pytorch_flop_counter(name):
 @pytest.mark.parametrize("name", list(CONTROLS))
 def test_control_cached_decoding_equals_full_forward(name):
     model = build(config(name, init_std=0.2)).eval()
-    torch.manual_seed(2)
-    tokens = torch.randint(0, VOCAB, (2, 17))
-    with torch.no_grad():
-        full = model(tokens)
-        cache = model.new_cache(2)
-        parts = [model(tokens[:, :6], cache)] + [model(tokens[:, t : t + 1], cache) for t in range(6, 17)]
-    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-4)
+    tokens = assert_cached_equals_full(model, VOCAB)
     # token by token from the first token on, and greedy generation against recomputation
     with torch.no_grad():
+        full = model(tokens)
         cache = model.new_cache(2)
         steps = torch.cat([model(tokens[:, t : t + 1], cache) for t in range(17)], dim=1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-4)

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from mixer_testing import assert_cached_equals_full  # tests/arch/mixer_testing.py
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
 
@@ -65,13 +66,7 @@ def test_greedy_generate_equals_recompute(name):
 @pytest.mark.parametrize("name", list(ZOO))
 def test_cached_logits_equal_parallel_logits(name):
     model = tiny_model(name).eval()
-    torch.manual_seed(2)
-    tokens = torch.randint(0, VOCAB, (2, 17))
-    with torch.no_grad():
-        full = model(tokens)
-        cache = model.new_cache(2)
-        parts = [model(tokens[:, :6], cache)] + [model(tokens[:, t : t + 1], cache) for t in range(6, 17)]
-    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-4)
+    assert_cached_equals_full(model, VOCAB)
 
 
 def test_generate_modes_sampling_and_training_flag():

@@ -9,11 +9,11 @@ machine; ``bench/compile_bench.py`` runs inductor.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 import torch
+from cli_testing import fit_losses  # tests/train/cli_testing.py
 from torch._dynamo.utils import counters
 
 from postformer.arch import LanguageModel, ModelConfig
@@ -23,35 +23,18 @@ REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke"
 STEPS = 4
 TOL = 1e-4
-
-
-def fit_losses(config: Path, root: Path, *extra: str) -> list[float]:
-    """The first STEPS train/loss values of ``postformer fit --config config`` on one thread."""
-    from postformer.cli import main
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root),
-              "--trainer.accelerator", "cpu", "--trainer.max_steps", str(STEPS),
-              "--trainer.val_check_interval", str(STEPS), "--trainer.limit_val_batches", "1",
-              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-              "--checkpoint.every_n_train_steps", str(STEPS), "--data.max_bytes", "300000",
-              "--data.batch_size", "4", "--data.seq_len", "64", *extra])
-    finally:
-        torch.set_num_threads(threads)
-    with open(root / "metrics.csv") as f:
-        losses = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
-    return [losses[s] for s in range(STEPS)]
+#: the smoke configs on less data, so that a fit starts in seconds
+SMALL_DATA = ("--data.max_bytes", "300000", "--data.batch_size", "4", "--data.seq_len", "64")
 
 
 @pytest.mark.parametrize("name", ["gla", "mamba"])
 def test_compiled_fit_has_the_eager_losses(name, tmp_path, monkeypatch):
     monkeypatch.setenv("POSTFORMER_COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()
-    eager = fit_losses(SMOKE / f"{name}.yaml", tmp_path / "eager")
+    eager = fit_losses(SMOKE / f"{name}.yaml", tmp_path / "eager", STEPS, *SMALL_DATA)
     counters.clear()
-    compiled = fit_losses(SMOKE / f"{name}.yaml", tmp_path / "compiled", "--model.compile", "true")
+    compiled = fit_losses(SMOKE / f"{name}.yaml", tmp_path / "compiled", STEPS, *SMALL_DATA,
+                          "--model.compile", "true")
     assert counters["stats"]["unique_graphs"] >= 1  # the blocks did compile
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert compiled == pytest.approx(eager, abs=TOL)

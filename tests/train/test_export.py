@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_testing import one_line_error  # tests/train/cli_testing.py
 from safetensors.torch import load_file
 from tiny_fit import tiny_config  # tests/train/tiny_fit.py
 
@@ -152,17 +153,6 @@ def test_save_pretrained_extra_and_from_pretrained_errors(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model": other}))
     with pytest.raises(ValueError, match="does not fit"):
         LanguageModel.from_pretrained(tmp_path / "m")
-
-
-def one_line_error(capsys, argv: list[str], *needles: str) -> None:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exc.value.code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
 
 
 def test_export_errors(byte_ckpt, tmp_path, capsys):

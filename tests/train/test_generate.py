@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_testing import one_line_error  # tests/train/cli_testing.py
 from tiny_fit import tiny_config  # tests/train/tiny_fit.py
 
 from postformer.cli import main
@@ -166,18 +167,6 @@ def test_stream_decoder_bpe_equals_decode():
 
 
 # ---- errors: one line, exit 2 ------------------------------------------------------------
-
-
-def one_line_error(capsys, argv: list[str], *needles: str) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exc.value.code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_errors(run, tmp_path, capsys):

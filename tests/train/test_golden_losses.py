@@ -22,7 +22,6 @@ curve is held to LOOSE, which catches a run that diverges or stops learning.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_testing import fit_losses  # tests/train/cli_testing.py
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke"
@@ -41,25 +41,6 @@ LOOSE = 0.1
 REGENERATE = "python tests/train/test_golden_losses.py"
 
 
-def smoke_losses(config: Path, root: Path, steps: int = STEPS) -> list[float]:
-    """The first ``steps`` train/loss values of ``postformer fit --config config``, one thread."""
-    from postformer.cli import main
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root),
-              "--trainer.accelerator", "cpu", "--trainer.max_steps", str(steps),
-              "--trainer.val_check_interval", str(steps), "--trainer.limit_val_batches", "1",
-              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-              "--checkpoint.every_n_train_steps", str(steps)])
-    finally:
-        torch.set_num_threads(threads)
-    with open(root / "metrics.csv") as f:
-        losses = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
-    return [losses[s] for s in range(steps)]
-
-
 def read_golden() -> dict:
     return json.loads(GOLDEN.read_text())
 
@@ -68,7 +49,7 @@ def read_golden() -> dict:
 def test_first_losses_match_the_golden_curve(name, tmp_path):
     golden = read_golden()
     assert name in golden["losses"], f"no golden curve for configs/smoke/{name}.yaml: run `{REGENERATE}`"
-    losses = smoke_losses(SMOKE / f"{name}.yaml", tmp_path / name, golden["steps"])
+    losses = fit_losses(SMOKE / f"{name}.yaml", tmp_path / name, golden["steps"])
     want = golden["losses"][name]
     for i, (got, ref) in enumerate(zip(losses, want)):
         tol = TOL if i < EXACT_STEPS else LOOSE
@@ -83,7 +64,7 @@ def regenerate() -> None:
            "python": sys.version.split()[0], "losses": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for config in sorted(SMOKE.glob("*.yaml")):
-            out["losses"][config.stem] = [round(x, 6) for x in smoke_losses(config, Path(tmp) / config.stem)]
+            out["losses"][config.stem] = [round(x, 6) for x in fit_losses(config, Path(tmp) / config.stem, STEPS)]
             print(config.stem, out["losses"][config.stem][:3], "...", out["losses"][config.stem][-1], flush=True)
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
     tmp_file = GOLDEN.with_suffix(".json.tmp")
