@@ -270,13 +270,6 @@ class LanguageModel(nn.Module):
             if i + 1 < max_new_tokens:
                 logits = self(token, cache)[:, -1]
 
-    @staticmethod
-    def _sample(
-        logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """logits ``[B, vocab]`` -> tokens ``[B, 1]`` (``sample_next`` without top-p)."""
-        return sample_next(logits, temperature, top_k, None, generator)
-
     # ---- saving and loading ----------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
