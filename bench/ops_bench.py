@@ -1,7 +1,8 @@
-"""Timings of the other ops (delta_rule gated and ungated, selective_scan, linear_scan,
-causal_conv1d, rms_norm) for the prepared GPU check: ours through ``impl="triton"`` and
-``impl="chunk"``, and the peers when they are importable (FLA's ``chunk_gated_delta_rule`` and
-``chunk_delta_rule``, ``chunk_hgrn`` and ``fused_recurrent_hgrn``; mamba_ssm's
+"""Timings of the other ops (delta_rule gated and ungated, delta_rule with per-key gates (KDA),
+dplr_delta_rule, selective_scan, linear_scan, causal_conv1d, rms_norm) for the prepared GPU
+check: ours through ``impl="triton"`` and ``impl="chunk"``, and the peers when they are
+importable (FLA's ``chunk_gated_delta_rule``, ``chunk_delta_rule``, ``chunk_kda`` and
+``chunk_dplr_delta_rule``, ``chunk_hgrn`` and ``fused_recurrent_hgrn``; mamba_ssm's
 ``selective_scan_fn``; the ``causal_conv1d`` package's ``causal_conv1d_fn``).
 
 Called by ``bench/gpu_bench.py`` after the gla sweep; every row carries ``op``, ``impl``,
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 SHAPES: dict[str, dict] = {
     "delta_rule": dict(B=4, T=8192, H=16, K=128, V=128),
     "delta_rule_ungated": dict(B=4, T=8192, H=16, K=128, V=128),
+    "kda": dict(B=4, T=8192, H=16, K=128, V=128),
+    "dplr_delta_rule": dict(B=4, T=8192, H=16, K=128, V=128),
     "selective_scan": dict(B=4, T=2048, D=4096, N=16),
     "linear_scan": dict(B=4, T=8192, D=2048),
     "causal_conv1d": dict(B=4, T=8192, D=4096, W=4),
@@ -49,6 +52,21 @@ def _peers() -> dict[str, dict[str, Callable]]:
 
         peers.setdefault("delta_rule_ungated", {})["fla-chunk"] = (
             lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta)[0])
+    except Exception:
+        pass
+    try:
+        from fla.ops.kda import chunk_kda
+
+        peers.setdefault("kda", {})["fla-chunk"] = (
+            lambda q, k, v, beta, g: chunk_kda(q, k, v, g, beta)[0])
+    except Exception:
+        pass
+    try:
+        from fla.ops.generalized_delta_rule import chunk_dplr_delta_rule
+
+        # FLA's a reads the state and its b writes it: our b and a
+        peers.setdefault("dplr_delta_rule", {})["fla-chunk"] = (
+            lambda q, k, v, a, b, g: chunk_dplr_delta_rule(q, k, v, b, a, g, scale=q.shape[-1] ** -0.5)[0])
     except Exception:
         pass
     try:
@@ -97,6 +115,19 @@ def _inputs(op: str, s: dict, device: str, dtype: torch.dtype) -> tuple[list[tor
             return [q, k, v, beta], nbytes
         g = F.logsigmoid(torch.randn(B, T, H, generator=gen)).to(device, torch.float32).requires_grad_()
         return [q, k, v, beta, g], nbytes + B * T * H * 4
+    if op in ("kda", "dplr_delta_rule"):  # per-key gates; dplr: RWKV-7's a = -kk, b = kk * s
+        B, T, H, K, V = s["B"], s["T"], s["H"], s["K"], s["V"]
+        q, v = rnd(B, T, H, K), rnd(B, T, H, V)
+        kk = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
+        g = F.logsigmoid(torch.randn(B, T, H, K, generator=gen) + 3).to(device, torch.float32).requires_grad_()
+        nbytes = B * T * H * (2 * K + 2 * V) * e + B * T * H * K * 4
+        if op == "kda":
+            beta = torch.rand(B, T, H, generator=gen).to(device, dtype).requires_grad_()
+            return [q, kk.to(device, dtype).requires_grad_(), v, beta, g], nbytes + B * T * H * e
+        k = rnd(B, T, H, K, scale=K ** -0.5)
+        a = (-kk).to(device, dtype).requires_grad_()
+        b = (kk * torch.rand(B, T, H, 1, generator=gen)).to(device, dtype).requires_grad_()
+        return [q, k, v, a, b, g], nbytes + 2 * B * T * H * K * e
     if op == "selective_scan":
         B, T, D, N = s["B"], s["T"], s["D"], s["N"]
         x, dt, z = rnd(B, T, D), rnd(B, T, D, scale=0.5), rnd(B, T, D)
@@ -129,6 +160,10 @@ def _call(op: str, impl: str, peers: dict[str, dict[str, Callable]]) -> Callable
         return lambda q, k, v, beta, g: kernels.delta_rule(q, k, v, beta, g, impl=impl)[0]
     if op == "delta_rule_ungated":
         return lambda q, k, v, beta: kernels.delta_rule(q, k, v, beta, impl=impl)[0]
+    if op == "kda":
+        return lambda q, k, v, beta, g: kernels.delta_rule(q, k, v, beta, g, impl=impl)[0]
+    if op == "dplr_delta_rule":
+        return lambda q, k, v, a, b, g: kernels.dplr_delta_rule(q, k, v, a, b, g, impl=impl)[0]
     if op == "selective_scan":
         return lambda x, dt, A, Bm, Cm, D, z: kernels.selective_scan(
             x, dt, A, Bm, Cm, D, z, dt_softplus=True, impl=impl)[0]
