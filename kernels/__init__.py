@@ -7,7 +7,7 @@ channel ops), log-space gates (``g <= 0``, the decay is ``exp(g)``), float32 sta
 inputs, its state's shape and its return; the keyword arguments below mean the same in every op
 that takes them:
 
-    scale: multiplies ``q`` (gla, delta_rule); None means ``K ** -0.5``.
+    scale: multiplies ``q`` (gla, delta_rule, dplr_delta_rule); None means ``K ** -0.5``.
     initial_state: the state before the first step, one per batch row (``[B, ...]``) or, with
         ``cu_seqlens``, one per packed sequence (``[N, ...]``); None means zeros. float32
         preferred; gradients flow into it.
@@ -28,9 +28,11 @@ inputs); final states in float32 (float64 for float64 inputs) unless the op says
 
 from .causal_conv1d import causal_conv1d
 from .delta_rule import delta_rule
+from .dplr_delta_rule import dplr_delta_rule
 from .gla import gla
 from .linear_scan import linear_scan
 from .rms_norm import rms_norm
 from .selective_scan import selective_scan
 
-__all__ = ["causal_conv1d", "delta_rule", "gla", "linear_scan", "rms_norm", "selective_scan"]
+__all__ = ["causal_conv1d", "delta_rule", "dplr_delta_rule", "gla", "linear_scan", "rms_norm",
+           "selective_scan"]
