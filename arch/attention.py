@@ -224,5 +224,11 @@ class Attention(Mixer):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, offset + T, Hkv, D)
         o = attend(q, k, v)  # (B, T, H, D)
+        return self._out(o, x)
+
+    def _out(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The output projection of the heads' outputs o ``[B, T, H, D]`` -> ``[B, T, d_model]``;
+        x ``[B, T, d_model]`` (the mixer's input) is unused here, for subclasses that gate the
+        output by it (``gated_attn``)."""
         return self.out_proj(rearrange(o, "b t h d -> b t (h d)"))
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from .attention import Attention
 from .deltanet_gdn import DeltaNet, GatedDeltaNet
+from .deltaproduct import GatedDeltaProduct
+from .gated_attn import GatedAttention
 from .gla import GLA
 from .hgrn2 import HGRN2
 from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mixer import Mixer
+from .mlstm import MLSTM
 from .retnet import RetNet
 from .rglru import RGLRU
 from .swa import SlidingWindowAttention
@@ -17,6 +20,7 @@ MIXERS: dict[str, type[Mixer]] = {
     cls.name: cls
     for cls in (Attention, Mamba2, GLA, RetNet, DeltaNet, GatedDeltaNet, HGRN2, Mamba, RGLRU, SlidingWindowAttention)
 }
+MIXERS.update({cls.name: cls for cls in (GatedAttention, MLSTM, GatedDeltaProduct)})
 
 
 def get_mixer(name: str) -> type[Mixer]:
