@@ -40,6 +40,23 @@ Exactness under strong decay: every exponent formed is ``G_i - G_j`` with ``i >=
 ``-inf`` before exp where i < j), ``G_i`` or ``G_C - G_j``, all <= 0 for ``g <= 0``; the
 shortcut ``exp(G_i) exp(-G_j)`` would overflow at g = -10 per step and is never formed.
 
+Per-key gates (Kimi Delta Attention, ``g`` ``[B, T, H, K]``: ``S' = Diag(exp g_t) S_{t-1}``). The
+derivation is the same with ``exp(G_i)`` a diagonal ``[K, K]`` matrix: G is ``[C, K]`` and every
+decay acts on the key channel it belongs to,
+
+    A_ij = beta_i sum_c k_ic k_jc exp(G_ic - G_jc)        (i > j)
+    W    = (I + A)^{-1} (beta * k * exp(G)),   U = (I + A)^{-1} (beta v),   u = U - W S0
+    o    = scale * [ (q * exp(G)) S0 + (sum_c q_ic k_jc exp(G_ic - G_jc), causal i >= j) u ]
+    S_C  = Diag(exp G_C) S0 + (k * exp(G_C - G))^T u
+
+The pairwise decays ``exp(G_ic - G_jc)`` are a ``[C, C, K]`` tensor per chunk (the one large
+intermediate, masked to ``-inf`` above the diagonal before the exp, so again no positive
+exponent): ``B H T C K`` elements per call, C times the size of ``k``. So per-key gates use
+short chunks (``PER_KEY_CHUNK = 16``: 16x k's memory, rebuilt in the backward rather than
+stored; gla's ``PerKeyDecayedScores`` forms both A and the output scores), the scalar gate
+chunks of ``CHUNK = 64``. The state map between chunks stays affine,
+``S_{n+1} = Diag(exp G_C) S_n + Kd^T U - (Kd^T W) S_n`` with ``Kd = k * exp(G_C - G)``.
+
 A ragged last chunk is padded with ``q = k = v = 0``, ``beta = 0``, ``g = 0``: padded steps write
 nothing (``u = 0``) and do not decay, so the final state is untouched.
 
@@ -61,8 +78,11 @@ from __future__ import annotations
 import torch
 
 from .._common import accumulation_dtype, chunk_gates, to_chunks
+from ..gla.chunk import PerKeyDecayedScores
 
 CHUNK = 64
+#: chunk length for per-key gates (g ``[B, T, H, K]``): the pairwise decays are ``[C, C, K]``
+PER_KEY_CHUNK = 16
 
 __all__ = ["chunk_gates", "decay", "delta_rule_chunk", "output", "state_pass", "wy_inverse", "wy_prepare"]
 
@@ -83,11 +103,22 @@ def decay(G: torch.Tensor) -> torch.Tensor:
     return (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()
 
 
+def _per_key(G: torch.Tensor | None) -> bool:
+    """G from ``chunk_gates`` of a per-key gate (``[B, H, N, C, K]``), not a scalar one."""
+    return G is not None and G.dim() == 5
+
+
 def _wy_system(k_beta: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
     """A ``[B, H, N, C, C]`` whose strictly lower triangle is ``beta_i (k_i . k_j) exp(G_i - G_j)``
     (on and above the diagonal: whatever the product gives; the solves read only below it)."""
     A = k_beta @ k.transpose(-1, -2)  # beta_i k_i . k_j
     return A if D is None else A * D
+
+
+def _wy_system_per_key(k_beta: torch.Tensor, k: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """A ``[B, H, N, C, C]`` with ``A_ij = beta_i sum_c k_ic k_jc exp(G_ic - G_jc)`` for i >= j and
+    0 above the diagonal (the solves read only the strictly lower triangle); G ``[..., C, K]``."""
+    return PerKeyDecayedScores.apply(k_beta, k, G)
 
 
 def wy_prepare(
@@ -97,11 +128,14 @@ def wy_prepare(
     """Phase 2: the pseudo-values ``U = (I + A)^{-1} (beta v)`` ``[B, H, N, C, V]`` and
     ``W = (I + A)^{-1} (beta exp(G) k)`` ``[B, H, N, C, K]``, one unit-lower-triangular solve per
     chunk against the concatenated right-hand side, all chunks at once. k ``[B, H, N, C, K]``,
-    v ``[B, H, N, C, V]``, beta ``[B, H, N, C]``, G None or ``[B, H, N, C]`` from ``chunk_gates``
-    (D: ``decay(G)``, formed here unless given)."""
+    v ``[B, H, N, C, V]``, beta ``[B, H, N, C]``, G None, ``[B, H, N, C]`` (scalar gate) or
+    ``[B, H, N, C, K]`` (per-key gate, ``exp(G)`` elementwise on k) from ``chunk_gates`` (D, scalar
+    gate only: ``decay(G)``, formed here unless given)."""
     b = beta.unsqueeze(-1)
     k_beta = k * b
-    if G is None:
+    if _per_key(G):
+        A, rhs_k = _wy_system_per_key(k_beta, k, G), k_beta * G.exp()
+    elif G is None:
         A, rhs_k = _wy_system(k_beta, k, None), k_beta
     else:
         A, rhs_k = _wy_system(k_beta, k, decay(G) if D is None else D), k_beta * G.exp().unsqueeze(-1)
@@ -112,7 +146,8 @@ def wy_prepare(
 def wy_inverse(k: torch.Tensor, beta: torch.Tensor, G: torch.Tensor | None) -> torch.Tensor:
     """``Tm = (I + A)^{-1}`` ``[B, H, N, C, C]`` (unit lower triangular), which ``_wy_fwd`` stores
     for the backward; ``wy_prepare`` never forms it (it solves against the right-hand sides)."""
-    A = _wy_system(k * beta.unsqueeze(-1), k, None if G is None else decay(G))
+    k_beta = k * beta.unsqueeze(-1)
+    A = _wy_system_per_key(k_beta, k, G) if _per_key(G) else _wy_system(k_beta, k, None if G is None else decay(G))
     eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(A)
     return solve_unit_lower(A, eye)
 
@@ -120,8 +155,8 @@ def wy_inverse(k: torch.Tensor, beta: torch.Tensor, G: torch.Tensor | None) -> t
 def state_pass(
     k: torch.Tensor, G: torch.Tensor | None, U: torch.Tensor, W: torch.Tensor, S0: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Phase 3: the states. k ``[B, H, N, C, K]``, G None or from ``chunk_gates``, U and W from
-    ``wy_prepare``, S0 ``[B, H, K, V]`` -> (the state entering every chunk ``S_in``
+    """Phase 3: the states. k ``[B, H, N, C, K]``, G None or from ``chunk_gates`` (scalar or per
+    key), U and W from ``wy_prepare``, S0 ``[B, H, K, V]`` -> (the state entering every chunk ``S_in``
     ``[B, H, N, K, V]``, the written values ``u = U - W S_in`` ``[B, H, N, C, V]``, the final
     state ``[B, H, K, V]``).
 
@@ -132,6 +167,10 @@ def state_pass(
     allocate a zero tensor as large as R."""
     if G is None:
         Kd, a_n = k, (None,) * k.shape[2]
+    elif _per_key(G):  # Diag(exp G_C) scales the rows (keys) of the state
+        G_last = G[..., -1:, :]  # (B, H, N, 1, K)
+        Kd = k * (G_last - G).exp()
+        a_n = G_last.exp().transpose(-1, -2).unbind(2)  # (B, H, K, 1) per chunk
     else:
         G_last = G[..., -1:]
         Kd = k * (G_last - G).exp().unsqueeze(-1)
@@ -152,8 +191,11 @@ def output(
     scale: float, D: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Phase 4: ``o = scale [(q exp(G)) S_in + (q k^T exp(G_i - G_j), i >= j) u]``
-    ``[B, H, N, C, V]``: q, k ``[B, H, N, C, K]``, G None or from ``chunk_gates`` (D:
-    ``decay(G)``, formed here unless given), u and S_in from ``state_pass``."""
+    ``[B, H, N, C, V]``: q, k ``[B, H, N, C, K]``, G None or from ``chunk_gates`` (D, scalar gate
+    only: ``decay(G)``, formed here unless given), u and S_in from ``state_pass``. A per-key G
+    ``[B, H, N, C, K]`` decays each key channel: the scores are ``sum_c q_ic k_jc exp(G_ic - G_jc)``."""
+    if _per_key(G):
+        return (q * (G.exp() * scale)) @ S_in + PerKeyDecayedScores.apply(q * scale, k, G) @ u
     qk = (q * scale) @ k.transpose(-1, -2)
     if G is None:
         C = q.shape[-2]
@@ -171,7 +213,8 @@ def delta_rule_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The WY/UT form of the module docstring on one batch of equal-length sequences (the op
     loops over packed ones; ``triton/`` has this computation as fused kernels): chunks of
-    ``chunk_size`` steps (default ``CHUNK``), the end padded; the phases ``chunk_gates``,
+    ``chunk_size`` steps (default ``CHUNK``, ``PER_KEY_CHUNK`` for a per-key g ``[B, T, H, K]``),
+    the end padded; the phases ``chunk_gates``,
     ``wy_prepare``, ``state_pass``, ``output``. Arguments as ``delta_rule`` validated them
     (gates floored); o and the final state come back in the accumulation dtype (float32, or
     float64 for float64 inputs)."""
@@ -182,10 +225,11 @@ def delta_rule_chunk(
     if T == 0:
         return q.new_zeros(B, 0, H, V, dtype=dt), S0
 
-    C = min(chunk_size or CHUNK, T)
+    per_key = g is not None and g.dim() == 4
+    C = min(chunk_size or (PER_KEY_CHUNK if per_key else CHUNK), T)
     q, k, v, beta = (to_chunks(x.to(dt), C) for x in (q, k, v, beta))  # (B, H, N, C, *D)
-    G = None if g is None else chunk_gates(g.to(dt), C)
-    D = None if G is None else decay(G)  # formed once for both phases that use it
+    G = None if g is None else chunk_gates(g.to(dt), C)  # (B, H, N, C) or (B, H, N, C, K)
+    D = None if G is None or per_key else decay(G)  # formed once for both phases that use it
     U, W = wy_prepare(k, v, beta, G, D)
     S_in, u, S = state_pass(k, G, U, W, S0)
     o = output(q, k, G, u, S_in, scale, D)  # (B, H, N, C, V)

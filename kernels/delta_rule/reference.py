@@ -2,13 +2,15 @@
 
 Per (batch, head), row-vector convention, ``S`` is ``[K, V]``:
 
-    S'  = exp(g_t) S_{t-1}                           (g is None: no decay, DeltaNet)
+    S'  = Diag(exp g_t) S_{t-1}                      (g is None: no decay, DeltaNet)
     S_t = S' + beta_t k_t^T (v_t - k_t S')           (one delta-rule write)
     o_t = scale * q_t S_t
 
 The write replaces the value stored under key ``k_t`` by ``v_t`` with strength ``beta_t``
-(equivalently ``S_t = (I - beta_t k_t^T k_t) S' + beta_t k_t^T v_t``). ``g`` is None (DeltaNet)
-or ``[B, T, H]`` (Gated DeltaNet: one log-space decay per head and step).
+(equivalently ``S_t = (I - beta_t k_t^T k_t) S' + beta_t k_t^T v_t``). ``g`` is None (DeltaNet),
+``[B, T, H]`` (Gated DeltaNet: one log-space decay per head and step, ``exp(g_t) S_{t-1}``) or
+``[B, T, H, K]`` (Kimi Delta Attention: one per key channel, row ``c`` of S scaled by
+``exp(g_t[c])``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ def delta_rule_reference(
     V = v.shape[-1]
     q, k, v = (rearrange(x.to(dt), "b t h d -> t b h d") for x in (q, k, v))
     beta = rearrange(beta.to(dt), "b t h -> t b h 1")
-    decay = None if g is None else rearrange(g.to(dt), "b t h -> t b h 1 1").exp()
+    if g is None:
+        decay = None
+    elif g.dim() == 3:  # one decay per head: scales the whole state
+        decay = rearrange(g.to(dt), "b t h -> t b h 1 1").exp()
+    else:  # one decay per key channel: scales the rows of the state
+        decay = rearrange(g.to(dt), "b t h k -> t b h k 1").exp()
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dt)
     # unbind, not x[t]: each indexing op's backward would allocate a zero tensor of the full
     # [T, ...] size, making the backward quadratic in T.
