@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 
 
 #: op families; a GPU test belongs to the first one named in its function's name, else its file's
-OPS = ("delta_rule", "selective_scan", "linear_scan", "causal_conv1d", "rms_norm", "gla")
+OPS = ("dplr_delta_rule", "delta_rule", "selective_scan", "linear_scan", "causal_conv1d", "rms_norm", "gla")
 
 
 def _op_of(item) -> str:

@@ -77,7 +77,7 @@ def _args(op, kwargs):
 
 
 def test_every_op_is_registered():
-    assert set(_library.OPS) == {"gla", "delta_rule", "causal_conv1d", "rms_norm",
+    assert set(_library.OPS) == {"gla", "delta_rule", "dplr_delta_rule", "causal_conv1d", "rms_norm",
                                  "selective_scan", "linear_scan"}
 
 
