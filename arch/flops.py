@@ -38,7 +38,14 @@ Forward FLOPs per token, per component (``T`` = sequence length, ``d`` = d_model
   ``[beta v | beta k]`` (``C^2 (K + V) / 2``), the products ``Kd^T [U | W]`` (``C K (K + V)``),
   the sequential state step ``S + R - (Kd^T W) S`` (``K^2 V + K V``), the pseudo-value
   correction ``W S`` and the readout ``q S`` (``2 C K V``) and the intra-chunk output ``P u``
-  (``C^2 V``).
+  (``C^2 V``). With per-key gates (Kimi Delta Attention, chunk ``C = 16``) the same terms, the
+  two score products decayed per key (``C^2 K`` each, as GLA's).
+- recurrence (``dplr_delta_rule``, RWKV-7, chunk ``C = 16``, per head): per chunk the decayed
+  pairwise products ``L = b a^T``, ``M = b k^T`` and the scores ``q a^T``, ``q k^T``
+  (``4 C^2 K``), ``M v`` (``C^2 V``), the unit-triangular solve against ``[b | M v]``
+  (``C^2 (K + V) / 2``), the chunk's transition ``a^T P`` (``C K^2``) and input ``a^T R + k^T v``
+  (``2 C K V``), the sequential step ``T S + U`` (``K^2 V + K V``), the reads ``P S`` and the
+  readout ``q S`` (``2 C K V``), and ``A u + Q v`` (``2 C^2 V``).
 - recurrence (``selective_scan``, Mamba-1, and ``linear_scan``, RG-LRU): elementwise scans, no
   matmul. Counted as the multiply-adds the two-level chunk path performs per state element and
   token: selective scan ``5 D N`` (the input ``dt x B``, the chunk-local scan, the cumulative
@@ -64,6 +71,7 @@ from typing import Any
 import torch
 
 from postformer.kernels.delta_rule import chunk as delta_rule_chunk_module
+from postformer.kernels.dplr_delta_rule import chunk as dplr_chunk_module
 from postformer.kernels.gla import chunk as gla_chunk_module
 
 from .config import ModelConfig
@@ -73,6 +81,8 @@ from .mamba2 import Mamba2
 SCALAR_GATE_CHUNK = gla_chunk_module.SCALAR_CHUNK
 PER_KEY_GATE_CHUNK = gla_chunk_module.PER_KEY_CHUNK
 DELTA_RULE_CHUNK = delta_rule_chunk_module.CHUNK
+DELTA_RULE_PER_KEY_CHUNK = delta_rule_chunk_module.PER_KEY_CHUNK
+DPLR_CHUNK = dplr_chunk_module.CHUNK
 
 COMPONENTS = ("linear", "lm_head", "attention", "recurrence", "conv")
 
@@ -137,6 +147,29 @@ def _delta_rule_macs(T: int, C: int, K: int, V: int) -> float:
     return n_chunks * per_chunk / T
 
 
+def _delta_rule_per_key_macs(T: int, C: int, K: int, V: int) -> float:
+    """MACs per token per head of ``kernels.delta_rule``'s chunk form with per-key gates (KDA):
+    the scalar-gate terms of :func:`_delta_rule_macs` at the per-key chunk length, the two score
+    products ``q k^T`` and ``(beta k) k^T`` decayed per key (the same ``C^2 K`` MACs each)."""
+    return _delta_rule_macs(T, C, K, V)
+
+
+def _dplr_macs(T: int, C: int, K: int, V: int) -> float:
+    """MACs per token per head of ``kernels.dplr_delta_rule``'s chunk form (see the docstring)."""
+    C = max(1, min(C, T))
+    n_chunks = math.ceil(T / C)
+    per_chunk = (
+        4 * C * C * K  # b a^T, b k^T, q a^T, q k^T, decayed per key
+        + C * C * V  # M v
+        + C * C * (K + V) / 2  # unit-triangular solve against [b exp(G) | M v]
+        + C * K * K + 2 * C * K * V  # a^T P (the chunk's transition), a^T R + k^T v
+        + K * K * V + K * V  # T S + U, the sequential step
+        + 2 * C * K * V  # the reads P S and the readout q S
+        + 2 * C * C * V  # A u + Q v
+    )
+    return n_chunks * per_chunk / T
+
+
 def _swa_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
     macs = _attn_macs(cfg, o, T, causal)
     W = o.window
@@ -180,6 +213,37 @@ def _deltanet_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, 
     }
 
 
+def _gated_attn_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    macs = _attn_macs(cfg, o, T, causal)
+    head_dim = cfg.d_model // o.n_heads
+    macs["linear"] += cfg.d_model * (o.n_heads * head_dim if o.gate == "elementwise" else o.n_heads)  # W_g
+    return macs
+
+
+def _mlstm_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d, H = cfg.d_model, o.n_heads
+    key_dim, value_dim = int(d * o.expand_k), int(d * o.expand_v)
+    return {
+        # q, k, v, output gate, input and forget gates (one per head each), out
+        "linear": 2 * d * key_dim + 2 * d * value_dim + 2 * d * H + value_dim * d,
+        # gla with a scalar gate; the values carry the normaliser column (V + 1)
+        "recurrence": H * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, key_dim // H, value_dim // H + 1),
+    }
+
+
+def _deltaproduct_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d, H, n = cfg.d_model, o.n_heads, o.n_householder
+    K, V = o.head_dim, int(o.expand_v * o.head_dim)
+    key_dim, value_dim = H * K, H * V
+    return {
+        # q; n keys, values and betas per token; the decay's dt; output gate; out
+        "linear": d * key_dim + n * d * (key_dim + value_dim + H) + d * H + d * value_dim + value_dim * d,
+        "conv": (key_dim + n * (key_dim + value_dim)) * o.conv_size,
+        # delta_rule over T n sub-steps: n of them per token
+        "recurrence": H * n * _delta_rule_macs(T * n, DELTA_RULE_CHUNK, K, V),
+    }
+
+
 def _retnet_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
     d, H = cfg.d_model, o.n_heads
     key_dim, value_dim = int(d * o.expand_k), int(d * o.expand_v)
@@ -209,6 +273,9 @@ MIXER_MACS: dict[str, Callable[[ModelConfig, Any, int, bool], dict[str, float]]]
     "gdn": _deltanet_macs,
     "retnet": _retnet_macs,
     "hgrn2": _hgrn2_macs,
+    "gated_attn": _gated_attn_macs,
+    "mlstm": _mlstm_macs,
+    "deltaproduct": _deltaproduct_macs,
 }
 
 

@@ -101,11 +101,19 @@ def not_matmul_flops(cfg: ModelConfig, T: int) -> float:
                 H, K, V = o.expand * cfg.d_model // o.head_dim, o.d_state, o.head_dim
             C = min(16 if name in ("gla", "hgrn2") else 64, T)
             per_chunk = K * V + (C * C * K if name in ("gla", "hgrn2") else 0)
-        elif name in ("deltanet", "gdn"):
+        elif name == "mlstm":  # gla, scalar gate, values with the normaliser column
+            H = o.n_heads
+            K, V = int(cfg.d_model * o.expand_k) // H, int(cfg.d_model * o.expand_v) // H + 1
+            C = min(64, T)
+            per_chunk = K * V
+        elif name in ("deltanet", "gdn", "deltaproduct"):
             H, K = o.n_heads, o.head_dim
             V = int(o.expand_v * K)
-            C = min(64, T)
+            steps = T * getattr(o, "n_householder", 1)  # deltaproduct: n sub-steps per token
+            C = min(64, steps)
             per_chunk = C * C * (K + V) / 2 + K * V
+            total += 2 * H * math.ceil(steps / C) * per_chunk / T
+            continue
         else:
             continue
         total += 2 * H * math.ceil(T / C) * per_chunk / T

@@ -31,6 +31,12 @@ CONFIGS = {
     "rglru": ModelConfig(d_model=128, n_layers=2, pattern=["rglru"], mixers={"rglru": {"n_heads": 2}}),
     "griffin": ModelConfig(d_model=128, n_layers=3, pattern=["rglru", "rglru", "swa"]),
     "gdn-hybrid": ModelConfig(d_model=128, n_layers=4, pattern=["gdn", "gdn", "gdn", "attn"]),
+    "gated_attn": ModelConfig(d_model=128, n_layers=2, pattern=["gated_attn"]),
+    "gated_attn-headwise": ModelConfig(d_model=128, n_layers=2, pattern=["gated_attn"],
+                                       mixers={"gated_attn": {"gate": "headwise"}}),
+    "mlstm": ModelConfig(d_model=128, n_layers=2, pattern=["mlstm"]),
+    "deltaproduct": ModelConfig(d_model=128, n_layers=2, pattern=["deltaproduct"],
+                                mixers={"deltaproduct": {"n_householder": 3}}),
 }
 #: recurrences whose work is elementwise (no matmul): FlopCounterMode does not see them
 ELEMENTWISE_RECURRENCE = {"mamba", "rglru"}
@@ -106,9 +112,9 @@ def test_positive_and_linear_in_layers(name):
         for key in parts:
             expected = parts[key] if key == "lm_head" else 3 * parts[key]
             assert parts3[key] == pytest.approx(expected)
-    if name not in ("transformer", "swa"):
+    if not set(cfg.pattern) <= {"attn", "swa", "gated_attn"}:
         assert flops_breakdown(cfg, 1024)["recurrence"] > 0
-    if any(m in cfg.pattern for m in ("mamba2", "mamba", "deltanet", "gdn", "rglru")):
+    if any(m in cfg.pattern for m in ("mamba2", "mamba", "deltanet", "gdn", "rglru", "deltaproduct")):
         assert flops_breakdown(cfg, 1024)["conv"] > 0
 
 
