@@ -8,8 +8,10 @@ from .deltaproduct import GatedDeltaProduct
 from .gated_attn import GatedAttention
 from .gla import GLA
 from .hgrn2 import HGRN2
+from .kda import KimiDeltaAttention
 from .mamba import Mamba
 from .mamba2 import Mamba2
+from .mamba3 import Mamba3
 from .mixer import Mixer
 from .mlstm import MLSTM
 from .retnet import RetNet
@@ -21,6 +23,8 @@ MIXERS: dict[str, type[Mixer]] = {
     for cls in (Attention, Mamba2, GLA, RetNet, DeltaNet, GatedDeltaNet, HGRN2, Mamba, RGLRU, SlidingWindowAttention)
 }
 MIXERS.update({cls.name: cls for cls in (GatedAttention, MLSTM, GatedDeltaProduct)})
+MIXERS.update({cls.name: cls for cls in (Mamba3,)})
+MIXERS[KimiDeltaAttention.name] = KimiDeltaAttention
 
 
 def get_mixer(name: str) -> type[Mixer]:
