@@ -1,5 +1,5 @@
 """Building blocks every mixer and block shares: norms (plain and gated), the short causal conv,
-the SwiGLU MLP, rotary embeddings.
+the token shift, the block MLPs (SwiGLU, RWKV-7's channel mix), rotary embeddings.
 
 All modules take ``[..., D]`` channels-last tensors; norms run ``postformer.kernels.rms_norm``,
 which computes in float32 and returns the input's dtype, so bf16/fp16 activations do not lose
@@ -8,6 +8,7 @@ precision in the mean of squares.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -16,6 +17,8 @@ from einops import rearrange
 from torch import nn
 
 from postformer.kernels import causal_conv1d, rms_norm
+
+from .mixer import carry_state
 
 
 class RMSNorm(nn.Module):
@@ -107,11 +110,18 @@ def init_dt_bias(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> 
     return dt + torch.log(-torch.expm1(-dt))  # softplus^-1(dt) = log(exp(dt) - 1)
 
 
-def default_ff_dim(d_model: int, multiple_of: int = 64) -> int:
-    """The SwiGLU hidden width: ``8/3 * d_model`` rounded up to ``multiple_of``.
+#: the block MLPs a config can pick (``ModelConfig.mlp_kind``)
+MLP_KINDS = ("swiglu", "rwkv7")
+
+
+def default_ff_dim(d_model: int, multiple_of: int = 64, kind: str = "swiglu") -> int:
+    """The MLP hidden width: ``8/3 * d_model`` rounded up to ``multiple_of`` for SwiGLU,
+    ``4 * d_model`` for RWKV-7's channel mix (two matrices, as in RWKV-7).
 
     8/3 keeps a SwiGLU MLP (three matrices) at the parameter count of a 4x GELU MLP (two).
     """
+    if kind == "rwkv7":
+        return 4 * d_model
     return multiple_of * math.ceil(8 * d_model / 3 / multiple_of)
 
 
@@ -129,6 +139,74 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.in_proj(x).chunk(2, dim=-1)  # (..., d_ff) each
         return self.out_proj(F.silu(gate) * up)
+
+
+def token_shift(x: torch.Tensor, initial_state: torch.Tensor | None = None,
+                output_final_state: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RWKV's token shift as a stateful op: x ``[B, T, D]`` -> ``(x_prev, state)``, ``x_prev[:, t]
+    = x[:, t - 1]`` and ``x_prev[:, 0]`` the state ``[B, D]`` (the last token seen; zeros when
+    None). The new state is ``x[:, -1]`` (None unless asked for), so :func:`carry_state` hands it
+    to a cache like any op's state."""
+    first = torch.zeros_like(x[:, :1]) if initial_state is None else initial_state.to(x.dtype).unsqueeze(1)
+    x_prev = torch.cat([first, x[:, :-1]], dim=1)
+    return x_prev, (x[:, -1] if output_final_state else None)
+
+
+@dataclasses.dataclass
+class TokenShiftCache:
+    """Decoding state of a token shift: ``x_prev`` ``[B, D]``, the last input seen (zeros at
+    the start), in the model's dtype."""
+
+    x_prev: torch.Tensor
+
+
+def mix_init(d_model: int, power: float) -> torch.Tensor:
+    """RWKV's token-mix init ``1 - (i / d_model) ** power`` over the channels i (``[d_model]``):
+    from 1 (all previous token) to nearly 0 (all current token) across the width."""
+    return 1.0 - torch.pow(torch.arange(d_model, dtype=torch.float32) / d_model, power)
+
+
+class RWKV7ChannelMix(nn.Module):
+    """RWKV-7's channel mix (its FFN), a block MLP with a token shift:
+    ``[B, T, d_model] -> [B, T, d_model]``.
+
+        k_t = x_t + (x_{t-1} - x_t) * mu_k                      (lerp towards the previous token)
+        out_t = out_proj(relu(in_proj(k_t)) ** 2)               (hidden width d_ff, 4 * d_model in RWKV-7)
+
+    ``mu_k`` (``x_k``, ``[d_model]``) starts at ``1 - (i / d_model) ** ((1 - l / L) ** 4)`` for
+    layer l of L (RWKV-LM's init); the two matrices take the model's linear init. Decoding:
+    ``new_cache`` gives a :class:`TokenShiftCache`; ``forward(x, cache)`` continues it.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, *, layer_idx: int = 0, n_layers: int = 1) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.x_k = nn.Parameter(mix_init(d_model, (1.0 - layer_idx / n_layers) ** 4))  # (d_model,)
+        self.in_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.out_proj = nn.Linear(d_ff, d_model, bias=False)
+
+    def new_cache(self, batch_size: int, *, device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32) -> TokenShiftCache:
+        return TokenShiftCache(torch.zeros(batch_size, self.d_model, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, cache: TokenShiftCache | None = None) -> torch.Tensor:
+        """x: ``[B, T, d_model]``; with a cache, x continues the tokens it has seen."""
+        x_prev = carry_state(cache, "x_prev", token_shift, x)  # (B, T, d_model)
+        k = torch.addcmul(x, x_prev - x, self.x_k.to(x.dtype))
+        return self.out_proj(torch.relu(self.in_proj(k)).square())
+
+
+def rotate_pairs(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate the channel pairs ``(i, R + i)``, ``i < R``, of x ``[..., D]`` by ``angles[..., i]``
+    (``[..., R]``, broadcast against x's leading dims, ``2R <= D``), rotate-half (GPT-NeoX)
+    layout: ``(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)``; channels from ``2R`` on pass
+    unchanged. Computed in float32 (float64 stays); returns x's dtype."""
+    R = angles.shape[-1]
+    dt = torch.promote_types(x.dtype, torch.float32)
+    xf, angles = x.to(dt), angles.to(dt)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2, rest = xf[..., :R], xf[..., R : 2 * R], xf[..., 2 * R :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1).to(x.dtype)
 
 
 class Rotary(nn.Module):
@@ -154,11 +232,7 @@ class Rotary(nn.Module):
         dt = torch.promote_types(x.dtype, torch.float32)
         pos = torch.arange(offset, offset + T, device=x.device, dtype=dt)  # (T,)
         angles = torch.outer(pos, self.inv_freq.to(device=x.device, dtype=dt))  # (T, D/2)
-        cos = rearrange(angles.cos(), "t d -> t 1 d")
-        sin = rearrange(angles.sin(), "t d -> t 1 d")
-        x1, x2 = x.to(dt).chunk(2, dim=-1)  # (B, T, H, D/2) each
-        y = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        return y.to(x.dtype)
+        return rotate_pairs(x, rearrange(angles, "t d -> t 1 d"))
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, base={self.base}"
