@@ -28,16 +28,16 @@ recurrence into one call of ``gla`` (scalar gate per head):
     h_t = num_t / max(|den_t|, exp(-cap))
 
 The ones column appended to v makes the last output column ``q_t . n_t`` (the normaliser), in the
-same op call. Why it is safe in fp32 and bf16 for any length: the soft cap bounds
-``i~_t`` to ``(-cap, cap)``, so the key factor ``exp(i~_t - cap)`` lies in
-``(exp(-2 cap), 1] ~ (1e-13, 1]``: it never overflows (at most 1, where the plain form's
-``exp(i~)`` reaches 3e6) and never underflows (1e-13 is far above fp32's and bf16's smallest
-normal, 1e-38); the forget gates only shrink old terms (``g <= 0``, and ``gla``'s chunked form
-exponentiates only differences of cumulative gates, <= 0); the state grows at most by one bounded
-term per step, as the papers' stabilised one. The floor ``exp(-cap) ~ 3e-7`` is a normal number
-in every dtype. One deviation: the xLSTM kernels add ``eps = 1e-6`` to the stabilised denominator,
-which makes their output depend slightly on ``m_t``; the equations above (and this module) have
-no such term.
+same op call. Why it is safe in fp32 and bf16 for any length: the soft cap bounds ``i~_t`` to
+``(-cap, cap)``, so the key factor ``exp(i~_t - cap)`` lies in ``(exp(-2 cap), 1] ~ (1e-13, 1]``:
+it never overflows (at most 1, where the plain form's ``exp(i~)`` reaches 3e6) and never
+underflows (1e-13 is far above the smallest normal number of fp32 and bf16, 1.2e-38; caps up to
+40 are accepted, exp(-80) ~ 2e-35); the forget gates only shrink old terms (``g <= 0``, and
+``gla``'s chunked form exponentiates only differences of cumulative gates, <= 0); the state grows
+by at most one bounded term per step, as the papers' stabilised one does; the floor ``exp(-cap)``
+(3e-7) is normal too. fp16's range ends at 6e-5, so fp16 inputs run the op in float32. One
+deviation: the xLSTM kernels add ``eps = 1e-6`` to the stabilised denominator, which makes their
+output depend slightly on ``m_t``; the equations above (and this module) have no such term.
 
 Decoding carries the one ``gla`` state ``[B, H, K, V + 1]`` (``C`` scaled by ``exp(-cap)``, with
 ``n`` as its last column). On GPUs the ``gla`` Triton kernels take ``V + 1 <= 256``: keep value
@@ -71,6 +71,9 @@ IGATE_BIAS_INIT = -10.0
 FGATE_BIAS_INIT = (3.0, 6.0)
 #: default heads hold at most this many value channels (the Triton gla kernels take V + 1 <= 256)
 MAX_DEFAULT_HEAD_V = 128
+#: the largest gate soft cap: the input gate's key factor exp(i~ - cap) >= exp(-2 cap) must stay a
+#: normal float32 number (exp(-80) ~ 2e-35 > 1.2e-38)
+MAX_GATE_SOFT_CAP = 40.0
 
 
 def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
@@ -98,14 +101,15 @@ class MLSTM(Mixer):
         #: both widths), expand_v = 1 (value dim = output gate dim = expand_v * d_model); key dim
         #: (q, k) = expand_k * d_model, 0.5 as xLSTM 7B
         expand_k: float = 0.5
-        #: soft cap of the input and forget gate preactivations, cap * tanh(x / cap); > 0 (it also
-        #: bounds the input gate's exponent, which the numerics rely on)
+        #: soft cap of the input and forget gate preactivations, cap * tanh(x / cap); in (0, 40]
+        #: (it bounds the input gate's exponent, which the numerics rely on)
         gate_soft_cap: float = 15.0
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
-        if not opts.gate_soft_cap > 0:
-            raise ValueError(f"mixer {cls.name!r}: gate_soft_cap must be > 0, got {opts.gate_soft_cap}")
+        if not 0 < opts.gate_soft_cap <= MAX_GATE_SOFT_CAP:
+            raise ValueError(f"mixer {cls.name!r}: gate_soft_cap must be in (0, {MAX_GATE_SOFT_CAP}] (exp(-2 cap) "
+                             f"must stay a normal float32), got {opts.gate_soft_cap}")
 
         def candidates(key_dim: int) -> list[int]:
             value_dim = int(d_model * opts.expand_v)  # a whole number: resolve_heads checked it
@@ -145,12 +149,14 @@ class MLSTM(Mixer):
     def forward(self, x: torch.Tensor, cache: MLSTMCache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
         sdt = state_dtype(x.dtype)
-        q = rearrange(self.q_proj(x), "b t (h k) -> b t h k", k=self.head_k_dim)
-        k = rearrange(self.k_proj(x), "b t (h k) -> b t h k", k=self.head_k_dim)
-        v = rearrange(self.v_proj(x), "b t (h v) -> b t h v", v=self.head_v_dim)
+        # the op's inputs: x's dtype if it has fp32's exponent range (bf16, fp32, fp64), else fp32
+        odt = torch.promote_types(x.dtype, torch.bfloat16)
+        q = rearrange(self.q_proj(x), "b t (h k) -> b t h k", k=self.head_k_dim).to(odt)
+        k = rearrange(self.k_proj(x), "b t (h k) -> b t h k", k=self.head_k_dim).to(odt)
+        v = rearrange(self.v_proj(x), "b t (h v) -> b t h v", v=self.head_v_dim).to(odt)
         i_pre = soft_cap(self.i_proj(x).to(sdt), self.cap)  # (B, T, H), in (-cap, cap)
         log_f = F.logsigmoid(soft_cap(self.f_proj(x).to(sdt), self.cap))  # (B, T, H), <= 0
-        k = k * torch.exp(i_pre - self.cap).unsqueeze(-1).to(k.dtype)  # input gate / exp(cap): in (1e-13, 1]
+        k = k * torch.exp(i_pre - self.cap).unsqueeze(-1).to(odt)  # input gate / exp(cap): in (1e-13, 1]
         v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, T, H, V + 1): the normaliser column
         out = carry_state(cache, "state", gla, q=q, k=k, v=v, g=log_f)  # (B, T, H, V + 1); state (B, H, K, V + 1)
         num, den = out[..., :-1].to(sdt), out[..., -1:].to(sdt)
