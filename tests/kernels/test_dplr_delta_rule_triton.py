@@ -188,6 +188,17 @@ def test_inference_stores_no_checkpoints(monkeypatch):
     assert rel_err(o, o_ref) < 1e-5 and rel_err(S, S_ref) < 1e-5
 
 
+def test_no_steps_passes_the_states_through():
+    """T = 0 (or only empty packed sequences): no launch, the final states are the initial ones and
+    their gradient flows straight back."""
+    inputs = make(1, 0, 1, 8, 8, n_states=2)
+    h0 = inputs[6].requires_grad_()
+    o, S = dplr_delta_rule_triton(*inputs[:6], 0.5, h0, torch.tensor([0, 0, 0]))
+    assert o.shape == (1, 0, 1, 8) and torch.equal(S, h0)
+    (S * 3).sum().backward()
+    assert torch.equal(h0.grad, torch.full_like(h0, 3.0))
+
+
 def test_rejects_bad_block_v():
     with pytest.raises(ValueError, match="block_v"):
         dplr_delta_rule_triton(*make(1, 2, 1, 8, 8)[:6], 0.5, None, None, block_v=12)
