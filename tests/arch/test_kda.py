@@ -12,7 +12,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_testing import CONTRACT_D_MODEL, D_MODEL, inputs, make, make_mixer, rmsnorm
+from mixer_testing import (
+    CONTRACT_D_MODEL,
+    D_MODEL,
+    assert_cached_equals_full,
+    inputs,
+    make,
+    make_mixer,
+    rmsnorm,
+)
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
 from postformer.arch.kda import KimiDeltaAttention
@@ -163,8 +171,6 @@ def test_language_model_cached_decoding_and_gradients():
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, pattern=["kda"],
                       mixers={"kda": {"n_heads": 2, "head_dim": 16}})
     model = LanguageModel(cfg).eval()
-    from mixer_testing import assert_cached_equals_full
-
     tokens = assert_cached_equals_full(model, 64)
     model.train()
     loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())

@@ -342,3 +342,23 @@ def test_triton_via_dplr(varlen):
     assert rel_err(got_o, want_o) < 1e-5 and rel_err(got_S, want_S) < 1e-5
     for name, a, b in zip("q k v beta g h0".split(), got, want):
         assert a is not None and rel_err(a, b) < 1e-4, name
+
+
+def test_custom_op_with_per_key_gates():
+    """Under torch.compile the op is the ``postformer::delta_rule`` custom op (kernels/_library.py):
+    its schema and fake take a per-key g, and a compiled call (fullgraph, aot_eager) equals the
+    eager one, gradients included."""
+    from postformer.kernels import _library
+
+    q, k, v, beta, g, h0 = make(1, 20, 2, 8, 4)
+    op = _library.OPS["delta_rule"]
+    kw = dict(q=q, k=k, v=v, beta=beta, g=g, scale=None, initial_state=h0, output_final_state=True, impl="chunk")
+    torch.library.opcheck(op.fwd, tuple(kw[n] for n in op.names))
+    torch._dynamo.reset()
+    fn = lambda *xs: delta_rule(*xs[:5], initial_state=xs[5], output_final_state=True, impl="chunk")  # noqa: E731
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    inputs = [q, k, v, beta, g, h0]
+    for a, b in zip(fn(*inputs), compiled(*inputs)):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    for name, a, b in zip("q k v beta g h0".split(), grads(fn, inputs), grads(compiled, inputs)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
