@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .layers import default_ff_dim
+from .layers import MLP_KINDS, default_ff_dim
 from .registry import MIXERS, get_mixer
 
 #: resolved mixer options by (mixer, d_model, options): a config's are resolved once, and configs
@@ -41,7 +41,11 @@ class ModelConfig:
             as in its paper: mamba and mamba2 blocks have none, the others have one); a bool:
             every block; a dict ``{mixer name: bool}``: per mixer, the rest keep their default
             (``{mamba2: true}`` gives a hybrid's Mamba-2 blocks an MLP too).
-        d_ff: MLP hidden width; None: ``8/3 * d_model`` rounded up to ``ff_multiple_of``.
+        mlp_kind: which MLP the blocks that have one get: ``"swiglu"`` (``layers.SwiGLU``) or
+            ``"rwkv7"`` (RWKV-7's channel mix ``layers.RWKV7ChannelMix``: a token shift, then
+            ``relu(x W_k)^2 W_v``; it carries the previous token while decoding).
+        d_ff: MLP hidden width; None: ``8/3 * d_model`` rounded up to ``ff_multiple_of`` for
+            SwiGLU, ``4 * d_model`` for the RWKV-7 channel mix.
         ff_multiple_of: rounding of the default ``d_ff``.
         norm_eps: epsilon of every RMSNorm.
         tie_embeddings: share the token embedding with the LM head.
@@ -55,6 +59,7 @@ class ModelConfig:
     pattern: list[str] = field(default_factory=lambda: ["attn"])
     mixers: dict[str, dict] = field(default_factory=dict)
     mlp: bool | dict[str, bool] | None = None
+    mlp_kind: str = "swiglu"
     d_ff: int | None = None
     ff_multiple_of: int = 64
     norm_eps: float = 1e-5
@@ -89,6 +94,8 @@ class ModelConfig:
                     raise ValueError(f"ModelConfig.mlp[{name!r}] must be true or false, got {value!r}")
         elif self.mlp is not None and not isinstance(self.mlp, bool):
             raise ValueError(f"ModelConfig.mlp must be None, a bool or a dict {{mixer: bool}}, got {self.mlp!r}")
+        if self.mlp_kind not in MLP_KINDS:
+            raise ValueError(f"ModelConfig.mlp_kind must be one of {list(MLP_KINDS)}, got {self.mlp_kind!r}")
 
     # -- derived shape ------------------------------------------------------------------------
 
@@ -99,8 +106,9 @@ class ModelConfig:
 
     @property
     def ff_dim(self) -> int:
-        """The SwiGLU hidden width actually used."""
-        return self.d_ff if self.d_ff is not None else default_ff_dim(self.d_model, self.ff_multiple_of)
+        """The MLP hidden width actually used (its default depends on ``mlp_kind``)."""
+        return self.d_ff if self.d_ff is not None else default_ff_dim(self.d_model, self.ff_multiple_of,
+                                                                      self.mlp_kind)
 
     def mixer_options(self, name: str) -> Any:
         """The resolved ``MIXERS[name].Options`` for this width (defaults filled in), resolved
@@ -189,6 +197,11 @@ ARCHS: dict[str, dict[str, Any]] = {
                    "about": "Gated DeltaNet with one attention block in four (as in Qwen3-Next)"},
     "mamba2-hybrid": {"pattern": ["mamba2", "attn"], "mlp": True,
                       "about": "Mamba-2 and attention alternating, an MLP after every mixer (Samba/Jamba style)"},
+    "qwen3-next": {"pattern": ["gdn", "gdn", "gdn", "gated_attn"],
+                   "about": "Qwen3-Next style: three Gated DeltaNet blocks per gated-attention block (Qwen 2025)"},
+    "xlstm": {"pattern": ["mlstm"], "about": "xLSTM 7B style: mLSTM blocks + SwiGLU MLP (Beck et al. 2025)"},
+    "deltaproduct": {"pattern": ["deltaproduct"],
+                     "about": "Gated DeltaProduct, 2 Householder steps per token (Siems et al. 2025)"},
 }
 
 # Matched depth and MLP width: (n_layers, d_ff) per arch and size, chosen so that the parameter
@@ -206,6 +219,8 @@ _MATCHED: dict[str, dict[str, tuple[int | None, int | None]]] = {
     "griffin": {"tiny": (None, 32), "small": (None, 576), "125m": (None, 1920), "350m": (None, None), "760m": (None, None), "1.3b": (None, None)},
     "gdn-hybrid": {"tiny": (None, 48), "small": (None, 576), "125m": (None, 1664), "350m": (None, 2240), "760m": (None, 3328), "1.3b": (None, 4480)},
     "mamba2-hybrid": {"tiny": (None, 160), "small": (None, 592), "125m": (None, 1728), "350m": (None, 2368), "760m": (None, 3520), "1.3b": (None, 4736)},
+    "qwen3-next": {"tiny": (None, 48), "small": (None, 544), "125m": (None, 1600), "350m": (None, 2176), "760m": (None, 3200), "1.3b": (None, 4288)},
+    "deltaproduct": {"tiny": (None, 160), "small": (None, 336), "125m": (None, 960), "350m": (None, 1280), "760m": (None, 1920), "1.3b": (None, 2560)},
 }
 
 
@@ -221,7 +236,9 @@ def _mixer_options(arch: str, size: str) -> dict[str, dict[str, Any]]:
         "gdn": {"tiny": {"n_heads": 1, "head_dim": 32}, "small": {"n_heads": 3, "head_dim": 64},
                 "125m": {"n_heads": 9, "head_dim": 64}, "350m": {"n_heads": 6, "head_dim": 128},
                 "760m": {"n_heads": 9, "head_dim": 128}, "1.3b": {"n_heads": 6, "head_dim": 256}}[size],
+        "gated_attn": {"n_heads": heads},
     }
+    opts["deltaproduct"] = opts["gdn"]  # Gated DeltaNet's heads, n_h of them written per token
     return {name: opts[name] for name in ARCHS[arch]["pattern"] if name in opts}
 
 

@@ -14,10 +14,10 @@ from postformer.arch.retnet import RetNet
 
 
 def test_unknown_mixer_lists_known_names():
-    with pytest.raises(ValueError, match=r"unknown mixer 'mamba3'.*'attn'.*'gla'.*'mamba2'"):
-        ModelConfig(pattern=["attn", "mamba3"])
-    with pytest.raises(ValueError, match=r"unknown mixer 'rwkv7'"):
-        ModelConfig(mixers={"rwkv7": {}})
+    with pytest.raises(ValueError, match=r"unknown mixer 'mamba9'.*'attn'.*'gla'.*'mamba2'"):
+        ModelConfig(pattern=["attn", "mamba9"])
+    with pytest.raises(ValueError, match=r"unknown mixer 'rwkv9'"):
+        ModelConfig(mixers={"rwkv9": {}})
 
 
 def test_bad_option_key_names_mixer_key_and_accepted():

@@ -76,7 +76,7 @@ def spec(**changes) -> dict:
     ("changes", "message"),
     [
         ({"frobnicate": 1}, r"top level: unknown key\(s\) \['frobnicate'\]"),
-        ({"archs": {"x": "mamba3"}}, r"archs.x: unknown arch 'mamba3'"),
+        ({"archs": {"x": "mamba9"}}, r"archs.x: unknown arch 'mamba9'"),
         ({"archs": {}}, r"archs: must be a non-empty mapping"),
         ({"sizes": []}, r"sizes: must be a non-empty list"),
         ({"sizes": ["huge"]}, r"sizes\[0\]: unknown size 'huge'"),
