@@ -238,7 +238,7 @@ def _bad(**over):
         (dict(v=torch.randn(2, 9, 3, 4)), r"v has shape \[2, 9, 3, 4\], expected \[B, T, H, V\]"),
         (dict(beta=torch.randn(2, 10, 3, 1)), r"beta has shape \[2, 10, 3, 1\], expected \[B, T, H\]"),
         (dict(beta=torch.ones(2, 10, 3, dtype=torch.long)), r"beta must be a floating-point tensor"),
-        (dict(g=torch.randn(2, 10, 3, 8)), r"g has shape \[2, 10, 3, 8\], expected None or \[B, T, H\]"),
+        (dict(g=torch.randn(2, 10, 3, 7)), r"g has shape \[2, 10, 3, 7\], expected None or \[B, T, H\]"),
         (dict(initial_state=torch.randn(2, 3, 4, 8)), r"initial_state has shape \[2, 3, 4, 8\], expected \[B, H, K, V\]"),
         (dict(cu_seqlens=torch.tensor([0, 10])), r"batch dimension must be 1"),
         (dict(impl="cuda"), r"impl='cuda' is not one of"),
