@@ -4,7 +4,8 @@
     for each block:  x = x + mixer(norm(x));  x = x + mlp(norm(x))   (mlp if the block has one)
     logits = head(norm(x))                             (B, T, vocab)
 
-Decoding: ``new_cache(B)`` makes one state per layer; ``forward(tokens, cache)`` consumes the
+Decoding: ``new_cache(B)`` makes one state per layer (and one per stateful MLP: RWKV-7's channel
+mix carries the previous token); ``forward(tokens, cache)`` consumes the
 tokens as the continuation of what the cache has seen (a prompt of any length on an empty
 cache is a prefill with the parallel form; one token is a recurrent step). ``stream`` yields
 the new tokens one step at a time, ``generate`` collects them; ``sample_next`` is their one
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .layers import RMSNorm, SwiGLU
+from .layers import RMSNorm, RWKV7ChannelMix, SwiGLU
 from .registry import get_mixer
 
 CONFIG_FILE = "config.json"
@@ -83,7 +84,9 @@ def _atomic_replace(path: Path, write: Any) -> None:
 
 
 class Block(nn.Module):
-    """Pre-norm residual block ``[B, T, d_model] -> [B, T, d_model]`` around one mixer."""
+    """Pre-norm residual block ``[B, T, d_model] -> [B, T, d_model]`` around one mixer; its MLP
+    (where it has one) is of ``cfg.mlp_kind``: SwiGLU, or RWKV-7's channel mix (which has a
+    decoding state of its own, ``new_mlp_cache``)."""
 
     def __init__(self, cfg: ModelConfig, mixer_name: str, layer_idx: int = 0) -> None:
         super().__init__()
@@ -95,24 +98,40 @@ class Block(nn.Module):
         )
         if cfg.block_has_mlp(mixer_name):
             self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-            self.mlp = SwiGLU(cfg.d_model, cfg.ff_dim)
+            if cfg.mlp_kind == "rwkv7":
+                self.mlp = RWKV7ChannelMix(cfg.d_model, cfg.ff_dim, layer_idx=layer_idx, n_layers=cfg.n_layers)
+            else:
+                self.mlp = SwiGLU(cfg.d_model, cfg.ff_dim)
         else:
             self.mlp_norm = self.mlp = None
 
-    def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
+    def new_mlp_cache(self, batch_size: int, *, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> Any:
+        """The MLP's decoding state (RWKV-7's channel mix: the previous token), None if it has none."""
+        if isinstance(self.mlp, RWKV7ChannelMix):
+            return self.mlp.new_cache(batch_size, device=device, dtype=dtype)
+        return None
+
+    def forward(self, x: torch.Tensor, cache: Any = None, mlp_cache: Any = None) -> torch.Tensor:
+        """``cache``: the mixer's decoding state; ``mlp_cache``: the MLP's (``new_mlp_cache``),
+        None without one."""
         x = x + self.mixer(self.mixer_norm(x), cache)
         if self.mlp is not None:
-            x = x + self.mlp(self.mlp_norm(x))
+            h = self.mlp_norm(x)
+            x = x + (self.mlp(h) if mlp_cache is None else self.mlp(h, mlp_cache))
         return x
 
 
 class ModelCache:
-    """Decoding state of a whole model: one mixer cache per layer, for ``batch_size`` sequences
-    (each mixer's cache counts the positions it has seen where it needs them: attention, RoPE)."""
+    """Decoding state of a whole model: one mixer cache per layer (``layers``), for ``batch_size``
+    sequences (each mixer's cache counts the positions it has seen where it needs them:
+    attention, RoPE), and per layer the MLP's state (``mlp_layers``: None for a stateless MLP or
+    none; all None when not given)."""
 
-    def __init__(self, layers: list[Any], batch_size: int) -> None:
+    def __init__(self, layers: list[Any], batch_size: int, mlp_layers: list[Any] | None = None) -> None:
         self.layers = layers
         self.batch_size = batch_size
+        self.mlp_layers = [None] * len(layers) if mlp_layers is None else mlp_layers
 
 
 class LanguageModel(nn.Module):
@@ -184,7 +203,8 @@ class LanguageModel(nn.Module):
             block.mixer.new_cache(batch_size, device=device, dtype=dtype, max_seq_len=max_seq_len)
             for block in self.blocks
         ]
-        return ModelCache(layers, batch_size)
+        mlp_layers = [block.new_mlp_cache(batch_size, device=device, dtype=dtype) for block in self.blocks]
+        return ModelCache(layers, batch_size, mlp_layers)
 
     def forward(self, tokens: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
         """tokens: ``[B, T]`` int -> logits ``[B, T, vocab]`` float32.
@@ -198,7 +218,7 @@ class LanguageModel(nn.Module):
             raise ValueError(f"cache was made for batch size {cache.batch_size}, tokens have {tokens.shape[0]}")
         x = self.embedding(tokens)  # (B, T, d_model)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache.layers[i])
+            x = block(x, None, None) if cache is None else block(x, cache.layers[i], cache.mlp_layers[i])
         return self.lm_head(self.norm(x)).float()  # (B, T, vocab)
 
     @torch.no_grad()

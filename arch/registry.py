@@ -16,6 +16,7 @@ from .mixer import Mixer
 from .mlstm import MLSTM
 from .retnet import RetNet
 from .rglru import RGLRU
+from .rwkv7 import RWKV7
 from .swa import SlidingWindowAttention
 
 MIXERS: dict[str, type[Mixer]] = {
@@ -23,7 +24,7 @@ MIXERS: dict[str, type[Mixer]] = {
     for cls in (Attention, Mamba2, GLA, RetNet, DeltaNet, GatedDeltaNet, HGRN2, Mamba, RGLRU, SlidingWindowAttention)
 }
 MIXERS.update({cls.name: cls for cls in (GatedAttention, MLSTM, GatedDeltaProduct)})
-MIXERS.update({cls.name: cls for cls in (Mamba3,)})
+MIXERS.update({cls.name: cls for cls in (Mamba3, RWKV7)})
 MIXERS[KimiDeltaAttention.name] = KimiDeltaAttention
 
 
