@@ -199,6 +199,8 @@ ARCHS: dict[str, dict[str, Any]] = {
                       "about": "Mamba-2 and attention alternating, an MLP after every mixer (Samba/Jamba style)"},
     "qwen3-next": {"pattern": ["gdn", "gdn", "gdn", "gated_attn"],
                    "about": "Qwen3-Next style: three Gated DeltaNet blocks per gated-attention block (Qwen 2025)"},
+    "kimi-linear": {"pattern": ["kda", "kda", "kda", "attn"],
+                    "about": "Kimi Linear style: three Kimi Delta Attention blocks per attention block (Kimi Team 2025)"},
     "xlstm": {"pattern": ["mlstm"], "about": "xLSTM 7B style: mLSTM blocks + SwiGLU MLP (Beck et al. 2025)"},
     "deltaproduct": {"pattern": ["deltaproduct"],
                      "about": "Gated DeltaProduct, 2 Householder steps per token (Siems et al. 2025)"},
@@ -220,6 +222,7 @@ _MATCHED: dict[str, dict[str, tuple[int | None, int | None]]] = {
     "gdn-hybrid": {"tiny": (None, 48), "small": (None, 576), "125m": (None, 1664), "350m": (None, 2240), "760m": (None, 3328), "1.3b": (None, 4480)},
     "mamba2-hybrid": {"tiny": (None, 160), "small": (None, 592), "125m": (None, 1728), "350m": (None, 2368), "760m": (None, 3520), "1.3b": (None, 4736)},
     "qwen3-next": {"tiny": (None, 48), "small": (None, 544), "125m": (None, 1600), "350m": (None, 2176), "760m": (None, 3200), "1.3b": (None, 4288)},
+    "kimi-linear": {"tiny": (None, 32), "small": (None, 576), "125m": (None, None), "350m": (None, None), "760m": (None, None), "1.3b": (None, None)},
     "deltaproduct": {"tiny": (None, 160), "small": (None, 336), "125m": (None, 960), "350m": (None, 1280), "760m": (None, 1920), "1.3b": (None, 2560)},
 }
 
@@ -237,6 +240,9 @@ def _mixer_options(arch: str, size: str) -> dict[str, dict[str, Any]]:
                 "125m": {"n_heads": 9, "head_dim": 64}, "350m": {"n_heads": 6, "head_dim": 128},
                 "760m": {"n_heads": 9, "head_dim": 128}, "1.3b": {"n_heads": 6, "head_dim": 256}}[size],
         "gated_attn": {"n_heads": heads},
+        # Kimi Delta Attention: heads of 128 channels (the defaults); at tiny a rank-16 gate, so
+        # that its gates do not outweigh the model
+        "kda": {"gate_low_rank_dim": 16} if size == "tiny" else {},
     }
     opts["deltaproduct"] = opts["gdn"]  # Gated DeltaNet's heads, n_h of them written per token
     return {name: opts[name] for name in ARCHS[arch]["pattern"] if name in opts}

@@ -244,6 +244,18 @@ def _deltaproduct_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[s
     }
 
 
+def _kda_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d, H = cfg.d_model, o.n_heads
+    K, V = o.head_dim, int(o.expand_v * o.head_dim)
+    key_dim, value_dim, r = H * K, H * V, o.gate_low_rank_dim
+    return {
+        # q, k, v, beta, low-rank forget gate (d -> r -> H K), low-rank output gate (d -> r -> H V), out
+        "linear": 2 * d * key_dim + d * value_dim + d * H + r * (2 * d + key_dim + value_dim) + value_dim * d,
+        "conv": (2 * key_dim + value_dim) * o.conv_size,
+        "recurrence": H * _delta_rule_per_key_macs(T, DELTA_RULE_PER_KEY_CHUNK, K, V),
+    }
+
+
 def _retnet_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
     d, H = cfg.d_model, o.n_heads
     key_dim, value_dim = int(d * o.expand_k), int(d * o.expand_v)
@@ -276,6 +288,7 @@ MIXER_MACS: dict[str, Callable[[ModelConfig, Any, int, bool], dict[str, float]]]
     "gated_attn": _gated_attn_macs,
     "mlstm": _mlstm_macs,
     "deltaproduct": _deltaproduct_macs,
+    "kda": _kda_macs,
 }
 
 

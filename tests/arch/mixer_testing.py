@@ -106,6 +106,11 @@ def not_matmul_flops(cfg: ModelConfig, T: int) -> float:
             K, V = int(cfg.d_model * o.expand_k) // H, int(cfg.d_model * o.expand_v) // H + 1
             C = min(64, T)
             per_chunk = K * V
+        elif name == "kda":  # per-key delta rule, chunks of 16: two decayed score products, the solve
+            H, K = o.n_heads, o.head_dim
+            V = int(o.expand_v * K)
+            C = min(16, T)
+            per_chunk = 2 * C * C * K + C * C * (K + V) / 2 + K * V
         elif name in ("deltanet", "gdn", "deltaproduct"):
             H, K = o.n_heads, o.head_dim
             V = int(o.expand_v * K)

@@ -35,6 +35,8 @@ CONFIGS = {
     "gated_attn-headwise": ModelConfig(d_model=128, n_layers=2, pattern=["gated_attn"],
                                        mixers={"gated_attn": {"gate": "headwise"}}),
     "mlstm": ModelConfig(d_model=128, n_layers=2, pattern=["mlstm"]),
+    "kda": ModelConfig(d_model=128, n_layers=2, pattern=["kda"], mixers={"kda": {"n_heads": 2}}),
+    "kimi-linear": ModelConfig(d_model=128, n_layers=4, pattern=["kda", "kda", "kda", "attn"]),
     "deltaproduct": ModelConfig(d_model=128, n_layers=2, pattern=["deltaproduct"],
                                 mixers={"deltaproduct": {"n_householder": 3}}),
 }
@@ -114,7 +116,7 @@ def test_positive_and_linear_in_layers(name):
             assert parts3[key] == pytest.approx(expected)
     if not set(cfg.pattern) <= {"attn", "swa", "gated_attn"}:
         assert flops_breakdown(cfg, 1024)["recurrence"] > 0
-    if any(m in cfg.pattern for m in ("mamba2", "mamba", "deltanet", "gdn", "rglru", "deltaproduct")):
+    if any(m in cfg.pattern for m in ("mamba2", "mamba", "deltanet", "gdn", "rglru", "deltaproduct", "kda")):
         assert flops_breakdown(cfg, 1024)["conv"] > 0
 
 
