@@ -99,8 +99,6 @@ class Mamba3(Mixer):
         A_floor: float = 1e-4
         #: a gated RMSNorm per head on the output (rmsnorm(y) * silu(z)) instead of y * silu(z)
         out_norm: bool = False
-        #: (inherited) dt = softplus(dt_bias) starts log-uniform in [dt_min, dt_max], floored at
-        #: dt_init_floor
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
