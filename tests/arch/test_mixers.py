@@ -26,6 +26,13 @@ CASES = [
     ("gdn", {}),  # 1 head of 48 key, 96 value channels
     ("retnet", {"n_heads": 4}),
     ("hgrn2", {"expand_ratio": 16}),
+    ("gated_attn", {"n_heads": 4, "n_kv_heads": 2, "gate": "headwise"}),
+    ("gated_attn", {"n_heads": 4}),
+    ("mlstm", {"n_heads": 2}),
+    ("deltaproduct", {"n_heads": 2, "head_dim": 16, "n_householder": 3}),
+    ("kda", {"n_heads": 2, "head_dim": 16}),
+    ("mamba3", {}),
+    ("rwkv7", {}),
 ]
 IDS = [f"{name}-{'-'.join(f'{k}{v}' for k, v in opts.items()) or 'default'}" for name, opts in CASES]
 
@@ -72,3 +79,9 @@ def test_cache_carries_the_past(name, opts):
         y = mixer(x)
         y_last_alone = mixer(x[:, -1:], mixer.new_cache(1))
     assert not torch.allclose(y_last_alone, y[:, -1:], atol=1e-3)
+
+
+def test_every_registered_mixer_has_a_case():
+    from postformer.arch import MIXERS
+
+    assert {name for name, _ in CASES} == set(MIXERS)
