@@ -145,7 +145,7 @@ class Mamba3(Mixer):
         self.B_bias = nn.Parameter(torch.ones(H, N))  # (H, N)
         self.C_bias = nn.Parameter(torch.ones(H, N))  # (H, N)
         self.D = nn.Parameter(torch.ones(H))  # (H,)
-        for p in (self.dt_bias, self.D):
+        for p in (self.dt_bias, self.D, self.B_bias, self.C_bias):  # biases [H, N] too, though 2-D
             p._no_weight_decay = True
         if o.out_norm:
             self.norm = GatedRMSNorm(self.d_inner, eps=norm_eps, group_size=self.head_dim, norm_before_gate=True)

@@ -163,6 +163,8 @@ class RWKV7(Mixer):
         self.k_a = nn.Parameter(torch.ones(d))
         self.r_k = nn.Parameter(torch.zeros(self.n_heads, self.head_dim))
         self.o_norm = nn.GroupNorm(self.n_heads, d, eps=self.head_dim * norm_eps)
+        for p in (self.token_mix, self.r_k):  # per-channel vectors stacked 2-D: no weight decay
+            p._no_weight_decay = True
         self.out_proj = nn.Linear(d, d, bias=False)
 
     def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> RWKV7Cache:

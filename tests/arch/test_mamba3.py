@@ -156,6 +156,7 @@ def test_init_and_options():
     assert dt.min() >= 1e-4 * 0.999 and dt.max() <= 0.1 * 1.001
     assert torch.equal(m.B_bias, torch.ones(m.nheads, 8)) and torch.equal(m.C_bias, torch.ones(m.nheads, 8))
     assert torch.equal(m.D, torch.ones(m.nheads)) and m.n_angles == 2 and not hasattr(m, "conv1d")
+    assert all(p._no_weight_decay for p in (m.dt_bias, m.D, m.B_bias, m.C_bias))
     for bad, word in [({"rope_fraction": 1.5}, "rope_fraction"), ({"A_floor": 0.0}, "A_floor"),
                       ({"head_dim": 48}, "head_dim"), ({"ngroups": 3, "head_dim": 32}, "ngroups"),
                       ({"dt_min": 0.0}, "dt_min"), ({"d_conv": 4}, "no option 'd_conv'")]:

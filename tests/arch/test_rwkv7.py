@@ -165,3 +165,8 @@ def test_model_with_the_rwkv7_channel_mix_decodes_step_by_step():
     logits.square().mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_vectors_stacked_2d_are_not_weight_decayed():
+    m = RWKV7(D_MODEL, RWKV7.resolve_options(D_MODEL, CASES[0]))
+    assert m.token_mix._no_weight_decay and m.r_k._no_weight_decay
