@@ -179,7 +179,7 @@ _SHAPES: dict[str, tuple[int, int, int]] = {
 SIZES = tuple(_SHAPES)
 
 #: Architectures: the mixer pattern, the blocks' MLP rule when it differs from the mixers'
-#: defaults, and a description. Mixer options per size come from ``_mixer_options``.
+#: defaults (``mlp``), the MLP's kind when it is not SwiGLU (``mlp_kind``), and a description. Mixer options per size come from ``_mixer_options``.
 ARCHS: dict[str, dict[str, Any]] = {
     "transformer": {"pattern": ["attn"], "about": "Transformer++ (attention with RoPE + SwiGLU MLP)"},
     "swa": {"pattern": ["swa"], "about": "sliding-window attention + SwiGLU MLP"},
@@ -202,6 +202,9 @@ ARCHS: dict[str, dict[str, Any]] = {
     "kimi-linear": {"pattern": ["kda", "kda", "kda", "attn"],
                     "about": "Kimi Linear style: three Kimi Delta Attention blocks per attention block (Kimi Team 2025)"},
     "xlstm": {"pattern": ["mlstm"], "about": "xLSTM 7B style: mLSTM blocks + SwiGLU MLP (Beck et al. 2025)"},
+    "mamba3": {"pattern": ["mamba3"], "about": "Mamba-3 SISO blocks + SwiGLU MLP (Lahoti et al. 2026)"},
+    "rwkv7": {"pattern": ["rwkv7"], "mlp_kind": "rwkv7",
+              "about": "RWKV-7 Goose: time mix on the generalized delta rule + its channel mix (Peng et al. 2025)"},
     "deltaproduct": {"pattern": ["deltaproduct"],
                      "about": "Gated DeltaProduct, 2 Householder steps per token (Siems et al. 2025)"},
 }
@@ -223,6 +226,8 @@ _MATCHED: dict[str, dict[str, tuple[int | None, int | None]]] = {
     "mamba2-hybrid": {"tiny": (None, 160), "small": (None, 592), "125m": (None, 1728), "350m": (None, 2368), "760m": (None, 3520), "1.3b": (None, 4736)},
     "qwen3-next": {"tiny": (None, 48), "small": (None, 544), "125m": (None, 1600), "350m": (None, 2176), "760m": (None, 3200), "1.3b": (None, 4288)},
     "kimi-linear": {"tiny": (None, 32), "small": (None, 576), "125m": (None, None), "350m": (None, None), "760m": (None, None), "1.3b": (None, None)},
+    "mamba3": {"tiny": (None, 128), "small": (None, 480), "125m": (None, 1408), "350m": (None, 1920), "760m": (None, 2944), "1.3b": (None, 3968)},
+    "rwkv7": {"tiny": (None, 192), "small": (None, 928), "125m": (None, 2816), "350m": (None, None), "760m": (None, None), "1.3b": (None, None)},
     "deltaproduct": {"tiny": (None, 160), "small": (None, 336), "125m": (None, 960), "350m": (None, 1280), "760m": (None, 1920), "1.3b": (None, 2560)},
 }
 
@@ -240,6 +245,7 @@ def _mixer_options(arch: str, size: str) -> dict[str, dict[str, Any]]:
                 "125m": {"n_heads": 9, "head_dim": 64}, "350m": {"n_heads": 6, "head_dim": 128},
                 "760m": {"n_heads": 9, "head_dim": 128}, "1.3b": {"n_heads": 6, "head_dim": 256}}[size],
         "gated_attn": {"n_heads": heads},
+        "mamba3": {"d_state": {"tiny": 16, "small": 64}.get(size, 128), "head_dim": 64},
         # Kimi Delta Attention: heads of 128 channels (the defaults); at tiny a rank-16 gate, so
         # that its gates do not outweigh the model
         "kda": {"gate_low_rank_dim": 16} if size == "tiny" else {},
@@ -262,8 +268,9 @@ def _presets() -> dict[str, dict[str, dict[str, Any]]]:
                 "pattern": pattern,
                 "mixers": _mixer_options(arch, size),
             }
-            if "mlp" in spec:
-                fields["mlp"] = spec["mlp"]
+            for key in ("mlp", "mlp_kind"):
+                if key in spec:
+                    fields[key] = spec[key]
             if d_ff is not None:
                 fields["d_ff"] = d_ff
             presets[arch][size] = fields

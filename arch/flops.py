@@ -22,7 +22,7 @@ Forward FLOPs per token, per component (``T`` = sequence length, ``d`` = d_model
   ``T_ctx = (T + 1) / 2`` instead, what a kernel that skips masked blocks (flash-attn)
   performs; Kaplan's ``2 n_layers T d_attn`` forward term is this causal count. Training:
   ``12 n_layers T d_attn`` (full) or about ``6 n_layers T d_attn`` (causal).
-- recurrence (Mamba-2 and GLA through ``kernels.gla``'s chunk form, per head with key dim
+- recurrence (Mamba-2, Mamba-3, mLSTM and GLA through ``kernels.gla``'s chunk form, per head with key dim
   ``K``, value dim ``V``, chunk ``C``; also RetNet with a scalar gate and HGRN2 with per-key gates): per chunk the scores ``q k^T`` (``C^2 K`` MACs), their
   product with ``v`` (``C^2 V``), the chunk's state contribution ``k^T v`` (``C K V``), the
   readout of the entering state ``q S`` (``C K V``), and the state passing ``a S + U``
@@ -76,6 +76,7 @@ from postformer.kernels.gla import chunk as gla_chunk_module
 
 from .config import ModelConfig
 from .mamba2 import Mamba2
+from .mamba3 import Mamba3
 
 #: the chunk lengths the counts assume: those of the kernels' chunk paths
 SCALAR_GATE_CHUNK = gla_chunk_module.SCALAR_CHUNK
@@ -256,6 +257,27 @@ def _kda_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float
     }
 
 
+def _mamba3_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d = cfg.d_model
+    d_inner, H, R = Mamba3.dims(d, o)
+    G, N = o.ngroups, o.d_state
+    return {
+        # in_proj to z, x, B, C, dt, A, lambda, theta; out_proj
+        "linear": d * (2 * d_inner + 2 * G * N + 3 * H + R) + d_inner * d,
+        # gla with a scalar gate per head, state [N, P]
+        "recurrence": H * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, N, o.head_dim),
+    }
+
+
+def _rwkv7_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
+    d, N = cfg.d_model, o.head_dim
+    return {
+        # r, k, v, out; the decay's, in-context learning rate's and output gate's LoRAs (d -> r -> d)
+        "linear": 4 * d * d + 2 * d * (o.decay_rank + o.a_rank + o.gate_rank),
+        "recurrence": (d // N) * _dplr_macs(T, DPLR_CHUNK, N, N),
+    }
+
+
 def _retnet_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float]:
     d, H = cfg.d_model, o.n_heads
     key_dim, value_dim = int(d * o.expand_k), int(d * o.expand_v)
@@ -289,7 +311,12 @@ MIXER_MACS: dict[str, Callable[[ModelConfig, Any, int, bool], dict[str, float]]]
     "mlstm": _mlstm_macs,
     "deltaproduct": _deltaproduct_macs,
     "kda": _kda_macs,
+    "rwkv7": _rwkv7_macs,
+    "mamba3": _mamba3_macs,
 }
+
+#: MLP kind -> matmul weights per ``d_model * d_ff``: SwiGLU's three matrices, RWKV-7's two
+MLP_MATRICES = {"swiglu": 3, "rwkv7": 2}
 
 
 def forward_flops_breakdown(cfg: ModelConfig, seq_len: int, *, causal: bool = False) -> dict[str, float]:
@@ -306,7 +333,8 @@ def forward_flops_breakdown(cfg: ModelConfig, seq_len: int, *, causal: bool = Fa
         for key, value in MIXER_MACS[name](cfg, cfg.mixer_options(name), seq_len, causal).items():
             macs[key] += value
         if cfg.block_has_mlp(name):
-            macs["linear"] += 3 * cfg.d_model * cfg.ff_dim  # SwiGLU: in_proj (2 d_ff) + out_proj
+            # SwiGLU: in_proj (2 d_ff) + out_proj; RWKV-7's channel mix: in_proj + out_proj
+            macs["linear"] += MLP_MATRICES[cfg.mlp_kind] * cfg.d_model * cfg.ff_dim
     macs["lm_head"] = cfg.d_model * cfg.vocab_size
     return {key: 2.0 * value for key, value in macs.items()}
 

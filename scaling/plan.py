@@ -115,6 +115,7 @@ def _rung_mixers(d: int, head_dim: int, d_state: int | None) -> dict[str, dict[s
     gla = _heads(key_gla, 32, divides=val_gla) if key_gla >= 32 else 1
     key_gdn = int(round(0.75 * d))
     gdn = max(1, key_gdn // 32)
+    kda = _heads(d, head_dim)  # Kimi Delta Attention: key dim d in heads of about head_dim
     return {
         "attn": {"n_heads": attn},
         "swa": {"n_heads": attn},
@@ -122,6 +123,11 @@ def _rung_mixers(d: int, head_dim: int, d_state: int | None) -> dict[str, dict[s
         "gla": {"n_heads": gla},
         "gdn": {"n_heads": gdn, "head_dim": max(1, key_gdn // gdn)},
         "deltanet": {"n_heads": max(1, d // 32), "head_dim": d // max(1, d // 32)},
+        "gated_attn": {"n_heads": attn},
+        "deltaproduct": {"n_heads": gdn, "head_dim": max(1, key_gdn // gdn)},
+        "kda": {"n_heads": kda, "head_dim": d // kda},
+        "mamba3": {"head_dim": mamba_hd, **({"d_state": int(d_state)} if d_state else {})},
+        "rwkv7": {"head_dim": d // kda},  # heads of about head_dim channels that divide d
     }
 
 
@@ -158,7 +164,7 @@ def _shape_config(study: Study, label: str, size: Any, vocab: int | None = None)
         base = PRESETS[preset][size] if isinstance(size, str) else next(iter(PRESETS[preset].values()))
         # at a custom size only the preset's design carries over (pattern, MLP rule), not its widths
         fields = copy.deepcopy(base) if isinstance(size, str) else {
-            k: copy.deepcopy(base[k]) for k in ("pattern", "mlp") if k in base
+            k: copy.deepcopy(base[k]) for k in ("pattern", "mlp", "mlp_kind") if k in base
         }
     fields.update(size_fields)
     fields.update({k: v for k, v in own.items() if k != "mixers"})

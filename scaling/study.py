@@ -15,7 +15,8 @@ et al. 2024; Porian et al. 2024; Hägele et al. 2024; DeepSeek LLM 2024):
   ratio ``d_model / n_layers``). Heads and state sizes follow the width so they stay
   sensible at every rung: attention heads of ``head_dim`` channels (at least 16), Mamba-2
   heads of ``head_dim`` channels, GLA key dims of at least 32 per head where d_model allows,
-  Gated DeltaNet key heads of at least 32 channels.
+  Gated DeltaNet (and DeltaProduct) key heads of at least 32 channels, Kimi Delta Attention
+  and RWKV-7 heads of about ``head_dim`` channels, Mamba-3 as Mamba-2.
 - **WSD branching** (Hägele et al. 2024) wherever sizes share a trajectory: a size that
   belongs to several IsoFLOP groups trains once, to the largest D it needs, and the smaller
   budgets are cooldowns branched off its stable phase (exactly a standalone wsd run of that

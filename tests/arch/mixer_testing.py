@@ -101,6 +101,10 @@ def not_matmul_flops(cfg: ModelConfig, T: int) -> float:
                 H, K, V = o.expand * cfg.d_model // o.head_dim, o.d_state, o.head_dim
             C = min(16 if name in ("gla", "hgrn2") else 64, T)
             per_chunk = K * V + (C * C * K if name in ("gla", "hgrn2") else 0)
+        elif name == "mamba3":  # gla, scalar gate, state [N, P] per head
+            H = o.expand * cfg.d_model // o.head_dim
+            K, V, C = o.d_state, o.head_dim, min(64, T)
+            per_chunk = K * V
         elif name == "mlstm":  # gla, scalar gate, values with the normaliser column
             H = o.n_heads
             K, V = int(cfg.d_model * o.expand_k) // H, int(cfg.d_model * o.expand_v) // H + 1
@@ -111,6 +115,11 @@ def not_matmul_flops(cfg: ModelConfig, T: int) -> float:
             V = int(o.expand_v * K)
             C = min(16, T)
             per_chunk = 2 * C * C * K + C * C * (K + V) / 2 + K * V
+        elif name == "rwkv7":  # dplr, chunks of 16: the solve and the state step (its decayed
+            # pairwise products are einsums, which run as batched matmuls)
+            H, K = cfg.d_model // o.head_dim, o.head_dim
+            V, C = K, min(16, T)
+            per_chunk = C * C * (K + V) / 2 + K * V
         elif name in ("deltanet", "gdn", "deltaproduct"):
             H, K = o.n_heads, o.head_dim
             V = int(o.expand_v * K)

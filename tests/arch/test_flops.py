@@ -35,6 +35,10 @@ CONFIGS = {
     "gated_attn-headwise": ModelConfig(d_model=128, n_layers=2, pattern=["gated_attn"],
                                        mixers={"gated_attn": {"gate": "headwise"}}),
     "mlstm": ModelConfig(d_model=128, n_layers=2, pattern=["mlstm"]),
+    "rwkv7": ModelConfig(d_model=128, n_layers=2, pattern=["rwkv7"], mlp_kind="rwkv7"),
+    "rwkv7-swiglu": ModelConfig(d_model=128, n_layers=2, pattern=["rwkv7"]),
+    "mamba3": ModelConfig(d_model=128, n_layers=2, pattern=["mamba3"],
+                          mixers={"mamba3": {"d_state": 16, "head_dim": 32, "ngroups": 2}}),
     "kda": ModelConfig(d_model=128, n_layers=2, pattern=["kda"], mixers={"kda": {"n_heads": 2}}),
     "kimi-linear": ModelConfig(d_model=128, n_layers=4, pattern=["kda", "kda", "kda", "attn"]),
     "deltaproduct": ModelConfig(d_model=128, n_layers=2, pattern=["deltaproduct"],
@@ -45,10 +49,12 @@ ELEMENTWISE_RECURRENCE = {"mamba", "rglru"}
 
 
 def linear_weights(model: nn.Module) -> int:
-    """Weights of every nn.Linear, the LM head included even when tied (its matmul happens), and
-    RG-LRU's block-diagonal gate matrices (a matmul written as an einsum)."""
+    """Weights of every nn.Linear, the LM head included even when tied (its matmul happens),
+    RG-LRU's block-diagonal gate matrices (a matmul written as an einsum) and RWKV-7's LoRA
+    factors (matmuls with parameters)."""
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    return linear + sum(p.numel() for name, p in model.named_parameters() if name.endswith("gate_weight"))
+    return linear + sum(p.numel() for name, p in model.named_parameters()
+                        if name.endswith(("gate_weight", "lora.w1", "lora.w2")))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
