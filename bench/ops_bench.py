@@ -115,7 +115,7 @@ def _inputs(op: str, s: dict, device: str, dtype: torch.dtype) -> tuple[list[tor
             return [q, k, v, beta], nbytes
         g = F.logsigmoid(torch.randn(B, T, H, generator=gen)).to(device, torch.float32).requires_grad_()
         return [q, k, v, beta, g], nbytes + B * T * H * 4
-    if op in ("kda", "dplr_delta_rule"):  # per-key gates; dplr: RWKV-7's a = -kk, b = kk * s
+    if op in ("kda", "dplr_delta_rule"):  # per-key gates; dplr: RWKV-7's a = -(s kk), b = kk
         B, T, H, K, V = s["B"], s["T"], s["H"], s["K"], s["V"]
         q, v = rnd(B, T, H, K), rnd(B, T, H, V)
         kk = F.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
@@ -125,8 +125,8 @@ def _inputs(op: str, s: dict, device: str, dtype: torch.dtype) -> tuple[list[tor
             beta = torch.rand(B, T, H, generator=gen).to(device, dtype).requires_grad_()
             return [q, kk.to(device, dtype).requires_grad_(), v, beta, g], nbytes + B * T * H * e
         k = rnd(B, T, H, K, scale=K ** -0.5)
-        a = (-kk).to(device, dtype).requires_grad_()
-        b = (kk * torch.rand(B, T, H, 1, generator=gen)).to(device, dtype).requires_grad_()
+        a = (-kk * torch.rand(B, T, H, K, generator=gen)).to(device, dtype).requires_grad_()
+        b = kk.to(device, dtype).requires_grad_()
         return [q, k, v, a, b, g], nbytes + 2 * B * T * H * K * e
     if op == "selective_scan":
         B, T, D, N = s["B"], s["T"], s["D"], s["N"]

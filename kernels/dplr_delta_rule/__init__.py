@@ -44,9 +44,10 @@ def dplr_delta_rule(
         S_t = Diag(exp g_t) S_{t-1} + a_t^T (b_t S_{t-1}) + k_t^T v_t,    o_t = scale * q_t S_t
 
     The transition ``Diag(exp g_t) + a_t^T b_t`` decays every key channel and then replaces
-    along ``a_t`` what ``b_t`` reads (``b_t`` reads the state before the step's decay). RWKV-7:
-    ``a = -kk``, ``b = kk * s`` (``kk`` the normalised key, ``s`` in (0, 1) the in-context
-    learning rate). A per-key gated delta rule (KDA,
+    along ``a_t`` what ``b_t`` reads (``b_t`` reads the state before the step's decay). RWKV-7
+    (``S_t = S_{t-1} (diag(w_t) - kk_t^T (s_t * kk_t)) + v_t^T k_t`` in its ``[V, K]`` layout):
+    ``a = -(s * kk)``, ``b = kk`` (``kk`` the normalised key, read; ``s`` in (0, 1) the
+    in-context learning rate, scaling what is written). A per-key gated delta rule (KDA,
     ``S_t = (I - beta_t k_t^T k_t) Diag(exp g_t) S_{t-1} + beta_t k_t^T v_t``) is
     ``a = -beta k``, ``b = k * exp(g)``, ``k' = beta k``.
 
