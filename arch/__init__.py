@@ -7,16 +7,22 @@
 from .attention import Attention, attend, attention_backend
 from .config import PRESETS, ModelConfig
 from .deltanet_gdn import DeltaNet, GatedDeltaNet
+from .deltaproduct import GatedDeltaProduct
+from .gated_attn import GatedAttention
 from .gla import GLA
 from .hgrn2 import HGRN2
+from .kda import KimiDeltaAttention
 from .layers import GatedRMSNorm, RMSNorm, Rotary, SwiGLU
 from .mamba import Mamba
 from .mamba2 import Mamba2
+from .mamba3 import Mamba3
 from .mixer import Mixer
+from .mlstm import MLSTM
 from .model import Block, LanguageModel, ModelCache
 from .registry import MIXERS, get_mixer
 from .retnet import RetNet
 from .rglru import RGLRU
+from .rwkv7 import RWKV7
 from .swa import SlidingWindowAttention
 
 __all__ = [
@@ -28,6 +34,12 @@ __all__ = [
     "Block",
     "DeltaNet",
     "GatedDeltaNet",
+    "GatedDeltaProduct",
+    "GatedAttention",
+    "KimiDeltaAttention",
+    "MLSTM",
+    "Mamba3",
+    "RWKV7",
     "GatedRMSNorm",
     "LanguageModel",
     "Mamba",

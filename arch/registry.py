@@ -21,11 +21,12 @@ from .swa import SlidingWindowAttention
 
 MIXERS: dict[str, type[Mixer]] = {
     cls.name: cls
-    for cls in (Attention, Mamba2, GLA, RetNet, DeltaNet, GatedDeltaNet, HGRN2, Mamba, RGLRU, SlidingWindowAttention)
+    for cls in (
+        Attention, Mamba2, GLA, RetNet, DeltaNet, GatedDeltaNet, HGRN2, Mamba, RGLRU, SlidingWindowAttention,
+        # the 2025-2026 generation
+        GatedAttention, KimiDeltaAttention, MLSTM, GatedDeltaProduct, Mamba3, RWKV7,
+    )
 }
-MIXERS.update({cls.name: cls for cls in (GatedAttention, MLSTM, GatedDeltaProduct)})
-MIXERS.update({cls.name: cls for cls in (Mamba3, RWKV7)})
-MIXERS[KimiDeltaAttention.name] = KimiDeltaAttention
 
 
 def get_mixer(name: str) -> type[Mixer]:
