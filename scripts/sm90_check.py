@@ -63,7 +63,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-OPS = ("gla", "delta_rule", "selective_scan", "linear_scan", "causal_conv1d", "rms_norm")
+OPS = ("gla", "delta_rule", "dplr_delta_rule", "selective_scan", "linear_scan", "causal_conv1d", "rms_norm")
 OPNAMES = ("FFMA", "HMMA", "HGMMA", "LDL", "STL")
 FMA_DOT_MIN = 512
 _DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64", "int64": "i64",
@@ -80,6 +80,7 @@ def bench_shapes() -> dict[str, dict]:
                   "linear_scan": dict(B=4, T=8192, D=2048),
                   "causal_conv1d": dict(B=4, T=8192, D=4096, W=4),
                   "rms_norm": dict(B=4, T=8192, D=2048)}
+    shapes.setdefault("dplr_delta_rule", dict(shapes["delta_rule"]))
     shapes.setdefault("gla", dict(B=shapes["delta_rule"]["B"], T=shapes["delta_rule"]["T"], H=16, K=128, V=128))
     return shapes
 
@@ -148,6 +149,16 @@ def _calls(op: str, s: dict, T: int):
         yield "no gate, fp32 (tf32x3)", run(lambda: kernels.delta_rule(
             t(B, T, H, K, dt=f32), t(B, T, H, K, dt=f32), t(B, T, H, V, dt=f32), t(B, T, H, dt=f32), None,
             impl="triton"))
+    elif op == "dplr_delta_rule":  # fused recurrent kernels; KDA (per-key delta rule) runs on them too
+        H, K, V = s["H"], s["K"], s["V"]
+        yield "bench", run(lambda: kernels.dplr_delta_rule(
+            t(B, T, H, K), t(B, T, H, K), t(B, T, H, V), -t(B, T, H, K), t(B, T, H, K), -t(B, T, H, K, dt=f32),
+            impl="triton"))
+        yield "h0, ht", run(lambda: kernels.dplr_delta_rule(
+            t(B, 64, H, K), t(B, 64, H, K), t(B, 64, H, V), -t(B, 64, H, K), t(B, 64, H, K),
+            -t(B, 64, H, K, dt=f32), initial_state=t(B, H, K, V, dt=f32), output_final_state=True, impl="triton"))
+        yield "kda (delta_rule, per-key g)", run(lambda: kernels.delta_rule(
+            t(B, T, H, K), t(B, T, H, K), t(B, T, H, V), t(B, T, H), -t(B, T, H, K, dt=f32), impl="triton"))
     elif op == "selective_scan":
         D, N = s["D"], s["N"]
         yield "bench", run(lambda: kernels.selective_scan(
