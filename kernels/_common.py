@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 IMPLS = ("auto", "reference", "chunk", "triton")
 
@@ -218,3 +219,48 @@ def chunk_gates(g: torch.Tensor, C: int) -> torch.Tensor:
     first step). g ``[B, T, H]`` (scalar) or ``[B, T, H, K]`` (per key) -> G ``[B, H, N, C]`` or
     ``[B, H, N, C, K]``, in g's dtype; padded steps add 0 (they repeat the chunk's last G)."""
     return to_chunks(g, C).cumsum(3)
+
+
+def pair_decay(G_rows: torch.Tensor, G_cols: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """``exp(G_rows_i - G_cols_j)`` ``[..., C(i), C(j), K]`` for ``i >= j`` (``i > j`` when
+    ``strict``), 0 elsewhere: the per-key decays between the steps of a chunk, masked to -inf
+    before the exp so that no positive exponent is ever formed. G_rows, G_cols ``[..., C, K]``."""
+    C = G_rows.shape[-2]
+    above = torch.ones(C, C, dtype=torch.bool, device=G_rows.device).triu(0 if strict else 1).unsqueeze(-1)
+    E = G_rows.unsqueeze(-2) - G_cols.unsqueeze(-3)  # (..., C, C, K)
+    return E.masked_fill_(above, float("-inf")).exp_()
+
+
+class DecayedScores(torch.autograd.Function):
+    """Per-key decayed scores of one row tensor against several column tensors sharing one decay:
+    ``S^c_ij = sum_k r_ik c_jk exp(Gr_ik - Gc_jk)`` for ``i >= j`` (``i > j`` with ``strict``), 0
+    elsewhere.
+
+    ``apply(rows, G_rows, G_cols, strict, *cols)``: rows, G_rows, G_cols and each col
+    ``[..., C, K]`` -> ``[n_cols, ..., C, C]``. The decay tensor ``[..., C, C, K]`` (the one large
+    intermediate) is built once per call in the forward and once in the backward, not kept.
+    Gradients: with ``W^c_ijk = dS^c_ij exp(Gr_ik - Gc_jk)``, ``dr_ik = sum_c sum_j W^c_ijk c_jk``,
+    ``dc_jk = sum_i W^c_ijk r_ik``, ``dGr = r * dr`` and ``dGc = -sum_c c * dc``.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, G_rows: torch.Tensor, G_cols: torch.Tensor, strict: bool,
+                *cols: torch.Tensor) -> torch.Tensor:
+        ctx.strict = strict
+        ctx.save_for_backward(rows, G_rows, G_cols, *cols)
+        W = pair_decay(G_rows, G_cols, strict).mul_(rows.unsqueeze(-2))  # (..., C, C, K)
+        return torch.stack([(W * c.unsqueeze(-3)).sum(-1) for c in cols])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dS: torch.Tensor):
+        rows, G_rows, G_cols, *cols = ctx.saved_tensors
+        E = pair_decay(G_rows, G_cols, ctx.strict)  # (..., C, C, K)
+        d_rows, dG_cols, d_cols = torch.zeros_like(rows), torch.zeros_like(G_cols), []
+        for c, dS_c in zip(cols, dS.unbind(0)):
+            W = E * dS_c.unsqueeze(-1)
+            d_rows += (W * c.unsqueeze(-3)).sum(-2)
+            dc = W.mul_(rows.unsqueeze(-2)).sum(-3)
+            dG_cols -= c * dc
+            d_cols.append(dc)
+        return d_rows, rows * d_rows, dG_cols, None, *d_cols

@@ -44,21 +44,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._common import accumulation_dtype, chunk_gates, to_chunks
+from .._common import DecayedScores, accumulation_dtype, chunk_gates, to_chunks
 
 CHUNK = 16
 
 __all__ = ["CHUNK", "chunk_gates", "dplr_delta_rule_chunk", "output", "scores", "state_pass",
            "wy_prepare"]
-
-
-def _pair_decay(G_rows: torch.Tensor, G_cols: torch.Tensor, strict: bool) -> torch.Tensor:
-    """``exp(G_rows_i - G_cols_j)`` ``[..., C(i), C(j), K]`` on and below the diagonal (strictly
-    below when ``strict``), 0 elsewhere: masked to -inf before the exp."""
-    C = G_rows.shape[-2]
-    above = torch.ones(C, C, dtype=torch.bool, device=G_rows.device).triu(1 if not strict else 0)
-    E = G_rows.unsqueeze(-2) - G_cols.unsqueeze(-3)
-    return E.masked_fill(above.unsqueeze(-1), float("-inf")).exp()
 
 
 def _exclusive(G: torch.Tensor) -> torch.Tensor:
@@ -74,9 +65,7 @@ def wy_prepare(
     R ``[B, H, N, C, V]``: one unitriangular solve ``(I - L) [P R] = [b * exp G_{-1}, M v]``."""
     K = k.shape[-1]
     Gx = _exclusive(G)
-    Es = _pair_decay(Gx, G, strict=True)  # exp(G_{j-1} - G_l), l < j
-    L = torch.einsum("...jd,...ld,...jld->...jl", b, a, Es)
-    M = torch.einsum("...jd,...ld,...jld->...jl", b, k, Es)
+    L, M = DecayedScores.apply(b, Gx, G, True, a, k).unbind(0)  # exp(G_{j-1} - G_l), l < j
     eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
     rhs = torch.cat([b * Gx.exp(), M @ v], dim=-1)
     X = torch.linalg.solve_triangular(eye - L, rhs, upper=False, unitriangular=True)
@@ -112,9 +101,7 @@ def scores(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, G: torch.Tensor
     """Phase 4: the causal intra-chunk scores ``A_ij = sum_K q_i a_j exp(G_i - G_j)`` and
     ``Q_ij = sum_K q_i k_j exp(G_i - G_j)`` for i >= j (0 above the diagonal). q (scaled), k,
     a, G ``[B, H, N, C, K]`` -> A, Q ``[B, H, N, C, C]``."""
-    E = _pair_decay(G, G, strict=False)
-    qa = torch.einsum("...id,...jd,...ijd->...ij", q, a, E)
-    qk = torch.einsum("...id,...jd,...ijd->...ij", q, k, E)
+    qa, qk = DecayedScores.apply(q, G, G, False, a, k).unbind(0)
     return qa, qk
 
 

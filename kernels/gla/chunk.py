@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._common import accumulation_dtype, chunk_gates, to_chunks
+from .._common import accumulation_dtype, chunk_gates, pair_decay, to_chunks
 
 SCALAR_CHUNK = 64
 PER_KEY_CHUNK = 16
@@ -131,10 +131,7 @@ def gla_chunk(
 
 def _pair_decay(G: torch.Tensor) -> torch.Tensor:
     """G ``[..., C, K]`` -> ``exp(G_i - G_j)`` ``[..., C(i), C(j), K]`` for i >= j, 0 above."""
-    C = G.shape[-2]
-    upper = torch.ones(C, C, dtype=torch.bool, device=G.device).triu(1).unsqueeze(-1)  # (C, C, 1)
-    E = G.unsqueeze(-2) - G.unsqueeze(-3)  # (..., C, C, K)
-    return E.masked_fill_(upper, float("-inf")).exp_()
+    return pair_decay(G, G)
 
 
 class PerKeyDecayedScores(torch.autograd.Function):

@@ -351,3 +351,27 @@ def test_compiled_call_equals_eager():
         results.append([o, S] + [x.grad for x in leaves])
     for name, e, c in zip(("o", "S") + NAMES, *results):
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_decayed_scores_against_a_loop_and_gradcheck(strict):
+    """The shared chunk piece (kernels/_common.DecayedScores): each score written as a sum over
+    keys with its own decay exp(Gr_i - Gc_j), for i >= j (i > j when strict); float64 gradcheck."""
+    from postformer.kernels._common import DecayedScores
+
+    gen = torch.Generator().manual_seed(3)
+    C, K = 5, 3
+    rows, a, k = (torch.randn(2, C, K, generator=gen, dtype=torch.float64) for _ in range(3))
+    G_cols = -torch.rand(2, C, K, generator=gen, dtype=torch.float64).cumsum(-2) * 4
+    G_rows = G_cols - torch.rand(2, C, K, generator=gen, dtype=torch.float64)
+    S = DecayedScores.apply(rows, G_rows, G_cols, strict, a, k)
+    for c_idx, c in enumerate((a, k)):
+        for n in range(2):
+            for i in range(C):
+                for j in range(C):
+                    inside = i > j if strict else i >= j
+                    want = float((rows[n, i] * c[n, j] * (G_rows[n, i] - G_cols[n, j]).exp()).sum()) if inside else 0.0
+                    assert abs(float(S[c_idx, n, i, j]) - want) < 1e-12
+    leaves = [x.clone().requires_grad_() for x in (rows, G_rows, G_cols, a, k)]
+    assert torch.autograd.gradcheck(lambda r, gr, gc, a_, k_: DecayedScores.apply(r, gr, gc, strict, a_, k_),
+                                    leaves)
