@@ -17,13 +17,12 @@ inputs, and gradients to q, k, v, beta, g and the initial state.
 from __future__ import annotations
 
 import importlib.util
-import pathlib
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_testing import rel_err
+from kernel_testing import fla_naive, rel_err
 
 from postformer.kernels import delta_rule
 from postformer.kernels.delta_rule import delta_rule_chunk
@@ -261,15 +260,7 @@ def test_bf16():
 def test_matches_fla_naive_when_installed():
     """A peer's loop (FLA's ``fla/ops/kda/naive.py``, argument order q, k, v, g, beta), loaded
     from its file (importing ``fla.ops`` takes seconds). Skips without the `peers` extra."""
-    spec = importlib.util.find_spec("fla")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("install the `peers` extra (fla-core)")
-    path = pathlib.Path(spec.submodule_search_locations[0]) / "ops" / "kda" / "naive.py"
-    if not path.exists():
-        pytest.skip(f"this fla has no {path.name} for kda")
-    mod_spec = importlib.util.spec_from_file_location("_fla_kda_naive", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    module = fla_naive("ops/kda/naive.py")
     q, k, v, beta, g, h0 = make(1, 50, 2, 16, 8)
     o_fla, S_fla = module.naive_recurrent_kda(q, k, v, g, beta, initial_state=h0.clone(), output_final_state=True)
     o, S = delta_rule(q, k, v, beta, g, initial_state=h0, output_final_state=True, impl="chunk")

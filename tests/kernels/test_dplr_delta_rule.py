@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_testing import rel_err
+from kernel_testing import fla_naive, rel_err
 
 from postformer.kernels import _library, dplr_delta_rule
 from postformer.kernels.dplr_delta_rule import dplr_delta_rule_chunk, dplr_delta_rule_reference
@@ -375,3 +375,16 @@ def test_decayed_scores_against_a_loop_and_gradcheck(strict):
     leaves = [x.clone().requires_grad_() for x in (rows, G_rows, G_cols, a, k)]
     assert torch.autograd.gradcheck(lambda r, gr, gc, a_, k_: DecayedScores.apply(r, gr, gc, strict, a_, k_),
                                     leaves)
+
+
+def test_matches_fla_naive_when_installed():
+    """A peer's loop (FLA's ``dplr_recurrence``: ``[B, H, T, D]`` layout, its ``alpha`` reads the
+    state and its ``beta`` writes, so it takes our b and a), on RWKV-7-like inputs with a state.
+    Skips without the `peers` extra."""
+    module = fla_naive("ops/generalized_delta_rule/dplr/naive.py")
+    q, k, v, a, b, g, h0 = make(1, 40, 2, 16, 8)
+    heads_first = [x.transpose(1, 2) for x in (q, k, v, b, a, g)]
+    o_fla, S_fla = module.dplr_recurrence(*heads_first, initial_state=h0.clone(), output_final_state=True)
+    for impl in ("reference", "chunk"):
+        o, S = dplr_delta_rule(q, k, v, a, b, g, initial_state=h0, output_final_state=True, impl=impl)
+        assert rel_err(o, o_fla.transpose(1, 2)) < 1e-5 and rel_err(S, S_fla) < 1e-5
