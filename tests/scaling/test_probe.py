@@ -218,7 +218,7 @@ def test_cli_plan_and_errors(tmp_path, capsys):
     assert "tasks.nope" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "mad.yaml", "mqar.yaml", "mqar-cpu.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "mad.yaml", "mad-2025.yaml", "mqar.yaml", "mqar-cpu.yaml"])
 def test_configs_validate(name):
     probe = load_probe(REPO / "configs" / "probe" / name)
     cells = plan_probe(probe)
@@ -227,6 +227,15 @@ def test_configs_validate(name):
         assert set(probe.tasks) == set(MAD_TASKS)
         assert probe.widths == [128]
         assert len(probe.archs) == 10
+    if name == "mad-2025.yaml":  # the same protocol on the 2025-2026 mixers, attention as baseline
+        mad = load_probe(REPO / "configs" / "probe" / "mad.yaml")
+        same = ("tasks", "widths", "n_layers", "head_dim", "d_state", "lrs", "seeds", "model", "data", "trainer")
+        assert all(getattr(probe, key) == getattr(mad, key) for key in same)
+        assert [(c.name, c.config, c.epochs) for c in cells if c.arch == "attention"] == [
+            (c.name, c.config, c.epochs) for c in plan_probe(mad) if c.arch == "attention"]
+        assert probe.archs["attention"] == mad.archs["attention"]
+        assert {a["pattern"][0] for a in probe.archs.values()} == {
+            "attn", "gated_attn", "kda", "mlstm", "deltaproduct", "mamba3", "rwkv7"}
     if name == "mqar.yaml":
         assert {c.setting for c in cells} == {
             "seq_len=64,num_kv_pairs=4", "seq_len=128,num_kv_pairs=8",
