@@ -115,11 +115,11 @@ def not_matmul_flops(cfg: ModelConfig, T: int) -> float:
             V = int(o.expand_v * K)
             C = min(16, T)
             per_chunk = 2 * C * C * K + C * C * (K + V) / 2 + K * V
-        elif name == "rwkv7":  # dplr, chunks of 16: the solve and the state step (its decayed
-            # pairwise products are einsums, which run as batched matmuls)
+        elif name == "rwkv7":  # dplr, chunks of 16: the four decayed pairwise products
+            # (kernels/_common.DecayedScores, elementwise), the solve, the state step
             H, K = cfg.d_model // o.head_dim, o.head_dim
             V, C = K, min(16, T)
-            per_chunk = C * C * (K + V) / 2 + K * V
+            per_chunk = 4 * C * C * K + C * C * (K + V) / 2 + K * V
         elif name in ("deltanet", "gdn", "deltaproduct"):
             H, K = o.n_heads, o.head_dim
             V = int(o.expand_v * K)
