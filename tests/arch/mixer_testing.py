@@ -134,6 +134,21 @@ def not_matmul_flops(cfg: ModelConfig, T: int) -> float:
     return total
 
 
+def step_by_step(mixer, x: torch.Tensor, split: int) -> torch.Tensor:
+    """Prefill x[:, :split] (skipped when split == 0), then one step per remaining token."""
+    cache = mixer.new_cache(x.shape[0], dtype=x.dtype)
+    outs = [mixer(x[:, :split], cache)] if split > 0 else []
+    outs += [mixer(x[:, t : t + 1], cache) for t in range(split, x.shape[1])]
+    return torch.cat(outs, dim=1)
+
+
+def assert_every_parameter_has_gradient(module: torch.nn.Module) -> None:
+    """After a backward: every parameter of ``module`` got a gradient, finite and not all zero
+    (the message names the parameter)."""
+    for name, p in module.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
 def assert_cached_equals_full(model, vocab: int, seed: int = 2) -> torch.Tensor:
     """A model's logits over 17 tokens in one call equal a 6-token prefill then 11 single-token
     steps through its cache; returns the tokens (``[2, 17]``)."""

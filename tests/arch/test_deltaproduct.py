@@ -11,7 +11,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_testing import D_MODEL, F64, assert_cached_equals_full, conv_naive, inputs, make, rmsnorm
+from mixer_testing import (
+    D_MODEL,
+    F64,
+    assert_cached_equals_full,
+    assert_every_parameter_has_gradient,
+    conv_naive,
+    inputs,
+    make,
+    rmsnorm,
+)
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
 from postformer.arch.deltaproduct import GatedDeltaProduct
@@ -131,8 +140,7 @@ def test_model_generation_cached_equals_full():
 def test_gradients_reach_every_parameter(opts):
     m = build(opts)
     m(inputs(T=40)).pow(2).sum().backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0 and torch.isfinite(p.grad).all(), name
+    assert_every_parameter_has_gradient(m)
 
 
 @pytest.mark.parametrize("opts", CASES, ids=str)

@@ -9,7 +9,15 @@ import math
 
 import pytest
 import torch
-from mixer_testing import D_MODEL, F64, assert_cached_equals_full, conv_naive, inputs, make
+from mixer_testing import (
+    D_MODEL,
+    F64,
+    assert_cached_equals_full,
+    assert_every_parameter_has_gradient,
+    conv_naive,
+    inputs,
+    make,
+)
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
 from postformer.arch.gated_attn import GatedAttention
@@ -116,8 +124,7 @@ def test_model_generation_cached_equals_full(gate):
 def test_gradients_reach_every_parameter(opts):
     m = make("gated_attn", opts)
     m(inputs(T=9)).pow(2).sum().backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0 and torch.isfinite(p.grad).all(), name
+    assert_every_parameter_has_gradient(m)
 
 
 @pytest.mark.parametrize(("opts", "extra"), [({"n_heads": 4}, 4 * 8), ({"n_heads": 4, "gate": "headwise"}, 4),

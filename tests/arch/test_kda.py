@@ -16,10 +16,12 @@ from mixer_testing import (
     CONTRACT_D_MODEL,
     D_MODEL,
     assert_cached_equals_full,
+    assert_every_parameter_has_gradient,
     inputs,
     make,
     make_mixer,
     rmsnorm,
+    step_by_step,
 )
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
@@ -108,14 +110,6 @@ CASES = [{"n_heads": 2, "head_dim": 16}, {}, {"n_heads": 4, "head_dim": 8, "conv
 IDS = ["h2", "default", "no-conv"]
 
 
-def step_by_step(mixer, x: torch.Tensor, split: int) -> torch.Tensor:
-    """Prefill x[:, :split] (skipped when split == 0), then one step per remaining token."""
-    cache = mixer.new_cache(x.shape[0], dtype=x.dtype)
-    outs = [mixer(x[:, :split], cache)] if split > 0 else []
-    outs += [mixer(x[:, t : t + 1], cache) for t in range(split, x.shape[1])]
-    return torch.cat(outs, dim=1)
-
-
 @pytest.mark.parametrize("opts", CASES, ids=IDS)
 def test_step_equals_parallel(opts):
     mixer = make_mixer("kda", opts)
@@ -161,9 +155,7 @@ def test_gradients_reach_every_parameter():
     x = torch.randn(2, 19, CONTRACT_D_MODEL, requires_grad=True)
     (mixer(x) * torch.randn(2, 19, CONTRACT_D_MODEL)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
-    for name, p in mixer.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert_every_parameter_has_gradient(mixer)
 
 
 def test_language_model_cached_decoding_and_gradients():
@@ -175,8 +167,7 @@ def test_language_model_cached_decoding_and_gradients():
     model.train()
     loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
     loss.backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert_every_parameter_has_gradient(model)
 
 
 def test_bf16_runs_close_to_float32():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from mixer_testing import CONTRACT_D_MODEL as D_MODEL
-from mixer_testing import make_mixer
+from mixer_testing import make_mixer, step_by_step
 
 # (mixer name, options): small but non-trivial shapes, GQA and several B/C groups included.
 CASES = [
@@ -35,14 +35,6 @@ CASES = [
     ("rwkv7", {}),
 ]
 IDS = [f"{name}-{'-'.join(f'{k}{v}' for k, v in opts.items()) or 'default'}" for name, opts in CASES]
-
-
-def step_by_step(mixer, x: torch.Tensor, split: int) -> torch.Tensor:
-    """Prefill x[:, :split] (skipped when split == 0), then one step per remaining token."""
-    cache = mixer.new_cache(x.shape[0], dtype=x.dtype)
-    outs = [mixer(x[:, :split], cache)] if split > 0 else []
-    outs += [mixer(x[:, t : t + 1], cache) for t in range(split, x.shape[1])]
-    return torch.cat(outs, dim=1)
 
 
 @pytest.mark.parametrize(("name", "opts"), CASES, ids=IDS)

@@ -11,7 +11,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mixer_testing import D_MODEL, F64, assert_cached_equals_full, inputs, make, rmsnorm
+from mixer_testing import (
+    D_MODEL,
+    F64,
+    assert_cached_equals_full,
+    assert_every_parameter_has_gradient,
+    inputs,
+    make,
+    rmsnorm,
+)
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
 from postformer.arch.mlstm import MLSTM
@@ -152,8 +160,7 @@ def test_model_generation_cached_equals_full():
 def test_gradients_reach_every_parameter(opts):
     m = randomize_gates(make("mlstm", opts))
     m(inputs(T=70)).pow(2).sum().backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0 and torch.isfinite(p.grad).all(), name
+    assert_every_parameter_has_gradient(m)
 
 
 def test_xlstm_7b_init_survives_the_model_init():

@@ -13,7 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mixer_testing import CONTRACT_D_MODEL as D_MODEL
-from mixer_testing import assert_cached_equals_full, make_mixer
+from mixer_testing import (
+    assert_cached_equals_full,
+    assert_every_parameter_has_gradient,
+    make_mixer,
+    step_by_step,
+)
 
 from postformer.arch import LanguageModel, ModelConfig
 from postformer.arch.layers import RWKV7ChannelMix
@@ -94,10 +99,7 @@ def test_step_equals_parallel_float32():
     with torch.no_grad():
         y = m(x)
         for split in (0, 1, 8):
-            cache = m.new_cache(2)
-            outs = [m(x[:, :split], cache)] if split else []
-            outs += [m(x[:, t : t + 1], cache) for t in range(split, 21)]
-            torch.testing.assert_close(torch.cat(outs, dim=1), y, atol=1e-5, rtol=1e-4, msg=f"split={split}")
+            torch.testing.assert_close(step_by_step(m, x, split), y, atol=1e-5, rtol=1e-4, msg=f"split={split}")
         alone = m(x[:, -1:], m.new_cache(2))
     assert not torch.allclose(alone, y[:, -1:], atol=1e-3)  # the cache carries the past
 
@@ -107,8 +109,7 @@ def test_gradients_reach_every_parameter():
     m.train()
     x = torch.randn(2, 19, D_MODEL, requires_grad=True)
     m(x).square().sum().backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert_every_parameter_has_gradient(m)
 
 
 def test_parameter_count_and_defaults():
