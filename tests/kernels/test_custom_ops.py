@@ -8,8 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from postformer.kernels import _library
-from postformer.kernels import causal_conv1d, delta_rule, gla, linear_scan, rms_norm, selective_scan
+from postformer.kernels import (
+    _library,
+    causal_conv1d,
+    delta_rule,
+    gla,
+    linear_scan,
+    rms_norm,
+    selective_scan,
+)
 
 B, T, H, K, V, D, N, W = 2, 11, 2, 8, 4, 6, 4, 4
 
