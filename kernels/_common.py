@@ -158,11 +158,12 @@ def check_states(
 
 
 def resolve_gated(impl: str, q: torch.Tensor, g: torch.Tensor | None, scale: float | None, *,
-                  has_triton: bool) -> tuple[str, torch.Tensor | None, float]:
-    """The dispatch of the attention-like families (gla, delta_rule): the implementation
-    (:func:`resolve_impl`), the gates floored (:func:`floor_gate`) on every path but the reference
-    loop (the chunked forms difference cumulative sums of g), and ``scale`` (None: ``K ** -0.5``)."""
-    impl = resolve_impl(impl, q, has_triton=has_triton)
+                  has_triton: bool, triton_ok: bool = True) -> tuple[str, torch.Tensor | None, float]:
+    """The dispatch of the attention-like families (gla, delta_rule, dplr_delta_rule): the
+    implementation (:func:`resolve_impl`, ``triton_ok`` passed on), the gates floored
+    (:func:`floor_gate`) on every path but the reference loop (the chunked forms difference
+    cumulative sums of g), and ``scale`` (None: ``K ** -0.5``)."""
+    impl = resolve_impl(impl, q, has_triton=has_triton, triton_ok=triton_ok)
     if impl != "reference":
         g = floor_gate(g)
     return impl, g, q.shape[-1] ** -0.5 if scale is None else scale

@@ -76,10 +76,9 @@ def delta_rule(
     check_states(initial_state, cu_seqlens, B, T, (H, K, V), "H, K, V")
     check_same_device(q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
     requested = impl
-    impl, g, scale = resolve_gated(impl, q, g, scale, has_triton=HAS_TRITON)
     per_key = g is not None and g.dim() == 4
-    if per_key and impl == "triton" and requested == "auto":
-        impl = "chunk"  # no per-key Triton kernels of our own yet (see _kda_via_dplr)
+    # per-key gates: no Triton kernels of our own yet, so auto keeps the chunk path (see _kda_via_dplr)
+    impl, g, scale = resolve_gated(impl, q, g, scale, has_triton=HAS_TRITON, triton_ok=not per_key)
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     if impl == "reference" or (T == 1 and cu_seqlens is None and requested != "triton"):
         fn = delta_rule_reference

@@ -6,9 +6,6 @@ the general form of Kimi Delta Attention).
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-
 import torch
 
 from .._common import (
@@ -26,12 +23,6 @@ from .chunk import dplr_delta_rule_chunk
 from .reference import dplr_delta_rule_reference
 
 __all__ = ["dplr_delta_rule", "dplr_delta_rule_chunk", "dplr_delta_rule_reference"]
-
-
-@functools.cache
-def _has_kernels() -> bool:
-    """The triton package is importable and this family has its kernel module (``triton.py``)."""
-    return HAS_TRITON and importlib.util.find_spec(f"{__name__}.triton") is not None
 
 
 def dplr_delta_rule(
@@ -81,11 +72,8 @@ def dplr_delta_rule(
     check_shape("g", g, (B, T, H, K), "[B, T, H, K] (one log decay per key channel)")
     check_states(initial_state, cu_seqlens, B, T, (H, K, V), "H, K, V")
     check_same_device(q=q, k=k, v=v, a=a, b=b, g=g, initial_state=initial_state)
-    if impl == "triton" and HAS_TRITON and not _has_kernels():
-        raise ValueError("impl='triton': dplr_delta_rule has no Triton kernels here "
-                         "(kernels/dplr_delta_rule/triton.py is missing); use 'chunk'")
     requested = impl
-    impl, g, scale = resolve_gated(impl, q, g, scale, has_triton=_has_kernels())
+    impl, g, scale = resolve_gated(impl, q, g, scale, has_triton=HAS_TRITON)
     # A single step (the decoding call) is cheapest as the recurrence itself: no chunk set-up.
     if impl == "reference" or (T == 1 and cu_seqlens is None and requested != "triton"):
         fn = dplr_delta_rule_reference
