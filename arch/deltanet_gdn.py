@@ -133,14 +133,15 @@ class _DeltaRuleMixer(Mixer):
         self.value_dim = self.n_heads * self.head_v_dim
         self.conv_size = options.conv_size
 
+        n = self._writes_per_token()  # keys, values and betas per token (DeltaProduct: n_h)
         self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, n * self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, n * self.value_dim, bias=False)
         if self.conv_size > 0:
             self.q_conv = ShortConv(self.key_dim, self.conv_size, activation="silu")
-            self.k_conv = ShortConv(self.key_dim, self.conv_size, activation="silu")
-            self.v_conv = ShortConv(self.value_dim, self.conv_size, activation="silu")
-        self.b_proj = nn.Linear(d_model, self.n_heads, bias=False)  # beta logits
+            self.k_conv = ShortConv(n * self.key_dim, self.conv_size, activation="silu")
+            self.v_conv = ShortConv(n * self.value_dim, self.conv_size, activation="silu")
+        self.b_proj = nn.Linear(d_model, n * self.n_heads, bias=False)  # beta logits
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)  # output gate
         self.o_norm = GatedRMSNorm(self.head_v_dim, eps=norm_eps, norm_before_gate=True)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
@@ -150,6 +151,10 @@ class _DeltaRuleMixer(Mixer):
         q, k, v = (None if c is None else c.new_state(batch_size, device, dtype) for c in convs)
         return DeltaNetCache(q, k, v, zero_state(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim,
                                                  device=device, dtype=dtype))
+
+    def _writes_per_token(self) -> int:
+        """Delta-rule writes (key, value, beta) per token: 1; Gated DeltaProduct's n_h."""
+        return 1
 
     def _decay(self, x: torch.Tensor) -> torch.Tensor | None:
         """Log-space decay ``g [B, T, H]`` (<= 0), or None for no decay (DeltaNet)."""

@@ -38,12 +38,10 @@ import dataclasses
 
 import torch
 from einops import rearrange
-from torch import nn
 
 from postformer.kernels import delta_rule
 
 from .deltanet_gdn import DeltaNetCache, GatedDeltaNet, l2_normalize
-from .layers import ShortConv
 from .mixer import carry_state, state_dtype
 
 
@@ -72,16 +70,14 @@ class GatedDeltaProduct(GatedDeltaNet):
         return super()._resolve(d_model, opts)
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
+        # n_h keys, values and betas per token: Gated DeltaNet's projections and convs, n_h times
+        # wider (the base class sizes them by _writes_per_token)
         super().__init__(d_model, options, norm_eps, **where)
-        n = self.n_householder = self.options.n_householder
+        self.n_householder = self.options.n_householder
         self.beta_scale = 2.0 if self.options.allow_neg_eigval else 1.0
-        # n_h keys, values and betas per token: Gated DeltaNet's projections and convs, n_h times wider
-        self.k_proj = nn.Linear(d_model, n * self.key_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, n * self.value_dim, bias=False)
-        self.b_proj = nn.Linear(d_model, n * self.n_heads, bias=False)
-        if self.conv_size > 0:
-            self.k_conv = ShortConv(n * self.key_dim, self.conv_size, activation="silu")
-            self.v_conv = ShortConv(n * self.value_dim, self.conv_size, activation="silu")
+
+    def _writes_per_token(self) -> int:
+        return self.options.n_householder
 
     def forward(self, x: torch.Tensor, cache: DeltaNetCache | None = None) -> torch.Tensor:
         """x: ``[B, T, d_model]`` -> ``[B, T, d_model]``; with a cache, x continues it."""
