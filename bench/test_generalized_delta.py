@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_util import run_fwd_bwd
 
 from postformer.kernels import delta_rule, dplr_delta_rule
 
@@ -31,16 +32,8 @@ def inputs():
     return tuple(x.requires_grad_() for x in (q, k, v, beta, g, s))
 
 
-def fwd_bwd(fn, *leaves):
-    for x in leaves:
-        x.grad = None
-    fn(*leaves).sum().backward()
-
-
 def _run(benchmark, group, impl, fn, rounds=5):
-    benchmark.group = f"{group} fwd+bwd T={T}"
-    benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(fwd_bwd, args=(fn, *inputs()), rounds=rounds, warmup_rounds=1)
+    run_fwd_bwd(benchmark, f"{group} fwd+bwd T={T}", impl, fn, inputs(), rounds=rounds)
 
 
 def kda(impl):
