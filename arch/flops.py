@@ -148,13 +148,6 @@ def _delta_rule_macs(T: int, C: int, K: int, V: int) -> float:
     return n_chunks * per_chunk / T
 
 
-def _delta_rule_per_key_macs(T: int, C: int, K: int, V: int) -> float:
-    """MACs per token per head of ``kernels.delta_rule``'s chunk form with per-key gates (KDA):
-    the scalar-gate terms of :func:`_delta_rule_macs` at the per-key chunk length, the two score
-    products ``q k^T`` and ``(beta k) k^T`` decayed per key (the same ``C^2 K`` MACs each)."""
-    return _delta_rule_macs(T, C, K, V)
-
-
 def _dplr_macs(T: int, C: int, K: int, V: int) -> float:
     """MACs per token per head of ``kernels.dplr_delta_rule``'s chunk form (see the docstring)."""
     C = max(1, min(C, T))
@@ -253,7 +246,9 @@ def _kda_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float
         # q, k, v, beta, low-rank forget gate (d -> r -> H K), low-rank output gate (d -> r -> H V), out
         "linear": 2 * d * key_dim + d * value_dim + d * H + r * (2 * d + key_dim + value_dim) + value_dim * d,
         "conv": (2 * key_dim + value_dim) * o.conv_size,
-        "recurrence": H * _delta_rule_per_key_macs(T, DELTA_RULE_PER_KEY_CHUNK, K, V),
+        # the scalar gate's terms at the per-key chunk; its two score products decayed per key
+        # are the same C^2 K MACs each
+        "recurrence": H * _delta_rule_macs(T, DELTA_RULE_PER_KEY_CHUNK, K, V),
     }
 
 
