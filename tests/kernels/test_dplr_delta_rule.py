@@ -61,8 +61,9 @@ def kda_form(q, k, v, beta, g, scale, h0):
 
 
 def make(B, T, H, K, V, dtype=torch.float32, seed=0, n_states=None, decay=2.0):
-    """RWKV-7-like inputs: ``kk`` unit keys, ``a = -kk``, ``b = kk * s`` with ``s`` in (0, 1)
-    per channel, so the transition ``Diag(exp g) - kk^T (kk s)`` is a contraction; log decays
+    """Inputs shaped like RWKV-7's with the low-rank pair the other way round (RWKV-7 writes
+    ``a = -(s kk)`` and reads ``b = kk``; here ``a = -kk``, ``b = kk * s``, ``s`` in (0, 1) per
+    channel): the transition ``Diag(exp g) - kk^T (kk s)`` is a contraction too; log decays
     ``logsigmoid(x + decay)``. Returns [q, k, v, a, b, g, h0] (h0 float32 or float64)."""
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(B, T, H, K, generator=gen)
