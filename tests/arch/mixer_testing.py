@@ -134,12 +134,18 @@ def not_matmul_flops(cfg: ModelConfig, T: int) -> float:
     return total
 
 
+def through_cache(mixer, x: torch.Tensor, ends) -> torch.Tensor:
+    """The mixer's output on x ``[B, T, D]`` fed through one cache in pieces ending at ``ends``
+    (increasing, the last ``T``): ``[5, 70, 71, 72]`` is a prefill of 5, a continuation of 65,
+    then two single steps."""
+    cache = mixer.new_cache(x.shape[0], dtype=x.dtype)
+    starts = [0, *ends[:-1]]
+    return torch.cat([mixer(x[:, a:b], cache) for a, b in zip(starts, ends)], dim=1)
+
+
 def step_by_step(mixer, x: torch.Tensor, split: int) -> torch.Tensor:
     """Prefill x[:, :split] (skipped when split == 0), then one step per remaining token."""
-    cache = mixer.new_cache(x.shape[0], dtype=x.dtype)
-    outs = [mixer(x[:, :split], cache)] if split > 0 else []
-    outs += [mixer(x[:, t : t + 1], cache) for t in range(split, x.shape[1])]
-    return torch.cat(outs, dim=1)
+    return through_cache(mixer, x, [split] * (split > 0) + list(range(split + 1, x.shape[1] + 1)))
 
 
 def assert_every_parameter_has_gradient(module: torch.nn.Module) -> None:

@@ -20,6 +20,7 @@ from mixer_testing import (
     inputs,
     make,
     rmsnorm,
+    through_cache,
 )
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
@@ -123,9 +124,8 @@ def test_step_equals_parallel(opts):
     x = inputs(T=40)
     with torch.no_grad():
         y = m(x)
-        cache = m.new_cache(2, dtype=F64)
-        parts = [m(x[:, :5], cache), m(x[:, 5:33], cache)] + [m(x[:, t : t + 1], cache) for t in range(33, 40)]
-        torch.testing.assert_close(torch.cat(parts, dim=1), y, atol=1e-10, rtol=1e-8)
+        parts = through_cache(m, x, [5, 33, *range(34, 41)])
+        torch.testing.assert_close(parts, y, atol=1e-10, rtol=1e-8)
         assert not torch.allclose(m(x[:, -1:], m.new_cache(2, dtype=F64)), y[:, -1:], atol=1e-3)
 
 

@@ -17,6 +17,7 @@ from mixer_testing import (
     conv_naive,
     inputs,
     make,
+    through_cache,
 )
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
@@ -106,9 +107,8 @@ def test_step_equals_parallel(opts):
     x = inputs(T=15)
     with torch.no_grad():
         y = m(x)
-        cache = m.new_cache(2, dtype=F64)
-        parts = [m(x[:, :4], cache), m(x[:, 4:9], cache)] + [m(x[:, t : t + 1], cache) for t in range(9, 15)]
-        torch.testing.assert_close(torch.cat(parts, dim=1), y, atol=1e-10, rtol=1e-10)
+        parts = through_cache(m, x, [4, 9, *range(10, 16)])
+        torch.testing.assert_close(parts, y, atol=1e-10, rtol=1e-10)
         assert not torch.allclose(m(x[:, -1:], m.new_cache(2, dtype=F64)), y[:, -1:], atol=1e-3)
 
 

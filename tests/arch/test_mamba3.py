@@ -11,7 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mixer_testing import CONTRACT_D_MODEL as D_MODEL
-from mixer_testing import assert_every_parameter_has_gradient, make_mixer, step_by_step
+from mixer_testing import (
+    assert_every_parameter_has_gradient,
+    make_mixer,
+    step_by_step,
+    through_cache,
+)
 
 from postformer.arch.mamba3 import Mamba3
 
@@ -99,9 +104,8 @@ def test_mamba3_matches_the_paper_recurrence(opts):
         truth = mamba3_naive(m, x)
         torch.testing.assert_close(m(x), truth, atol=1e-10, rtol=1e-8)
         # and through the cache: a prefill, single steps, a multi-token continuation
-        cache = m.new_cache(2, dtype=F64)
-        parts = [m(x[:, :9], cache)] + [m(x[:, t : t + 1], cache) for t in range(9, 13)] + [m(x[:, 13:], cache)]
-        torch.testing.assert_close(torch.cat(parts, dim=1), truth, atol=1e-10, rtol=1e-8)
+        parts = through_cache(m, x, [9, 10, 11, 12, 13, 37])
+        torch.testing.assert_close(parts, truth, atol=1e-10, rtol=1e-8)
 
 
 def test_the_oracle_tells_the_rotation_apart():

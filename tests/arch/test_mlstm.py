@@ -19,6 +19,7 @@ from mixer_testing import (
     inputs,
     make,
     rmsnorm,
+    through_cache,
 )
 
 from postformer.arch import MIXERS, LanguageModel, ModelConfig
@@ -141,9 +142,8 @@ def test_step_equals_parallel(opts):
     x = inputs(T=80)  # the one call crosses gla's 64-step chunks
     with torch.no_grad():
         y = m(x)
-        cache = m.new_cache(2, dtype=F64)
-        parts = [m(x[:, :5], cache), m(x[:, 5:70], cache)] + [m(x[:, t : t + 1], cache) for t in range(70, 80)]
-        torch.testing.assert_close(torch.cat(parts, dim=1), y, atol=1e-10, rtol=1e-10)
+        parts = through_cache(m, x, [5, 70, *range(71, 81)])
+        torch.testing.assert_close(parts, y, atol=1e-10, rtol=1e-10)
         assert not torch.allclose(m(x[:, -1:], m.new_cache(2, dtype=F64)), y[:, -1:], atol=1e-3)
 
 
