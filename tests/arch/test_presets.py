@@ -38,3 +38,22 @@ def test_model_configs_are_the_presets():
         data = yaml.safe_load((MODEL_DIR / f"{name}.yaml").read_text())
         assert data == PRESETS[arch][size], f"configs/model/{name}.yaml is stale: run scripts/write_model_configs.py"
         assert ModelConfig(**data) == ModelConfig.from_preset(arch, size)
+
+
+ALL = [(arch, size) for arch in PRESETS for size in PRESETS[arch]]
+
+
+@pytest.mark.parametrize(("arch", "size"), ALL, ids=[f"{a}-{s}" for a, s in ALL])
+def test_param_counts_equal_the_built_model(arch, size):
+    """``param_counts`` counts each distinct block once (``postformer list`` answers in about a
+    second); the whole model built on the meta device is the independent count. An untied
+    head and an odd vocabulary too, so the embedding terms are checked."""
+    import torch
+
+    from postformer.arch import LanguageModel
+
+    for cfg in (ModelConfig.from_preset(arch, size, vocab_size=50277),
+                ModelConfig.from_preset(arch, size, vocab_size=257, tie_embeddings=False)):
+        with torch.device("meta"):
+            model = LanguageModel(cfg)
+        assert param_counts(cfg) == (model.num_params(), model.num_params(include_embeddings=False))
