@@ -19,7 +19,7 @@ from .mamba3 import Mamba3
 from .mixer import Mixer
 from .mlstm import MLSTM
 from .model import Block, LanguageModel, ModelCache
-from .registry import MIXERS, get_mixer
+from .registry import MIXERS, get_mixer, width_options
 from .retnet import RetNet
 from .rglru import RGLRU
 from .rwkv7 import RWKV7
@@ -56,4 +56,5 @@ __all__ = [
     "attend",
     "attention_backend",
     "get_mixer",
+    "width_options",
 ]

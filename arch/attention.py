@@ -20,6 +20,7 @@ option existed (no conv parameters, same state_dict).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from .layers import Rotary, ShortConv
-from .mixer import Mixer, carry_state
+from .mixer import Mixer, carry_state, heads_of_at_least
 
 try:  # optional; never required
     from flash_attn import flash_attn_func as _flash_attn_func
@@ -167,6 +168,16 @@ class Attention(Mixer):
                 f"{n_heads}) must be even for RoPE"
             )
         return dataclasses.replace(opts, n_heads=n_heads, n_kv_heads=n_kv)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """Heads of ``head_dim`` channels: the most heads whose head dim is at least ``head_dim``,
+        divides ``d_model`` and is even (RoPE rotates channel pairs), i.e. the smallest such
+        head dim; one head of all ``d_model`` channels when none is (``d_model < head_dim``;
+        an odd ``d_model`` has no even head dim and ``_resolve`` rejects it). ``n_kv_heads``
+        stays ``n_heads`` (no GQA); ``d_state`` does not apply. Sliding-window and gated
+        attention inherit this rule."""
+        return {"n_heads": heads_of_at_least(d_model, head_dim, even=True)}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers

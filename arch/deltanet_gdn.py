@@ -40,7 +40,7 @@ the model's Linear init and free of weight decay.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -195,6 +195,18 @@ class DeltaNet(_DeltaRuleMixer):
     class Options(_DeltaRuleMixer.Options):
         pass
 
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """Key heads of at least 32 channels: ``n_heads = d_model // 32`` (at least 1) and
+        ``head_dim = d_model // n_heads``, so each head holds 32 to 63 key (and as many value)
+        channels, or one head of all ``d_model`` channels below 32. The key dim is then
+        ``n_heads * head_dim``, ``d_model`` less a remainder under ``n_heads`` channels where the
+        heads do not divide it (the delta rule needs no divisibility). The default, heads of
+        about 128 channels, would leave widths under 192 one head. The ladder's ``head_dim``
+        and ``d_state`` do not apply."""
+        n_heads = max(1, d_model // 32)
+        return {"n_heads": n_heads, "head_dim": d_model // n_heads}
+
 
 class GatedDeltaNet(_DeltaRuleMixer):
     """Gated DeltaNet (delta rule + Mamba-2 decay): ``[B, T, d_model] -> [B, T, d_model]``.
@@ -220,6 +232,19 @@ class GatedDeltaNet(_DeltaRuleMixer):
         opts = super()._resolve(d_model, opts)
         opts.check_decay_rate(cls.name)
         return opts
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """Key heads of at least 32 channels over the default key dim ``K = round(0.75 *
+        d_model)``: ``n_heads = K // 32`` (at least 1) and ``head_dim = K // n_heads``, so each
+        head holds 32 to 63 key channels (values twice as many, the default expand_v 2), or one
+        head of all K channels when K is under 32. The key dim is then ``n_heads * head_dim``,
+        K less a remainder under ``n_heads`` channels. The default, heads of about 256 key
+        channels, would leave widths under 512 one head. The ladder's ``head_dim`` and
+        ``d_state`` do not apply. DeltaProduct inherits this rule."""
+        key_dim = round(cls._key_ratio * d_model)
+        n_heads = max(1, key_dim // 32)
+        return {"n_heads": n_heads, "head_dim": max(1, key_dim // n_heads)}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)

@@ -46,7 +46,9 @@ from .mixer import carry_state, state_dtype
 
 
 class GatedDeltaProduct(GatedDeltaNet):
-    """Gated DeltaProduct: ``[B, T, d_model] -> [B, T, d_model]``. Has an MLP by default."""
+    """Gated DeltaProduct: ``[B, T, d_model] -> [B, T, d_model]``. Has an MLP by default. Its
+    width rule is Gated DeltaNet's (``width_options`` inherited: key heads of at least 32
+    channels over ``0.75 * d_model``; ``n_householder`` does not follow the width)."""
 
     name = "deltaproduct"
     has_mlp = True

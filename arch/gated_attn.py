@@ -38,7 +38,8 @@ GATES = ("elementwise", "headwise")
 
 class GatedAttention(Attention):
     """Causal self-attention with an output gate: ``[B, T, d_model] -> [B, T, d_model]``. Has an
-    MLP by default; the KV cache of ``attn`` (``new_cache`` inherited)."""
+    MLP by default; the KV cache of ``attn`` (``new_cache`` inherited) and its width rule
+    (``width_options`` inherited: heads of ``head_dim`` channels; the gate follows the heads)."""
 
     name = "gated_attn"
     has_mlp = True

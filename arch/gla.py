@@ -14,6 +14,7 @@ head and gated: ``out_proj(rmsnorm(o) * silu(W_g x))``.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,15 @@ from torch import nn
 from postformer.kernels import gla
 
 from .layers import GatedRMSNorm
-from .mixer import HeadOptions, Mixer, carry_state, expanded_dims, state_dtype, zero_state
+from .mixer import (
+    HeadOptions,
+    Mixer,
+    carry_state,
+    expanded_dims,
+    heads_of_at_least,
+    state_dtype,
+    zero_state,
+)
 
 
 @dataclasses.dataclass
@@ -57,6 +66,19 @@ class GLA(Mixer):
                 f"mixer 'gla': gate_low_rank_dim must be >= 1 and gate_logit_normalizer > 0, got {opts}"
             )
         return dataclasses.replace(opts, n_heads=n_heads)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """Key heads of at least 32 channels: over the key dim ``d_model / 2`` (the default
+        expand_k 0.5) and the value dim ``d_model``, the most heads that divide both and keep at
+        least 32 key channels each, or one head when the key dim is under 32. (GLA's own
+        default, at most 4 heads, would give 2 to 128 key channels per head over a 16-1024
+        ladder.) The floor is a fixed 32 key channels, the rows of each head's state, not the
+        ladder's ``head_dim``; ``head_dim`` and ``d_state`` do not apply."""
+        key_dim, value_dim = d_model // 2, d_model
+        if key_dim < 32:
+            return {"n_heads": 1}
+        return {"n_heads": heads_of_at_least(key_dim, 32, divides=value_dim)}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers

@@ -33,6 +33,7 @@ Deviations, deliberately:
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,16 @@ class HGRN2(Mixer):
                 f"(heads = d_model / expand_ratio)"
             )
         return dataclasses.replace(opts, expand_ratio=expand_ratio)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """No options (``{}``): the defaults already follow the width. The state expansion
+        ``expand_ratio`` E (key and value channels per head; each head's state is ``E x E``)
+        defaults to the largest divisor of ``d_model`` up to 128 (the paper's 128 where it divides),
+        so heads ``= d_model / E`` grow with the width and one head holds all channels up to width
+        128. The ladder's ``head_dim`` and ``d_state`` do not apply; an explicit value here would
+        change the configs existing runs were made with."""
+        return {}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers

@@ -43,6 +43,7 @@ by the gate's granularity, not its starting point. Both are free of weight decay
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,7 @@ from torch import nn
 
 from .deltanet_gdn import _DeltaRuleMixer
 from .layers import RMSNorm, init_dt_bias
-from .mixer import DecayRateOptions, state_dtype
+from .mixer import DecayRateOptions, heads_of_at_least, state_dtype
 
 
 class SigmoidGatedRMSNorm(RMSNorm):
@@ -97,6 +98,17 @@ class KimiDeltaAttention(_DeltaRuleMixer):
         elif rank < 1:
             raise ValueError(f"mixer {cls.name!r}: gate_low_rank_dim must be >= 1 or None, got {rank}")
         return dataclasses.replace(opts, gate_low_rank_dim=rank)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """Heads of about the ladder's ``head_dim`` channels over the key dim ``d_model``: the
+        most heads of at least ``head_dim`` key channels that divide ``d_model``, i.e. the
+        smallest divisor of ``d_model`` that is at least ``head_dim`` as the head dim (one head
+        of all ``d_model`` channels when it is narrower), so the key dim stays exactly
+        ``d_model``. The gates' low rank (None: the value channels per head) follows the head
+        dim. ``d_state`` does not apply."""
+        n_heads = heads_of_at_least(d_model, head_dim)
+        return {"n_heads": n_heads, "head_dim": d_model // n_heads}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)

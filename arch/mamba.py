@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,16 @@ class Mamba(Mixer):
         if opts.dt_scale <= 0:
             raise ValueError(f"mixer 'mamba': dt_scale must be > 0, got {opts.dt_scale}")
         return dataclasses.replace(opts, dt_rank=dt_rank)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """No options (``{}``): the defaults already follow the width. Mamba-1 has no heads: its SSM
+        runs per channel over ``d_inner = 2 * d_model`` (the default expand 2) with ``d_state`` 16
+        states per channel (the paper's), the same at every width; the ladder's ``d_state`` sizes
+        Mamba-2 and Mamba-3's per-head states and is ignored here, as is ``head_dim``. The dt
+        projection's rank ``dt_rank`` defaults to ``ceil(d_model / 16)``. An explicit value here
+        would change the configs existing runs were made with."""
+        return {}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers

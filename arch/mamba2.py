@@ -20,6 +20,7 @@ straight to the SiLU): a control for measuring what the short conv contributes.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from torch import nn
 from postformer.kernels import gla
 
 from .layers import GatedRMSNorm, ShortConv, init_dt_bias
-from .mixer import DecayRateOptions, Mixer, carry_state, state_dtype, zero_state
+from .mixer import DecayRateOptions, Mixer, carry_state, heads_of_at_least, state_dtype, zero_state
 
 
 @dataclasses.dataclass
@@ -91,6 +92,21 @@ class Mamba2(Mixer):
                 f"divisible by ngroups {opts.ngroups}"
             )
         return dataclasses.replace(opts, head_dim=head_dim)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """Heads of ``head_dim`` channels over ``d_inner = 2 * d_model`` (the default expand 2):
+        ``head_dim`` P is the smallest divisor of ``d_inner`` that is at least the ladder's
+        ``head_dim`` (the most heads of at least that many channels; P must divide ``d_inner``),
+        or all of ``d_inner`` in one head when it is narrower. The state size N is the ladder's
+        ``d_state`` when one is given (None or 0 keep the default 128), the same at every
+        width: it is the SSM's memory per head, a knob of its own rather than a share of the
+        width. Mamba-3 uses the same rule."""
+        d_inner = 2 * d_model
+        opts: dict[str, Any] = {"head_dim": d_inner // heads_of_at_least(d_inner, head_dim)}
+        if d_state:
+            opts["d_state"] = int(d_state)
+        return opts
 
     @staticmethod
     def dims(d_model: int, opts: Options) -> tuple[int, int]:

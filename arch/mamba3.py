@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,7 @@ from torch import nn
 from postformer.kernels import gla
 
 from .layers import GatedRMSNorm, RMSNorm, init_dt_bias, rotate_pairs
+from .mamba2 import Mamba2
 from .mixer import Mixer, StepSizeOptions, carry_state, state_dtype, zero_state
 
 
@@ -122,6 +124,15 @@ class Mamba3(Mixer):
                 f"is not divisible by ngroups {opts.ngroups}"
             )
         return dataclasses.replace(opts, head_dim=head_dim)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """Mamba-2's rule (its ``expand``, ``head_dim`` and ``d_state`` mean the same here): heads
+        of P channels over ``d_inner = 2 * d_model``, P the smallest divisor of ``d_inner`` that
+        is at least the ladder's ``head_dim`` (one head when ``d_inner`` is narrower), and the
+        ladder's ``d_state`` when given (None or 0 keep the default 128), so the rotary share
+        ``rope_fraction`` of the state follows it."""
+        return Mamba2.width_options(d_model, head_dim=head_dim, d_state=d_state)
 
     @staticmethod
     def dims(d_model: int, opts: Options) -> tuple[int, int, int]:

@@ -101,6 +101,29 @@ class Mixer(nn.Module):
         """Fill derived defaults and validate; return the completed options."""
         return opts
 
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """This mixer's width rule: the options that keep its heads, head dims and state size
+        sensible at width ``d_model`` on a size ladder. A ladder trains each mixer at many
+        widths (``scaling``); the rule says how the head count, the channels per head and the
+        state follow the width there, so that a mixer's shape is comparable from rung to rung
+        instead of resting on defaults chosen for one width.
+
+        Args:
+            d_model: the model width at this rung of the ladder.
+            head_dim: the ladder's target channels per head (an int >= 1; studies use >= 16);
+                each mixer says what it means for its own heads.
+            d_state: the ladder's state size for the mixers that have one per head (Mamba-2,
+                Mamba-3); None keeps the mixer's default.
+
+        Returns:
+            A plain dict of this mixer's ``Options`` fields, given to ``resolve_options`` as
+            they are (a ladder's own ``mixers`` options are merged over them); ``{}`` when the
+            mixer's own defaults already follow the width. Subclasses state their rule here;
+            ``arch.registry.width_options`` collects them for every registered mixer.
+        """
+        return {}
+
     def new_cache(
         self,
         batch_size: int,
@@ -121,6 +144,19 @@ class Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
         raise NotImplementedError
+
+
+def heads_of_at_least(channels: int, per_head: int, *, even: bool = False, divides: int | None = None) -> int:
+    """The most heads of at least ``per_head`` channels each that divide ``channels`` evenly (and
+    divide ``divides`` too, when given), with an even number of channels per head when ``even``;
+    1 when no count qualifies (``channels < per_head``, or no divisor fits)."""
+    for heads in range(max(1, channels // per_head), 0, -1):
+        if channels % heads or (divides is not None and divides % heads):
+            continue
+        if even and (channels // heads) % 2:
+            continue
+        return heads
+    return 1
 
 
 @dataclasses.dataclass

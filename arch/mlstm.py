@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +118,16 @@ class MLSTM(Mixer):
 
         _, _, n_heads = opts.resolve_heads(cls.name, d_model, candidates)
         return dataclasses.replace(opts, n_heads=n_heads)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """No options (``{}``): the defaults already follow the width. Over the key dim
+        ``d_model / 2`` (expand_k 0.5, as xLSTM 7B) and value dim ``d_model``, heads are the
+        fewest of at most 128 value channels that divide both dims (one head up to width 128;
+        128 value channels per head keeps within the Triton gla kernels' ``V + 1 <= 256``). The
+        ladder's ``head_dim`` and ``d_state`` do not apply; an explicit value here would change
+        the configs existing runs were made with."""
+        return {}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .attention import Attention
 from .deltanet_gdn import DeltaNet, GatedDeltaNet
 from .deltaproduct import GatedDeltaProduct
@@ -35,3 +37,12 @@ def get_mixer(name: str) -> type[Mixer]:
         return MIXERS[name]
     except KeyError:
         raise ValueError(f"unknown mixer {name!r}; known mixers: {sorted(MIXERS)}") from None
+
+
+def width_options(d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, dict[str, Any]]:
+    """``{mixer name: options}`` that keep every registered mixer's heads, head dims and state
+    size sensible at width ``d_model`` on a size ladder, in ``MIXERS`` order: each mixer's own
+    rule (``Mixer.width_options``, which says what ``head_dim`` and ``d_state`` mean for it),
+    leaving out the mixers whose defaults already follow the width (an empty rule)."""
+    rules = {name: cls.width_options(d_model, head_dim=head_dim, d_state=d_state) for name, cls in MIXERS.items()}
+    return {name: opts for name, opts in rules.items() if opts}

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -78,6 +79,17 @@ class RetNet(Mixer):
         if opts.rope_base <= 1:
             raise ValueError(f"mixer 'retnet': rope_base must be > 1, got {opts.rope_base}")
         return dataclasses.replace(opts, n_heads=n_heads)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """No options (``{}``): the defaults already follow the width. Over the key dim ``d_model``
+        (expand_k 1) and value dim ``2 * d_model`` (expand_v 2), heads are ``key dim // 256`` (at
+        least 1; the paper's heads of 256 key channels), lowered until they divide both dims into
+        even key widths (RoPE): one head below width 512, heads of at least 256 key channels above.
+        The decays ``gamma_h`` are per head, so the head count fixes the time scales. The ladder's
+        ``head_dim`` and ``d_state`` do not apply; an explicit value here would change the configs
+        existing runs were made with."""
+        return {}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers

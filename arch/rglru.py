@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +132,16 @@ class RGLRU(Mixer):
                 f"{opts.a_init_min}, a_init_max {opts.a_init_max}"
             )
         return dataclasses.replace(opts, d_rnn=d_rnn, n_heads=n_heads)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """No options (``{}``): the defaults already follow the width. The recurrent branch is
+        ``d_rnn = 4/3 * d_model`` rounded up to a multiple of 16 (Griffin's), and its gates are
+        block-diagonal in ``n_heads`` blocks, the fewest of at most 256 channels that divide
+        ``d_rnn`` (one block up to ``d_rnn`` 256). The recurrence is per channel (no per-head
+        state), so the ladder's ``head_dim`` and ``d_state`` do not apply; an explicit value here
+        would change the configs existing runs were made with."""
+        return {}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,7 @@ from postformer.kernels import dplr_delta_rule
 
 from .deltanet_gdn import l2_normalize
 from .layers import mix_init, token_shift
-from .mixer import Mixer, carry_state, state_dtype, zero_state
+from .mixer import Mixer, carry_state, heads_of_at_least, state_dtype, zero_state
 
 #: the branches of the token shift, in the order of ``RWKV7.token_mix``'s rows, with RWKV-LM's
 #: init power of each (``mu = 1 - (i / d) ** (power * (1 - l / L))``)
@@ -136,6 +137,15 @@ class RWKV7(Mixer):
             if getattr(opts, key) is not None and getattr(opts, key) < 1:
                 raise ValueError(f"mixer 'rwkv7': {key} must be >= 1 or None, got {getattr(opts, key)}")
         return dataclasses.replace(opts, head_dim=head_dim, **ranks)
+
+    @classmethod
+    def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
+        """Heads of about the ladder's ``head_dim`` channels, as Kimi Delta Attention's: the head
+        dim N (key = value channels per head, so the state is ``N x N``) is the smallest divisor
+        of ``d_model`` that is at least ``head_dim``, or all of ``d_model`` in one head when it
+        is narrower; the default 64 would not divide every width. The decay and in-context
+        learning rate LoRAs' default rank scales with N. ``d_state`` does not apply."""
+        return {"head_dim": d_model // heads_of_at_least(d_model, head_dim)}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers

@@ -132,7 +132,9 @@ class SWACache:
 
 
 class SlidingWindowAttention(Attention):
-    """Local causal self-attention: ``[B, T, d_model] -> [B, T, d_model]``. Has an MLP by default."""
+    """Local causal self-attention: ``[B, T, d_model] -> [B, T, d_model]``. Has an MLP by default.
+    Its width rule is attention's (``width_options`` inherited: heads of ``head_dim`` channels;
+    the window does not follow the width)."""
 
     name = "swa"
     has_mlp = True
