@@ -18,7 +18,8 @@ Additions to plain LightningCLI:
 - ``--model.preset ARCH/SIZE``: a named shape from ``arch.config.PRESETS``, from any folder
   (``PresetAction``: every ``model.config`` field but ``vocab_size``, where it stands on the
   command line; ``model: {preset: ...}`` in a config file, under that file's own
-  ``model.config`` keys). ``postformer list presets`` lists them.
+  ``model.config`` keys, expanded by ``load_config_text`` as the file is read).
+  ``postformer list presets`` lists them.
 - ``--help-short``: the project's own options (model, model.config, data, checkpoint, a few
   run options), one line each; ``--help`` stays Lightning's full help.
 - ``checkpoint.*``: the ``RunCheckpoint`` options (save_last on, no top-k files).
@@ -55,6 +56,8 @@ Additions to plain LightningCLI:
 from __future__ import annotations
 
 import argparse
+import copy
+import inspect
 import re
 import signal
 import sys
@@ -66,10 +69,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning as L
-from jsonargparse import ActionYesNo, Namespace
+import yaml
+from jsonargparse import ActionYesNo, Namespace, get_loader, set_loader
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from postformer.arch import ModelConfig
 
 from .callbacks import InterruptWatch, NonFiniteGuard, RunCheckpoint, saved_step
 from .data import TextDataModule
@@ -100,26 +106,50 @@ def one_line(message: str) -> str:
     keys, text = [], []
     for line in message.splitlines():
         line = line.strip().removeprefix("- ")
-        key = re.fullmatch(r'Parser key "([^"]+)":', line)
-        if key:
+        while key := re.match(r'Parser key "([^"]+)":\s*', line):  # one or more, then text
             keys.append(key.group(1))
-        elif line and not line.startswith(_NOISE) and "Does not validate against any" not in line:
+            line = line[key.end():]
+        if line and not line.startswith(_NOISE) and "Does not validate against any" not in line:
             text.append(line)
-    first = text[0] if text else message.strip()
+    first = next((t for t in text if not t.startswith(_VAGUE)), text[0] if text else message.strip())
     typed = re.fullmatch(r"Expected a <class '(\w+)'>\. Got value: (.*)", first)
     if typed:
         first = f"expected {typed.group(1)}, got {typed.group(2)!r}"
-    return f"{'.'.join(keys)}: {first}" if keys else first
+    return f"{_full_key(keys)}: {first}" if keys else first
+
+
+def _full_key(keys: list[str]) -> str:
+    """The keys of a nested message joined (``data`` + ``seq_len``: ``data.seq_len``); a key
+    that repeats or spells out the one before it (``model`` + ``model.preset``) or follows
+    the config option's (``config`` + ``model.preset``, an inline ``--config``) stands alone."""
+    full: list[str] = []
+    for key in keys:
+        if full == ["config"] or (full and f"{key}.".startswith(f"{full[-1]}.")):
+            full.pop()
+        full.append(key)
+    return ".".join(full)
 
 
 # the lines of a jsonargparse message that say nothing about what was wrong
 _NOISE = ("Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
           "Problem with given class_path")
+# the lines that say what failed, not why: shown only when no line says more
+_VAGUE = ("Unable to load config",)
+
+
+#: PostformerParser's parser mode: jsonargparse's yaml loader, then a model preset expanded
+#: (``load_config_text``); dumps (config.yaml, --print_config) are yaml, jsonargparse's
+#: fallback for a mode without a dumper of its own
+PARSER_MODE = "postformer_yaml"
 
 
 class PostformerParser(LightningArgumentParser):
     """Errors in one line, ``postformer fit: error: KEY: what was wrong``, without the usage
-    (``--help`` shows it)."""
+    (``--help`` shows it); configs are read in ``PARSER_MODE``, which expands a model preset
+    as a config is loaded."""
+
+    def __init__(self, *args: Any, parser_mode: str = PARSER_MODE, **kwargs: Any) -> None:
+        super().__init__(*args, parser_mode=parser_mode, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # a nested parser: its caller reports
@@ -129,19 +159,34 @@ class PostformerParser(LightningArgumentParser):
               file=sys.stderr)
         self.exit(2)
 
-    def _apply_actions(self, cfg: Any, parent_key: str = "", *args: Any, **kwargs: Any) -> Any:
-        # a config file's model section, as it is loaded: its preset expanded (PresetAction)
-        section = cfg if parent_key == "model" else cfg.get("model") if parent_key == "" else None
-        if isinstance(section, (dict, Namespace)) and "preset" in section:
+
+#: the keys of a model section (``--model FILE`` holds one alone): LMModule's and ``preset``
+MODEL_KEYS = frozenset({"preset", *inspect.signature(LMModule).parameters})
+
+
+def load_config_text(text: str) -> Any:
+    """The loader of ``PARSER_MODE``: jsonargparse's yaml loader, then a config's
+    ``model: {preset: ...}`` expanded (``expand_preset``), and so a model section alone
+    (``--model FILE``), before jsonargparse applies the keys in their order."""
+    value = get_loader("yaml")(text)
+    if isinstance(value, dict):
+        section = value.get("model")
+        if isinstance(section, dict) and "preset" in section:
             expand_preset(section)
-        return super()._apply_actions(cfg, parent_key, *args, **kwargs)
+        elif "preset" in value and set(value) <= MODEL_KEYS:
+            expand_preset(value)
+    return value
 
 
-def expand_preset(section: dict | Namespace) -> None:
-    """A config file's ``model: {preset: ARCH/SIZE, config: {...}}``: the preset's fields with
-    the section's own ``config`` keys over them, whatever their order (``mixers`` merged per
-    mixer, as ``ModelConfig.from_preset`` does); ``preset`` itself removed."""
-    name = section["preset"]
+set_loader(PARSER_MODE, load_config_text, exceptions=(yaml.YAMLError,))
+
+
+def expand_preset(section: dict) -> None:
+    """A config's ``model: {preset: ARCH/SIZE, config: {...}}``: the preset's fields with the
+    section's own ``config`` keys over them, whatever their order (``mixers`` merged per
+    mixer, as ``ModelConfig.from_preset`` does); ``preset`` itself removed. Raises TypeError,
+    jsonargparse's error for a bad value, with the key."""
+    name = section.pop("preset")
     try:
         fields = preset_config(name)
     except ValueError as err:
@@ -150,17 +195,23 @@ def expand_preset(section: dict | Namespace) -> None:
     if isinstance(given, str):
         raise TypeError(f'Parser key "model.preset":\n{name} and model.config {given!r} (a file) '
                         "both give the whole model config; keep one, or give config fields")
-    given = given.as_dict() if isinstance(given, Namespace) else dict(given or {})
+    given = dict(given or {})
     mixers = {m: dict(o) for m, o in fields["mixers"].items()}
     for m, opts in (given.pop("mixers", None) or {}).items():
         mixers[m] = {**mixers.get(m, {}), **opts}
     fields.update(given, mixers=mixers)
-    if isinstance(section, Namespace):
-        del section["preset"]
-        section["config"] = Namespace(fields)
-    else:
-        section.pop("preset")
-        section["config"] = fields
+    section["config"] = fields
+
+
+def expand_presets_in(args: dict, subcommands: typing.Iterable[str]) -> dict:
+    """A copy of the ``args`` LightningCLI parses as an object (``args={...}``, not read by a
+    loader) with its model presets expanded, at the top or under a subcommand."""
+    args = copy.deepcopy(args)
+    for cfg in [args, *(args[s] for s in subcommands if isinstance(args.get(s), dict))]:
+        section = cfg.get("model")
+        if isinstance(section, dict) and "preset" in section:
+            expand_preset(section)
+    return args
 
 
 def _class_path(logger: Any) -> str:
@@ -200,21 +251,39 @@ class PresetAction(argparse.Action):
             namespace[f"model.config.{key}"] = value
 
 
-#: the sections of ``--help-short``: (title, key prefix); ``data`` is read off TextDataModule
+#: the help of ``--track`` and ``--overwrite`` (PostformerCLI's own options), for --help-short too
+TRACK_HELP = f"trackers beside metrics.csv: {sorted(TRACKERS)}"
+OVERWRITE_HELP = ("fit: start afresh in a run folder that holds a run (its checkpoints are "
+                  "removed, metrics.csv replaced); without it such a folder is refused unless "
+                  "--ckpt_path resumes it")
+
+#: the sections of ``--help-short``: (title, key prefix, the class whose signature and
+#: docstrings give the options); ``run`` lists SHORT_HELP_RUN
 SHORT_HELP_GROUPS = (
-    ("model: LMModule, its optimizer (AdamW) and LR schedule", "model."),
+    ("model: LMModule, its optimizer (AdamW) and LR schedule", "model.", LMModule),
     ("model.config: ModelConfig, the model's shape (mixer options: `postformer list mixers`)",
-     "model.config."),
+     "model.config.", ModelConfig),
     ("data: TextDataModule unless --data names another DataModule (its options: --data.help "
-     "CLASS; probe tasks: postformer.train.probes.data.ProbeDataModule)", "data."),
-    ("checkpoint: RunCheckpoint, into DIR/checkpoints", "checkpoint."),
-    ("run", ""),
+     "CLASS; probe tasks: postformer.train.probes.data.ProbeDataModule)", "data.", TextDataModule),
+    ("checkpoint: RunCheckpoint, into DIR/checkpoints", "checkpoint.", RunCheckpoint),
+    ("run", "", None),
 )
-#: the run-level options ``--help-short`` shows besides the groups (Lightning's trainer.* and
-#: the rest stay in --help)
-SHORT_HELP_RUN = ("config", "trainer.default_root_dir", "trainer.max_steps", "trainer.accelerator",
-                  "trainer.devices", "trainer.precision", "ckpt_path", "overwrite", "track",
-                  "seed_everything")
+#: the run-level options ``--help-short`` shows, in its order (Lightning's other trainer.*
+#: options and the rest stay in --help): ``trainer.*`` read off Trainer, ``ckpt_path`` off the
+#: subcommand's Trainer method; the others, which no signature describes, as (type, help)
+SHORT_HELP_RUN: dict[str, tuple[Any, str] | None] = {
+    "config": ("FILE", "Path to a configuration file in json or yaml format"),
+    "seed_everything": (bool | int, "Set to an int to run seed_everything with this value "
+                                    "before classes instantiation"),
+    "trainer.accelerator": None,
+    "trainer.devices": None,
+    "trainer.precision": None,
+    "trainer.max_steps": None,
+    "trainer.default_root_dir": None,
+    "track": (list[str], TRACK_HELP),
+    "overwrite": (bool, OVERWRITE_HELP),
+    "ckpt_path": None,
+}
 
 
 def _hint_name(hint: Any) -> str:
@@ -231,50 +300,95 @@ def _hint_name(hint: Any) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
-def _type_name(action: argparse.Action) -> str:
-    hint = getattr(action, "_typehint", None)
-    name = _hint_name(hint) if hint is not None else (action.metavar or "")
-    return name if len(name) <= 30 else name[:27] + "..."
+def _parameters(obj: Any) -> dict[str, inspect.Parameter]:
+    """The named parameters of a class's constructor or a function (no self, *args, **kwargs),
+    their annotations evaluated where they can be."""
+    try:
+        params = inspect.signature(obj, eval_str=True).parameters
+    except NameError:  # an annotation only a type checker resolves
+        params = inspect.signature(obj).parameters
+    return {name: p for name, p in params.items() if name != "self"
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+
+
+def _parameter_docs(obj: Any) -> dict[str, str]:
+    """What the docstrings say of each parameter of ``obj`` (docstring_parser, as jsonargparse's
+    help reads them): a function's own; a class's, its ``__init__``'s and those of its bases up
+    to the one that defines the ``__init__``, the nearest first."""
+    import docstring_parser
+
+    texts = [obj.__doc__]
+    if isinstance(obj, type):
+        texts = []
+        for owner in inspect.getmro(obj):
+            init = vars(owner).get("__init__")
+            texts += [owner.__doc__, getattr(init, "__doc__", None)]
+            if init is not None:
+                break
+    docs: dict[str, str] = {}
+    for text in filter(None, texts):
+        try:
+            params = docstring_parser.parse(text).params
+        except docstring_parser.ParseError:
+            continue
+        # a name given twice in one docstring: the later description, as jsonargparse reads it
+        own = {param.arg_name: param.description for param in params if param.description}
+        docs = own | docs
+    return docs
 
 
 def _first_sentence(text: str | None) -> str:
     text = " ".join((text or "").split()).replace("``", "`")
-    text = re.sub(r"\s*\(type: .*$", "", text)  # jsonargparse's own suffix
     match = re.match(r"(.+?(?<!\be\.g)(?<!\bi\.e)\.)(\s|$)", text)
     return (match.group(1) if match else text).rstrip(".")
+
+
+def _short_help_options(prefix: str, cls: type | None, subcommand: str
+                        ) -> list[tuple[str, Any, Any, str]]:
+    """A ``--help-short`` section's options: (key, type hint or name, signature default, help)."""
+    if cls is not None:
+        docs = _parameter_docs(cls)
+        options = [(f"{prefix}{name}", p.annotation, p.default, docs.get(name, ""))
+                   for name, p in _parameters(cls).items()
+                   if not (cls is LMModule and name == "config")]  # model.config: its own section
+        if cls is LMModule:
+            options.insert(0, ("model.preset", "ARCH/SIZE", None, PresetAction.HELP))
+        return options
+    options = []
+    for key, given in SHORT_HELP_RUN.items():
+        if given is not None:
+            options.append((key, given[0], None, given[1]))
+            continue
+        owner = L.Trainer if key.startswith("trainer.") else getattr(L.Trainer, subcommand, None)
+        name = key.removeprefix("trainer.")
+        param = _parameters(owner).get(name) if owner is not None else None
+        if param is not None:
+            options.append((key, param.annotation, param.default, _parameter_docs(owner).get(name, "")))
+    return options
 
 
 def short_help(parser: Any, subcommand: str, width: int = 110) -> str:
     """``postformer fit --help-short``: the project's own options, one line each (name, type,
     default, the first sentence of its help): model.* and model.preset, model.config.*, the
-    TextDataModule's data.*, checkpoint.* and a few run options; ``--help`` has the rest."""
-    from jsonargparse import ArgumentParser
-
-    data = ArgumentParser()
-    data.add_class_arguments(TextDataModule, "data")
-    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    actions.update({a.dest: a for a in data._actions if a.dest.startswith("data.")})
+    TextDataModule's data.*, checkpoint.* and a few run options; ``--help`` has the rest.
+    Read off the classes' signatures and docstrings, the defaults off ``parser.get_defaults()``
+    (so ``checkpoint.*`` shows what ``PostformerCLI`` sets)."""
+    defaults = parser.get_defaults()
     lines = [f"usage: postformer {subcommand} [--config FILE] [--model.preset ARCH/SIZE] "
              "[--model.* ...] [--data.* ...] [--trainer.* ...]",
              f"postformer's own options; `postformer {subcommand} --help` gives the full Lightning "
              "help (every trainer.* option, nan_guard.*, --print_config, ...)."]
-    shown = set()
-    for title, prefix in SHORT_HELP_GROUPS:
+    for title, prefix, cls in SHORT_HELP_GROUPS:
         lines += ["", f"{title}:"]
-        for dest, action in sorted(actions.items(), key=lambda kv: kv[0] != "model.preset"):
-            in_group = (dest in SHORT_HELP_RUN if not prefix else dest.startswith(prefix)
-                        and (prefix == "model.config." or not dest.startswith("model.config.")))
-            if not in_group or dest in shown or action.help == argparse.SUPPRESS or (
-                    action.default == argparse.SUPPRESS and dest not in ("model.preset", "config")):
-                continue
-            shown.add(dest)
-            flag = next((o for o in action.option_strings if o.startswith("--")), f"--{dest}")
-            kind = ({"model.preset": "ARCH/SIZE", "config": "FILE"}.get(dest) or _type_name(action)
-                    or type(action.default).__name__)
-            default = "" if action.default in (argparse.SUPPRESS, None) and dest != "config" \
-                else f" = {action.default!r}" if dest != "config" else ""
-            line = f"  {flag} {kind}{default}".rstrip()
-            line = f"{line:<44} {_first_sentence(action.help)}"
+        for key, hint, default, text in _short_help_options(prefix, cls, subcommand):
+            # the parser's default: data's under data.init_args (any DataModule may be named)
+            default = defaults.get(re.sub(r"^data\.", "data.init_args.", key), default)
+            kind = hint if isinstance(hint, str) else _hint_name(hint) \
+                if hint is not inspect.Parameter.empty else type(default).__name__
+            kind = kind if len(kind) <= 30 else kind[:27] + "..."
+            shown = default not in (None, inspect.Parameter.empty) and key != "config"
+            line = f"  --{key} {kind}{f' = {default!r}' if shown else ''}".rstrip()
+            line = f"{line:<44} {_first_sentence(text)}"
             lines.append(line if len(line) <= width else line[: width - 3] + "...")
     return "\n".join(lines)
 
@@ -319,12 +433,8 @@ class PostformerCLI(LightningCLI):
         })
         parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
         parser.set_defaults({"data": {"class_path": f"{TextDataModule.__module__}.TextDataModule"}})
-        parser.add_argument("--track", type=list[str], default=[],
-                            help=f"trackers beside metrics.csv: {sorted(TRACKERS)}")
-        parser.add_argument("--overwrite", action=ActionYesNo, default=False,
-                            help="fit: start afresh in a run folder that holds a run (its "
-                                 "checkpoints are removed, metrics.csv replaced); without it "
-                                 "such a folder is refused unless --ckpt_path resumes it")
+        parser.add_argument("--track", type=list[str], default=[], help=TRACK_HELP)
+        parser.add_argument("--overwrite", action=ActionYesNo, default=False, help=OVERWRITE_HELP)
 
     def _fail(self, message: str) -> NoReturn:
         """A usage error found after parsing: one line, exit 2, as the parser's own."""
@@ -337,6 +447,12 @@ class PostformerCLI(LightningCLI):
         return self.config[subcommand] if subcommand else self.config
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if isinstance(args, (dict, Namespace)):  # parsed as an object, read by no loader
+            args = args.as_dict() if isinstance(args, Namespace) else args
+            try:
+                args = expand_presets_in(args, self.subcommands())
+            except TypeError as err:
+                parser.error(str(err))
         super().parse_arguments(parser, args)
         # before LightningCLI reads the model's hyperparameters from --ckpt_path
         self._check_checkpoint(self._cfg())

@@ -1,5 +1,6 @@
 """The `postformer` command in process: smoke configs, errors, exact resume, NaN guard, compare."""
 
+import ast
 import csv
 import math
 import signal
@@ -12,6 +13,7 @@ import yaml
 from tiny_fit import TINY  # tests/train/tiny_fit.py
 
 from postformer.cli import main
+from postformer.train import cli as train_cli
 from postformer.train.callbacks import NonFiniteGuard, NonFiniteLossError, RunCheckpoint
 from postformer.train.data import TextDataModule
 from postformer.train.module import LMModule
@@ -296,3 +298,34 @@ def test_ctrl_c_exits_130_with_a_word(tmp_path, capsys, monkeypatch):
     assert exc.value.code == 130
     assert "postformer fit: interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_train_cli_uses_no_private_attribute_of_another_object():
+    """Only jsonargparse's and Lightning's public APIs: no ``obj._name`` but the CLI's own."""
+    def private(name: object) -> bool:
+        return isinstance(name, str) and name.startswith("_") and not name.startswith("__")
+
+    tree = ast.parse(Path(train_cli.__file__).read_text())
+    found = sorted({ast.unparse(node) for node in ast.walk(tree)
+                    if isinstance(node, ast.Attribute) and private(node.attr)
+                    and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+                    or isinstance(node, ast.Call) and ast.unparse(node.func) in ("getattr", "hasattr")
+                    and len(node.args) > 1 and private(getattr(node.args[1], "value", None))})
+    assert found == []
+
+
+@pytest.mark.parametrize(("message", "line"), [
+    # a model file that is not there: the key once
+    ('Parser key "model":\nUnable to load config \'m.yaml\'\n  - Parser key "model": Unable to load '
+     'config "m.yaml"', "model: Unable to load config 'm.yaml'"),
+    # a bad value in it: what was wrong, under the full key
+    ('Parser key "model":\nUnable to load config \'m.yaml\'\n  - Parser key "model.preset":\n'
+     "    unknown preset 'x'", "model.preset: unknown preset 'x'"),
+    # an inline --config: its keys are the config's own
+    ('Parser key "config": Parser key "model.preset":\nunknown preset \'x\'',
+     "model.preset: unknown preset 'x'"),
+    ('Parser key "data":\n  - Parser key "seq_len":\n    Expected a <class \'int\'>. Got value: long',
+     "data.seq_len: expected int, got 'long'"),
+])
+def test_one_line(message, line):
+    assert train_cli.one_line(message) == line

@@ -271,6 +271,58 @@ def test_unknown_preset_is_one_line(tmp_path, capsys, where):
     assert "unknown preset 'gdn/huge'" in err and "mamba2-hybrid" in err and "125m" in err
 
 
+SECTION = {"preset": "gdn/small", "config": {"n_layers": 2, "mixers": {"gdn": {"conv_size": 0}}}}
+
+
+def preset_args(tmp_path, where: str, section: dict) -> list[str] | dict:
+    """A model section given as ``--model FILE``, an inline ``--config``, or an object."""
+    if where == "model file":
+        (tmp_path / "model.yaml").write_text(yaml.safe_dump(section))
+        return ["--model", str(tmp_path / "model.yaml"), *TINY_DATA]
+    if where == "inline config":
+        return ["--config", json.dumps({"model": section}), *TINY_DATA]
+    return {"model": section, "data": {"max_bytes": 150000, "seq_len": 32, "batch_size": 4}}
+
+
+@pytest.mark.parametrize("where", ["model file", "inline config", "object"])
+def test_preset_wherever_a_model_section_is_read(tmp_path, monkeypatch, where):
+    # read by the parser mode's loader (a file, an inline config) or, as an object
+    # (LightningCLI's args={...}), by PostformerCLI.parse_arguments
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        cfg = PostformerCLI(args=preset_args(tmp_path, where, SECTION), run=False).model.config
+    assert (cfg.d_model, cfg.n_layers, cfg.pattern) == (256, 2, ["gdn"])
+    assert cfg.mixers == {"gdn": {"n_heads": 3, "head_dim": 64, "conv_size": 0}}
+
+
+@pytest.mark.parametrize("where", ["model file", "inline config", "object"])
+def test_unknown_preset_is_one_line_wherever_given(tmp_path, monkeypatch, capsys, where):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        PostformerCLI(args=preset_args(tmp_path, where, {"preset": "gdn/huge"}), run=False)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "error: model.preset: unknown preset 'gdn/huge'" in err and "125m" in err
+
+
+def test_print_config_of_a_preset_is_yaml_with_its_fields(tmp_path, capsys):
+    """The parser mode has no dumper of its own: --print_config (as config.yaml) is yaml."""
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump({"model": SECTION}))
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# lightning.pytorch==")
+    model = yaml.safe_load(out)["model"]
+    assert "preset" not in model
+    assert (model["config"]["d_model"], model["config"]["n_layers"]) == (256, 2)
+    assert model["config"]["mixers"] == {"gdn": {"n_heads": 3, "head_dim": 64, "conv_size": 0}}
+
+
 # -- fit --help-short ---------------------------------------------------------------------
 
 
@@ -298,3 +350,28 @@ def test_full_help_still_there(capsys):
     out = capsys.readouterr().out
     for flag in ("--trainer.gradient_clip_val", "--model.preset", "--help-short", "--data.help"):
         assert flag in out, flag
+
+
+def help_short(capsys, subcommand: str) -> dict[str, str]:
+    """``postformer SUBCOMMAND --help-short``: each option's line by flag."""
+    with pytest.raises(SystemExit) as exc:
+        main([subcommand, "--help-short"])
+    assert exc.value.code == 0
+    return {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  --")}
+
+
+def test_help_short_reads_signatures_docstrings_and_parser_defaults(capsys):
+    lines = help_short(capsys, "fit")
+    assert list(lines)[:2] == ["--model.preset", "--model.lr"]
+    assert lines["--model.config.d_model"].split() == ["--model.config.d_model", "int", "=", "256",
+                                                      "residual", "stream", "width"]
+    assert "--model.config" not in lines  # its fields have their own section
+    assert lines["--data.seq_len"].startswith("  --data.seq_len int = 256 ")
+    # the defaults PostformerCLI sets, not the signatures'
+    assert "--checkpoint.save_top_k int = 0 " in lines["--checkpoint.save_top_k"]
+    assert "--seed_everything bool | int = 0 " in lines["--seed_everything"]
+    # Lightning's docstrings: ModelCheckpoint's, Trainer's and the subcommand method's
+    assert lines["--checkpoint.dirpath"].endswith(" Directory to save the model file")
+    assert lines["--trainer.precision"].startswith("  --trainer.precision {64,32,16} | ")
+    assert "Path/URL of the checkpoint" in lines["--ckpt_path"]
+    assert '"best"' in help_short(capsys, "validate")["--ckpt_path"]
