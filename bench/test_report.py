@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "scaling"))
 from synthetic import simulate  # noqa: E402
 
-from postformer.scaling.analysis import analyse  # noqa: E402
+from postformer.scaling.fit import analyse  # noqa: E402
 
 ARCHS = {"transformer": 1.0, "mamba2": 1.3, "gdn": 1.1, "hybrid": 1.2, "control": 1.0}
 

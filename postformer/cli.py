@@ -68,15 +68,15 @@ SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
              "evaluate a checkpoint or an export with lm-evaluation-harness tasks"),
     "list": (_entry("postformer.train.discover:list_main"),
              "list archs, presets, mixers and their options, tokenizers, study and probe configs"),
-    "compare": (_entry("postformer.scaling.compare:compare_main"),
+    "compare": (_entry("postformer.scaling.cli:compare_main"),
                 "train several fit configs as a one-size study and compare them"),
-    "study": (_entry("postformer.scaling.runner:study_main"),
+    "study": (_entry("postformer.scaling.cli:study_main"),
               "train a scaling study (LR tuning, IsoFLOP budgets, seeds) into a folder, or --plan / "
               "--list its runs"),
-    "probe": (_entry("postformer.scaling.probe:probe_main"),
+    "probe": (_entry("postformer.scaling.cli:probe_main"),
               "train synthetic probes (MQAR, the MAD tasks) over archs x tasks x widths x LRs into a "
               "folder, with a report"),
-    "report": (_entry("postformer.scaling.report:report_main"),
+    "report": (_entry("postformer.scaling.cli:report_main"),
                "write the verdict of a study folder or a results.csv (report.json, .md, .html)"),
     "tokenizer": (_entry("postformer.train.tokenizer:tokenizer_main"),
                   "train a byte-level BPE tokenizer on a corpus (`tokenizer train --vocab_size N "

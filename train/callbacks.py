@@ -163,7 +163,7 @@ class SaveAtSteps(Callback):
     the global steps in ``steps``, as ``dirpath/{prefix}{step}.ckpt``.
 
     A scaling study saves the wsd stable-phase checkpoints of its shorter budgets this way
-    (``scaling.plan``), then resumes each one with a smaller ``max_steps`` to cool it down.
+    (``scaling.run.plan``), then resumes each one with a smaller ``max_steps`` to cool it down.
     Steps already on disk are not rewritten, so a resumed run does not redo them. Usable from
     a config: ``trainer.callbacks: [{class_path: postformer.train.callbacks.SaveAtSteps,
     init_args: {steps: [100, 200], dirpath: RUN/checkpoints}}]``.

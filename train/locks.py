@@ -1,5 +1,7 @@
 """The locks that keep two processes from training one study folder or one run folder at the
-same time.
+same time: ``FolderLock`` (a study or probe holds its folder's) and the ``RunLock`` callback,
+which runs inside training (``scaling`` writes its class path first into every fit.yaml it
+lays out).
 
 Locks (``filelock``: an flock on the lock file, which the OS drops when its process dies)::
 
@@ -7,7 +9,7 @@ Locks (``filelock``: an flock on the lock file, which the OS drops when its proc
                                          --plan, not --list); the owner file names its PID,
                                          host, start time and command
     RUN/.run.lock, RUN/.run.owner        held while the run trains, by the ``RunLock`` callback
-                                         every RUN/fit.yaml lists first: whoever trains the run
+                                         every study's RUN/fit.yaml lists first: whoever trains the run
                                          holds it (the study, a worker, a submitit job, a
                                          command printed by --list, `postformer fit` by hand)
 
@@ -31,7 +33,7 @@ from typing import Any
 import filelock
 from lightning.pytorch.callbacks import Callback
 
-from postformer.train.fileio import atomic_write
+from .fileio import atomic_write
 
 STUDY, RUN = "study", "run"  # DIR/.study.lock, RUN/.run.lock
 

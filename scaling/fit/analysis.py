@@ -1,7 +1,7 @@
 """The verdict: IsoFLOP minima, the efficiency factor of each architecture against a baseline,
 honest intervals.
 
-Input: a results table (``scaling.table``): one row per finished run with ``arch, N, D, C,
+Input: a results table (``scaling.fit.table``): one row per finished run with ``arch, N, D, C,
 loss`` and, where known, ``budget_flops`` (the IsoFLOP group), ``trajectory`` (the
 bootstrap cluster), ``seed``, ``stage``. ``stage == "tune"`` rows (learning-rate sweeps)
 feed :func:`lr_sweeps` only.
@@ -35,15 +35,9 @@ The method, step by step:
 6. **Extrapolation check.** Hold out the largest budget, refit from the grid of starts,
    predict its minima; the error in loss and in ln C.
 
-Intervals: a *wild cluster bootstrap*. Each replicate keeps the design (every size of every
-group) and perturbs the losses: ``y* = y_hat + w_c r_i``, with ``y_hat`` and ``r`` the
-parabola fits' values and residuals, scaled by ``sqrt(n / (n - 3))`` per group (HC1: a
-parabola through a few points leaves small residuals; a group an exact fit passes through
-gets the pooled residual sd), and one weight ``w_c`` (Webb's six-point distribution) per *trajectory*: a
-main run and the cooldowns branched off it share their stable phase, so their errors move
-together. Seeds are separate trajectories. Resampling whole trajectories instead (a pairs
-bootstrap) would drop sizes from IsoFLOP groups and leave most replicates without a
-parabola. Every refit (parabolas, the joint fit, the free fit) runs on all replicates at
+Intervals: a *wild cluster bootstrap* by trajectory (``scaling.fit.bootstrap``): every
+replicate keeps the design and perturbs the losses by the parabolas' residuals, one weight
+per trajectory (a main run and its cooldowns move together). Every refit (parabolas, the joint fit, the free fit) runs on all replicates at
 once; each joint refit starts from a grid of starts plus the full-data optimum and keeps
 the best. Percentile intervals; their Monte Carlo error (from the order statistics) is
 reported with them.
@@ -58,58 +52,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .bootstrap import minima_boot, wild_targets
 from .curvefit import CurveFit, curve_fit, efficiency
-from .isoflop import Minimum, _Group, _groups, _minimum, _parabola_min
+from .estimate import Estimate, percentile
+from .isoflop import Minimum, group_minimum, isoflop_groups
 from .lr import LRSweep, lr_sweeps
 from .table import budget_labels, json_float, normalise
 
-CI = 0.95
 DEFAULT_N_BOOT = 2000
-#: weights of Webb's six-point distribution (mean 0, variance 1)
-WEBB = np.array([-math.sqrt(1.5), -1.0, -math.sqrt(0.5), math.sqrt(0.5), 1.0, math.sqrt(1.5)])
 WALLCLOCK = "measured seconds, N"  # the conventions entry of the wall-clock view
 
 
 # --------------------------------------------------------------------------- small types
-
-
-@dataclass
-class Estimate:
-    """A point estimate with its percentile interval over the bootstrap replicates.
-
-    ``mc_error``: the Monte Carlo standard error of the interval's endpoints (the larger of
-    the two), from the order statistics of the replicates; ``n_ok``: replicates where the
-    quantity was defined. NaN where undefined."""
-
-    estimate: float
-    low: float = math.nan
-    high: float = math.nan
-    mc_error: float = math.nan
-    n_ok: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"estimate": json_float(self.estimate), "low": json_float(self.low), "high": json_float(self.high)}
-
-    def contains(self, value: float) -> bool:
-        return bool(self.low <= value <= self.high)
-
-
-def percentile(estimate: float, samples: np.ndarray, ci: float = CI) -> Estimate:
-    """Percentile interval of ``samples`` (non-finite ones dropped) around ``estimate``."""
-    s = np.sort(np.asarray(samples, dtype=float)[np.isfinite(samples)])
-    n = s.size
-    if n < 10:
-        return Estimate(float(estimate), n_ok=int(n))
-    q = (1 - ci) / 2
-    lo, hi = np.quantile(s, [q, 1 - q])
-    # order-statistic standard error of a quantile: the values at ranks n q +- sqrt(n q (1-q))
-    spread = math.sqrt(n * q * (1 - q))
-    errs = []
-    for qq in (q, 1 - q):
-        j0 = int(np.clip(math.floor(n * qq - spread), 0, n - 1))
-        j1 = int(np.clip(math.ceil(n * qq + spread), 0, n - 1))
-        errs.append((s[j1] - s[j0]) / 2)
-    return Estimate(float(estimate), float(lo), float(hi), float(max(errs)), int(n))
 
 
 @dataclass
@@ -201,59 +155,13 @@ class Analysis:
 # --------------------------------------------------------------------------- the analysis
 
 
-def _wild_targets(df: pd.DataFrame, groups: list[_Group], n_boot: int, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, float, list[str]]:
-    """(R, n_rows) perturbed losses of the fitted rows (NaN for rows outside the groups)."""
-    notes = []
-    n = len(df)
-    y = df["loss"].to_numpy(float)
-    yhat = np.full(n, np.nan)
-    scaled = np.full(n, np.nan)
-    ss, dof = 0.0, 0
-    for g in groups:
-        yy = y[g.rows]
-        fit = g.X @ (g.pinv @ yy)
-        r = yy - fit
-        yhat[g.rows] = fit
-        n_g = len(yy)
-        if n_g > 3:  # HC1: the residuals of a 3-parameter fit, scaled to unbiased variance
-            scaled[g.rows] = r * math.sqrt(n_g / (n_g - 3))
-        ss += float(r @ r)
-        dof += n_g - 3
-    pooled = math.sqrt(ss / dof) if dof > 0 else 0.0
-    if dof <= 0:
-        notes.append("no IsoFLOP group has more points than its parabola has parameters: the "
-                     "residuals are all zero and the intervals show no noise at all; add sizes "
-                     "or seeds")
-    # a group of three points is fitted exactly and carries no residual: the pooled sd
-    fitted = np.isfinite(yhat)
-    scaled = np.where(fitted & ~np.isfinite(scaled), pooled, scaled)
-    clusters, cid = np.unique(df["trajectory"].to_numpy(str), return_inverse=True)
-    W = rng.choice(WEBB, size=(n_boot, len(clusters)))
-    Y = yhat[None, :] + W[:, cid] * np.nan_to_num(scaled)[None, :]
-    Y[:, ~fitted] = np.nan
-    return Y, pooled, notes
-
-
-def _minima_boot(groups: list[_Group], Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Replicate minima of every group over its sampled range: L* and ln N*, (R, n_groups)
-    each."""
-    L_out = np.empty((Y.shape[0], len(groups)))
-    x_out = np.empty_like(L_out)
-    for j, g in enumerate(groups):
-        coef = Y[:, g.rows] @ g.pinv.T  # (R, 3)
-        t, L = _parabola_min(coef, g.lo, g.hi)
-        L_out[:, j], x_out[:, j] = L, t + g.x_mid
-    return L_out, x_out
-
-
 def analyse(df: pd.DataFrame, *, baseline: str | None = None, n_boot: int = DEFAULT_N_BOOT,
             seed: int = 0, params: str = "N", compute: str = "C",
             conventions: bool = True) -> Analysis:
     """The full analysis of a results table (see the module docstring).
 
     Args:
-        df: a results table (``scaling.table``); ``stage == "tune"`` rows feed the LR
+        df: a results table (``scaling.fit.table``); ``stage == "tune"`` rows feed the LR
             sweeps only.
         baseline: the arch every other is compared with; default ``transformer`` when
             present, else the first arch of the table.
@@ -281,7 +189,7 @@ def analyse(df: pd.DataFrame, *, baseline: str | None = None, n_boot: int = DEFA
     warnings: list[str] = []
     rng = np.random.default_rng(seed)
 
-    groups, notes = _groups(main, params)
+    groups, notes = isoflop_groups(main, params)
     warnings += notes
     compute_cols = ["C", "C_6ND"]
     if "tokens_per_s" in main and main["tokens_per_s"].notna().all():
@@ -289,14 +197,14 @@ def analyse(df: pd.DataFrame, *, baseline: str | None = None, n_boot: int = DEFA
         compute_cols.append("_seconds")
     if compute != "C":
         main["C"] = main[compute]
-    mins = [_minimum(g, main, params, compute_cols) for g in groups]
+    mins = [group_minimum(g, main, params, compute_cols) for g in groups]
     for m in mins:
         if not m.interior:
             warnings.append(f"{m.arch} at C={m.budget:.3g}: minimum at the edge of the size grid "
                             f"({m.reason}); this budget is left out of {m.arch}'s headline")
-    Y, noise_sd, notes = _wild_targets(main, groups, n_boot, rng)
+    Y, noise_sd, notes = wild_targets(main, groups, n_boot, rng)
     warnings += notes
-    Lb, xb = _minima_boot(groups, Y)  # (R, n_groups)
+    Lb, xb = minima_boot(groups, Y)  # (R, n_groups)
     for j, m in enumerate(mins):
         m.L_ci = percentile(m.L_opt, Lb[:, j])
         m.N_ci = percentile(m.N_opt, np.exp(xb[:, j]))
@@ -494,8 +402,8 @@ def _conventions(an: Analysis, main: pd.DataFrame, params: str, compute_cols: li
     if "_seconds" in compute_cols:
         variants[WALLCLOCK] = ("_seconds", params)
     for label, (ccol, pcol) in variants.items():
-        groups, _ = _groups(main, pcol)
-        mins = [_minimum(g, main, pcol, compute_cols) for g in groups]
+        groups, _ = isoflop_groups(main, pcol)
+        mins = [group_minimum(g, main, pcol, compute_cols) for g in groups]
         mins = [m for m in mins if m.interior and ccol in m.compute]
         archs = [a for a in an.archs if any(m.arch == a for m in mins)]
         if an.baseline not in archs:

@@ -1,5 +1,5 @@
-"""Scaling-law fits: Chinchilla Approach 3 (parametric), Approach 2 (IsoFLOP parabolas),
-the loss-vs-compute frontier, and bootstrap intervals for any of them.
+"""Chinchilla's scaling-law fits for any table of runs: Approach 3 (parametric), Approach 2
+(IsoFLOP parabolas), the loss-vs-compute frontier, and a row bootstrap for any of them.
 
 Everything works on plain array-likes (numpy arrays, lists, pandas Series), one entry per
 training run: N parameters, D tokens, C FLOPs, final loss. Natural logarithms throughout.
@@ -13,10 +13,10 @@ log-sum-exp of terms linear in the parameters,
 and the objective is the SUM over runs of Huber_delta(log L_hat - log L), minimised from a
 grid of starts, keeping the best. Two traps make published fits irreproducible: a mean
 instead of a sum lets L-BFGS stop after a few iterations (the gradient is tiny), and
-scipy's default tolerances stop early. Here all starts run at once as a batched
-Levenberg-Marquardt iteration in torch with analytic gradients and Hessians (see
-``scaling/solver.py``), the best few end points are refined in float64 and the best is
-polished by scipy's L-BFGS-B with tight tolerances. ``bench/test_fit.py`` times the fit of
+scipy's default tolerances stop early. Here all starts run at once through the one batched
+Levenberg-Marquardt solver of the scaling fits (``scaling.fit.solver``: analytic gradients,
+IRLS curvature), the best few end points are refined in float64 with the exact Hessian and
+the best is polished by scipy's L-BFGS-B with tight tolerances. ``bench/test_fit.py`` times the fit of
 the 240 Chinchilla runs from 4,500 starts.
 """
 
@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .solver import FitError, _column, _columns, _minimise
+from .isoflop import edge_reasons
+from .solver import FitError, column, columns, minimise
+from .table import group_budgets
 
 __all__ = [
     "FitError",
@@ -147,7 +150,7 @@ def fit_parametric(
         of (log A, log B, log E, alpha, beta); or an int S for S uniform random starts in the
         grid's box, drawn with ``seed`` (the only use of ``seed``).
     """
-    N, D, loss = _columns(5, "fit_parametric", N=N, D=D, loss=loss)
+    N, D, loss = columns(5, "fit_parametric", N=N, D=D, loss=loss)
     if starts is None:
         starts = hoffmann_starts()
     elif isinstance(starts, int | np.integer):
@@ -170,7 +173,7 @@ def fit_parametric(
     shift = np.array([mN, mD])
     x0 = starts.copy()
     x0[:, :2] -= starts[:, 3:5] * shift
-    x, obj = _minimise(J, np.log(loss), huber_delta, x0)
+    x, obj = minimise(J, np.log(loss), huber_delta, x0)
     a_, b_ = x[:2] + x[3:5] * shift
     E, A, B = _exp_or_fail("fit_parametric", E=x[2], A=a_, B=b_)
     return ParametricFit(
@@ -254,7 +257,7 @@ def fit_frontier(
     ``(S, 3)`` rows of (ln E, ln k, gamma), e.g. ``FrontierFit.warm_starts()`` of a fit on
     similar data (the bootstrap does this: a refit then takes a few ms instead of ~0.1 s).
     """
-    C, loss = _columns(1, "fit_frontier", C=C, loss=loss)
+    C, loss = columns(1, "fit_frontier", C=C, loss=loss)
     used = frontier_mask(C, loss) if envelope else np.ones(len(C), dtype=bool)
     if used.sum() < 3:
         where = "on the lower envelope" if envelope else ""
@@ -276,7 +279,7 @@ def fit_frontier(
     else:
         starts = np.array(starts, dtype=np.float64).reshape(-1, 3)
         starts[:, 1] -= starts[:, 2] * mC  # ln k -> the centred k_c the optimiser uses
-    x, obj = _minimise(J, y, huber_delta, starts, search=not warm)
+    x, obj = minimise(J, y, huber_delta, starts, search=not warm)
     E, k = _exp_or_fail("fit_frontier", E=x[0], k=x[1] + x[2] * mC)
     return FrontierFit(
         E=E,
@@ -337,9 +340,7 @@ def _group(C: np.ndarray, budget, rtol: float) -> list[tuple[Any, np.ndarray]]:
             raise FitError(f"fit_isoflop: budget has {len(labels)} labels for {len(C)} points")
         groups = [(lab, np.flatnonzero(labels == lab)) for lab in dict.fromkeys(labels.tolist())]
     else:
-        # single linkage in log C (scaling.table.group_budgets), labelled by the geometric mean
-        from .table import group_budgets
-
+        # single linkage in log C (scaling.fit.table.group_budgets), labelled by the geometric mean
         labels = group_budgets(C, rtol)
         groups = [(f"C~{lab:.3g}", np.flatnonzero(labels == lab)) for lab in np.unique(labels)]
     return sorted(groups, key=lambda g: np.log(C[g[1]]).mean())
@@ -353,17 +354,18 @@ def fit_isoflop(N, D, loss, *, C=None, budget=None, rtol: float = 0.05) -> IsoFl
     sorted values are more than ``rtol`` apart (relative).
 
     Per budget (C_b = geometric mean of its points' C): a parabola in ln N through the
-    losses (>= 3 distinct N), whose vertex gives N_opt and L_opt. The vertex must lie inside
-    the sampled N range and the lowest observed loss must not sit at either end of it
-    (a grid that misses the minimum); otherwise FitError naming the budget. D_opt is
+    losses (>= 3 distinct N), whose vertex gives N_opt and L_opt. The minimum must be interior
+    by the verdict's rule (``scaling.fit.isoflop.edge_reasons``: the parabola opens upwards,
+    its vertex lies inside the sampled N range, the lowest mean loss of a size is at neither
+    end); otherwise FitError naming the budget and why. D_opt is
     C_b / (6 N_opt) with the default C; with a given C it is C_b / (C/D)(N_opt), the
     compute per token at N_opt from a log-log line through the budget's (N, C/D).
     Then ln N_opt = ln kN + a ln C_b and ln D_opt = ln kD + b ln C_b by least squares
     (>= 2 budgets).
     """
-    N, D, loss = _columns(1, "fit_isoflop", N=N, D=D, loss=loss)
+    N, D, loss = columns(1, "fit_isoflop", N=N, D=D, loss=loss)
     given_C = C is not None
-    C = _column("C", C) if given_C else 6.0 * N * D
+    C = column("C", C) if given_C else 6.0 * N * D
     if len(C) != len(N):
         raise FitError(f"fit_isoflop: C has {len(C)} entries for {len(N)} points")
     budgets = []
@@ -374,17 +376,12 @@ def fit_isoflop(N, D, loss, *, C=None, budget=None, rtol: float = 0.05) -> IsoFl
         if len(np.unique(x)) < 3:
             raise FitError(f"{name}: needs at least 3 distinct N, got {len(np.unique(x))}")
         c2, c1, c0 = np.polyfit(x, loss[idx], 2)
-        if c2 <= 0:
-            raise FitError(f"{name}: loss is not convex in log N (curvature {c2:.3g})")
-        x_opt = -c1 / (2 * c2)
-        lo, hi = x.min(), x.max()
-        x_best = x[np.argmin(loss[idx])]
-        if not lo < x_opt < hi or x_best in (lo, hi):
+        reasons = edge_reasons(x, loss[idx], (c2, c1, c0), 0.0)  # the verdict's rule
+        if reasons:
             raise FitError(
                 f"{name}: minimum at the edge of or outside the sampled N range "
-                f"[{math.exp(lo):.3g}, {math.exp(hi):.3g}] (parabola vertex N={math.exp(x_opt):.3g}, "
-                f"lowest loss at N={math.exp(x_best):.3g})"
-            )
+                f"[{math.exp(x.min()):.3g}, {math.exp(x.max()):.3g}]: {'; '.join(reasons)}")
+        x_opt = -c1 / (2 * c2)
         N_opt = math.exp(x_opt)
         if given_C:
             slope, icpt = np.polyfit(x, np.log(C[idx] / D[idx]), 1)
@@ -474,8 +471,6 @@ def bootstrap(
     draws: dict[str, list[float]] = {k: [] for k in stats}
     steps: Any = range(n_boot)
     if progress:
-        from tqdm.auto import tqdm
-
         steps = tqdm(steps, desc="bootstrap", unit="fit")
     for _ in steps:
         idx = rng.integers(0, n, size=n)

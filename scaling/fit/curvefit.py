@@ -1,4 +1,4 @@
-"""The scaling laws fitted over IsoFLOP minima (``scaling.analysis``), for the point
+"""The scaling laws fitted over IsoFLOP minima (``scaling.fit.analysis``), for the point
 estimate and every bootstrap replicate at once.
 
 Both laws are ``ln L = ln(E + exp(u))`` with ``u`` linear in the parameters:
@@ -7,8 +7,8 @@ Both laws are ``ln L = ln(E + exp(u))`` with ``u`` linear in the parameters:
   so the efficiency factor is ``m_a = exp(-nu_a / gamma)`` (``m = 1`` for the baseline);
 - the free law, E shared, k and gamma per arch: ``u = k_a - gamma_a ln C``.
 
-Least squares on ln L by a Levenberg-Marquardt iteration batched over (replicate, start)
-pairs; each replicate keeps its best start. E is bounded below by ``E_FLOOR`` times the
+Least squares on ln L by the one solver (``scaling.fit.solver``), batched over (replicate,
+start) pairs; each replicate keeps its best start. E is bounded below by ``E_FLOOR`` times the
 lowest loss: at that floor it is "not identified" and the law is a pure power law.
 """
 
@@ -19,68 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
+
+from .solver import lse_fit
 
 E_FLOOR = 1e-4  # E is bounded below by E_FLOOR * (lowest loss): at the floor it is "not identified"
 
 
-def _lm(J: torch.Tensor, Y: torch.Tensor, theta: torch.Tensor, *, e_index: int | None,
-        e_floor: torch.Tensor | None, max_iter: int = 200, rtol: float = 1e-10
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Levenberg-Marquardt on many least-squares problems at once.
-
-    Model: ``yhat_n = ln(exp(J[n, 0] . theta) + exp(J[n, 1] . theta))`` (two terms, each
-    linear in theta). J: (n, 2, P); Y: (B, n) targets (NaN: the point is left out of that
-    problem); theta: (B, P) starts. ``e_index``: the parameter bounded below by ``e_floor``
-    (B,). A problem stops when an accepted step gains less than ``rtol`` of its objective,
-    or when no step is accepted even with heavy damping. Returns the end points (B, P) and
-    objectives (B,) (sums of squared residuals)."""
-    w = torch.isfinite(Y).to(J.dtype)
-    Y = torch.nan_to_num(Y)
-    theta = theta.clone()
-    B, P = theta.shape
-    J0, J1 = J[:, 0, :], J[:, 1, :]  # (n, P)
-    dJ = J1 - J0
-
-    def resid(th: torch.Tensor, y: torch.Tensor, ww: torch.Tensor):
-        u0, u1 = th @ J0.T, th @ J1.T  # (b, n)
-        lse = torch.maximum(u0, u1) + torch.log1p(torch.exp(-(u0 - u1).abs()))
-        return u1 - u0, (lse - y) * ww
-
-    _, r = resid(theta, Y, w)
-    f = (r * r).sum(-1)
-    lam = torch.full((B,), 1e-3, dtype=J.dtype)
-    active = torch.arange(B)
-    eye = torch.eye(P, dtype=J.dtype)
-    for _ in range(max_iter):
-        if active.numel() == 0:
-            break
-        th, y, ww, fa, la = theta[active], Y[active], w[active], f[active], lam[active]
-        du, ra = resid(th, y, ww)
-        p1 = torch.sigmoid(du) * ww  # (b, n): the second term's share of the loss
-        jac = J0[None] * ww[..., None] + p1[..., None] * dJ[None]  # (b, n, P)
-        g = torch.einsum("bn,bnp->bp", ra, jac)
-        H = torch.einsum("bnp,bnq->bpq", jac, jac)
-        d = H.diagonal(dim1=-2, dim2=-1).clamp(min=1e-12)
-        step, info = torch.linalg.solve_ex(H + torch.diag_embed(la[:, None] * d) + 1e-12 * eye,
-                                           -g[..., None])
-        trial = th + step[..., 0]
-        if e_index is not None:
-            trial[:, e_index] = torch.maximum(trial[:, e_index], e_floor[active])
-        _, rt = resid(trial, y, ww)
-        ft = (rt * rt).sum(-1)
-        ok = (info == 0) & torch.isfinite(ft) & torch.isfinite(trial).all(-1) & (ft < fa)
-        theta[active[ok]] = trial[ok]
-        f[active[ok]] = ft[ok]
-        gain = torch.where(ok, fa - ft, torch.zeros_like(fa))
-        lam[active] = torch.where(ok, la / 3, la * 4)
-        done = (ok & (gain <= rtol * fa)) | (~ok & (la > 1e8)) | (fa < 1e-24)
-        active = active[~done]
-    return theta, f
-
-
 @dataclass
-class _Design:
+class Design:
     """A fit's design over a list of minima: J (n, 2, P), the parameter names, and how
     to read efficiency factors / exponents out of theta."""
 
@@ -95,7 +41,7 @@ class _Design:
         return self.J.shape[2]
 
 
-def _design(kind: str, archs: list[str], arch_of: np.ndarray, lnC: np.ndarray) -> _Design:
+def make_design(kind: str, archs: list[str], arch_of: np.ndarray, lnC: np.ndarray) -> Design:
     """arch_of: (n,) index into archs (0 = baseline); lnC: (n,) ln compute of each minimum."""
     n, A = len(lnC), len(archs)
     mid = float(np.mean(lnC))
@@ -117,10 +63,10 @@ def _design(kind: str, archs: list[str], arch_of: np.ndarray, lnC: np.ndarray) -
         J[np.arange(n), 1, 1 + arch_of] = 1.0
         J[np.arange(n), 1, 1 + A + arch_of] = -t
         names = ["e_"] + [f"k[{a}]" for a in archs] + [f"gamma[{a}]" for a in archs]
-    return _Design(kind, archs, mid, J, names)
+    return Design(kind, archs, mid, J, names)
 
 
-def _grid_starts(d: _Design, arch_of: np.ndarray, lnC: np.ndarray, L: np.ndarray) -> np.ndarray:
+def _grid_starts(d: Design, arch_of: np.ndarray, lnC: np.ndarray, L: np.ndarray) -> np.ndarray:
     """(S, P) starts: E a share of the lowest loss x gamma in a small grid, k and the arch
     terms matched to the data by least squares given both."""
     t = lnC - d.lnC_mid
@@ -146,23 +92,14 @@ def _grid_starts(d: _Design, arch_of: np.ndarray, lnC: np.ndarray, L: np.ndarray
     return np.array(starts)
 
 
-def _fit_batch(d: _Design, Y: np.ndarray, starts: np.ndarray, e_floor: np.ndarray
+def _fit_batch(d: Design, Y: np.ndarray, starts: np.ndarray, e_floor: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
     """Y: (R, n) ln-loss targets (NaN: left out); starts: (S, P) shared by every replicate.
     Returns the best end point of each replicate (R, P) and its objective (R,)."""
     R, S = Y.shape[0], starts.shape[0]
-    J = torch.from_numpy(d.J)
-    Yb = torch.from_numpy(np.repeat(Y, S, axis=0))
-    th0 = torch.from_numpy(np.tile(starts, (R, 1)))
-    floor = torch.from_numpy(np.repeat(np.log(e_floor), S))
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny problems: threads only add barriers
-    try:
-        theta, f = _lm(J, Yb, th0, e_index=0, e_floor=floor)
-    finally:
-        torch.set_num_threads(n_threads)
-    theta, f = theta.numpy().reshape(R, S, -1), f.numpy().reshape(R, S)
-    f = np.where(np.isfinite(f), f, np.inf)
+    theta, f = lse_fit(d.J, np.repeat(Y, S, axis=0), np.tile(starts, (R, 1)),
+                       lower=(0, np.repeat(np.log(e_floor), S)))
+    theta, f = theta.reshape(R, S, -1), f.reshape(R, S)
     best = np.argmin(f, axis=1)
     return theta[np.arange(R), best], f[np.arange(R), best]
 
@@ -176,7 +113,7 @@ class CurveFit:
     arch) or the free law (gamma and k per arch). ``theta``: full-data optimum; ``boot``:
     (R, P) replicate optima; ``points``: the minima fitted, as (arch, C, L_opt)."""
 
-    design: _Design
+    design: Design
     theta: np.ndarray
     objective: float
     boot: np.ndarray | None
@@ -241,7 +178,7 @@ def curve_fit(kind: str, archs: list[str], mins: list[Any], Lb: np.ndarray | Non
     arch_of = np.array([archs.index(m.arch) for m in mins])
     lnC = np.log([m.compute[compute] for m in mins])
     L = np.array([m.L_opt for m in mins])
-    d = _design(kind, archs, arch_of, lnC)
+    d = make_design(kind, archs, arch_of, lnC)
     starts = _grid_starts(d, arch_of, lnC, L)
     floor = np.array([E_FLOOR * L.min()])
     theta, f = _fit_batch(d, np.log(L)[None, :], starts, floor)

@@ -1,18 +1,18 @@
-"""IsoFLOP minima (``scaling.analysis``, step 1): per arch and FLOP budget, a parabola in
-``x = ln N`` through the losses of every size and seed, its minimum, and whether that
-minimum is interior or at the edge of the sampled sizes."""
+"""IsoFLOP minima: per arch and FLOP budget, a parabola in ``x = ln N`` through the losses of
+every size and seed, its minimum, and the one rule for whether that minimum is interior or
+at the edge of the sampled sizes (:func:`edge_reasons`), which the verdict
+(``scaling.fit.analysis``, step 1) and Chinchilla's Approach 2 (``scaling.fit.chinchilla``)
+share."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from .analysis import Estimate
+from .estimate import Estimate
 
 MIN_SIZES = 3
 
@@ -47,7 +47,7 @@ class Minimum:
         return self.compute["C"]
 
 
-def _parabola_min(coef: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+def parabola_min(coef: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     """coef (R, 3) of c2 t^2 + c1 t + c0 -> (t*, L*) (R,), the minimum over t in [lo, hi]."""
     c2, c1, c0 = coef[:, 0], coef[:, 1], coef[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -61,7 +61,11 @@ def _parabola_min(coef: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, n
 
 
 @dataclass
-class _Group:
+class Group:
+    """One IsoFLOP group of a results table: its rows, and the least-squares parabola's
+    pseudo-inverse in ``t = ln N - x_mid`` over the sampled range ``[lo, hi]`` (shared by the
+    point estimate and every bootstrap replicate)."""
+
     arch: str
     budget: float
     rows: np.ndarray  # indices into the fitted table
@@ -72,8 +76,9 @@ class _Group:
     hi: float
 
 
-def _groups(df: pd.DataFrame, params: str) -> tuple[list[_Group], list[str]]:
-    """The IsoFLOP groups with >= MIN_SIZES distinct sizes, per arch and budget."""
+def isoflop_groups(df: pd.DataFrame, params: str) -> tuple[list[Group], list[str]]:
+    """The IsoFLOP groups with >= MIN_SIZES distinct sizes, per arch and budget (column
+    ``_budget``), and a note for each group with fewer."""
     notes = []
     out = []
     x_all = np.log(df[params].to_numpy(float))
@@ -89,32 +94,47 @@ def _groups(df: pd.DataFrame, params: str) -> tuple[list[_Group], list[str]]:
         t = x - x_mid
         X = np.stack([t * t, t, np.ones_like(t)], axis=1)
         pinv = np.linalg.pinv(X)
-        out.append(_Group(arch, float(budget), idx, X, pinv, x_mid, float(t.min()),
+        out.append(Group(arch, float(budget), idx, X, pinv, x_mid, float(t.min()),
                           float(t.max())))
     return out, notes
 
 
-def _minimum(g: _Group, df: pd.DataFrame, params: str, compute_cols: list[str]) -> Minimum:
-    y = df.loc[g.rows, "loss"].to_numpy(float)
-    x = np.log(df.loc[g.rows, params].to_numpy(float))
-    coef = g.pinv @ y
-    t_best, L = _parabola_min(coef[None, :], g.lo, g.hi)
-    c2, c1, _ = coef
+def edge_reasons(x: np.ndarray, y: np.ndarray, coef: tuple[float, float, float], x_mid: float
+                 ) -> list[str]:
+    """Why the minimum of the parabola ``coef`` (``c2 t^2 + c1 t + c0`` in ``t = x - x_mid``)
+    through the points ``(x, y)`` (ln N, loss; several seeds per size allowed) is *at the edge*
+    of the sampled sizes, or ``[]`` when it is interior: the parabola opens downwards, its
+    vertex lies outside the open range of the sampled x, or the lowest mean loss of a size is
+    at the smallest or the largest size (the grid missed the optimum)."""
+    c2, c1 = coef[0], coef[1]
+    lo, hi = float((x - x_mid).min()), float((x - x_mid).max())
     reasons = []
     if c2 <= 0:
         reasons.append("the losses do not curve upwards in ln N")
     else:
         tv = -c1 / (2 * c2)
-        if not g.lo < tv < g.hi:
-            side = "below" if tv <= g.lo else "above"
+        if not lo < tv < hi:
+            side = "below" if tv <= lo else "above"
             reasons.append(f"the parabola's vertex lies {side} the sampled sizes "
-                           f"[{math.exp(g.lo + g.x_mid):.3g}, {math.exp(g.hi + g.x_mid):.3g}]")
+                           f"[{math.exp(lo + x_mid):.3g}, {math.exp(hi + x_mid):.3g}]")
     sizes = np.unique(np.round(x, 9))
     means = np.array([y[np.round(x, 9) == s].mean() for s in sizes])
     best = int(np.argmin(means))
     if best in (0, len(sizes) - 1) and not reasons:
         side = "smallest" if best == 0 else "largest"
         reasons.append(f"the lowest loss is at the {side} size")
+    return reasons
+
+
+def group_minimum(g: Group, df: pd.DataFrame, params: str, compute_cols: list[str]) -> Minimum:
+    """The minimum of group ``g`` of the table ``df`` (N in column ``params``), and the
+    group's compute at it for each of ``compute_cols`` (ln-linear in ln N within the group)."""
+    y = df.loc[g.rows, "loss"].to_numpy(float)
+    x = np.log(df.loc[g.rows, params].to_numpy(float))
+    coef = g.pinv @ y
+    t_best, L = parabola_min(coef[None, :], g.lo, g.hi)
+    reasons = edge_reasons(x, y, coef, g.x_mid)
+    sizes = np.unique(np.round(x, 9))
     x_opt = float(t_best[0] + g.x_mid)
     comp = {}
     for col in compute_cols:

@@ -12,41 +12,45 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .analysis import Analysis, Estimate
-from .numbers import finite, fmt, fmt_est, fmt_flops
+from ..fit import Analysis, Estimate
+from ..numbers import finite, fmt, fmt_est, fmt_flops
 
 # --------------------------------------------------------------------------- figures
 
 
-def _plt():
-    import matplotlib
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend."""
+    import matplotlib  # heavy (a second to import): only when a figure is drawn
 
     matplotlib.use("Agg")  # no display here, and none wanted
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy, as above
 
     return plt
 
 
-def _arch_colors(archs: Sequence[str]) -> dict[str, Any]:
-    cycle = _plt().get_cmap("tab10")
+def arch_colors(archs: Sequence[str]) -> dict[str, Any]:
+    """One tab10 colour per arch, in order."""
+    cycle = pyplot().get_cmap("tab10")
     return {a: cycle(i % 10) for i, a in enumerate(archs)}
 
 
 def _budget_colors(budgets: Sequence[float]) -> dict[float, Any]:
-    cmap = _plt().get_cmap("viridis")
+    cmap = pyplot().get_cmap("viridis")
     n = max(len(budgets) - 1, 1)
     return {b: cmap(0.85 * i / n) for i, b in enumerate(budgets)}
 
 
-def _png(fig: Any) -> bytes:
+def to_png(fig: Any) -> bytes:
+    """The figure as PNG bytes (100 dpi, tight); the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
-def _panels(n: int, width: float = 4.2, height: float = 3.4, sharey: bool = False):
-    plt = _plt()
+def panels(n: int, width: float = 4.2, height: float = 3.4, sharey: bool = False) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels, three to a row: (figure, the n axes)."""
+    plt = pyplot()
     cols = min(max(n, 1), 3)
     rows = int(math.ceil(max(n, 1) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
@@ -60,7 +64,7 @@ def _ticks(plain: bool = False, every: bool = False):
     """A log axis' tick labels at 1, 2 and 5 times powers of ten only (every minor tick
     labelled overlaps on a wide axis; ``every``: all of them, for a narrow one); ``plain``:
     0.5, 1, 2 instead of 5e7."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter  # heavy: only when a figure is drawn
 
     def label(v: float, _: Any) -> str:
         if not v > 0:
@@ -94,8 +98,8 @@ def fig_lr_sweeps(an: Analysis) -> tuple[bytes, str]:
     """Loss vs LR per arch, one line per tuned size, the best LR starred (red: at the edge of
     the grid)."""
     archs = [a for a in an.archs if a in an.lr] + [a for a in an.lr if a not in an.archs]
-    fig, axes = _panels(len(archs))
-    cmap = _plt().get_cmap("plasma")
+    fig, axes = panels(len(archs))
+    cmap = pyplot().get_cmap("plasma")
     edge = []
     for ax, a in zip(axes, archs):
         sizes = an.lr[a].sizes
@@ -119,13 +123,13 @@ def fig_lr_sweeps(an: Analysis) -> tuple[bytes, str]:
                "where the best is the smallest or largest LR tried. ")
     caption += (f"Edge optima: {', '.join(edge)}." if edge else "No optimum is at an edge.")
     caption += " The LR power law's parameters are in the table only (point estimates)."
-    return _png(fig), caption
+    return to_png(fig), caption
 
 
 def fig_isoflop(an: Analysis) -> tuple[bytes, str]:
     """Per arch: every point of every budget, the fitted parabola (dashed) and its minimum
     with interval bars; edge minima hollow."""
-    fig, axes = _panels(len(an.archs))
+    fig, axes = panels(len(an.archs))
     colors = _budget_colors(an.budgets)
     no_bar, no_min = [], []
     t = an.table
@@ -170,7 +174,7 @@ def fig_isoflop(an: Analysis) -> tuple[bytes, str]:
         caption += f" No parabola (fewer than 3 sizes): {', '.join(no_min)}."
     if no_bar:
         caption += f" Interval undefined, drawn without a bar: {', '.join(no_bar)}."
-    return _png(fig), caption
+    return to_png(fig), caption
 
 
 def _band(an: Analysis, arch: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -195,8 +199,8 @@ def _band(an: Analysis, arch: str, grid: np.ndarray) -> tuple[np.ndarray, np.nda
 def fig_frontier(an: Analysis) -> tuple[bytes, str]:
     """Interior minima vs compute with intervals, edge minima hollow, and each arch's
     joint-fit curve with a 95% bootstrap band."""
-    plt = _plt()
-    colors = _arch_colors(an.archs)
+    plt = pyplot()
+    colors = arch_colors(an.archs)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     mins = [m for a in an.archs for m in an.verdicts[a].minima]
     Cs = [m.C for m in mins if finite(m.C)]
@@ -243,14 +247,14 @@ def fig_frontier(an: Analysis) -> tuple[bytes, str]:
                "table only).")
     if no_curve:
         caption += f" No joint-fit curve for: {', '.join(no_curve)}."
-    return _png(fig), caption
+    return to_png(fig), caption
 
 
 def fig_efficiency(an: Analysis) -> tuple[bytes, str]:
     """Forest plot: the joint-fit efficiency factor per arch with its interval (log x), the
     per-budget m(C) beneath it; 'not identifiable' written where there is none."""
-    plt = _plt()
-    colors = _arch_colors(an.archs)
+    plt = pyplot()
+    colors = arch_colors(an.archs)
     n = len(an.archs)
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.7 * n))
     vals = [1.0]
@@ -290,7 +294,7 @@ def fig_efficiency(an: Analysis) -> tuple[bytes, str]:
     ax.set_xscale("log")
     ax.set_xlim(lo / 1.25, hi * 1.25)
     if hi / lo < 8:  # a narrow axis: more labelled ticks than 1, 2, 5 x 10^k
-        from matplotlib.ticker import NullFormatter
+        from matplotlib.ticker import NullFormatter  # heavy: only when a figure is drawn
 
         nice = [m * 10.0**k for k in range(-3, 4) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)]
         ax.set_xticks([t for t in nice if lo / 1.25 <= t <= hi * 1.25])
@@ -316,7 +320,7 @@ def fig_efficiency(an: Analysis) -> tuple[bytes, str]:
     if outside:
         caption += f" m(C) not drawn: {', '.join(outside)}."
     caption += (" The conventions' point estimates are in the table only (no intervals).")
-    return _png(fig), caption
+    return to_png(fig), caption
 
 
 def seed_spread(an: Analysis) -> tuple[pd.DataFrame, float]:
@@ -335,7 +339,7 @@ def seed_spread(an: Analysis) -> tuple[pd.DataFrame, float]:
 
 def fig_seeds(an: Analysis) -> tuple[bytes, str]:
     """Loss deviations from the mean of their point, one column per arch."""
-    plt = _plt()
+    plt = pyplot()
     sub, sd = seed_spread(an)
     colors = _budget_colors(an.budgets)
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(an.archs) + 2), 3.6))
@@ -346,7 +350,7 @@ def fig_seeds(an: Analysis) -> tuple[bytes, str]:
         ax.set_yticks([])
         caption = ("Seed spread: not measured, no (arch, budget, size) point of the study has "
                    "two runs or more; the intervals rest on the parabolas' residuals alone.")
-        return _png(fig), caption
+        return to_png(fig), caption
     rng = np.random.default_rng(0)
     labelled: set[float] = set()
     for i, a in enumerate(an.archs):
@@ -373,7 +377,7 @@ def fig_seeds(an: Analysis) -> tuple[bytes, str]:
     caption = (f"Seed spread: at the {n_pts} (arch, budget, size) points with two runs or more, "
                f"each run's loss minus its point's mean; pooled seed sd {fmt(sd)} nats/token "
                f"(the parabolas' residual sd: {fmt(an.noise_sd)}).")
-    return _png(fig), caption
+    return to_png(fig), caption
 
 
 def make_figures(an: Analysis) -> dict[str, tuple[bytes, str]]:

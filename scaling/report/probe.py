@@ -1,4 +1,4 @@
-"""The report of a probe folder (``scaling.probe``): ``DIR/report.{json,md,html}`` and
+"""The report of a probe folder (``scaling.run.probe``): ``DIR/report.{json,md,html}`` and
 ``DIR/figures/`` from ``DIR/results.csv``.
 
 Scores, as both papers compute them:
@@ -18,16 +18,23 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from itertools import permutations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
+from scipy.stats import rankdata, spearmanr
 
 from postformer.train.fileio import atomic_write
+from postformer.train.probes.tasks import TASKS
 
+from ..fit import Analysis
+from ..numbers import fmt_est
+from ..run.probe import write_results
 from .document import Block, render_html, render_markdown
-from .figures import _arch_colors, _panels, _plt, _png
+from .figures import arch_colors, panels, pyplot, to_png
 
 MAD_TASKS = ("in_context_recall", "noisy_in_context_recall", "fuzzy_in_context_recall",
              "selective_copying", "compression", "memorization")
@@ -93,8 +100,6 @@ def read_probe_results(out_dir: str | Path) -> pd.DataFrame:
     """``DIR/results.csv`` (rebuilt from ``DIR/runs/`` when there is one)."""
     out = Path(out_dir)
     if (out / "runs").is_dir():
-        from .probe import write_results
-
         write_results(out)
     path = out / "results.csv"
     if not path.is_file() or not path.stat().st_size:
@@ -109,8 +114,6 @@ def read_probe_results(out_dir: str | Path) -> pd.DataFrame:
 def _ordered(df: pd.DataFrame, out: Path) -> pd.DataFrame:
     """Rows in the spec's arch order (probe.yaml) and the task registry's order, so tables
     and figures read as the spec was written."""
-    from postformer.train.probes.tasks import TASKS
-
     spec = yaml_load(out / "probe.yaml") if (out / "probe.yaml").is_file() else {}
     arch_rank = {a: i for i, a in enumerate(spec.get("archs") or {})}
     task_rank = {t: i for i, t in enumerate(TASKS)}
@@ -168,7 +171,7 @@ def probe_scores(out_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 def fig_heatmap(tasks: pd.DataFrame, mad: pd.DataFrame, d_model: int) -> tuple[bytes, str]:
     """Archs x tasks task scores at one width (and the MAD score column where complete)."""
-    plt = _plt()
+    plt = pyplot()
     t = tasks[tasks["d_model"] == d_model]
     archs, names = list(dict.fromkeys(t["arch"])), list(dict.fromkeys(t["task"]))
     grid = np.full((len(archs), len(names)), np.nan)
@@ -191,7 +194,7 @@ def fig_heatmap(tasks: pd.DataFrame, mad: pd.DataFrame, d_model: int) -> tuple[b
     ax.set_title(f"d_model = {d_model}")
     cap = (f"Best-LR test accuracy per arch and task at d_model {d_model}, the mean over each "
            "task's settings and seeds; the MAD score column only where all six MAD tasks ran.")
-    return _png(fig), cap
+    return to_png(fig), cap
 
 
 def fig_mqar(cells: pd.DataFrame) -> tuple[bytes, str] | None:
@@ -200,8 +203,8 @@ def fig_mqar(cells: pd.DataFrame) -> tuple[bytes, str] | None:
     if m.empty:
         return None
     settings = list(dict.fromkeys(m["setting"]))
-    fig, axes = _panels(len(settings), sharey=True)
-    colors = _arch_colors(list(dict.fromkeys(cells["arch"])))
+    fig, axes = panels(len(settings), sharey=True)
+    colors = arch_colors(list(dict.fromkeys(cells["arch"])))
     for ax, setting in zip(axes, settings):
         s = m[m["setting"] == setting]
         for arch, g in s.groupby("arch", sort=False):
@@ -219,7 +222,7 @@ def fig_mqar(cells: pd.DataFrame) -> tuple[bytes, str] | None:
     axes[0].legend(fontsize=8)
     cap = ("MQAR test accuracy (best LR, mean over seeds; band: min-max over seeds where there "
            "are several) against model width, one panel per (seq_len, kv pairs) setting.")
-    return _png(fig), cap
+    return to_png(fig), cap
 
 
 # --------------------------------------------------------------------------- the document
@@ -251,8 +254,6 @@ def build_blocks(df: pd.DataFrame, name: str, sc: Scores,
     if n_mad and n_mad < len(MAD_TASKS):
         notes.append(f"MAD score: not given, only {int(n_mad)} of the {len(MAD_TASKS)} MAD tasks "
                      "ran (the mean over those that ran is in report.json as mad_partial).")
-    from postformer.train.probes.tasks import TASKS
-
     ran = df.groupby("task")["setting"].nunique()
     short = [f"{t} {ran[t]} of {len(TASKS[t].sweep)}" for t in ran.index
              if t in TASKS and len(TASKS[t].sweep) > ran[t]]
@@ -327,8 +328,6 @@ def write_probe_report(out_dir: str | Path) -> dict[str, Path]:
 
 
 def yaml_load(path: Path) -> dict[str, Any]:
-    import yaml
-
     return yaml.safe_load(path.read_text()) or {}
 
 
@@ -352,10 +351,6 @@ def _plain(x: Any) -> Any:
 def rank_correlation(x: list[float], y: list[float]) -> tuple[float, float]:
     """Spearman's rho of ``x`` and ``y`` and its two-sided p-value: exact (every
     permutation) for up to 8 points, else scipy's t approximation. NaN below 3 points."""
-    from itertools import permutations
-
-    from scipy.stats import rankdata, spearmanr
-
     n = len(x)
     if n < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return math.nan, math.nan
@@ -373,13 +368,11 @@ def rank_correlation(x: list[float], y: list[float]) -> tuple[float, float]:
     return rho, hits / total
 
 
-def beside_study(an: Any, probe_dir: str | Path) -> tuple[list[Block], dict[str, Any]]:
+def beside_study(an: Analysis, probe_dir: str | Path) -> tuple[list[Block], dict[str, Any]]:
     """The probe scores of a probe folder beside a study's efficiency factors (``an``: its
-    ``analysis.Analysis``), with their rank correlation; (report blocks, report.json entry).
+    ``scaling.fit.Analysis``), with their rank correlation; (report blocks, report.json entry).
     An arch is matched by its label; the probe score is the MAD score where all six MAD
     tasks ran, else the mean over the tasks that ran (said so)."""
-    from .numbers import fmt_est
-
     scores = probe_scores(probe_dir)
     rows, pairs, data = [], [], {"probe_dir": str(probe_dir), "archs": {}}
     for arch in an.archs:
@@ -414,7 +407,7 @@ def beside_study(an: Any, probe_dir: str | Path) -> tuple[list[Block], dict[str,
                 + ").")
     blocks = [Block("h2", "Synthetic probes beside the verdict"),
               Block("p", f"Probe scores from `{probe_dir}` (best-LR test accuracy at the largest "
-                         "width each arch ran; scaling.probe_report), matched to the study's archs "
+                         "width each arch ran; scaling.report.probe), matched to the study's archs "
                          "by label. " + corr),
               Block("table", header=["arch", "efficiency factor", "probe score", "MQAR", "d_model"],
                     items=rows)]

@@ -1,9 +1,10 @@
 """``postformer report DIR``: the verdict of a study, rebuilt from its results table.
 
-Reads ``DIR/results.csv`` (``scaling.table``; rebuilt first by ``scaling.results`` when the
-folder has ``runs/`` or ``tune/``), and, where present, ``DIR/study.yaml`` (``name``, ``baseline``) and
-``DIR/scope.json`` (corpus, tokenizer, window, validation set, protocol: written by the
-runner). Runs :func:`postformer.scaling.analysis.analyse` once and writes
+Reads ``DIR/results.csv`` (``scaling.fit.table``; rebuilt first by ``scaling.run.results``
+when the folder has ``runs/`` or ``tune/``), and, where present, ``DIR/study.yaml``
+(``name``, ``baseline``) and ``DIR/scope.json`` (corpus, tokenizer, window, validation set,
+protocol: written by the runner). Runs :func:`postformer.scaling.fit.analyse` once and
+writes
 
     DIR/report.json        the machine-readable verdict (strict JSON: undefined is null)
     DIR/report.md          Markdown, figures linked from figures/
@@ -21,23 +22,24 @@ reader never sees half a report.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from postformer.train.fileio import atomic_write
 
-from .analysis import DEFAULT_N_BOOT, Analysis, analyse
+from ..fit import DEFAULT_N_BOOT, Analysis, ResultsError, analyse, read_results
+from ..numbers import ceil_sig, finite, fmt, fmt_est, fmt_fixed, fmt_flops
+from ..run.results import write_results
 from .document import Block, Link, render_html, render_markdown
 from .figures import make_figures
-from .numbers import ceil_sig, finite, fmt, fmt_est, fmt_fixed, fmt_flops
-from .report_json import (
+from .probe import beside_study
+from .verdict import (
     all_warnings,
     dumps_strict,
     free_gammas,
@@ -45,10 +47,6 @@ from .report_json import (
     report_dict,
     why_no_efficiency,
 )
-from .table import ResultsError, read_results
-
-__all__ = ["DEFAULT_N_BOOT", "write_report", "report_main", "build_report", "fmt"]
-
 
 # --------------------------------------------------------------------------- inputs
 
@@ -64,8 +62,6 @@ def load_inputs(out_dir: Path) -> tuple[pd.DataFrame, dict[str, Any], dict[str, 
     df = read_results(csv_path)
     spec: dict[str, Any] = {}
     if (out_dir / "study.yaml").is_file():
-        import yaml
-
         loaded = yaml.safe_load((out_dir / "study.yaml").read_text())
         spec = loaded if isinstance(loaded, dict) else {}
     scope: dict[str, Any] = {}
@@ -418,13 +414,11 @@ def write_report(out_dir: str | os.PathLike, *, baseline: str | None = None,
     """Build ``DIR/report.{json,md,html}`` and ``DIR/figures/*.png`` (see the module
     docstring); returns name -> path of every file written (``"json"``, ``"md"``,
     ``"html"``, one per figure). ``probes``: a probe folder (``postformer probe``) whose
-    scores are set beside the efficiency factors (``scaling.probe_report.beside_study``).
+    scores are set beside the efficiency factors (``scaling.report.probe.beside_study``).
     Raises ResultsError for a missing or bad results table and ValueError for an unknown
     baseline or a probe folder without results."""
     out_dir = Path(out_dir)
     if (out_dir / "runs").is_dir() or (out_dir / "tune").is_dir():
-        from postformer.scaling.results import write_results
-
         write_results(out_dir)
     df, spec, scope = load_inputs(out_dir)
     baseline = baseline or spec.get("baseline") or None
@@ -432,8 +426,6 @@ def write_report(out_dir: str | os.PathLike, *, baseline: str | None = None,
     name = str(spec.get("name") or out_dir.resolve().name)
     data, blocks, pngs = build_report(an, df, name=name, scope=scope, out_dir=out_dir)
     if probes is not None:
-        from .probe_report import beside_study
-
         probe_blocks, data["probes"] = beside_study(an, probes)
         at = next((i for i, b in enumerate(blocks) if b.kind == "h2" and b.text == "Figures"),
                   len(blocks))
@@ -451,45 +443,3 @@ def write_report(out_dir: str | os.PathLike, *, baseline: str | None = None,
     atomic_write(paths["html"], render_html(blocks, f"Scaling report: {name}"))
     written.update(paths)
     return written
-
-
-def report_main(argv: list[str]) -> None:
-    """``postformer report DIR [--baseline NAME] [--n-boot N] [--seed S] [--probes PROBE_DIR]``;
-    a probe folder (``DIR/probe.yaml``) gets its probe report instead."""
-    parser = argparse.ArgumentParser(
-        prog="postformer report",
-        description="Rebuild a study's report (report.json, report.md, report.html, figures/) "
-                    "from DIR/results.csv (rebuilt from DIR/runs/ when present), without "
-                    "training anything.")
-    parser.add_argument("dir", metavar="DIR", help="the study folder (or any folder with a "
-                                                   "results.csv)")
-    parser.add_argument("--baseline", default=None,
-                        help="architecture to compare against (default: study.yaml's "
-                             "baseline, else transformer, else the table's first)")
-    parser.add_argument("--n-boot", type=int, default=DEFAULT_N_BOOT,
-                        help=f"bootstrap replicates (default {DEFAULT_N_BOOT})")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--probes", metavar="PROBE_DIR", default=None,
-                        help="a `postformer probe` folder: set its scores beside the efficiency "
-                             "factors, with their rank correlation")
-    args = parser.parse_args(argv)
-    if (Path(args.dir) / "probe.yaml").is_file():  # a probe folder: its own report
-        from .probe_report import write_probe_report
-
-        try:
-            written = write_probe_report(args.dir)
-        except ValueError as err:
-            parser.error(" ".join(str(err).split()))
-        print(f"postformer report: wrote {written['json']}, {written['md']}, {written['html']}",
-              file=sys.stderr)
-        return
-    if args.n_boot < 1:
-        parser.error("--n-boot must be >= 1 (intervals need 10 replicates or more)")
-    try:
-        written = write_report(args.dir, baseline=args.baseline, n_boot=args.n_boot,
-                               seed=args.seed, probes=args.probes)
-    except ValueError as err:  # ResultsError (a missing or bad table), an unknown baseline
-        parser.error(" ".join(str(err).split()))
-    figs = [str(p) for k, p in written.items() if k not in ("json", "md", "html")]
-    print(f"postformer report: wrote {written['json']}, {written['md']}, {written['html']} and "
-          f"{len(figs)} figures ({', '.join(figs)})", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""``report.json``: the analysis as strict JSON (what ``scaling/report.py`` writes beside the
-markdown and HTML), plus the two facts both renderings share: why an arch has no efficiency
+"""``report.json``: the analysis as strict JSON (what ``scaling.report.study`` writes beside
+the markdown and HTML), plus the two facts both renderings share: why an arch has no efficiency
 factor, and the de-duplicated warnings."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import Analysis, ArchVerdict, Estimate, Minimum, percentile
-from .numbers import finite, fmt_flops
+from ..fit import Analysis, ArchVerdict, Estimate, percentile
+from ..fit.isoflop import Minimum
+from ..numbers import finite, fmt_flops
 
 
 def _jsonable(x: Any) -> Any:

@@ -1,6 +1,6 @@
 """How a study's runs are executed (``postformer study --executor``).
 
-Locks: ``scaling.locks``.
+Locks: ``postformer.train.locks``.
 
 Executors (``--executor KIND``, or the spec's ``executor.kind``)::
 
@@ -15,7 +15,7 @@ Job flow (local, slurm). The study process holds the study lock, lays out the ru
 every run that is ready and waits, polling every ``poll_s`` seconds: a cooldown is submitted
 once its main run's job has finished (its stable checkpoint exists), the main grid once the
 tuning stage has (its LRs come from the tuned optima: the runner's stages). A job trains its
-run exactly as the in-process runner does (``runner._train``: ``postformer fit`` on
+run exactly as the in-process runner does (``training.train_run``: ``postformer fit`` on
 RUN/fit.yaml, from RUN/checkpoints/last.ckpt when there is one) and returns the step it
 reached; the study writes RUN/result.json and prints ``[i/n] run: loss ..., k/n done`` or
 ``FAILED: ... (log: PATH)``; at the end results.csv and the report, as in process.
@@ -25,7 +25,7 @@ its time limit is requeued (up to ``max_timeouts`` times) and Slurm requeues a p
 checkpoint (``checkpoint.every_n_train_steps``) train again. Ctrl-C on the study cancels its
 jobs; a study that was killed leaves them running, holding their run locks.
 
-Settings: the spec's ``executor`` section (validated by ``scaling.study``); ``--executor-opt
+Settings: the spec's ``executor`` section (validated by ``scaling.spec.executor``); ``--executor-opt
 KEY=VALUE`` overrides one key (the value read as YAML)::
 
     kind            inprocess | local | slurm
@@ -46,101 +46,31 @@ KEY=VALUE`` overrides one key (the value read as YAML)::
 
 from __future__ import annotations
 
+import ctypes
 import json
+import multiprocessing
 import os
+import signal
 import sys
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from postformer.train.fileio import atomic_write
+import torch
 
-from .locks import RunLocked, is_rank_zero
-from .study import _check_keys, _fail, _int, _mapping, _positive
+from postformer.train.callbacks import NonFiniteLossError
+from postformer.train.fileio import atomic_write
+from postformer.train.locks import RunLocked, is_rank_zero
+
+from ..numbers import fmt_duration, fmt_tokens
+from . import training
+from .results import finished_row
+from .results import make_row as study_row
 
 LOCAL_TIMEOUT_MIN = 365 * 24 * 60  # a local job without time_min: no limit to speak of
 HEARTBEAT_S = 300.0
-
-
-# ---- the spec's executor section ------------------------------------------------------------
-
-#: where the runs train (the module docstring says what each key does)
-EXECUTOR_KINDS = ("inprocess", "local", "slurm")
-EXECUTOR_KEYS = ("kind", "jobs", "time_min", "nodes", "gpus_per_node", "cpus_per_task", "mem_gb",
-                 "partition", "account", "qos", "constraint", "setup", "sbatch", "max_timeouts",
-                 "poll_s")
-
-def executor_section(src: str, spec: dict[str, Any], trainer: dict[str, Any],
-                     overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """A spec's executor section with ``overrides`` applied (``--executor``,
-    ``--executor-opt``; a None value removes a key), validated (:func:`check_executor`)."""
-    ex = dict(_mapping(src, "executor", spec.get("executor")))
-    for key, value in (overrides or {}).items():
-        if value is None:
-            ex.pop(key, None)
-        else:
-            ex[key] = value
-    return check_executor(src, ex, trainer, _mapping(src, "trainer", spec.get("trainer")))
-
-
-def check_executor(src: str, section: Any, trainer: dict[str, Any], given: dict[str, Any]
-                    ) -> dict[str, Any]:
-    """The executor section, validated; sets ``trainer.num_nodes`` from ``nodes`` and
-    ``trainer.devices`` from ``gpus_per_node`` (``given``: the trainer section as written)."""
-    ex = dict(_mapping(src, "executor", section))
-    _check_keys(src, "executor", ex, EXECUTOR_KEYS)
-    kind = ex.setdefault("kind", "inprocess")
-    if kind not in EXECUTOR_KINDS:
-        raise _fail(src, "executor.kind", f"must be one of {list(EXECUTOR_KINDS)}, got {kind!r}")
-    for key, lo in (("jobs", 1), ("time_min", 1), ("nodes", 1), ("gpus_per_node", 0),
-                    ("cpus_per_task", 1), ("max_timeouts", 0)):
-        if key in ex:
-            _int(src, f"executor.{key}", ex[key], lo)
-    for key in ("mem_gb", "poll_s"):
-        if key in ex:
-            ex[key] = _positive(src, f"executor.{key}", ex[key])
-    for key in ("partition", "account", "qos", "constraint"):
-        if key in ex and not (isinstance(ex[key], str) and ex[key].strip()):
-            raise _fail(src, f"executor.{key}", f"must be a non-empty string, got {ex[key]!r}")
-    setup = ex.get("setup", [])
-    if isinstance(setup, str):
-        setup = ex["setup"] = [setup]
-    if not (isinstance(setup, list) and all(isinstance(x, str) for x in setup)):
-        raise _fail(src, "executor.setup", f"must be a list of shell lines, got {setup!r}")
-    sbatch = _mapping(src, "executor.sbatch", ex.get("sbatch"))
-    for flag, value in sbatch.items():
-        if not isinstance(flag, str) or not isinstance(value, str | int | float | bool):
-            raise _fail(src, f"executor.sbatch.{flag}", f"must be a flag: value, got {value!r}")
-    if kind == "slurm" and "time_min" not in ex:
-        raise _fail(src, "executor.time_min", "required with the slurm executor (minutes per job; "
-                                              "a job that hits it is requeued and resumes)")
-    # nodes and devices per node set the tokens per step: one value, in the trainer section
-    if "nodes" in ex:
-        nodes = ex["nodes"]
-        if "num_nodes" in given and given["num_nodes"] != nodes:
-            raise _fail(src, "executor.nodes", f"{nodes} differs from trainer.num_nodes "
-                                               f"{given['num_nodes']}; give one of them")
-        if nodes != 1 and kind != "slurm":
-            raise _fail(src, "executor.nodes", f"{nodes} nodes per run need the slurm executor, "
-                                               f"not {kind}")
-        if nodes != 1:
-            trainer["num_nodes"] = nodes
-    elif kind == "local" and trainer.get("num_nodes", 1) != 1:
-        raise _fail(src, "trainer.num_nodes", f"{trainer['num_nodes']} nodes per run need the slurm "
-                                              "executor, not local")
-    devices = trainer.get("devices", 1)
-    n_dev = len(devices) if isinstance(devices, list) else devices
-    if ex.get("gpus_per_node"):
-        gpus = ex["gpus_per_node"]
-        if "devices" in given and n_dev != gpus:
-            raise _fail(src, "executor.gpus_per_node", f"{gpus} differs from trainer.devices "
-                                                       f"{devices!r}; give one of them")
-        trainer["devices"] = gpus
-    elif "gpus_per_node" not in ex and str(trainer.get("accelerator", "")).lower() in ("gpu", "cuda"):
-        ex["gpus_per_node"] = n_dev
-    return ex
-
 
 
 # ---- submitit ------------------------------------------------------------------------------
@@ -160,8 +90,6 @@ def local_gpus(study: Any) -> int:
     is auto and this machine has GPUs (a local job sees only the GPUs it is given)."""
     gpus = study.executor.get("gpus_per_node")
     if gpus is None and str(study.trainer.get("accelerator", "auto")).lower() == "auto":
-        import torch
-
         gpus = _devices_per_node(study.trainer) if torch.cuda.is_available() else 0
     return int(gpus or 0)
 
@@ -200,7 +128,7 @@ def submitit_parameters(study: Any, kind: str) -> dict[str, Any]:
 
 def make_executor(study: Any, out: Path, kind: str) -> Any:
     """A submitit executor whose files go to ``out/jobs/<job id>/``."""
-    import submitit
+    import submitit  # heavy, and only the local and slurm executors need it
 
     cls = submitit.SlurmExecutor if kind == "slurm" else submitit.LocalExecutor
     executor = cls(folder=Path(out) / "jobs" / "%j",
@@ -211,32 +139,26 @@ def make_executor(study: Any, out: Path, kind: str) -> Any:
 
 class RunJob:
     """A submitit job: one run of a study folder, trained as the in-process runner trains it
-    (``runner._train``); returns (the global step reached, seconds). On a timeout submitit
+    (``training.train_run``); returns (the global step reached, seconds). On a timeout submitit
     calls ``checkpoint``: the same run again, which resumes from its last.ckpt."""
 
     def __init__(self, out: str, run: Any, threads: int | None = None, verbose: bool = False) -> None:
         self.out, self.run, self.threads, self.verbose = str(out), run, threads, verbose
 
     def __call__(self) -> tuple[int, float]:
-        import torch
-
-        import postformer.train.cli  # noqa: F401  (Lightning sets its loggers' levels on import)
-
-        from . import runner
-
         if self.threads:
             torch.set_num_threads(self.threads)
         if is_rank_zero() and (Path(self.out) / self.run.run_dir / "checkpoints" / "last.ckpt").is_file():
             print(f"resuming {self.run.run_dir} from its checkpoints/last.ckpt", flush=True)
         try:
-            with runner._quiet_lightning(self.verbose):
-                cli, wall = runner._train(Path(self.out), self.run)
+            with training.quiet_lightning(self.verbose):
+                cli, wall = training.train_run(Path(self.out), self.run)
         except RunLocked as err:  # an exception submitit reports, not an exit
             raise RuntimeError(str(err)) from None
         return int(cli.trainer.global_step), wall
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        from submitit.helpers import DelayedSubmission
+        from submitit.helpers import DelayedSubmission  # heavy: only inside a submitit job
 
         return DelayedSubmission(RunJob(self.out, self.run, self.threads, self.verbose))
 
@@ -257,28 +179,18 @@ def _job_error(job: Any, err: BaseException) -> JobFailed:
 
 
 def _worker_init(threads: int) -> None:
-    import torch
-
-    import postformer.train.cli  # noqa: F401  (Lightning sets its loggers' levels on import;
-    # import it before _quiet_lightning lowers them)
-
     torch.set_num_threads(threads)
     if sys.platform.startswith("linux"):
         # a worker dies with its study process (killed, not only interrupted): no orphan
         # keeps training into a run folder; its run resumes from last.ckpt next time
-        import ctypes
-        import signal
-
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _train_in_worker(out: str, run: Any, verbose: bool) -> tuple[int, float]:
     """One run in a worker process (``--jobs``): (the global step reached, seconds)."""
-    from . import runner
-
-    with runner._quiet_lightning(verbose):
-        cli, wall = runner._train(Path(out), run)
+    with training.quiet_lightning(verbose):
+        cli, wall = training.train_run(Path(out), run)
     return int(cli.trainer.global_step), wall
 
 
@@ -288,11 +200,6 @@ class _Workers:
     limit = None  # the pool queues what it cannot start yet
 
     def __init__(self, jobs: int, verbose: bool) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        import torch
-
         self.verbose = verbose
         threads = max(1, torch.get_num_threads() // jobs)
         self.pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
@@ -302,8 +209,6 @@ class _Workers:
         return self.pool.submit(_train_in_worker, str(out), run, self.verbose)
 
     def wait(self, handles: list[Any], status: Any) -> list[Any]:
-        from concurrent.futures import FIRST_COMPLETED, wait
-
         return list(wait(handles, return_when=FIRST_COMPLETED)[0])
 
     def result(self, handle: Any) -> tuple[int, float]:
@@ -331,8 +236,6 @@ class _Jobs:
         if kind == "local":
             self.gpus = local_gpus(study)
             if self.gpus:
-                import torch
-
                 n_slots = max(1, torch.cuda.device_count() // self.gpus)
                 self.limit = min(self.limit or 1, n_slots)
             elif self.threads is None:
@@ -396,8 +299,6 @@ class _Progress:
         self.done_work = self.done_wall = 0.0
 
     def eta(self) -> str:
-        from .numbers import fmt_duration
-
         left = sum(self.work.values())
         return fmt_duration(self.done_wall / self.done_work * left) if self.done_work else "?"
 
@@ -411,14 +312,8 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
 
     ``study`` needs ``executor`` and ``trainer`` (and ``name`` for slurm); a point needs
     ``name``, ``runs`` (``plan.RunPlan``, main run first) and ``flops_per_token``: the probe
-    runner (``scaling.probe``) trains its cells through here too, with its own ``make_row``
+    runner (``scaling.run.probe``) trains its cells through here too, with its own ``make_row``
     (``(out, run_dir) -> row | None``; default ``results.make_row``)."""
-    from postformer.train.callbacks import NonFiniteLossError
-
-    from . import runner
-    from .results import finished_row
-    from .results import make_row as study_row
-
     make_row = make_row or study_row
     kind = study.executor.get("kind", "inprocess")
     jobs = jobs if jobs is not None else study.executor.get("jobs")
@@ -443,7 +338,6 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
     index = {id(r): i + 1 for i, (_, r) in enumerate(items)}
     done = [total - len(todo)]
     start = time.perf_counter()
-    from .numbers import fmt_duration, fmt_tokens
     # a run that fails is reported and the others go on; anything but Ctrl-C (a usage error
     # of `postformer fit` is a SystemExit after its one-line message)
     errors = (Exception, SystemExit)
@@ -490,12 +384,12 @@ def train_points(study: Any, points: list[Any], out: Path, verbose: bool, failed
             print(f"  resuming {r.run_dir} from its checkpoints/last.ckpt", flush=True)
 
     if kind == "inprocess" and ((jobs or 1) <= 1 or len(todo) <= 1):
-        with runner._quiet_lightning(verbose):
+        with training.quiet_lightning(verbose):
             for p, r in todo:
                 resuming(r)
                 t0 = time.perf_counter()
                 try:
-                    cli, wall = runner._train(out, r)
+                    cli, wall = training.train_run(out, r)
                 except errors as err:
                     finish(p, r, None, 0.0, err, t0)
                     continue

@@ -1,16 +1,7 @@
-"""The plan of a study (``scaling.study``): the model of every arch at every size, and the
-runs: the tuning stage's sweeps and the main grid's trajectories (a main run and the wsd
-cooldowns branched off it), with their steps, LRs, warmups and evaluation steps.
-
-Model shapes. A size is a Transformer++ shape (``d_model``, ``n_layers``, attention heads;
-``fields``: ModelConfig fields for every arch at that size, such as the ladder's
-``ff_multiple_of``, default 16).
-An arch's ``n_layers`` is the size's times its ``layer_multiplier``, by default 2 when no
-block of its pattern has an MLP (a Mamba-2 block holds about the parameters of half a
-Transformer++ block) and 1 otherwise; a preset arch at a preset size keeps the preset's
-matched depth. Options merge in this order, later wins: the preset's, the size's
-``mixers``, the arch's own fields, the size's ``overrides[label]``. ``match_params: true``
-sets the arch's ``d_ff`` at every size so that its N is within 5% of the baseline's.
+"""The plan of a study (``scaling.spec.Study``): its runs, the tuning stage's sweeps and the
+main grid's trajectories (a main run and the wsd cooldowns branched off it), with their
+steps, LRs, warmups and evaluation steps. The models themselves are the spec's
+(``Study.shapes``, ``scaling.spec.models``).
 
 Budgets. ``tokens`` are the same for every size; ``tokens_per_param`` gives ``D = r N``;
 ``flops`` gives ``D = C / flops_per_token`` (N counts embeddings). A run trains
@@ -22,241 +13,20 @@ own run from scratch (a cosine run stopped early is not a data point).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from postformer.arch import PRESETS, ModelConfig
-from postformer.arch.config import depth_multiplier
-from postformer.arch.flops import flops_per_token, param_counts
+from postformer.arch import ModelConfig
+from postformer.train.schedule import wsd_decay_start
 
-from .study import (
-    ARCH_EXTRA_KEYS,
-    ISOFLOP_TOL,
-    LADDER_KEYS,
-    MATCH_TOL,
-    MIN_STEPS,
-    Study,
-    StudyError,
-    _check_keys,
-    _fail,
-    _int,
-    _lm_default,
-    _mapping,
-    _nonempty_list,
-    _positive,
-)
+from ..spec import Shape, Study, StudyError
+from ..spec.checks import lm_default
 
-# ---- the size ladder ----------------------------------------------------------------
-
-
-def ladder_sizes(src: str, ladder: dict) -> list[dict[str, Any]]:
-    """The size dicts of a ladder (see the module docstring), smallest first."""
-    _check_keys(src, "ladder", ladder, LADDER_KEYS)
-    knob = ladder.get("knob", "width")
-    head_dim = _int(src, "ladder.head_dim", ladder.get("head_dim", 16), 16)
-    mixers = _mapping(src, "ladder.mixers", ladder.get("mixers"))
-    if knob == "width":
-        widths = [_int(src, "ladder.d_model", d, 8) for d in _nonempty_list(src, "ladder.d_model", ladder.get("d_model"))]
-        depth = _int(src, "ladder.n_layers", ladder.get("n_layers", 4), 1)
-        shapes = [(d, depth) for d in widths]
-        name = lambda d, L: f"w{d}"
-    elif knob == "depth":
-        depths = [_int(src, "ladder.n_layers", L, 1) for L in _nonempty_list(src, "ladder.n_layers", ladder.get("n_layers"))]
-        if ("d_model" in ladder) == ("aspect_ratio" in ladder):
-            raise _fail(src, "ladder", "with knob depth give d_model (a fixed width) or "
-                                       "aspect_ratio (d_model = aspect_ratio * n_layers), not both")
-        if "d_model" in ladder:
-            shapes = [(_int(src, "ladder.d_model", ladder["d_model"], 8), L) for L in depths]
-        else:
-            ar = _positive(src, "ladder.aspect_ratio", ladder["aspect_ratio"])
-            shapes = [(max(head_dim, int(round(ar * L / head_dim)) * head_dim), L) for L in depths]
-        name = lambda d, L: f"L{L}"
-    else:
-        raise _fail(src, "ladder.knob", f"must be width or depth, got {knob!r}")
-    if len(set(shapes)) != len(shapes):
-        raise _fail(src, "ladder", f"rungs repeat: {shapes}")
-    d_state = ladder.get("d_state")
-    # the MLP width rounds to a multiple of this: 64 (the ModelConfig default) would move a
-    # 32-wide model's d_ff from 85 to 128, a jump in N the ladder's spacing does not intend
-    ff_mult = _int(src, "ladder.ff_multiple_of", ladder.get("ff_multiple_of", 16), 1)
-    out = []
-    for d, L in sorted(shapes):
-        opts = _rung_mixers(d, head_dim, d_state)
-        for m, o in mixers.items():
-            opts[m] = {**opts.get(m, {}), **(o or {})}
-        out.append({"name": name(d, L), "d_model": d, "n_layers": L,
-                    "n_heads": opts["attn"]["n_heads"], "mixers": opts,
-                    "fields": {"ff_multiple_of": ff_mult}})
-    return out
-
-
-def _heads(channels: int, per_head: int, *, even: bool = False, divides: int | None = None) -> int:
-    """The most heads of at least ``per_head`` channels that divide ``channels`` (and
-    ``divides``), with an even head dim when asked; at least one."""
-    for h in range(max(1, channels // per_head), 0, -1):
-        if channels % h or (divides is not None and divides % h):
-            continue
-        if even and (channels // h) % 2:
-            continue
-        return h
-    return 1
-
-
-def _rung_mixers(d: int, head_dim: int, d_state: int | None) -> dict[str, dict[str, Any]]:
-    """Mixer options that keep heads and states sensible at width d (see the docstring)."""
-    attn = _heads(d, head_dim, even=True)
-    inner = 2 * d  # mamba2's d_inner at expand 2
-    mamba_hd = inner // _heads(inner, head_dim)
-    key_gla, val_gla = d // 2, d  # GLA: expand_k 0.5, expand_v 1
-    gla = _heads(key_gla, 32, divides=val_gla) if key_gla >= 32 else 1
-    key_gdn = int(round(0.75 * d))
-    gdn = max(1, key_gdn // 32)
-    kda = _heads(d, head_dim)  # Kimi Delta Attention: key dim d in heads of about head_dim
-    return {
-        "attn": {"n_heads": attn},
-        "swa": {"n_heads": attn},
-        "mamba2": {"head_dim": mamba_hd, **({"d_state": int(d_state)} if d_state else {})},
-        "gla": {"n_heads": gla},
-        "gdn": {"n_heads": gdn, "head_dim": max(1, key_gdn // gdn)},
-        "deltanet": {"n_heads": max(1, d // 32), "head_dim": d // max(1, d // 32)},
-        "gated_attn": {"n_heads": attn},
-        "deltaproduct": {"n_heads": gdn, "head_dim": max(1, key_gdn // gdn)},
-        "kda": {"n_heads": kda, "head_dim": d // kda},
-        "mamba3": {"head_dim": mamba_hd, **({"d_state": int(d_state)} if d_state else {})},
-        "rwkv7": {"head_dim": d // kda},  # heads of about head_dim channels that divide d
-    }
-
-
-# ---- model shapes -----------------------------------------------------------------------
-
-
-def _merge_mixers(into: dict, mixers: dict | None) -> None:
-    for name, opts in (mixers or {}).items():
-        into[name] = {**into.get(name, {}), **(opts or {})}
-
-
-def _shape_config(study: Study, label: str, size: Any, vocab: int | None = None) -> dict[str, Any]:
-    """ModelConfig fields of arch ``label`` at ``size`` before parameter matching; ``vocab``:
-    the models' vocabulary (default: the study's tokenizer's, ``study_vocab``). ``study``
-    needs only ``source`` and ``archs`` when ``vocab`` is given (the probe runner's use)."""
-    src, arch = study.source, study.archs[label]
-    size_name = size if isinstance(size, str) else size["name"]
-    where = f"archs.{label} at size {size_name}"
-    preset = arch if isinstance(arch, str) else arch.get("preset")
-    own = {} if isinstance(arch, str) else {k: v for k, v in arch.items() if k not in ARCH_EXTRA_KEYS}
-
-    if isinstance(size, str):
-        shape = PRESETS["transformer"][size]
-        d_model, n_layers = shape["d_model"], shape["n_layers"]
-        n_heads = shape["mixers"]["attn"]["n_heads"]
-        size_mixers, overrides, size_fields = {}, {}, {}
-    else:
-        d_model, n_layers, n_heads = size["d_model"], size["n_layers"], size.get("n_heads")
-        size_mixers, overrides = size.get("mixers") or {}, (size.get("overrides") or {}).get(label) or {}
-        size_fields = size.get("fields") or {}
-
-    fields: dict[str, Any] = {}
-    if preset is not None:
-        base = PRESETS[preset][size] if isinstance(size, str) else next(iter(PRESETS[preset].values()))
-        # at a custom size only the preset's design carries over (pattern, MLP rule), not its widths
-        fields = copy.deepcopy(base) if isinstance(size, str) else {
-            k: copy.deepcopy(base[k]) for k in ("pattern", "mlp", "mlp_kind") if k in base
-        }
-    fields.update(size_fields)
-    fields.update({k: v for k, v in own.items() if k != "mixers"})
-    pattern = fields.get("pattern", ["attn"])
-    mixers = fields.setdefault("mixers", {})
-    if n_heads is not None and "attn" in pattern:
-        mixers.setdefault("attn", {}).setdefault("n_heads", n_heads)
-    _merge_mixers(mixers, {k: v for k, v in size_mixers.items() if k in pattern})
-    _merge_mixers(mixers, own.get("mixers"))
-    fields["d_model"] = d_model
-    if "vocab_size" not in fields:
-        fields["vocab_size"] = vocab if vocab is not None else study_vocab(study)
-
-    try:
-        probe = ModelConfig(**{**fields, "n_layers": 1})
-        if isinstance(arch, dict) and "layer_multiplier" in arch:
-            mult = arch["layer_multiplier"]
-        else:
-            mult = depth_multiplier(probe.pattern, probe.mlp)
-        if isinstance(size, str) and preset is not None and not (isinstance(arch, dict) and "layer_multiplier" in arch):
-            fields["n_layers"] = PRESETS[preset][size]["n_layers"]  # the preset's matched depth
-        else:
-            fields["n_layers"] = n_layers * mult
-        _merge_mixers(mixers, overrides.get("mixers"))
-        fields.update({k: v for k, v in overrides.items() if k != "mixers"})
-        ModelConfig(**fields)
-    except (TypeError, ValueError) as err:
-        raise _fail(src, where, str(err)) from None
-    return fields
-
-
-def study_vocab(study: Study) -> int:
-    """The vocabulary of the study's models: ``data.tokenizer``'s size, or ``model.vocab_size``
-    where the tokenizer file is not on this machine (planning a cluster study on a laptop);
-    both given must agree."""
-    from postformer.train.tokenizer import get_tokenizer
-
-    spec, given = study.data_value("tokenizer"), study.model.get("vocab_size")
-    try:
-        vocab = get_tokenizer(spec).vocab_size
-    except FileNotFoundError as err:
-        if given is not None:
-            return int(given)
-        raise StudyError(f"{study.source}: data.tokenizer: {err}; train it first (`postformer "
-                         "tokenizer train ... --out FILE`), or set model.vocab_size to plan "
-                         "without it") from None
-    if given is not None and int(given) != vocab:
-        raise StudyError(f"{study.source}: model.vocab_size: {given} differs from data.tokenizer "
-                         f"{spec!r}'s {vocab} tokens; the models follow the tokenizer")
-    return vocab
-
-
-def model_config(study: Study, label: str, size: Any) -> ModelConfig:
-    """The ``ModelConfig`` of arch ``label`` at ``size`` (a preset name or a size mapping);
-    with ``match_params`` its ``d_ff`` makes N match the baseline's within 5%."""
-    key = (label, size if isinstance(size, str) else size["name"])
-    cached = study._configs.get(key)
-    if cached is None:
-        cached = study._configs[key] = _model_config(study, label, size)
-    return copy.deepcopy(cached)
-
-
-def _model_config(study: Study, label: str, size: Any) -> ModelConfig:
-    fields = _shape_config(study, label, size)
-    cfg = ModelConfig(**fields)
-    size_name = size if isinstance(size, str) else size["name"]
-    where = f"archs.{label} at size {size_name}"
-    arch = study.archs[label]
-    if isinstance(arch, dict) and arch.get("match_params") and label != study.baseline:
-        target = param_counts(ModelConfig(**_shape_config(study, study.baseline, size)))[0]
-        if not any(cfg.block_has_mlp(m) for m in cfg.pattern):
-            raise _fail(study.source, where, "match_params sets d_ff, but no block of the pattern "
-                                             "has an MLP")
-        # N is linear in d_ff: solve, then try the multiples of 8 around the solution
-        n8, n16 = (param_counts(ModelConfig(**{**fields, "d_ff": f}))[0] for f in (8, 16))
-        guess = 8 + (target - n8) * 8 / max(n16 - n8, 1)
-        best = None
-        for d_ff in {max(8, 8 * int(guess // 8) + k) for k in (-8, 0, 8, 16)}:
-            N = param_counts(ModelConfig(**{**fields, "d_ff": d_ff}))[0]
-            if best is None or abs(N - target) < abs(best[1] - target):
-                best = (d_ff, N)
-        if abs(best[1] / target - 1) > MATCH_TOL:
-            raise _fail(study.source, where, f"match_params: no d_ff brings N within "
-                                             f"{MATCH_TOL:.0%} of the baseline's {target} (best "
-                                             f"{best[1]} at d_ff={best[0]})")
-        cfg = ModelConfig(**{**fields, "d_ff": best[0]})
-    missing = set(cfg.pattern) - set(cfg.layer_mixers)
-    if missing:
-        raise _fail(study.source, where, f"{cfg.n_layers} layers never reach mixer(s) "
-                                         f"{sorted(missing)} of the pattern {cfg.pattern}; use "
-                                         "more layers or a layer_multiplier")
-    return cfg
+ISOFLOP_TOL = 0.02  # the sizes of an IsoFLOP group have equal compute within 2%
+MIN_STEPS = 5
 
 
 # ---- the plan ---------------------------------------------------------------------------
@@ -323,29 +93,6 @@ def branch_ckpt_name(step: int) -> str:
     return f"stable-{step}.ckpt"
 
 
-@dataclass
-class _Shape:
-    size: Any
-    name: str
-    config: ModelConfig
-    N: int
-    N_non_emb: int
-    fpt: float
-
-
-def _shapes(study: Study, label: str) -> list[_Shape]:
-    key = ("shapes", label)
-    if key not in study._configs:
-        out = []
-        for size in study.sizes:
-            cfg = model_config(study, label, size)
-            N, N_ne = param_counts(cfg)
-            out.append(_Shape(size, size if isinstance(size, str) else str(size["name"]), cfg, N,
-                              N_ne, flops_per_token(cfg, study.seq_len)))
-        study._configs[key] = out
-    return study._configs[key]
-
-
 def _pick(n_cand: int, k: int) -> list[int]:
     """k indices of n_cand spread evenly (ends included)."""
     if n_cand <= k:
@@ -355,13 +102,13 @@ def _pick(n_cand: int, k: int) -> list[int]:
 
 def isoflop_sizes(study: Study, label: str) -> dict[float, list[str]]:
     """budget -> the size names of arch ``label``'s IsoFLOP group (smallest first)."""
-    shapes = _shapes(study, label)
+    shapes = study.shapes[label]
     lo, hi = study.tpp_range
     out = {}
     for C in study.budgets:
-        cand = [s for s in shapes if lo <= C / s.fpt / s.N <= hi]
+        cand = [s for s in shapes if lo <= C / s.flops_per_token / s.N <= hi]
         if len(cand) < 3:
-            tpp = ", ".join(f"{s.name}: {C / s.fpt / s.N:.3g}" for s in shapes)
+            tpp = ", ".join(f"{s.name}: {C / s.flops_per_token / s.N:.3g}" for s in shapes)
             raise StudyError(
                 f"{study.source}: budgets.flops: at C={C:.3g} arch {label} has {len(cand)} ladder "
                 f"size(s) with tokens per parameter in [{lo:g}, {hi:g}] (an IsoFLOP group needs 3); "
@@ -370,14 +117,14 @@ def isoflop_sizes(study: Study, label: str) -> dict[float, list[str]]:
     return out
 
 
-def _budgets_of(study: Study, label: str) -> list[tuple[_Shape, list[tuple[float | None, float]], set]]:
+def _budgets_of(study: Study, label: str) -> list[tuple[Shape, list[tuple[float | None, float]], set]]:
     """Per size: its (budget_flops, D) list and the budgets where it gets headline seeds."""
-    shapes = _shapes(study, label)
+    shapes = study.shapes[label]
     out = []
     if study.isoflop:
         groups = isoflop_sizes(study, label)
         for s in shapes:
-            mine = [(C, C / s.fpt) for C, names in groups.items() if s.name in names]
+            mine = [(C, C / s.flops_per_token) for C, names in groups.items() if s.name in names]
             middle = set()
             for C, names in groups.items():
                 k = min(study.headline_sizes, len(names))
@@ -397,28 +144,26 @@ def _budgets_of(study: Study, label: str) -> list[tuple[_Shape, list[tuple[float
             elif study.budget_kind == "tokens_per_param":
                 mine.append((None, v * s.N))
             else:
-                mine.append((v, v / s.fpt))
+                mine.append((v, v / s.flops_per_token))
         out.append((s, mine, {b for b, _ in mine} if start <= i < start + k else set()))
     return out
 
 
-def _eval_steps(steps: int, points: int, extra: list[int] = ()) -> list[int]:
+def eval_steps(steps: int, points: int, extra: list[int] = ()) -> list[int]:
     at = {max(1, int(round(steps * i / points))) for i in range(1, points + 1)}
     return sorted(at | {s for s in extra if 1 <= s <= steps} | {steps})
 
 
-def _trajectory(study: Study, label: str, shape: _Shape, seed: int, budgets: list,
+def _trajectory(study: Study, label: str, shape: Shape, seed: int, budgets: list,
                 base_dir: str, stage: str, lr: float | None, eval_points: int) -> Point:
     """One trajectory: a main run to the largest budget and a cooldown (or, without wsd
     cooldowns, a full run) for each smaller one."""
-    from postformer.train.schedule import wsd_decay_start
-
     tps = study.tokens_per_step
     runs_spec = []
     for C, D in budgets:
         steps = max(1, int(round(D / tps)))
         if C is not None:
-            actual = steps * tps * shape.fpt
+            actual = steps * tps * shape.flops_per_token
             if abs(actual / C - 1) > ISOFLOP_TOL:
                 raise StudyError(
                     f"{study.source}: budgets: {label} at size {shape.name} trains {steps} steps of "
@@ -441,7 +186,7 @@ def _trajectory(study: Study, label: str, shape: _Shape, seed: int, budgets: lis
         warmup = int(study.arch_model(label)["warmup_steps"])
     else:
         warmup = max(1, int(study.model["warmup_fraction"] * min(steps_list)))
-    decay = study.arch_model(label).get("decay_fraction", _lm_default("decay_fraction"))
+    decay = study.arch_model(label).get("decay_fraction", lm_default("decay_fraction"))
     (C_max, D_max, s_max), rest = runs_spec[0], runs_spec[1:]
     main = RunPlan("final", D_max, s_max, s_max * tps, base_dir, budget_flops=C_max)
     runs = [main]
@@ -449,7 +194,7 @@ def _trajectory(study: Study, label: str, shape: _Shape, seed: int, budgets: lis
     for C, D, s in rest:
         if not study.cooldowns:
             runs.append(RunPlan("final", D, s, s * tps, f"{base_dir}/budget-{s * tps}",
-                                eval_at=_eval_steps(s, eval_points), budget_flops=C))
+                                eval_at=eval_steps(s, eval_points), budget_flops=C))
             continue
         branch = wsd_decay_start(s, warmup_steps=warmup, decay_fraction=decay)
         main_decay = wsd_decay_start(s_max, warmup_steps=warmup, decay_fraction=decay)
@@ -467,18 +212,18 @@ def _trajectory(study: Study, label: str, shape: _Shape, seed: int, budgets: lis
         runs.append(RunPlan(
             "cooldown", D, s, s * tps, f"{base_dir}/cooldown-{s * tps}", start_step=branch,
             branch_ckpt=f"{base_dir}/checkpoints/{branch_ckpt_name(branch)}",
-            eval_at=_eval_steps(s, 1), budget_flops=C))
+            eval_at=eval_steps(s, 1), budget_flops=C))
     main.save_at.sort()
-    main.eval_at = _eval_steps(s_max, eval_points, branches)
+    main.eval_at = eval_steps(s_max, eval_points, branches)
     return Point(arch=label, size=shape.name, seed=seed, config=shape.config, N=shape.N,
-                 N_non_emb=shape.N_non_emb, flops_per_token=shape.fpt, seq_len=study.seq_len,
+                 N_non_emb=shape.N_non_emb, flops_per_token=shape.flops_per_token, seq_len=study.seq_len,
                  runs=runs, stage=stage, lr=lr, warmup_steps=warmup)
 
 
 def plan(study: Study, lrs: dict[str, Any] | None = None) -> list[Point]:
     """The main grid: one point per (arch, size, seed) trajectory, each with its runs.
 
-    ``lrs``: arch -> an object with ``lr_for(N)`` (``scaling.analysis.LRSweep``) for the
+    ``lrs``: arch -> an object with ``lr_for(N)`` (``scaling.fit.LRSweep``) for the
     archs tuned; a tuned arch missing from it gets ``lr=None`` (awaiting the tuning stage).
     Untuned archs use ``model.lr`` (theirs or the study's)."""
     points = []
@@ -488,7 +233,7 @@ def plan(study: Study, lrs: dict[str, Any] | None = None) -> list[Point]:
                 sweep = (lrs or {}).get(label)
                 lr = None if sweep is None else float(sweep.lr_for(shape.N))
             else:
-                lr = float(study.arch_model(label).get("lr", _lm_default("lr")))
+                lr = float(study.arch_model(label).get("lr", lm_default("lr")))
             for seed in study.seeds:
                 points.append(_trajectory(study, label, shape, seed, budgets,
                                           f"runs/{label}-{shape.name}-s{seed}", "main", lr,
@@ -540,11 +285,11 @@ def plan_tune(study: Study, finished: dict[tuple[str, str, float], float] | None
     for label in study.archs:
         if not study.tuned(label):
             continue
-        shapes = {s.name: s for s in _shapes(study, label)}
+        shapes = {s.name: s for s in study.shapes[label]}
         for name in tune_sizes(study, label):
             shape = shapes[name]
             if "flops" in tune:
-                D = tune["flops"] / shape.fpt
+                D = tune["flops"] / shape.flops_per_token
             else:
                 D = tune["tokens_per_param"] * shape.N
             lrs = list(grid)

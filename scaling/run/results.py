@@ -45,7 +45,7 @@ import pandas as pd
 
 from postformer.train.fileio import atomic_write
 
-from .table import ResultsError
+from ..fit.table import ResultsError
 
 COLUMNS = ["arch", "size", "seed", "stage", "budget_flops", "trajectory", "lr", "warmup_steps",
            "budget_tokens", "N", "N_non_emb", "D", "C", "C_6ND", "loss", "bpb", "steps",

@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .numbers import fmt_duration
+import torch
+
+from postformer.arch import LanguageModel
+
+from ..numbers import fmt_duration
+from ..spec import Study
 from .plan import plan, plan_tune
-from .study import Study
 
 #: dense bf16 peak of an H100/H200 SXM (FLOP/s) and the utilisation assumed without a probe
 #: (models of a few million to a billion parameters with these kernels: well below the
@@ -75,10 +79,6 @@ def _wants_gpu(study: Any) -> bool:
 def _probe_one(cfg: Any, batch: int, seq_len: int, device: str, bf16: bool, steps: int = 3
                ) -> float:
     """Seconds per optimizer step (median of ``steps`` after one warm-up step)."""
-    import torch
-
-    from postformer.arch import LanguageModel
-
     torch.manual_seed(0)
     model = LanguageModel(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -103,8 +103,6 @@ def _probe_one(cfg: Any, batch: int, seq_len: int, device: str, bf16: bool, step
 
 def rates(study: Any, points: list, probe: bool = True) -> Speed:
     """The FLOP rates to plan with (see the module docstring)."""
-    import torch
-
     gpu_here = torch.cuda.is_available()
     if _wants_gpu(study) and not gpu_here:
         return Speed("GPU", False, default=ASSUMED_MFU * GPU_PEAK)

@@ -1,5 +1,5 @@
-"""``postformer compare CONFIG [CONFIG ...] --out DIR [--max_steps N] [--seeds S ...]``: a
-one-size study.
+"""The study spec of ``postformer compare CONFIG [CONFIG ...] --out DIR [--max_steps N]
+[--seeds S ...]``: a one-size study.
 
 Each CONFIG is a ``postformer fit`` config (model, data, trainer). They become the archs of a
 study with one size (each model keeps its own shape) and one token budget (``max_steps``
@@ -12,17 +12,14 @@ An interrupted comparison resumes like any study.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .runner import run_loaded
-from .study import RUNNER_DATA_KEYS, RUNNER_TRAINER_KEYS, StudyError, study_from_dict
+from .checks import StudyError
+from .study import RUNNER_DATA_KEYS, RUNNER_TRAINER_KEYS
 
 # trainer keys a fit config may hold that a study sets itself (or has no use for)
 _DROP_TRAINER = (*RUNNER_TRAINER_KEYS, "callbacks", "logger")
@@ -82,48 +79,3 @@ def compare_study(configs: list[str], max_steps: int | None = None,
     if loaded[0].get("checkpoint"):
         spec["checkpoint"] = loaded[0]["checkpoint"]
     return spec
-
-
-def compare(configs: list[str], out: str | Path, max_steps: int | None = None,
-            seeds: list[int] | None = None) -> list[dict[str, Any]]:
-    """Train (or reuse) every config as one study in ``out``; returns the results rows."""
-    spec = compare_study(configs, max_steps, seeds)
-    study = study_from_dict(spec, source="postformer compare")
-    rows = run_loaded(study, out, report=True, study_path="(compare)")
-    print()
-    print(format_table(rows))
-    return rows
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    cols = ["arch", "seed", "N", "D", "loss", "bpb", "wall_s"]
-    fmt = lambda v: (f"{v:.4f}" if isinstance(v, float) and abs(v) < 10
-                     else f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v))
-    cells = [cols] + [[fmt(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def compare_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="postformer compare",
-        description="Train each fit config as one arch of a one-size study in OUT "
-                    "(results.csv and the report, as for any study).",
-    )
-    parser.add_argument("configs", nargs="+", metavar="CONFIG", help="postformer fit configs")
-    parser.add_argument("--out", required=True, help="the study folder")
-    parser.add_argument("--max_steps", type=int, default=None,
-                        help="steps of every run (default: the configs' trainer.max_steps)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: 0)")
-    args = parser.parse_args(argv)
-    from .locks import FolderLocked
-
-    try:
-        compare(args.configs, args.out, args.max_steps, args.seeds)
-    except StudyError as err:
-        parser.error(str(err))
-    except FolderLocked as err:
-        print(f"postformer compare: {err}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from synthetic import frontier, law, optimal_n, simulate
 
-from postformer.scaling.analysis import analyse, percentile
-from postformer.scaling.lr import best_lr, lr_sweeps
-from postformer.scaling.table import ResultsError, group_budgets, read_results
+from postformer.scaling.fit import analyse, percentile
+from postformer.scaling.fit.lr import best_lr, lr_sweeps
+from postformer.scaling.fit.table import ResultsError, group_budgets, read_results
 
 ARCHS = {"transformer": 1.0, "fast": 2.0, "slow": 0.6}
 

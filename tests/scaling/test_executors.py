@@ -23,11 +23,11 @@ import yaml
 
 import postformer.train.cli  # noqa: F401  (imported up front: a study started in-process starts at once)
 from postformer.cli import main
-from postformer.scaling import results as results_mod
-from postformer.scaling.executors import RunJob, make_executor, submitit_parameters
-from postformer.scaling.plan import plan
-from postformer.scaling.runner import run_study
-from postformer.scaling.study import StudyError, study_from_dict
+from postformer.scaling.run import results as results_mod
+from postformer.scaling.run import run_study
+from postformer.scaling.run.executors import RunJob, make_executor, submitit_parameters
+from postformer.scaling.run.plan import plan
+from postformer.scaling.spec import StudyError, study_from_dict
 
 # One arch at one size, two token budgets (16 and 8 steps of 4 x 32 tokens): a main run and a
 # cooldown branched off it, the least that still has a dependency between two runs.
@@ -116,7 +116,7 @@ def test_listed_command_on_a_run_being_trained_exits_2(tmp_path, capsys):
     assert main_cmd.startswith("postformer fit --config ") and f"{MAIN}/fit.yaml" in main_cmd
     run = out / MAIN
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from postformer.scaling.locks import FolderLock; "
+        [sys.executable, "-c", "import sys; from postformer.train.locks import FolderLock; "
          "lock = FolderLock(sys.argv[1], 'run'); lock.acquire(); print('held', flush=True); "
          "sys.stdin.readline(); lock.release()", str(run)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -132,7 +132,7 @@ def test_listed_command_on_a_run_being_trained_exits_2(tmp_path, capsys):
         assert f"PID {holder.pid} on {socket.gethostname()}" in err[0] and str(run) in err[0]
         assert sorted(p.name for p in run.iterdir()) == before  # no metrics, config, checkpoint
         # a study trains around it: that run is not finished, nor is its cooldown
-        rows = run_study(spec, out, report=False)
+        rows = run_study(spec, out)
         log = capsys.readouterr().out
         assert rows == [] and f"FAILED: {run} is being trained by another process: PID {holder.pid}" in log
         assert "not finished: transformer-a-s0, transformer-a-s0/cooldown-1024" in log
@@ -151,7 +151,7 @@ def test_local_executor_reproduces_the_in_process_study(tmp_path, capsys):
     job finished; the results are the in-process study's (same seeds, one thread each)."""
     spec = write_spec(tmp_path / "tiny.yaml", TINY)
     ref = tmp_path / "ref"
-    run_study(spec, ref, report=False)
+    run_study(spec, ref)
     out = tmp_path / "local"
     capsys.readouterr()
     t0 = time.monotonic()
@@ -312,7 +312,7 @@ def test_slurm_executor_requeues_a_preempted_job(tmp_path, fake_cluster, capsys)
     spec["checkpoint"] = {"every_n_train_steps": 4}
     path = write_spec(tmp_path / "tiny.yaml", spec)
     ref = tmp_path / "ref"
-    run_study(path, ref, report=False)
+    run_study(path, ref)
     out = tmp_path / "slurm"
     capsys.readouterr()
     outcome: dict[str, int] = {}
@@ -401,7 +401,7 @@ def test_bad_executor_options_on_the_command_line(tmp_path, capsys):
 
 
 def test_compare_on_a_busy_folder_exits_2(tmp_path, capsys):
-    from postformer.scaling.locks import FolderLock
+    from postformer.train.locks import FolderLock
 
     repo = Path(__file__).resolve().parents[2]
     configs = [str(repo / "configs" / "smoke" / f"{a}.yaml") for a in ("transformer", "mamba2")]

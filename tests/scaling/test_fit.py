@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from postformer.scaling.fit import (
+from postformer.scaling.fit.chinchilla import (
     FitError,
     ParametricFit,
     bootstrap,
@@ -20,7 +20,7 @@ from postformer.scaling.fit import (
     fit_parametric,
     frontier_mask,
 )
-from postformer.scaling.solver import _LseHuber
+from postformer.scaling.fit.solver import LseObjective
 
 CHINCHILLA_CSV = Path(
     os.environ.get(
@@ -63,15 +63,15 @@ def test_derivatives_match_autograd():
     J[:, 0, 0], J[:, 0, 3] = 1.0, -lN
     J[:, 1, 1], J[:, 1, 4] = 1.0, -lD
     J[:, 2, 2] = 1.0
-    obj = _LseHuber(J, y, delta)
+    obj = LseObjective(J, y, loss="huber", delta=delta)
     theta = torch.tensor(rng.normal(size=(6, 5)) * 0.5 + [-1, -1, 0.5, 0.3, 0.3])
 
     def direct(t):  # sum of Huber(logsumexp(J t) - y), written from the definition
         r = torch.logsumexp(torch.from_numpy(J) @ t, dim=-1) - torch.from_numpy(y)
         return torch.where(r.abs() <= delta, 0.5 * r**2, delta * (r.abs() - delta / 2)).sum()
 
-    f, g, H = obj.derivatives(theta, "newton")
-    _, _, H_irls = obj.derivatives(theta, "irls")
+    f, g, H = obj.derivatives(theta, None, "newton")
+    _, _, H_irls = obj.derivatives(theta, None, "gauss-newton")
     inside = 0
     for i, t in enumerate(theta):
         r = torch.logsumexp(torch.from_numpy(J) @ t, dim=-1) - torch.from_numpy(y)
@@ -88,6 +88,44 @@ def test_derivatives_match_autograd():
         assert f_np == pytest.approx(float(f[i]), rel=1e-12)
         np.testing.assert_allclose(g_np, g[i].numpy(), rtol=1e-10, atol=1e-14)
     assert 0 < inside < theta.shape[0] * n  # both branches exercised
+
+
+def test_squares_objective_per_problem_targets_match_autograd():
+    """The efficiency laws' case: least squares, two terms, each problem (a bootstrap
+    replicate) with its own targets and points left out (NaN)."""
+    rng = np.random.default_rng(1)
+    n, B = 11, 4
+    lC = rng.uniform(-2, 2, n)
+    J = np.zeros((n, 2, 4))
+    J[:, 0, 0] = 1.0
+    J[:, 1, 1], J[:, 1, 2], J[:, 1, 3] = 1.0, -lC, (np.arange(n) % 2)
+    Y = np.log(1.5 + rng.uniform(0, 1, (B, n)))
+    Y[1, 3] = Y[2, [0, 5]] = np.nan
+    obj = LseObjective(J, Y)
+    theta = torch.tensor(rng.normal(size=(B, 4)) * 0.5 + [0.3, 0.5, 0.2, 0.1])
+    rows = torch.arange(B)
+    f, g, H = obj.derivatives(theta, rows, "newton")
+    _, _, H_gn = obj.derivatives(theta, rows, "gauss-newton")
+    for i in range(B):
+        keep = torch.from_numpy(np.isfinite(Y[i]))
+        y = torch.from_numpy(np.nan_to_num(Y[i]))
+
+        def direct(t, y=y, keep=keep):  # squared residuals over the points kept, by definition
+            r = torch.logsumexp(torch.from_numpy(J) @ t, dim=-1) - y
+            return (r[keep] ** 2).sum()
+
+        def gauss_newton(t, keep=keep):  # J_r^T J_r of the residuals kept
+            jr = torch.autograd.functional.jacobian(
+                lambda tt: torch.logsumexp(torch.from_numpy(J) @ tt, dim=-1)[keep], t)
+            return jr.T @ jr
+
+        torch.testing.assert_close(f[i], direct(theta[i]), rtol=1e-12, atol=0)
+        # g and H are those of the objective / 2 (the factor cancels in the step)
+        torch.testing.assert_close(2 * g[i], torch.autograd.functional.jacobian(direct, theta[i]),
+                                   rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(2 * H[i], torch.autograd.functional.hessian(direct, theta[i]),
+                                   rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(H_gn[i], gauss_newton(theta[i]), rtol=1e-10, atol=1e-13)
 
 
 # --------------------------------------------------------------------------------------

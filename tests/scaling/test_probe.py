@@ -16,15 +16,7 @@ import torch
 import yaml
 
 from postformer.cli import main
-from postformer.scaling.probe import (
-    COLUMNS,
-    load_probe,
-    plan_probe,
-    probe_from_dict,
-    run_probe,
-    setting_label,
-)
-from postformer.scaling.probe_report import (
+from postformer.scaling.report.probe import (
     MAD_TASKS,
     best_of_lr,
     cell_scores,
@@ -33,7 +25,8 @@ from postformer.scaling.probe_report import (
     task_scores,
     write_probe_report,
 )
-from postformer.scaling.study import StudyError
+from postformer.scaling.run.probe import COLUMNS, plan_probe, run_probe
+from postformer.scaling.spec import StudyError, load_probe, probe_from_dict, setting_label
 from postformer.train.probes.tasks import TASKS, input_length, make_split, model_vocab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,7 +131,7 @@ def _independent_accuracy(run_dir: Path, cell_settings: dict, seed: int) -> floa
 def test_run_skip_rows_report(tmp_path, capsys):
     spec = _write(tmp_path, TINY)
     out = tmp_path / "out"
-    rows = run_probe(spec, out)
+    rows = run_probe(spec, out, report=write_probe_report)
     assert len(rows) == 2
     table = pd.read_csv(out / "results.csv")
     assert list(table.columns) == COLUMNS
@@ -157,7 +150,7 @@ def test_run_skip_rows_report(tmp_path, capsys):
     capsys.readouterr()
     # a rerun trains nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("last.ckpt")}
-    run_probe(spec, out, report=False)
+    run_probe(spec, out)
     assert "2 finished already" in capsys.readouterr().out
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("last.ckpt")}
     # a changed grid that lands on a finished folder with other settings is refused
@@ -173,13 +166,13 @@ def test_interrupted_cell_resumes(tmp_path, capsys, monkeypatch):
     spec = _spec(lrs=[3e-3])
     path = _write(tmp_path, spec)
     out = tmp_path / "out"
-    run_probe(path, out, report=False)
+    run_probe(path, out)
     full = pd.read_csv(out / "results.csv").iloc[0]
     # the same cell cut after step 4 (its checkpoint), then resumed by a rerun
     out2 = tmp_path / "out2"
     probe = load_probe(path)
     cell = plan_probe(probe)[0]
-    from postformer.scaling.probe import layout
+    from postformer.scaling.run.probe import layout
     from postformer.train.cli import lightning_main
 
     layout(probe, [cell], out2)
@@ -201,7 +194,7 @@ def test_interrupted_cell_resumes(tmp_path, capsys, monkeypatch):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert not (run_dir / "result.json").exists()
     capsys.readouterr()
-    run_probe(path, out2, report=False)
+    run_probe(path, out2)
     assert "resuming" in capsys.readouterr().out
     resumed = pd.read_csv(out2 / "results.csv").iloc[0]
     assert resumed["accuracy"] == pytest.approx(full["accuracy"], abs=1e-6)
@@ -245,7 +238,7 @@ def test_configs_validate(name):
 def test_smoke_config_end_to_end(tmp_path):
     """configs/probe/smoke.yaml as CI runs it: every cell, results.csv, the report."""
     out = tmp_path / "smoke"
-    rows = run_probe(REPO / "configs" / "probe" / "smoke.yaml", out)
+    rows = run_probe(REPO / "configs" / "probe" / "smoke.yaml", out, report=write_probe_report)
     assert len(rows) == 24
     table = pd.read_csv(out / "results.csv")
     assert table["accuracy"].between(0, 1).all()
@@ -313,7 +306,7 @@ def test_report_from_a_results_table(tmp_path):
 
 
 def test_rank_correlation_exact():
-    from postformer.scaling.probe_report import rank_correlation
+    from postformer.scaling.report.probe import rank_correlation
 
     rho, p = rank_correlation([1, 2, 3, 4], [10, 20, 30, 40])
     assert rho == pytest.approx(1.0) and p == pytest.approx(2 / 24)  # identity and reversal

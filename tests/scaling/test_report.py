@@ -14,8 +14,9 @@ import yaml
 from synthetic import law, optimal_n, simulate
 
 from postformer.cli import main as cli_main
+from postformer.scaling.cli import report_main
 from postformer.scaling.numbers import fmt, fmt_est, fmt_sig
-from postformer.scaling.report import report_main, write_report
+from postformer.scaling.report import write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BUDGETS = (1e18, 4e18, 1.6e19)
@@ -120,8 +121,7 @@ def test_report_md_and_html(study):
 
 def test_summary_is_the_joint_fit_not_a_budget(study):
     d, _, _ = study
-    from postformer.scaling.analysis import analyse
-    from postformer.scaling.table import read_results
+    from postformer.scaling.fit import analyse, read_results
 
     an = analyse(read_results(d / "results.csv"), n_boot=300, seed=0)
     md = (d / "report.md").read_text()
@@ -269,8 +269,8 @@ def test_degenerate_E_is_not_printed(tmp_path):
 
 def test_cli_and_rebuild_from_run_folders(tmp_path, monkeypatch, capsys):
     """``postformer report DIR`` through the CLI; a folder with runs/ has its results.csv
-    rebuilt first (by scaling.results, stubbed here)."""
-    import postformer.scaling.results as results
+    rebuilt first (by scaling.run.results, stubbed here where the report calls it)."""
+    import postformer.scaling.report.study as report_study
 
     (tmp_path / "runs").mkdir()
     calls = []
@@ -280,7 +280,7 @@ def test_cli_and_rebuild_from_run_folders(tmp_path, monkeypatch, capsys):
         _bare(tmp_path, seed=4)
         return tmp_path / "results.csv"
 
-    monkeypatch.setattr(results, "write_results", fake_write_results)
+    monkeypatch.setattr(report_study, "write_results", fake_write_results)
     cli_main(["report", str(tmp_path), "--n-boot", "40", "--baseline", "fast"])
     assert [str(c) for c in calls] == [str(tmp_path)]
     rep = _strict_json(tmp_path / "report.json")

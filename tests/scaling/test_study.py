@@ -18,21 +18,14 @@ import yaml
 from postformer.arch import PRESETS, ModelConfig
 from postformer.arch.flops import flops_per_token, param_counts
 from postformer.cli import main
-from postformer.scaling import results as results_mod
-from postformer.scaling.lr import lr_sweeps
-from postformer.scaling.plan import (
-    extension_lrs,
-    isoflop_sizes,
-    ladder_sizes,
-    model_config,
-    plan,
-    plan_tune,
-    tune_sizes,
-)
-from postformer.scaling.results import COLUMNS, collect, write_results
-from postformer.scaling.runner import run_study
-from postformer.scaling.study import StudyError, load_study, study_from_dict
-from postformer.scaling.throughput import print_plan
+from postformer.scaling.fit.lr import lr_sweeps
+from postformer.scaling.report import write_report
+from postformer.scaling.run import results as results_mod
+from postformer.scaling.run import run_study
+from postformer.scaling.run.plan import extension_lrs, isoflop_sizes, plan, plan_tune, tune_sizes
+from postformer.scaling.run.results import COLUMNS, collect, write_results
+from postformer.scaling.run.throughput import print_plan
+from postformer.scaling.spec import StudyError, ladder_sizes, load_study, study_from_dict
 from postformer.train import fileio
 from postformer.train.cli import lightning_main
 
@@ -258,7 +251,7 @@ def micro_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("micro")
     study = write_study(root / "micro.yaml", MICRO)
     out = root / "out"
-    rows = run_study(study, out, report=False)
+    rows = run_study(study, out)
     return study, out, rows
 
 
@@ -295,7 +288,7 @@ def test_second_run_skips_everything(micro_study, capsys, monkeypatch):
     import postformer.train.cli as train_cli
 
     monkeypatch.setattr(train_cli, "lightning_main", lambda args: pytest.fail(f"trained again: {args}"))
-    rows = run_study(study, out, report=False)
+    rows = run_study(study, out)
     assert len(rows) == 8
     log = capsys.readouterr().out
     assert "8 runs (8 finished already)" in log
@@ -353,7 +346,7 @@ def test_interrupted_point_is_resumed(micro_study, tmp_path, capsys):
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "result.json").exists()
     assert collect(out).empty
     capsys.readouterr()
-    run_study(study, out, report=False)
+    run_study(study, out)
     log = capsys.readouterr().out
     assert "resuming runs/transformer-b-s0 from its checkpoints/last.ckpt" in log
     df = pd.read_csv(out / "results.csv")
@@ -378,7 +371,7 @@ def test_a_start_that_saved_no_checkpoint_is_trained_afresh(tmp_path):
     run = out / "runs" / "transformer-a-s0"
     (run / "metrics.csv").write_text("train/loss,step\n5.5,0\n5.4,1\n")
     assert run_study(study, out, list_only=True)[0].endswith(" --overwrite")
-    rows = run_study(study, out, report=False)
+    rows = run_study(study, out)
     assert len(rows) == 1
     steps = sorted(int(r["step"]) for r in results_mod.read_metrics(run) if r.get("train/loss"))
     assert steps == list(range(16))
@@ -571,8 +564,8 @@ def test_match_params_within_five_percent(iso):
     from postformer.arch import LanguageModel
 
     for size in study.sizes:
-        base = model_config(study, "transformer", size)
-        hyb = model_config(study, "hybrid", size)
+        base = study.model_config("transformer", size["name"])
+        hyb = study.model_config("hybrid", size["name"])
         n_base = LanguageModel(base).num_params()
         n_hyb = LanguageModel(hyb).num_params()
         assert abs(n_hyb / n_base - 1) <= 0.05, (size["name"], n_base, n_hyb)
@@ -635,15 +628,15 @@ def _fake_train(calls):
 
 
 def test_runner_stages_tuning_extension_and_main_grid(tmp_path, monkeypatch, capsys):
-    import postformer.scaling.runner as runner
+    import postformer.scaling.run.training as training
 
     calls = []
-    monkeypatch.setattr(runner, "_train", _fake_train(calls))
+    monkeypatch.setattr(training, "train_run", _fake_train(calls))
     spec_ = copy.deepcopy(ISO)
     spec_["archs"] = {"transformer": "transformer", "mamba2": "mamba2"}
     spec_["headline_seeds"] = {"seeds": [1]}
     path = write_study(tmp_path / "iso.yaml", spec_)
-    rows = run_study(path, tmp_path / "out", report=False)
+    rows = run_study(path, tmp_path / "out")
     df = pd.DataFrame(rows)
     tune, main_rows = df[df["stage"] == "tune"], df[df["stage"] == "main"]
     study = load_study(path)
@@ -660,7 +653,7 @@ def test_runner_stages_tuning_extension_and_main_grid(tmp_path, monkeypatch, cap
     n_runs = len(calls)
     assert n_runs == len(df)
     # nothing left: a second call trains nothing and the tuned LRs are stable
-    run_study(path, tmp_path / "out", report=False)
+    run_study(path, tmp_path / "out")
     assert len(calls) == n_runs
     log = capsys.readouterr().out
     assert "LR tuning" in log and "main grid" in log
@@ -752,7 +745,7 @@ def test_smoke_study_end_to_end(tmp_path):
     """configs/study/smoke.yaml through every stage: LR sweeps (with any edge extension), two
     IsoFLOP budgets, extra seeds at the middle size, validation curves, report.json."""
     out = tmp_path / "smoke"
-    rows = run_study(REPO / "configs" / "study" / "smoke.yaml", out)
+    rows = run_study(REPO / "configs" / "study" / "smoke.yaml", out, report=write_report)
     df = pd.DataFrame(rows)
     study = load_study(REPO / "configs" / "study" / "smoke.yaml")
     assert set(df["stage"]) == {"tune", "main"}
