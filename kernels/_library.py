@@ -24,6 +24,7 @@ Optional outputs that are None in the public API (``final_state`` without
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +84,13 @@ class CustomOp:
     pair: bool
     fwd: Any = field(default=None, repr=False)
     bwd: Any = field(default=None, repr=False)
-    eager: Any = field(default=None, repr=False)  # fn outside Dynamo (torch.compiler.disable)
+
+    @functools.cached_property
+    def eager(self) -> Callable[..., Any]:
+        """``fn`` outside Dynamo (``torch.compiler.disable``), made on first use (a packed call
+        under compile): made at registration it would import Dynamo, 0.7 s, into every command
+        that never compiles (``postformer list``, ``report``)."""
+        return torch.compiler.disable(self.fn)
 
     @property
     def names(self) -> list[str]:
@@ -185,7 +192,7 @@ def register(name: str, fn: Callable[..., Any], params: Sequence[tuple[str, str]
     for n, t in params:
         if t not in TYPES:
             raise ValueError(f"{name}: parameter {n} has type {t!r}, not one of {TYPES}")
-    op = CustomOp(name, fn, tuple(params), fake, pair, eager=torch.compiler.disable(fn))
+    op = CustomOp(name, fn, tuple(params), fake, pair)
     sig = ", ".join(f"{t} {n}" for n, t in params)
     ret = "(Tensor, Tensor)" if pair else "Tensor"
     op.fwd = torch.library.custom_op(f"{NAMESPACE}::{name}", op._fwd_impl, mutates_args=(),

@@ -9,7 +9,8 @@
     postformer list presets --json        one JSON object, for scripts
 
 Nothing here is written twice: presets come from ``arch.config.PRESETS`` (parameters from
-``arch.flops.param_counts``), a mixer option's meaning from the ``#:`` comment lines above its
+``arch.flops.param_counts``, kept in the cache folder per version of the code:
+:func:`preset_counts`), a mixer option's meaning from the ``#:`` comment lines above its
 field in the mixer's ``Options`` dataclass (:func:`option_docs`, the one parser), configs from
 the first sentence of each YAML file's leading comment.
 
@@ -217,16 +218,57 @@ def archs_data() -> dict[str, Any]:
             for name, spec in ARCHS.items()}
 
 
-def presets_data() -> list[dict[str, Any]]:
-    """One row per preset: its name, shape and parameters at ``PRESET_VOCAB``."""
+def preset_counts() -> dict[str, list[int]]:
+    """``{"ARCH/SIZE": [N, N_non_embedding]}`` of every preset at ``PRESET_VOCAB``.
+
+    The counts are a function of the code alone, so they are kept in the cache folder
+    (``$POSTFORMER_CACHE/presets/<hash of arch/'s source and torch's version>.json``) and
+    counted (``arch.flops.param_counts``) only when the arch code changed: counting builds
+    a block of every distinct kind on the meta device, which imports torch's decompositions
+    and Dynamo (about a second), more than the rest of ``postformer list`` together."""
+    import hashlib
+
+    import torch
+
+    import postformer.arch as arch_pkg
     from postformer.arch.config import PRESETS, ModelConfig
     from postformer.arch.flops import param_counts
 
+    from .corpus import default_cache_dir
+    from .fileio import atomic_write
+
+    digest = hashlib.sha256(f"{torch.__version__} {PRESET_VOCAB}".encode())
+    root = Path(arch_pkg.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    cache = default_cache_dir() / "presets" / f"{digest.hexdigest()[:16]}.json"
+    try:
+        counts = json.loads(cache.read_text())
+        if set(counts) == {f"{a}/{s}" for a in PRESETS for s in PRESETS[a]}:
+            return counts
+    except (OSError, ValueError):  # absent or damaged: count again
+        pass
+    counts = {f"{arch}/{size}": list(param_counts(ModelConfig.from_preset(arch, size,
+                                                                          vocab_size=PRESET_VOCAB)))
+              for arch in PRESETS for size in PRESETS[arch]}
+    try:
+        atomic_write(cache, json.dumps(counts) + "\n")
+    except OSError:  # a read-only cache folder: list anyway, count again next time
+        pass
+    return counts
+
+
+def presets_data() -> list[dict[str, Any]]:
+    """One row per preset: its name, shape and parameters at ``PRESET_VOCAB``
+    (:func:`preset_counts`)."""
+    from postformer.arch.config import PRESETS, ModelConfig
+
+    counts = preset_counts()
     rows = []
     for arch, sizes in PRESETS.items():
         for size in sizes:
             cfg = ModelConfig.from_preset(arch, size, vocab_size=PRESET_VOCAB)
-            n, n_nonemb = param_counts(cfg)
+            n, n_nonemb = counts[f"{arch}/{size}"]
             rows.append({
                 "name": f"{arch}/{size}", "arch": arch, "size": size, "d_model": cfg.d_model,
                 "n_layers": cfg.n_layers, "pattern": cfg.pattern, "d_ff": cfg.ff_dim,

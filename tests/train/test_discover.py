@@ -76,6 +76,26 @@ def test_preset_parameter_count_is_the_models(listed, name):
     assert row["params_non_embedding"] == n - PRESET_VOCAB * cfg.d_model  # tied: counted once
 
 
+def test_preset_counts_are_kept_per_code_version(tmp_path, monkeypatch):
+    """`postformer list` counts the presets' parameters once per version of arch/ and keeps
+    them in the cache folder; a damaged cache file is counted again."""
+    import postformer.arch.flops as flops
+    from postformer.train import discover
+
+    monkeypatch.setenv("POSTFORMER_CACHE", str(tmp_path))
+    counted = discover.preset_counts()
+    files = list((tmp_path / "presets").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text()) == counted
+    assert counted["gdn/small"] == list(flops.param_counts(
+        ModelConfig.from_preset("gdn", "small", vocab_size=PRESET_VOCAB)))
+    real = flops.param_counts
+    monkeypatch.setattr(flops, "param_counts", lambda cfg: pytest.fail("counted again"))
+    assert discover.preset_counts() == counted  # read back, nothing built
+    files[0].write_text('{"gdn/small": [1, ')  # a write cut short
+    monkeypatch.setattr(flops, "param_counts", real)
+    assert discover.preset_counts() == counted
+
+
 def test_presets_text_states_the_vocab(capsys):
     out = run_list(capsys, "presets")
     assert f"{PRESET_VOCAB}-token vocabulary" in out
