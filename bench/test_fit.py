@@ -17,7 +17,7 @@ from postformer.scaling.fit import fit_parametric
 CSV = Path(
     os.environ.get(
         "POSTFORMER_CHINCHILLA_CSV",
-        Path(__file__).resolve().parents[2] / "shared/data/chinchilla/svg_extracted_data.csv",
+        Path(__file__).resolve().parents[1] / "tests/scaling/data/chinchilla/svg_extracted_data.csv",
     )
 )
 
