@@ -57,28 +57,28 @@ def check_executor(src: str, section: Any, trainer: dict[str, Any], given: dict[
             raise fail(src, f"executor.sbatch.{flag}", f"must be a flag: value, got {value!r}")
     if kind == "slurm" and "time_min" not in ex:
         raise fail(src, "executor.time_min", "required with the slurm executor (minutes per job; "
-                                              "a job that hits it is requeued and resumes)")
+                                             "a job that hits it is requeued and resumes)")
     # nodes and devices per node set the tokens per step: one value, in the trainer section
     if "nodes" in ex:
         nodes = ex["nodes"]
         if "num_nodes" in given and given["num_nodes"] != nodes:
             raise fail(src, "executor.nodes", f"{nodes} differs from trainer.num_nodes "
-                                               f"{given['num_nodes']}; give one of them")
+                                              f"{given['num_nodes']}; give one of them")
         if nodes != 1 and kind != "slurm":
             raise fail(src, "executor.nodes", f"{nodes} nodes per run need the slurm executor, "
-                                               f"not {kind}")
+                                              f"not {kind}")
         if nodes != 1:
             trainer["num_nodes"] = nodes
     elif kind == "local" and trainer.get("num_nodes", 1) != 1:
         raise fail(src, "trainer.num_nodes", f"{trainer['num_nodes']} nodes per run need the slurm "
-                                              "executor, not local")
+                                             "executor, not local")
     devices = trainer.get("devices", 1)
     n_dev = len(devices) if isinstance(devices, list) else devices
     if ex.get("gpus_per_node"):
         gpus = ex["gpus_per_node"]
         if "devices" in given and n_dev != gpus:
             raise fail(src, "executor.gpus_per_node", f"{gpus} differs from trainer.devices "
-                                                       f"{devices!r}; give one of them")
+                                                      f"{devices!r}; give one of them")
         trainer["devices"] = gpus
     elif "gpus_per_node" not in ex and str(trainer.get("accelerator", "")).lower() in ("gpu", "cuda"):
         ex["gpus_per_node"] = n_dev

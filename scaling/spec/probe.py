@@ -139,7 +139,7 @@ def _length(src: str, where: str, section: dict[str, Any]) -> tuple[str, float] 
 def _check_tasks(src: str, tasks: Any, default_length: tuple[str, float]) -> dict[str, dict]:
     if not isinstance(tasks, dict) or not tasks:
         raise fail(src, "tasks", f"must be a non-empty mapping task -> options, got {tasks!r}; "
-                                  f"tasks: {sorted(TASKS)}")
+                                 f"tasks: {sorted(TASKS)}")
     out = {}
     for name, opts in tasks.items():
         where = f"tasks.{name}"
@@ -157,7 +157,7 @@ def _check_tasks(src: str, tasks: Any, default_length: tuple[str, float]) -> dic
             overrides = [dict(o) for o in sweep]
         else:
             raise fail(src, f"{where}.sweep", f"must be paper, default or a non-empty list of "
-                                               f"setting mappings, got {sweep!r}")
+                                              f"setting mappings, got {sweep!r}")
         resolved, labels = [], []
         for i, o in enumerate(overrides):
             try:

@@ -227,7 +227,7 @@ def _check_sizes(src: str, sizes: Any, archs: dict) -> list:
         if isinstance(size, str):
             if size not in preset_sizes:
                 raise fail(src, where, f"unknown size {size!r}; presets: {preset_sizes}, or give "
-                                        "{name, d_model, n_layers}")
+                                       "{name, d_model, n_layers}")
         elif isinstance(size, dict):
             check_keys(src, where, size, SIZE_KEYS)
             for key in ("name", "d_model", "n_layers"):
@@ -253,7 +253,7 @@ def _check_budgets(src: str, budgets: Any, ladder: bool) -> tuple[str, list[floa
         unknown = [k for k in budgets if k not in BUDGET_KINDS + BUDGET_OPTIONS]
         if unknown:
             raise fail(src, "budgets", f"unknown budget kind {unknown[0]!r}; accepted: "
-                                        f"{list(BUDGET_KINDS)}")
+                                       f"{list(BUDGET_KINDS)}")
         raise fail(src, "budgets", f"give exactly one of {list(BUDGET_KINDS)}, got {budgets!r}")
     check_keys(src, "budgets", budgets, list(BUDGET_KINDS) + list(BUDGET_OPTIONS))
     kind = kinds[0]
@@ -261,7 +261,7 @@ def _check_budgets(src: str, budgets: Any, ladder: bool) -> tuple[str, list[floa
     opts = [k for k in BUDGET_OPTIONS if k in budgets]
     if opts and not (kind == "flops" and ladder):
         raise fail(src, f"budgets.{opts[0]}", "only with flops budgets and a ladder (IsoFLOP "
-                                               "groups choose their sizes from the ladder)")
+                                              "groups choose their sizes from the ladder)")
     n = integer(src, "budgets.sizes", budgets.get("sizes", 5), 3)
     rng = budgets.get("tokens_per_param_range", [5, 100])
     if not (isinstance(rng, list) and len(rng) == 2):
@@ -309,7 +309,7 @@ def _check_tune(src: str, tune: Any, model: dict, flops_budget: float | None
         budget = {"flops": positive(src, "tune.flops", tune["flops"])}
     elif "tokens_per_param" in tune or flops_budget is None:
         budget = {"tokens_per_param": positive(src, "tune.tokens_per_param",
-                                                tune.get("tokens_per_param", 20))}
+                                               tune.get("tokens_per_param", 20))}
     else:  # the study's smallest FLOP budget: a tuning run costs one of its cheapest runs
         budget = {"flops": flops_budget}
     if not isinstance(tune.get("extend", True), bool):
@@ -341,7 +341,7 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>",
 
     if ("ladder" in spec) == ("sizes" in spec):
         raise fail(src, "sizes", "give either sizes (a list) or ladder (one knob), not both"
-                    if "ladder" in spec else "missing: give sizes (a list) or a ladder")
+                   if "ladder" in spec else "missing: give sizes (a list) or a ladder")
     ladder = None
     if "ladder" in spec:
         ladder = mapping(src, "ladder", spec["ladder"])
@@ -381,15 +381,15 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>",
     for key in RUNNER_TRAINER_KEYS:
         if key in sections["trainer"]:
             raise fail(src, f"trainer.{key}", "is set by the runner for each run (validation: "
-                                               "the study's eval section); remove it")
+                                              "the study's eval section); remove it")
     for key in RUNNER_DATA_KEYS:
         if key in sections["data"]:
             raise fail(src, f"data.{key}", "is set by the runner from the study's eval section; "
-                                            "use eval.tokens / eval.seed")
+                                           "use eval.tokens / eval.seed")
     devices = sections["trainer"].get("devices", 1)
     if not (isinstance(devices, list) or (isinstance(devices, int) and devices >= 1)):
         raise fail(src, "trainer.devices", f"must be a count >= 1 or a list of device ids (the "
-                                            f"tokens per step depend on it), got {devices!r}")
+                                           f"tokens per step depend on it), got {devices!r}")
     sections["trainer"].setdefault("devices", 1)
     ex = executor_section(src, spec, sections["trainer"], executor)
     model = sections["model"]
@@ -407,8 +407,8 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>",
     cooldowns = spec.get("cooldowns", schedule == "wsd")
     if cooldowns and schedule != "wsd":
         raise fail(src, "cooldowns", f"need schedule wsd, not {schedule!r}: a {schedule} run "
-                                      "stopped early is not a data point; each budget must be its own "
-                                      "run (cooldowns: false)")
+                                     "stopped early is not a data point; each budget must be its own "
+                                     "run (cooldowns: false)")
 
     study = Study(
         name=name, baseline=baseline, archs=copy.deepcopy(archs), sizes=sizes,
