@@ -1,5 +1,5 @@
-"""The committed results rebuild to the committed reports: the default study's report.json
-from its results.csv (every number within 1e-5 relative: a rebuild on another 2-core
+"""The committed results rebuild to the committed reports: each study's report.json (the
+default study's two runs) from its results.csv (every number within 1e-5 relative: a rebuild on another 2-core
 machine moves the bootstrap intervals by up to 2e-6), the probe reports exactly. A change
 that moves a number a user reads in docs/ fails here; one meant to move them regenerates
 the committed report (``postformer report``) and says why in its commit."""
@@ -16,7 +16,7 @@ import pytest
 from postformer.scaling.report import write_probe_report, write_report
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-STUDY = DOCS / "study" / "2026-12-03-default"
+STUDIES = sorted(p for p in (DOCS / "study").iterdir() if (p / "results.csv").is_file())
 PROBES = sorted(p for p in (DOCS / "probe").iterdir() if (p / "probe.yaml").is_file())
 RTOL = 1e-5
 
@@ -45,11 +45,13 @@ def test_differences_sees_a_moved_number():
     assert _differences({"a": None}, {"a": 0.0}) and _differences({"a": 1}, {"b": 1})
 
 
-def test_default_study_report_rebuilds(tmp_path):
-    for name in ("results.csv", "curves.csv", "scope.json"):
-        shutil.copy(STUDY / name, tmp_path / name)
+@pytest.mark.parametrize("folder", STUDIES, ids=[p.name for p in STUDIES])
+def test_study_reports_rebuild(tmp_path, folder):
+    for name in ("results.csv", "curves.csv", "scope.json", "study.yaml"):
+        if (folder / name).is_file():
+            shutil.copy(folder / name, tmp_path / name)
     write_report(tmp_path)  # the defaults the committed report was written with
-    want = json.loads((STUDY / "report.json").read_text())
+    want = json.loads((folder / "report.json").read_text())
     got = json.loads((tmp_path / "report.json").read_text())
     assert not _differences(want, got), "\n".join(_differences(want, got)[:20])
 
