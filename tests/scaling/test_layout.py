@@ -55,35 +55,36 @@ def _resolve(mod: Module, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def _visit(node: ast.AST, nested: bool, mod: Module, mods: dict[str, Module],
+           bound: dict[str, str]) -> None:
+    """Record ``mod``'s imports under ``node`` (``nested``: inside a function or class) and the
+    attributes read on names bound to scaling modules (``bound``: local name -> module)."""
+    for child in ast.iter_child_nodes(node):
+        inner = nested or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef
+                                     | ast.ClassDef | ast.Lambda)
+        if isinstance(child, ast.Import):
+            for alias in child.names:
+                mod.imports.append((alias.name, [], child.lineno, nested))
+                if alias.name in mods:
+                    bound[alias.asname or alias.name.split(".")[0]] = alias.name
+        elif isinstance(child, ast.ImportFrom):
+            target = _resolve(mod, child)
+            mod.imports.append((target, [a.name for a in child.names], child.lineno, nested))
+            for alias in child.names:  # `from . import runner`: a module by name
+                sub = f"{target}.{alias.name}"
+                if sub in mods:
+                    mod.imports.append((sub, [], child.lineno, nested))
+                    bound[alias.asname or alias.name] = sub
+        elif isinstance(child, ast.Attribute) and isinstance(child.value, ast.Name):
+            if child.value.id in bound:
+                mod.attributes.append((bound[child.value.id], child.attr, child.lineno))
+        _visit(child, inner, mod, mods, bound)
+
+
 def _read(mods: dict[str, Module]) -> None:
     for mod in mods.values():
         tree = ast.parse(mod.path.read_text(), filename=str(mod.path))
-        bound: dict[str, str] = {}  # local name -> a scaling module it names
-
-        def visit(node: ast.AST, nested: bool) -> None:
-            for child in ast.iter_child_nodes(node):
-                inner = nested or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef
-                                             | ast.ClassDef | ast.Lambda)
-                if isinstance(child, ast.Import):
-                    for alias in child.names:
-                        mod.imports.append((alias.name, [], child.lineno, nested))
-                        if alias.name in mods:
-                            bound[alias.asname or alias.name.split(".")[0]] = alias.name
-                elif isinstance(child, ast.ImportFrom):
-                    target = _resolve(mod, child)
-                    names = [a.name for a in child.names]
-                    mod.imports.append((target, names, child.lineno, nested))
-                    for alias in child.names:  # `from . import runner`: a module by name
-                        sub = f"{target}.{alias.name}"
-                        if sub in mods:
-                            mod.imports.append((sub, [], child.lineno, nested))
-                            bound[alias.asname or alias.name] = sub
-                elif isinstance(child, ast.Attribute) and isinstance(child.value, ast.Name):
-                    if child.value.id in bound:
-                        mod.attributes.append((bound[child.value.id], child.attr, child.lineno))
-                visit(child, inner)
-
-        visit(tree, False)
+        _visit(tree, False, mod, mods, {})
 
 
 def _room(name: str) -> str:
