@@ -88,14 +88,14 @@ def resolve_files(path: str) -> list[Path]:
     return files
 
 
-def _unit(key: str) -> float:
+def stable_unit(key: str) -> float:
     """A stable pseudo-random number in [0, 1) from a string (not Python's salted hash)."""
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
 
 
 def split_is_val(keys: list[str], val_fraction: float) -> np.ndarray:
     """``[N]`` bool: which documents go to validation, decided by a hash of each key."""
-    return np.array([_unit(k) < val_fraction for k in keys], dtype=bool)
+    return np.array([stable_unit(k) < val_fraction for k in keys], dtype=bool)
 
 
 # ---- text ------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ class Corpus:
         if self.max_bytes is None and self.max_tokens is None:
             return root, files
         # a hash order, salted so that it does not line up with the split (the bare key)
-        order = sorted(files, key=lambda f: _unit("cap:" + f.relative_to(root).as_posix()))
+        order = sorted(files, key=lambda f: stable_unit("cap:" + f.relative_to(root).as_posix()))
         if self.max_bytes is not None:
             keep, total = [], 0
             for f in order:

@@ -338,10 +338,10 @@ def _corpus_texts(corpus: Any, counter: list[int], val_fraction: float | None = 
                   ) -> Iterable[str]:
     """The corpus's texts (invalid UTF-8 replaced, counted in ``counter[0]``), without the
     documents held out at ``val_fraction`` when given."""
-    from .corpus import _unit, read_text
+    from .corpus import read_text, stable_unit
 
     for key, payload in corpus.documents():
-        if val_fraction is not None and _unit(key) < val_fraction:
+        if val_fraction is not None and stable_unit(key) < val_fraction:
             continue
         text, bad = read_text(payload)
         counter[0] += bad

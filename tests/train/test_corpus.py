@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from postformer.train import corpus
-from postformer.train.corpus import Corpus, _unit, split_is_val, stdlib_files
+from postformer.train.corpus import Corpus, split_is_val, stable_unit, stdlib_files
 from postformer.train.data import TextDataModule
 from postformer.train.tokenizer import train_bpe
 
@@ -103,7 +103,7 @@ def test_max_tokens_on_the_default_corpus(tmp_path):
     dm.setup()
     # independent: the stdlib files in the salted hash order, read until the cap, cut there
     root, files = stdlib_files()
-    order = sorted(files, key=lambda f: _unit("cap:" + f.relative_to(root).as_posix()))
+    order = sorted(files, key=lambda f: stable_unit("cap:" + f.relative_to(root).as_posix()))
     taken, n = [], 0
     while n < 300_000:
         taken.append(order[len(taken)])
@@ -204,7 +204,7 @@ def test_one_document_holds_out_the_tail(tmp_path, lands_in):
     data = ("one long file, " * 400).encode()
     f = tmp_path / "book.txt"
     f.write_bytes(data)
-    u = _unit("book.txt")
+    u = stable_unit("book.txt")
     val_fraction = u / 2 if lands_in == "train" else (1 + u) / 2  # the key's side
     dm = TextDataModule(path=str(f), cache_dir=str(tmp_path / "c"), val_fraction=val_fraction,
                         **SMALL)

@@ -151,13 +151,13 @@ def test_validation_set_is_a_fixed_shuffled_subset(tmp_path):
 def test_default_corpus_tokens_are_the_files_bytes(tmp_path):
     """With the bytes tokenizer each split is its files' raw bytes, in path order, each
     followed by the NUL separator (computed here from the files themselves)."""
-    from postformer.train.corpus import _unit, stdlib_files
+    from postformer.train.corpus import stable_unit, stdlib_files
 
     dm = TextDataModule(cache_dir=str(tmp_path), val_fraction=0.3, **TINY_DATA)
     dm.setup()
     assert dm.describe_validation()["split"] == "by document"
     root, files = stdlib_files()
-    order = sorted(files, key=lambda f: _unit("cap:" + f.relative_to(root).as_posix()))
+    order = sorted(files, key=lambda f: stable_unit("cap:" + f.relative_to(root).as_posix()))
     keep, total = [], 0
     for f in order:  # the max_bytes rule: whole files until the cap is reached
         if total >= TINY_DATA["max_bytes"]:
