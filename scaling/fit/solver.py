@@ -101,8 +101,11 @@ class LseObjective:
         J_t = torch.from_numpy(self.J_np).to(dtype)
         self.K, self.P = J_t.shape[1], J_t.shape[2]
         self.Jk = [J_t[:, k, :] for k in range(self.K)]  # K x (n, P)
-        Y = torch.from_numpy(np.asarray(Y, dtype=np.float64)).to(dtype)
-        self.shared = Y.dim() == 1
+        Y_np = np.asarray(Y, dtype=np.float64)
+        self.shared = Y_np.ndim == 1
+        # the float64 targets of one shared problem, for scipy's polish (value_and_grad_np)
+        self.y_np, self.w_np = np.nan_to_num(Y_np), np.isfinite(Y_np).astype(np.float64)
+        Y = torch.from_numpy(Y_np).to(dtype)
         self.w = torch.isfinite(Y).to(dtype)  # 0 where a point is left out
         self.Y = torch.nan_to_num(Y)
 
@@ -168,15 +171,15 @@ class LseObjective:
         return f, g, H
 
     def value_and_grad_np(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """One problem's objective and gradient in float64 numpy (scipy's polish; shared
-        targets, the objective itself: Huber's true gradient, twice ``g`` for squares)."""
+        """The objective and its gradient (Huber's true gradient, twice ``g`` for squares) in
+        float64 numpy, for scipy's polish of a problem with shared targets."""
+        if not self.shared:
+            raise ValueError("value_and_grad_np needs shared targets Y (n,)")
         u = self.J_np @ theta  # (n, K)
         m = u.max(axis=1, keepdims=True)
         e = np.exp(u - m)
         s = e.sum(axis=1)
-        y = self.Y.double().numpy() if self.shared else self.Y[0].double().numpy()
-        w = self.w.double().numpy() if self.shared else self.w[0].double().numpy()
-        r = (np.log(s) + m[:, 0] - y) * w
+        r = (np.log(s) + m[:, 0] - self.y_np) * self.w_np
         p = e / s[:, None]
         psi = 2 * r if self.loss == "squares" else np.clip(r, -self.delta, self.delta)
         g = np.einsum("nk,nkp->p", psi[:, None] * p, self.J_np)

@@ -212,7 +212,10 @@ class Study:
 
     def shape(self, label: str, size: str) -> Shape:
         """Arch ``label`` at the size named ``size``."""
-        return next(s for s in self.shapes[label] if s.name == size)
+        for shape in self.shapes[label]:
+            if shape.name == size:
+                return shape
+        raise KeyError(f"{self.source}: no size {size!r} in the study; sizes: {self.size_names}")
 
     def model_config(self, label: str, size: str) -> ModelConfig:
         """A copy of the ModelConfig of arch ``label`` at the size named ``size``."""
