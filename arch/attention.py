@@ -30,6 +30,9 @@ from torch import nn
 from .layers import Rotary, ShortConv
 from .mixer import Mixer, carry_state, heads_of_at_least
 
+#: the smallest head dim the width rule splits a narrow model into (two heads of 8 at d_model 16)
+MIN_SPLIT_HEAD_DIM = 8
+
 try:  # optional; never required
     from flash_attn import flash_attn_func as _flash_attn_func
 except Exception:  # ImportError, or a broken CUDA build
@@ -173,11 +176,17 @@ class Attention(Mixer):
     def width_options(cls, d_model: int, *, head_dim: int = 16, d_state: int | None = None) -> dict[str, Any]:
         """Heads of ``head_dim`` channels: the most heads whose head dim is at least ``head_dim``,
         divides ``d_model`` and is even (RoPE rotates channel pairs), i.e. the smallest such
-        head dim; one head of all ``d_model`` channels when none is (``d_model < head_dim``;
-        an odd ``d_model`` has no even head dim and ``_resolve`` rejects it). ``n_kv_heads``
-        stays ``n_heads`` (no GQA); ``d_state`` does not apply. Sliding-window and gated
-        attention inherit this rule."""
-        return {"n_heads": heads_of_at_least(d_model, head_dim, even=True)}
+        head dim; but never one head where two fit: a ``d_model`` that splits into two even
+        heads of at least ``MIN_SPLIT_HEAD_DIM`` (8) channels (``d_model >= 16``, a multiple of
+        4) gets two, whatever ``head_dim`` asks (a one-head transformer cannot attend to two
+        places at once; the field's small models keep 2+ heads, head dims of 8 included). One
+        head of all ``d_model`` channels otherwise (an odd ``d_model`` has no even head dim and
+        ``_resolve`` rejects it). ``n_kv_heads`` stays ``n_heads`` (no GQA); ``d_state`` does
+        not apply. Sliding-window and gated attention inherit this rule."""
+        heads = heads_of_at_least(d_model, head_dim, even=True)
+        if heads == 1 and d_model >= 2 * MIN_SPLIT_HEAD_DIM and d_model % 4 == 0:
+            heads = 2
+        return {"n_heads": heads}
 
     def __init__(self, d_model: int, options: Options | None = None, norm_eps: float = 1e-5, **where: int) -> None:
         super().__init__(d_model, options, norm_eps, **where)  # resolves the options; where: layer_idx, n_layers

@@ -14,6 +14,7 @@ Example::
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +51,13 @@ class ModelConfig:
         norm_eps: epsilon of every RMSNorm.
         tie_embeddings: share the token embedding with the LM head.
         init_std: std of the normal init of linears and the embedding (output projections of
-            mixers and MLPs get ``init_std / sqrt(2 * n_layers)``).
+            mixers and MLPs get ``init_std / sqrt(2 * n_layers)``). None (the default): the
+            width rule ``sqrt(2 / (5 d_model))`` (``init_scale``; Nguyen & Salazar 2019's
+            "small init", GPT-NeoX's): every linear then maps a unit-variance input to an output
+            of variance 2/5 at every width, and the tied head's logits have std ``sqrt(2/5)``;
+            it equals the classic 0.02 at ``d_model = 1000``. A fixed 0.02 at ``d_model = 16``
+            gives outputs of variance 0.006: the small rungs of a ladder start with almost no
+            signal and their runs split by seed from the first evaluation.
     """
 
     vocab_size: int = 256
@@ -64,9 +71,16 @@ class ModelConfig:
     ff_multiple_of: int = 64
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
-    init_std: float = 0.02
+    init_std: float | None = None
+
+    @property
+    def init_scale(self) -> float:
+        """The std the init uses: ``init_std``, or ``sqrt(2 / (5 d_model))`` when it is None."""
+        return self.init_std if self.init_std is not None else math.sqrt(2.0 / (5.0 * self.d_model))
 
     def __post_init__(self) -> None:
+        if self.init_std is not None and not self.init_std > 0:
+            raise ValueError(f"ModelConfig.init_std must be > 0 or None (the width rule), got {self.init_std}")
         for name in ("vocab_size", "d_model", "n_layers", "ff_multiple_of"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")

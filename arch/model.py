@@ -151,14 +151,15 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """normal(0, init_std) for linears and the embedding, zero biases; the residual output
+        """normal(0, ``cfg.init_scale``) (``init_std``, or ``sqrt(2 / (5 d_model))`` when it is
+        None) for linears and the embedding, zero biases; the residual output
         projections (each mixer's and MLP's ``out_proj``) get ``init_std / sqrt(2 * n_layers)``
         (GPT-2), so the residual stream's variance does not grow with depth. Norms, convs and
         the mixers' own parameters (A_log, dt_bias, D) keep the init their modules gave them,
         and so does any linear a mixer marks ``_keep_init = True`` (Mamba's ``dt_proj``, whose
         bias encodes the initial time steps).
         """
-        std = self.cfg.init_std
+        std = self.cfg.init_scale
         for module in self.modules():
             if isinstance(module, nn.Linear) and not getattr(module, "_keep_init", False):
                 nn.init.normal_(module.weight, 0.0, std)

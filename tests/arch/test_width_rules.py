@@ -31,6 +31,8 @@ def _heads(channels: int, per_head: int, *, even: bool = False, divides: int | N
 def _rung_mixers(d: int, head_dim: int, d_state: int | None) -> dict[str, dict[str, Any]]:
     """Mixer options that keep heads and states sensible at width d (see the docstring)."""
     attn = _heads(d, head_dim, even=True)
+    if attn == 1 and d >= 16 and d % 4 == 0:  # issue 25: two heads wherever two even heads of 8+ fit
+        attn = 2
     inner = 2 * d  # mamba2's d_inner at expand 2
     mamba_hd = inner // _heads(inner, head_dim)
     key_gla, val_gla = d // 2, d  # GLA: expand_k 0.5, expand_v 1
@@ -134,6 +136,11 @@ def _check_attention(d: int, head_dim: int, d_state: int | None, o: Any) -> None
     # heads of head_dim channels: the smallest even head dim >= head_dim that divides d
     P = d // o.n_heads
     assert o.n_heads * P == d and P % 2 == 0 and o.n_kv_heads == o.n_heads
+    if d >= 16 and d % 4 == 0:  # two even heads of >= 8 channels fit: never a single head
+        assert o.n_heads >= 2 and P >= 8
+        if P < head_dim:
+            assert o.n_heads == 2
+            return
     assert P >= min(head_dim, d)
     assert P == _smallest_divisor_at_least(d, head_dim, even=True)
 
