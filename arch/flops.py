@@ -20,32 +20,43 @@ Forward FLOPs per token, per component (``T`` = sequence length, ``d`` = d_model
   ``T_ctx = T`` by default, the Chinchilla convention (the full ``T x T`` score matrix, what
   a dense kernel computes). ``causal=True`` counts the average causal context
   ``T_ctx = (T + 1) / 2`` instead, what a kernel that skips masked blocks (flash-attn)
-  performs; Kaplan's ``2 n_layers T d_attn`` forward term is this causal count. Training:
+  performs; Kaplan's ``2 n_layers T d_attn`` forward term is this causal count (the
+  conventions at the end of this docstring). Training:
   ``12 n_layers T d_attn`` (full) or about ``6 n_layers T d_attn`` (causal).
-- recurrence (Mamba-2, Mamba-3, mLSTM and GLA through ``kernels.gla``'s chunk form, per head with key dim
-  ``K``, value dim ``V``, chunk ``C``; also RetNet with a scalar gate and HGRN2 with per-key gates): per chunk the scores ``q k^T`` (``C^2 K`` MACs), their
-  product with ``v`` (``C^2 V``), the chunk's state contribution ``k^T v`` (``C K V``), the
-  readout of the entering state ``q S`` (``C K V``), and the state passing ``a S + U``
-  (``K V``, one multiply-add per state element). The chunk is what the chunk path uses:
-  64 for a scalar gate (Mamba-2), 16 for per-key gates (GLA), and ``min(chunk, T)``; a
-  ragged last chunk is padded and paid for in full. Per token:
-  ``2 * ceil(T/C) * (C^2 (K + V) + 2 C K V + K V) / T`` per head. The full ``C x C`` block
-  is computed (masked after the fact), so it is counted in full. GLA's per-key decayed
-  scores are counted as the ``C^2 K`` MACs they amount to (the exponentials are
-  elementwise).
+- recurrence (Mamba-2, Mamba-3, mLSTM and GLA through ``kernels.gla``'s chunk form, per head
+  with key dim ``K``, value dim ``V``, chunk ``C``; also RetNet with a scalar gate and HGRN2
+  with per-key gates): per chunk the scores ``q k^T`` (``n_le K`` MACs over ``n_le``
+  pairs ``(i, j)`` of the ``C x C`` block), their product with ``v`` (``n_le V``), the chunk's state
+  contribution ``k^T v`` (``C K V``), the readout of the entering state ``q S`` (``C K V``),
+  and the state passing ``a S + U`` (``K V``, one multiply-add per state element). The chunk
+  is what the chunk path uses: 64 for a scalar gate (Mamba-2), 16 for per-key gates (GLA),
+  and ``min(chunk, T)``; a ragged last chunk is padded and paid for in full. Per token:
+  ``2 * ceil(T/C) * (n_le (K + V) + 2 C K V + K V) / T`` per head. Both intra-chunk products
+  are masked to ``i >= j``: the full count takes ``n_le = C^2`` (the PyTorch chunk path computes
+  the whole block and masks it after the fact), the causal count ``n_le = C (C + 1) / 2``. GLA's
+  per-key decayed scores are counted as the ``n_le K`` MACs they amount to (the exponentials
+  are elementwise).
 - recurrence (``delta_rule``, DeltaNet and Gated DeltaNet, chunk ``C = 64``, per head): per chunk
-  the scores ``q k^T`` and ``(beta k) k^T`` (``2 C^2 K``), the unit-triangular solve against
-  ``[beta v | beta k]`` (``C^2 (K + V) / 2``), the products ``Kd^T [U | W]`` (``C K (K + V)``),
-  the sequential state step ``S + R - (Kd^T W) S`` (``K^2 V + K V``), the pseudo-value
-  correction ``W S`` and the readout ``q S`` (``2 C K V``) and the intra-chunk output ``P u``
-  (``C^2 V``). With per-key gates (Kimi Delta Attention, chunk ``C = 16``) the same terms, the
-  two score products decayed per key (``C^2 K`` each, as GLA's).
+  the scores ``q k^T`` (``n_le K``, masked to ``i >= j``) and ``(beta k) k^T`` (``n_lt K``: of it
+  the solve reads only ``i > j``), the unit-triangular solve against ``[beta v | beta k]``
+  (``n_solve (K + V)``), the products ``Kd^T [U | W]`` (``C K (K + V)``), the sequential state step
+  ``S + R - (Kd^T W) S`` (``K^2 V + K V``), the pseudo-value correction ``W S`` and the readout
+  ``q S`` (``2 C K V``) and the intra-chunk output ``P u`` (``n_le V``, ``i >= j``). Full count:
+  ``n_le = n_lt = C^2``, ``n_solve = C^2 / 2``; causal: ``n_le = C (C + 1) / 2``,
+  ``n_lt = n_solve = C (C - 1) / 2``. The solve is triangular in both: forward substitution against a
+  unit lower-triangular matrix takes ``C (C - 1) / 2`` multiply-adds per right-hand-side
+  column whatever the kernel, and the full count's ``C^2 / 2`` is that number rounded up by
+  the ``C / 2`` of a diagonal it never multiplies (kept so the full numbers do not move).
+  With per-key gates (Kimi Delta Attention, chunk ``C = 16``) the same terms, the two score
+  products decayed per key (``n_le K`` and ``n_lt K``, as GLA's). DeltaProduct runs the delta
+  rule over ``n`` sub-steps per token, its chunks and triangles over sub-steps.
 - recurrence (``dplr_delta_rule``, RWKV-7, chunk ``C = 16``, per head): per chunk the decayed
-  pairwise products ``L = b a^T``, ``M = b k^T`` and the scores ``q a^T``, ``q k^T``
-  (``4 C^2 K``), ``M v`` (``C^2 V``), the unit-triangular solve against ``[b | M v]``
-  (``C^2 (K + V) / 2``), the chunk's transition ``a^T P`` (``C K^2``) and input ``a^T R + k^T v``
-  (``2 C K V``), the sequential step ``T S + U`` (``K^2 V + K V``), the reads ``P S`` and the
-  readout ``q S`` (``2 C K V``), and ``A u + Q v`` (``2 C^2 V``).
+  pairwise products ``L = b a^T``, ``M = b k^T`` (``2 n_lt K``, strictly lower: ``l < j``) and the
+  scores ``q a^T``, ``q k^T`` (``2 n_le K``, ``i >= j``), ``M v`` (``n_lt V``), the unit-triangular
+  solve against ``[b | M v]`` (``n_solve (K + V)``), the chunk's transition ``a^T P`` (``C K^2``) and
+  input ``a^T R + k^T v`` (``2 C K V``), the sequential step ``T S + U`` (``K^2 V + K V``), the
+  reads ``P S`` and the readout ``q S`` (``2 C K V``), and ``A u + Q v`` (``2 n_le V``, ``i >= j``);
+  ``n_le``, ``n_lt`` and ``n_solve`` as for the delta rule.
 - recurrence (``selective_scan``, Mamba-1, and ``linear_scan``, RG-LRU): elementwise scans, no
   matmul. Counted as the multiply-adds the two-level chunk path performs per state element and
   token: selective scan ``5 D N`` (the input ``dt x B``, the chunk-local scan, the cumulative
@@ -58,8 +69,25 @@ Forward FLOPs per token, per component (``T`` = sequence length, ``d`` = d_model
   attention's optional Primer convs on q, k, v (``conv_size``, ``attn`` and ``swa``). A width
   of 0 (the no-conv controls, attention's default) counts nothing.
 
-The count of a dense transformer is thus ``6 N_matmul + 12 n_layers T d`` with ``N_matmul``
-its matmul weights (head included); for short sequences it tends to ``6 N_matmul``.
+Two conventions, chosen by ``causal`` and applied to every mixer alike:
+
+- full (``causal=False``, the default; Chinchilla's App. F): every product over its whole
+  block, the full ``T x T`` scores of attention and the full ``C x C`` intra-chunk blocks of
+  the chunked recurrences, as a dense kernel computes them before masking (the PyTorch chunk
+  paths do: FlopCounterMode sees exactly these matmuls, tests/arch/test_flops.py).
+- causal (``causal=True``): what a kernel that skips masked work computes. Attention's mean
+  context ``(T + 1) / 2`` (``i >= j``, the diagonal included; Kaplan's count), and in every
+  chunk form each product masked to a lower triangle over that triangle only:
+  ``C (C + 1) / 2`` pairs where the mask keeps the diagonal, ``C (C - 1) / 2`` where it keeps
+  only ``i > j``. State terms (``k^T v``, ``q S``, the state passing, the sequential step),
+  linear layers, the head, convs and the elementwise scans are the same under both.
+
+The scaling studies take the causal count as their headline compute and report the full
+(Chinchilla) count and ``6 N D`` beside it (``flops_per_token_by_convention``).
+
+The full count of a dense transformer is thus ``6 N_matmul + 12 n_layers T d`` with
+``N_matmul`` its matmul weights (head included); for short sequences it tends to
+``6 N_matmul``.
 """
 
 from __future__ import annotations
@@ -89,11 +117,22 @@ DPLR_CHUNK = dplr_chunk_module.CHUNK
 COMPONENTS = ("linear", "lm_head", "attention", "recurrence", "conv")
 
 
-def _chunked_recurrence_macs(T: int, C: int, K: int, V: int) -> float:
-    """MACs per token per head of the chunk form of ``S_t = a_t S_{t-1} + k_t^T v_t``."""
+def _pairs(C: int, causal: bool, *, diagonal: bool = True) -> float:
+    """(i, j) pairs of a chunk's ``C x C`` block that a product computes: all ``C^2`` under the
+    full count (what a dense kernel computes before masking), under ``causal`` only the lower
+    triangle the mask keeps: ``C (C + 1) / 2`` with the diagonal (``i >= j``: scores against the
+    token itself, as attention's ``(T + 1) / 2``), ``C (C - 1) / 2`` without it (``i > j``)."""
+    if not causal:
+        return C * C
+    return C * (C + 1) / 2 if diagonal else C * (C - 1) / 2
+
+
+def _chunked_recurrence_macs(T: int, C: int, K: int, V: int, causal: bool = False) -> float:
+    """MACs per token per head of the chunk form of ``S_t = a_t S_{t-1} + k_t^T v_t``; ``causal``:
+    the scores ``q k^T`` and their product with ``v`` over the lower triangle ``i >= j`` only."""
     C = max(1, min(C, T))
     n_chunks = math.ceil(T / C)
-    per_chunk = C * C * (K + V) + 2 * C * K * V + K * V
+    per_chunk = _pairs(C, causal) * (K + V) + 2 * C * K * V + K * V
     return n_chunks * per_chunk / T
 
 
@@ -117,7 +156,7 @@ def _mamba2_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, fl
         "linear": d * (d_inner + conv_dim + nheads) + d_inner * d,  # in_proj, out_proj
         "conv": conv_dim * o.conv_size,  # conv_size = 0: no conv
         # state [N, P] per head: K = d_state, V = head_dim
-        "recurrence": nheads * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, o.d_state, o.head_dim),
+        "recurrence": nheads * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, o.d_state, o.head_dim, causal),
     }
 
 
@@ -129,38 +168,48 @@ def _gla_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float
         # q, k, v, output gate, low-rank key gate (two matrices), out
         "linear": 2 * d * key_dim + 2 * d * value_dim + d * r + r * key_dim + value_dim * d,
         "recurrence": o.n_heads * _chunked_recurrence_macs(
-            T, PER_KEY_GATE_CHUNK, key_dim // o.n_heads, value_dim // o.n_heads
+            T, PER_KEY_GATE_CHUNK, key_dim // o.n_heads, value_dim // o.n_heads, causal
         ),
     }
 
 
-def _delta_rule_macs(T: int, C: int, K: int, V: int) -> float:
-    """MACs per token per head of ``kernels.delta_rule``'s chunk form (WY/UT representation)."""
+def _delta_rule_macs(T: int, C: int, K: int, V: int, causal: bool = False) -> float:
+    """MACs per token per head of ``kernels.delta_rule``'s chunk form (WY/UT representation);
+    ``causal``: the masked intra-chunk products over the triangle they keep (module docstring)."""
     C = max(1, min(C, T))
     n_chunks = math.ceil(T / C)
+    incl, strict = _pairs(C, causal), _pairs(C, causal, diagonal=False)
+    # the unit-triangular solve is triangular under both counts: C^2 / 2 per right-hand-side
+    # column in the full count, exactly C (C - 1) / 2 (forward substitution, the unit diagonal
+    # costs nothing) in the causal one
+    solve = C * (C - 1) / 2 if causal else C * C / 2
     per_chunk = (
-        2 * C * C * K  # q k^T and (beta k) k^T
-        + C * C * (K + V) / 2  # unit-triangular solve against [beta v | beta k]
+        incl * K + strict * K  # q k^T (i >= j) and (beta k) k^T (i > j: the solve reads below the diagonal)
+        + solve * (K + V)  # unit-triangular solve against [beta v | beta k]
         + C * K * (K + V)  # Kd^T [U | W]
         + K * K * V + K * V  # S + R - (Kd^T W) S, the sequential step
         + 2 * C * K * V  # W S and q S
-        + C * C * V  # P u
+        + incl * V  # P u (i >= j)
     )
     return n_chunks * per_chunk / T
 
 
-def _dplr_macs(T: int, C: int, K: int, V: int) -> float:
-    """MACs per token per head of ``kernels.dplr_delta_rule``'s chunk form (see the docstring)."""
+def _dplr_macs(T: int, C: int, K: int, V: int, causal: bool = False) -> float:
+    """MACs per token per head of ``kernels.dplr_delta_rule``'s chunk form (see the docstring);
+    ``causal``: the masked intra-chunk products over the triangle they keep."""
     C = max(1, min(C, T))
     n_chunks = math.ceil(T / C)
+    incl, strict = _pairs(C, causal), _pairs(C, causal, diagonal=False)
+    solve = C * (C - 1) / 2 if causal else C * C / 2  # triangular in both counts (_delta_rule_macs)
     per_chunk = (
-        4 * C * C * K  # b a^T, b k^T, q a^T, q k^T, decayed per key
-        + C * C * V  # M v
-        + C * C * (K + V) / 2  # unit-triangular solve against [b exp(G) | M v]
+        2 * strict * K  # b a^T, b k^T (L, M: l < j), decayed per key
+        + 2 * incl * K  # q a^T, q k^T (A, Q: i >= j), decayed per key
+        + strict * V  # M v
+        + solve * (K + V)  # unit-triangular solve against [b exp(G) | M v]
         + C * K * K + 2 * C * K * V  # a^T P (the chunk's transition), a^T R + k^T v
         + K * K * V + K * V  # T S + U, the sequential step
         + 2 * C * K * V  # the reads P S and the readout q S
-        + 2 * C * C * V  # A u + Q v
+        + 2 * incl * V  # A u + Q v (i >= j)
     )
     return n_chunks * per_chunk / T
 
@@ -204,7 +253,7 @@ def _deltanet_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, 
         # q, k, v, output gate, beta (and dt for gdn), out
         "linear": 2 * d * key_dim + 2 * d * value_dim + d * H * (2 if gated else 1) + value_dim * d,
         "conv": (2 * key_dim + value_dim) * o.conv_size,  # conv_size = 0: no convs
-        "recurrence": H * _delta_rule_macs(T, DELTA_RULE_CHUNK, K, V),
+        "recurrence": H * _delta_rule_macs(T, DELTA_RULE_CHUNK, K, V, causal),
     }
 
 
@@ -222,7 +271,7 @@ def _mlstm_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, flo
         # q, k, v, output gate, input and forget gates (one per head each), out
         "linear": 2 * d * key_dim + 2 * d * value_dim + 2 * d * H + value_dim * d,
         # gla with a scalar gate; the values carry the normaliser column (V + 1)
-        "recurrence": H * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, key_dim // H, value_dim // H + 1),
+        "recurrence": H * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, key_dim // H, value_dim // H + 1, causal),
     }
 
 
@@ -235,7 +284,7 @@ def _deltaproduct_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[s
         "linear": d * key_dim + n * d * (key_dim + value_dim + H) + d * H + d * value_dim + value_dim * d,
         "conv": (key_dim + n * (key_dim + value_dim)) * o.conv_size,
         # delta_rule over T n sub-steps: n of them per token
-        "recurrence": H * n * _delta_rule_macs(T * n, DELTA_RULE_CHUNK, K, V),
+        "recurrence": H * n * _delta_rule_macs(T * n, DELTA_RULE_CHUNK, K, V, causal),
     }
 
 
@@ -249,7 +298,7 @@ def _kda_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, float
         "conv": (2 * key_dim + value_dim) * o.conv_size,
         # the scalar gate's terms at the per-key chunk; its two score products decayed per key
         # are the same C^2 K MACs each
-        "recurrence": H * _delta_rule_macs(T, DELTA_RULE_PER_KEY_CHUNK, K, V),
+        "recurrence": H * _delta_rule_macs(T, DELTA_RULE_PER_KEY_CHUNK, K, V, causal),
     }
 
 
@@ -261,7 +310,7 @@ def _mamba3_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, fl
         # in_proj to z, x, B, C, dt, A, lambda, theta; out_proj
         "linear": d * (2 * d_inner + 2 * G * N + 3 * H + R) + d_inner * d,
         # gla with a scalar gate per head, state [N, P]
-        "recurrence": H * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, N, o.head_dim),
+        "recurrence": H * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, N, o.head_dim, causal),
     }
 
 
@@ -270,7 +319,7 @@ def _rwkv7_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, flo
     return {
         # r, k, v, out; the decay's, in-context learning rate's and output gate's LoRAs (d -> r -> d)
         "linear": 4 * d * d + 2 * d * (o.decay_rank + o.a_rank + o.gate_rank),
-        "recurrence": (d // N) * _dplr_macs(T, DPLR_CHUNK, N, N),
+        "recurrence": (d // N) * _dplr_macs(T, DPLR_CHUNK, N, N, causal),
     }
 
 
@@ -279,7 +328,7 @@ def _retnet_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, fl
     key_dim, value_dim = int(d * o.expand_k), int(d * o.expand_v)
     return {
         "linear": 2 * d * key_dim + 2 * d * value_dim + value_dim * d,  # q, k, v, gate, out
-        "recurrence": H * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, key_dim // H, value_dim // H),
+        "recurrence": H * _chunked_recurrence_macs(T, SCALAR_GATE_CHUNK, key_dim // H, value_dim // H, causal),
     }
 
 
@@ -287,7 +336,7 @@ def _hgrn2_macs(cfg: ModelConfig, o: Any, T: int, causal: bool) -> dict[str, flo
     d, E = cfg.d_model, o.expand_ratio
     return {
         "linear": 4 * d * d,  # q (output gate), forget gate, input, out
-        "recurrence": (d // E) * _chunked_recurrence_macs(T, PER_KEY_GATE_CHUNK, E, E),
+        "recurrence": (d // E) * _chunked_recurrence_macs(T, PER_KEY_GATE_CHUNK, E, E, causal),
     }
 
 
@@ -348,6 +397,19 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = Fa
 def flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = False) -> float:
     """Training FLOPs (forward + backward) per token at sequence length ``seq_len``."""
     return 3.0 * forward_flops_per_token(cfg, seq_len, causal=causal)
+
+
+def flops_per_token_by_convention(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+    """Training FLOPs per token at ``seq_len`` under the three conventions the scaling studies
+    report: ``"causal"`` (the headline: what a kernel that skips masked work computes, every
+    mixer alike), ``"chinchilla"`` (the full ``T x T`` scores and ``C x C`` blocks) and
+    ``"6ND"`` (``6 N`` per token, ``N = param_counts(cfg)[0]``: every parameter, embeddings
+    included, the N the studies fit)."""
+    return {
+        "causal": flops_per_token(cfg, seq_len, causal=True),
+        "chinchilla": flops_per_token(cfg, seq_len, causal=False),
+        "6ND": 6.0 * param_counts(cfg)[0],
+    }
 
 
 def matmul_params(cfg: ModelConfig) -> int:
