@@ -99,6 +99,7 @@ def run_info(study: Study, point: Point, run: RunPlan, cfg: dict[str, Any]) -> d
         "tokens_per_step": study.tokens_per_step, "lr": point.lr,
         "warmup_steps": point.warmup_steps, "N": point.N, "N_non_emb": point.N_non_emb,
         "flops_per_token": point.flops_per_token, "seq_len": point.seq_len,
+        "flops_per_token_by_count": dict(point.flops_by_count),
         "branch_ckpt": run.branch_ckpt, "eval_at": run.eval_at,
         "identity": identity(cfg, run), "model_config": dataclasses.asdict(point.config),
     }

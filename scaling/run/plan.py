@@ -67,6 +67,7 @@ class Trained:
     flops_per_token: float
     seq_len: int
     runs: list[RunPlan]
+    flops_by_count: dict[str, float] = field(default_factory=dict)  # arch.flops counts by name
 
 
 @dataclass
@@ -217,7 +218,7 @@ def _trajectory(study: Study, label: str, shape: Shape, seed: int, budgets: list
     main.eval_at = eval_steps(s_max, eval_points, branches)
     return Point(arch=label, size=shape.name, seed=seed, config=shape.config, N=shape.N,
                  N_non_emb=shape.N_non_emb, flops_per_token=shape.flops_per_token, seq_len=study.seq_len,
-                 runs=runs, stage=stage, lr=lr, warmup_steps=warmup)
+                 runs=runs, flops_by_count=dict(shape.flops_by_count), stage=stage, lr=lr, warmup_steps=warmup)
 
 
 def plan(study: Study, lrs: dict[str, Any] | None = None) -> list[Point]:
@@ -225,7 +226,8 @@ def plan(study: Study, lrs: dict[str, Any] | None = None) -> list[Point]:
 
     ``lrs``: arch -> an object with ``lr_for(N)`` (``scaling.fit.LRSweep``) for the
     archs tuned; a tuned arch missing from it gets ``lr=None`` (awaiting the tuning stage).
-    Untuned archs use ``model.lr`` (theirs or the study's)."""
+    Untuned archs use ``model.lr`` (theirs or the study's). The ``tune.check`` runs
+    (:func:`plan_lr_check`) come last."""
     points = []
     for label in study.archs:
         for shape, budgets, middle in _budgets_of(study, label):
@@ -244,20 +246,55 @@ def plan(study: Study, lrs: dict[str, Any] | None = None) -> list[Point]:
                     points.append(_trajectory(study, label, shape, seed, mid,
                                               f"runs/{label}-{shape.name}-s{seed}", "main", lr,
                                               study.eval["points"]))
-    return points
+    return points + plan_lr_check(study, lrs)
 
 
 def tune_sizes(study: Study, label: str) -> list[str]:
     """The sizes arch ``label`` is tuned at: the listed ones, or ``tune.sizes`` sizes spread
-    from the smallest size of the main grid to its median size (with a tokens-per-parameter
-    tuning budget its cost grows as N^2)."""
+    evenly over the main grid's sizes of the arch, from its smallest to its largest with a
+    FLOP tuning budget (every run costs the same), to its median size with a
+    tokens-per-parameter one (whose cost grows as N^2)."""
     sizes = study.tune["sizes"]
     if isinstance(sizes, list):
         return sizes
     used = {shape.name for shape, _, _ in _budgets_of(study, label)}
     order = [s for s in study.size_names if s in used]
-    upto = order[: max(2, (len(order) + 1) // 2)]
+    upto = order if "flops" in study.tune else order[: max(2, (len(order) + 1) // 2)]
     return [upto[i] for i in _pick(len(upto), sizes)]
+
+
+def tune_seeds(study: Study, label: str) -> list[int]:
+    """The seeds arch ``label``'s LR sweeps train: ``tune.seeds`` (its own list, else the
+    ``default`` one), else the study's first seed."""
+    seeds = (study.tune or {}).get("seeds") or {}
+    return list(seeds.get(label, seeds.get("default", study.seeds[:1])))
+
+
+def tune_dir(label: str, size: str, lr: float, seed: int, first_seed: int) -> str:
+    """A tuning run's folder: ``tune/<arch>-<size>-lr<lr>`` for the first seed (the folders
+    of studies before ``tune.seeds``), ``...-s<seed>`` for the others."""
+    base = f"tune/{label}-{size}-lr{lr:.3g}"
+    return base if seed == first_seed else f"{base}-s{seed}"
+
+
+def plan_lr_check(study: Study, lrs: dict[str, Any] | None) -> list[Point]:
+    """``tune.check``: the baseline at the middle size of its top budget (where its headline
+    seeds train), once more at each multiple of its tuned LR, standalone runs of that budget
+    (stage ``lrcheck``, first seed). [] without ``tune.check``, or while the LR awaits tuning."""
+    tune, label = study.tune or {}, study.baseline
+    if not tune.get("check") or not study.tuned(label) or label not in (lrs or {}):
+        return []
+    if study.budget_kind != "flops":
+        return []
+    top = max(study.budgets)
+    for shape, budgets, middle in _budgets_of(study, label):
+        if top in middle:
+            D = dict(budgets)[top]
+            lr = float(lrs[label].lr_for(shape.N))
+            return [_trajectory(study, label, shape, study.seeds[0], [(top, D)],
+                                f"lrcheck/{label}-{shape.name}-x{m:g}", "lrcheck", lr * m,
+                                study.eval["points"]) for m in tune["check"]]
+    return []
 
 
 def extension_lrs(grid: list[float], factor: float, losses: dict[float, float]) -> list[float]:
@@ -275,8 +312,9 @@ def extension_lrs(grid: list[float], factor: float, losses: dict[float, float]) 
 
 def plan_tune(study: Study, finished: dict[tuple[str, str, float], float] | None = None) -> list[Point]:
     """The tuning stage: per tuned arch and tune size, one run per LR of the grid at the
-    tuning budget, plus the one-time extension of any sweep whose best LR (in ``finished``:
-    (arch, size, lr) -> final loss) is at the grid's edge."""
+    tuning budget and tuning seed, plus the one-time extension of any sweep whose best LR
+    (in ``finished``: (arch, size, lr) -> final loss, averaged over the seeds finished) is
+    at the grid's edge."""
     if study.tune is None:
         return []
     tune = study.tune
@@ -296,8 +334,10 @@ def plan_tune(study: Study, finished: dict[tuple[str, str, float], float] | None
             if tune["extend"]:
                 done = {lr: finished[(label, name, lr)] for lr in grid if (label, name, lr) in finished}
                 lrs += extension_lrs(grid, tune["factor"], done)
-            for lr in lrs:
-                points.append(_trajectory(study, label, shape, study.seeds[0], [(None, D)],
-                                          f"tune/{label}-{name}-lr{lr:.3g}", "tune", lr,
-                                          tune["eval_points"] or study.eval["points"]))
+            seeds = tune_seeds(study, label)
+            for seed in seeds:
+                for lr in lrs:
+                    points.append(_trajectory(study, label, shape, seed, [(None, D)],
+                                              tune_dir(label, name, lr, seed, seeds[0]), "tune", lr,
+                                              tune["eval_points"] or study.eval["points"]))
     return points

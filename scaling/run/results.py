@@ -5,7 +5,8 @@ One row per finished run, i.e. per (arch, size, seed, budget): the main run of a
 schedule every budget is its own ``final`` run). Columns, in this order:
 
     arch, size, seed      the study's arch label, size name, seed
-    stage                 main | tune (learning-rate tuning runs stay out of the fits)
+    stage                 main | tune | lrcheck (learning-rate tuning runs and the tuned LR's
+                          sensitivity check stay out of the IsoFLOP fits)
     budget_flops          the IsoFLOP group's nominal compute (empty for token budgets)
     trajectory            the main run's folder: a main run and its cooldowns share one
                           (the bootstrap resamples them together)
@@ -14,7 +15,10 @@ schedule every budget is its own ``final`` run). Columns, in this order:
     N, N_non_emb          parameters with and without embeddings (``LanguageModel.num_params``)
     D                     tokens trained: steps * tokens_per_step (a cooldown counts the
                           shared stable phase too: it *is* a run of that many tokens)
-    C                     arch.flops.flops_per_token(cfg, seq_len) * D
+    C                     arch.flops.flops_per_token(cfg, seq_len) * D under the study's
+                          count (budgets.count, default causal)
+    C_causal, C_full      the same under the causal count and under Chinchilla's full count
+                          (runs laid out before issue 25 have neither; their C is the full count)
     C_6ND                 6 * N * D
     loss, bpb             the final val/loss (nats/token) and val/bpb of the run
     steps                 optimizer steps of the run (a cooldown: from 0, like a standalone run)
@@ -48,8 +52,10 @@ from postformer.train.fileio import atomic_write
 from ..fit.table import ResultsError
 
 COLUMNS = ["arch", "size", "seed", "stage", "budget_flops", "trajectory", "lr", "warmup_steps",
-           "budget_tokens", "N", "N_non_emb", "D", "C", "C_6ND", "loss", "bpb", "steps",
+           "budget_tokens", "N", "N_non_emb", "D", "C", "C_causal", "C_full", "C_6ND", "loss", "bpb", "steps",
            "wall_s", "tokens_per_s", "kind", "run_dir"]
+#: run.json's flops_per_token_by_count names -> results columns C_<column>
+COUNT_COLUMNS = {"causal": "causal", "chinchilla": "full"}
 CURVE_COLUMNS = ["arch", "size", "seed", "stage", "trajectory", "run_dir", "kind", "step",
                  "tokens", "val_loss", "val_bpb", "val_tokens"]
 
@@ -117,7 +123,10 @@ def make_row(out_dir: Path, run_dir: Path, wall_s: float | None = None) -> dict[
         "stage": info.get("stage", "main"), "budget_flops": info.get("budget_flops"),
         "trajectory": info.get("trajectory"), "lr": info.get("lr"),
         "warmup_steps": info.get("warmup_steps"), "budget_tokens": info["budget_tokens"], "N": info["N"], "N_non_emb": info["N_non_emb"],
-        "D": D, "C": info["flops_per_token"] * D, "C_6ND": 6 * info["N"] * D,
+        "D": D, "C": info["flops_per_token"] * D,
+        **{f"C_{COUNT_COLUMNS[k]}": v * D for k, v in info.get("flops_per_token_by_count", {}).items()
+           if k in COUNT_COLUMNS},
+        "C_6ND": 6 * info["N"] * D,
         "loss": final[0], "bpb": final[1], "steps": info["steps"],
         "wall_s": round(wall_s if wall_s is not None else est_wall, 3),
         "tokens_per_s": round(tokens_per_s, 1), "kind": info["kind"],
@@ -135,11 +144,11 @@ def finished_row(out_dir: Path, run_dir: Path, make: Any = None) -> dict[str, An
 
 
 def _run_infos(out_dir: Path) -> list[Path]:
-    return sorted(p for folder in ("tune", "runs") for p in (out_dir / folder).rglob("run.json"))
+    return sorted(p for folder in ("tune", "runs", "lrcheck") for p in (out_dir / folder).rglob("run.json"))
 
 
 def collect(out_dir: str | Path) -> pd.DataFrame:
-    """Every finished run under ``out_dir/tune/`` and ``out_dir/runs/`` as one DataFrame
+    """Every finished run under ``out_dir/tune/``, ``out_dir/runs/`` and ``out_dir/lrcheck/`` as one DataFrame
     with ``COLUMNS`` (tuning runs first)."""
     out_dir = Path(out_dir)
     rows = []

@@ -8,6 +8,7 @@ Folder layout::
     DIR/scope.json                       what the report's scope line needs: corpus,
                                          tokenizer, the validation set, seeds, LR protocol
     DIR/tune/<arch>-<size>-lr<lr>/       a learning-rate tuning run (a run folder)
+    DIR/lrcheck/<arch>-<size>-x<m>/      tune.check: the baseline at m x its tuned LR
     DIR/runs/<arch>-<size>-s<seed>/      the main run of a trajectory: a normal run folder
         fit.yaml                         `postformer fit --config fit.yaml` re-runs it by hand
         run.json                         what the results need: arch, size, N, FLOPs/token, ...
@@ -81,12 +82,13 @@ def check_folder(study: Study, out: Path) -> None:
 
 
 def _all_tune_losses(study: Study, out: Path) -> dict[tuple[str, str, float], float]:
-    done = {}
+    """(arch, size, lr) -> the final loss of its finished tuning runs, averaged over seeds."""
+    done: dict[tuple[str, str, float], list[float]] = {}
     for point in plan_tune(study, None):
         row = finished_row(out, out / point.runs[0].run_dir)
         if row is not None:
-            done[(point.arch, point.size, point.lr)] = float(row["loss"])
-    return done
+            done.setdefault((point.arch, point.size, point.lr), []).append(float(row["loss"]))
+    return {k: sum(v) / len(v) for k, v in done.items()}
 
 
 def stages(study: Study, out: Path) -> tuple[list[Point], list[Point] | None]:

@@ -149,7 +149,7 @@ def print_plan(study: Study, probe: bool = True) -> dict[str, float]:
           f"{study.tokens_per_step} tokens per step; throughput: {speed.describe()}")
     head = f"{'stage':5s} {'run':44s} {'N':>9s} {'D':>9s} {'C':>9s} {'budget':>9s} {'time':>8s}"
     print(head)
-    totals: dict[str, float] = {"tune": 0.0, "main": 0.0}
+    totals: dict[str, float] = {"tune": 0.0, "main": 0.0, "lrcheck": 0.0}
     total_C = 0.0
     for p in points:
         for r in p.runs:
@@ -159,8 +159,9 @@ def print_plan(study: Study, probe: bool = True) -> dict[str, float]:
             total_C += p.flops_per_token * (r.steps - r.start_step) * study.tokens_per_step
             name = p.name if r.kind != "cooldown" else f"{p.name}/{Path(r.run_dir).name}"
             budget = f"{r.budget_flops:.3g}" if r.budget_flops else "-"
-            print(f"{p.stage:5s} {name[:44]:44s} {p.N:9.3g} {r.tokens:9.3g} {C:9.3g} {budget:>9s} "
+            print(f"{p.stage[:5]:5s} {name[:44]:44s} {p.N:9.3g} {r.tokens:9.3g} {C:9.3g} {budget:>9s} "
                   f"{fmt_duration(secs):>8s}")
+    totals["main"] += totals.pop("lrcheck")  # trains with the main grid
     all_s = totals["tune"] + totals["main"]
     unit = speed.unit
     print(f"total: {total_C:.3g} FLOPs trained; estimated {fmt_duration(totals['tune'])} tuning + "

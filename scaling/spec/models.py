@@ -23,7 +23,7 @@ so the spec classes can call them while they are being built.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from postformer.arch import PRESETS, ModelConfig, width_options
@@ -44,6 +44,8 @@ from .checks import (
 
 LADDER_KEYS = ("knob", "d_model", "n_layers", "aspect_ratio", "head_dim", "d_state", "mixers",
                "ff_multiple_of")
+#: the FLOP counts a study records (``arch.flops``): name -> ``causal`` argument
+FLOP_COUNTS = {"causal": True, "chinchilla": False}
 MATCH_TOL = 0.05  # match_params: N within 5% of the baseline's
 
 
@@ -51,7 +53,9 @@ MATCH_TOL = 0.05  # match_params: N within 5% of the baseline's
 class Shape:
     """Arch ``label`` at one size of a study: its model and what it costs. ``size`` is the size
     as the spec gives it (a preset size name or a size mapping); ``flops_per_token`` at the
-    study's sequence length (``arch.flops``)."""
+    study's sequence length (``arch.flops``) under the study's count (``budgets.count``),
+    ``flops_by_count`` under each: ``causal`` (what kernels that skip masked work compute, for
+    every mixer alike) and ``chinchilla`` (the full T x T scores and C x C chunk blocks)."""
 
     size: Any
     name: str
@@ -59,6 +63,7 @@ class Shape:
     N: int
     N_non_emb: int
     flops_per_token: float
+    flops_by_count: dict[str, float] = field(default_factory=dict)
 
 
 # ---- the size ladder ----------------------------------------------------------------
@@ -234,7 +239,9 @@ def shapes_of(study: Any, label: str) -> tuple[Shape, ...]:
     for size in study.sizes:
         cfg = model_config(study, label, size)
         N, N_ne = param_counts(cfg)
-        out.append(Shape(size, size_name(size), cfg, N, N_ne, flops_per_token(cfg, study.seq_len)))
+        counts = {name: flops_per_token(cfg, study.seq_len, causal=causal)
+                  for name, causal in FLOP_COUNTS.items()}
+        out.append(Shape(size, size_name(size), cfg, N, N_ne, counts[study.flops_count], counts))
     return tuple(out)
 
 

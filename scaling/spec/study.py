@@ -10,7 +10,11 @@ et al. 2024; Porian et al. 2024; Hägele et al. 2024; DeepSeek LLM 2024):
   ``budgets.tokens_per_param_range`` (default [5, 100]), spread evenly in ln N. D comes from
   the arch's own FLOPs per token (``arch.flops``), not 6N, so the sizes of one group have
   equal true compute (the plan refuses a group whose step rounding moves it by more
-  than 2%).
+  than 2%). FLOPs are counted causally by default (``budgets.count: causal``): attention's
+  causal scores and the chunked mixers' causal intra-chunk blocks, what kernels that skip
+  masked work compute, the same rule for every mixer (``arch.flops``); ``chinchilla`` counts
+  the full T x T scores and C x C blocks. Every run records both counts (and 6ND), and the
+  report gives the verdict under each.
 - **A size ladder driven by one knob** (``ladder``): ``width`` (a list of ``d_model`` at a
   fixed depth) or ``depth`` (a list of ``n_layers`` at a fixed width or a fixed aspect
   ratio ``d_model / n_layers``). Heads and state sizes follow the width so they stay
@@ -24,11 +28,18 @@ et al. 2024; Porian et al. 2024; Hägele et al. 2024; DeepSeek LLM 2024):
   budgets are cooldowns branched off its stable phase (exactly a standalone wsd run of that
   length: same LR, weights and data up to the branch point).
 - **Learning rates tuned per arch** (``tune``): an LR grid (at least 5 values, 2x apart by
-  default) at two or more ladder sizes and a small budget (by default the smallest FLOP
-  budget, or 20 tokens per parameter with token budgets); a best LR at the grid's edge
-  extends that grid once in that direction (the report flags an optimum still at the
-  edge); the main grid uses ``lr = a N^b`` fitted to the tuned optima (the nearest tuned
-  size's best with one size). ``archs.X.model.lr`` fixes an arch's LR instead.
+  default) at two or more ladder sizes and a budget (``tune.flops``; by default the smallest
+  FLOP budget, or 20 tokens per parameter with token budgets). ``tune.sizes: k`` spreads k
+  sizes over the arch's whole main grid with a FLOP budget (up to its median size with a
+  tokens-per-parameter one, whose cost grows as N^2); ``tune.seeds`` (a list, or a mapping
+  arch -> list with a ``default``) sweeps more seeds where seed spread exceeds the sweep's
+  depth (losses averaged). A best LR at the grid's edge extends that grid once in that
+  direction (the report flags an optimum still at the edge); the main grid uses
+  ``lr = a N^b`` fitted to the tuned optima, b inside the prior range [-1, 0]
+  (``scaling.fit.lr``; the nearest tuned size's best with one size). ``tune.check: [0.5, 2]``
+  trains the baseline at its top budget's middle size once more at each multiple of its
+  tuned LR (stage ``lrcheck``): the report says how far the factor moves.
+  ``archs.X.model.lr`` fixes an arch's LR instead.
 - **Warmup as a share of steps** (``model.warmup_fraction``, default 0.05 of the shortest
   run of a trajectory, so every run of it shares one warmup); AdamW's ``model.betas``.
 - **Seeds**: ``seeds`` for every trajectory, ``headline_seeds`` more at the middle
@@ -52,9 +63,11 @@ Spec (``name``, ``archs``, ``budgets`` and one of ``ladder``/``sizes`` are requi
       mamba2-fixed-lr: {preset: mamba2, model: {lr: 3.0e-3}}   # LMModule options of one arch
     ladder: {knob: width, d_model: [32, 48, 64, 96, 128], n_layers: 4, head_dim: 16}
     # or sizes: [tiny, {name: s1, d_model: 64, n_layers: 2, n_heads: 2, mixers: {...}}]
-    budgets: {flops: [2.0e11, 6.0e11, 2.0e12], sizes: 5, tokens_per_param_range: [5, 100]}
+    budgets: {flops: [2.0e11, 6.0e11, 2.0e12], sizes: 5, tokens_per_param_range: [5, 100],
+              count: causal}       # or chinchilla: the FLOP count budgets and C use
     # or {tokens: [...]} / {tokens_per_param: [...]}: every size at every budget
-    tune: {lr: {center: 3.0e-3, points: 5, factor: 2}, sizes: 2, tokens_per_param: 20}
+    tune: {lr: {center: 3.0e-3, points: 5, factor: 2}, sizes: 3, flops: 6.0e11,
+           seeds: {transformer: [0, 1], default: [0]}, check: [0.5, 2]}
     seeds: [0]
     headline_seeds: {seeds: [1, 2], sizes: 1}
     eval: {tokens: 262144, points: 5, curve_tokens: 32768}
@@ -103,15 +116,16 @@ from .checks import (
     trainer_keys,
 )
 from .executor import executor_section
-from .models import Shape, ladder_sizes, shapes_of, size_name
+from .models import FLOP_COUNTS, Shape, ladder_sizes, shapes_of, size_name
 
 TOP_KEYS = ("name", "baseline", "archs", "sizes", "ladder", "budgets", "tune", "seeds",
             "headline_seeds", "eval", "model", "data", "trainer", "checkpoint", "cooldowns",
             "executor")
 BUDGET_KINDS = ("tokens", "tokens_per_param", "flops")
 BUDGET_OPTIONS = ("sizes", "tokens_per_param_range")  # with flops budgets and a ladder
+BUDGET_COUNT = "count"  # which FLOP count budgets and C use: causal (default) or chinchilla
 SIZE_KEYS = ("name", "d_model", "n_layers", "n_heads", "mixers", "fields", "overrides")
-TUNE_KEYS = ("lr", "sizes", "tokens_per_param", "flops", "extend", "eval_points")
+TUNE_KEYS = ("lr", "sizes", "tokens_per_param", "flops", "extend", "eval_points", "seeds", "check")
 EVAL_KEYS = ("tokens", "points", "seed", "curve_tokens")
 HEADLINE_KEYS = ("seeds", "sizes")
 #: model-section keys the planner consumes (not LMModule arguments)
@@ -137,6 +151,7 @@ class Study:
     sizes: list[Any]  # preset size names (str) or size dicts (the ladder's rungs, generated)
     budget_kind: str
     budgets: list[float]
+    flops_count: str = "causal"  # budgets.count: which arch.flops count C uses
     ladder: dict[str, Any] | None = None
     sizes_per_budget: int = 5
     tpp_range: tuple[float, float] = (5.0, 100.0)
@@ -249,16 +264,23 @@ def _check_sizes(src: str, sizes: Any, archs: dict) -> list:
     return sizes
 
 
+def _check_count(src: str, budgets: Any) -> str:
+    count = (budgets or {}).get(BUDGET_COUNT, "causal") if isinstance(budgets, dict) else "causal"
+    if count not in FLOP_COUNTS:
+        raise fail(src, "budgets.count", f"must be one of {list(FLOP_COUNTS)}, got {count!r}")
+    return count
+
+
 def _check_budgets(src: str, budgets: Any, ladder: bool) -> tuple[str, list[float], int, tuple[float, float]]:
     budgets = mapping(src, "budgets", budgets)
     kinds = [k for k in budgets if k in BUDGET_KINDS]
     if len(kinds) != 1:
-        unknown = [k for k in budgets if k not in BUDGET_KINDS + BUDGET_OPTIONS]
+        unknown = [k for k in budgets if k not in (*BUDGET_KINDS, *BUDGET_OPTIONS, BUDGET_COUNT)]
         if unknown:
             raise fail(src, "budgets", f"unknown budget kind {unknown[0]!r}; accepted: "
                                        f"{list(BUDGET_KINDS)}")
         raise fail(src, "budgets", f"give exactly one of {list(BUDGET_KINDS)}, got {budgets!r}")
-    check_keys(src, "budgets", budgets, list(BUDGET_KINDS) + list(BUDGET_OPTIONS))
+    check_keys(src, "budgets", budgets, [*BUDGET_KINDS, *BUDGET_OPTIONS, BUDGET_COUNT])
     kind = kinds[0]
     values = positive_numbers(src, f"budgets.{kind}", budgets[kind])
     opts = [k for k in BUDGET_OPTIONS if k in budgets]
@@ -317,7 +339,19 @@ def _check_tune(src: str, tune: Any, model: dict, flops_budget: float | None
         budget = {"flops": flops_budget}
     if not isinstance(tune.get("extend", True), bool):
         raise fail(src, "tune.extend", "must be true or false")
-    return {"grid": grid, "factor": factor, "sizes": sizes, **budget,
+    seeds = tune.get("seeds")
+    if isinstance(seeds, dict):
+        seeds = {str(k): seed_list(src, f"tune.seeds.{k}", v) for k, v in seeds.items()}
+    elif seeds is not None:
+        seeds = {"default": seed_list(src, "tune.seeds", seeds)}
+    check = tune.get("check")
+    if check is not None:
+        check = sorted(positive_numbers(src, "tune.check", check))
+        if any(abs(c - 1) < 1e-9 for c in check):
+            raise fail(src, "tune.check", f"LR multipliers other than 1 (the tuned LR is the "
+                                          f"main run), got {check}")
+    return {"grid": grid, "factor": factor, "sizes": sizes, **budget, "seeds": seeds,
+            "check": check,
             "extend": tune.get("extend", True),
             "eval_points": (None if tune.get("eval_points") is None
                             else integer(src, "tune.eval_points", tune["eval_points"], 1))}
@@ -352,6 +386,7 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>",
     else:
         sizes = _check_sizes(src, spec["sizes"], archs)
     kind, values, n_sizes, tpp = _check_budgets(src, spec["budgets"], ladder is not None)
+    flops_count = _check_count(src, spec["budgets"])
 
     seeds = seed_list(src, "seeds", spec.get("seeds", [0]))
     hs = mapping(src, "headline_seeds", spec.get("headline_seeds"))
@@ -415,12 +450,17 @@ def study_from_dict(spec: dict[str, Any], source: str = "<study>",
 
     study = Study(
         name=name, baseline=baseline, archs=copy.deepcopy(archs), sizes=sizes,
-        budget_kind=kind, budgets=values, ladder=ladder, sizes_per_budget=n_sizes,
+        budget_kind=kind, budgets=values, flops_count=flops_count, ladder=ladder, sizes_per_budget=n_sizes,
         tpp_range=tpp, tune=tune, seeds=seeds, headline_seeds=headline,
         headline_sizes=headline_sizes, eval=evaluation, model=model, data=sections["data"],
         trainer=sections["trainer"], checkpoint=sections["checkpoint"],
         cooldowns=bool(cooldowns), executor=ex, source=src, spec=copy.deepcopy(spec),
     )
+    if isinstance(tune, dict) and tune["seeds"] is not None:
+        for label in tune["seeds"]:
+            if label != "default" and label not in archs:
+                raise fail(src, f"tune.seeds.{label}", f"is not one of the archs {list(archs)} "
+                                                       "(or default)")
     if isinstance(tune, dict) and isinstance(tune["sizes"], list):
         for s in tune["sizes"]:
             if s not in study.size_names:

@@ -173,7 +173,7 @@ def test_no_conv_control_equals_the_block_with_identity_convs(name):
                 identity_conv_(module)
                 if module.bias is not None:
                     module.bias.zero_()
-        torch.testing.assert_close(full(tokens), control(tokens), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(full(tokens), control(tokens), atol=1e-5, rtol=1e-5)  # float32 rounding at the width-rule init (logits ~1)
 
 
 def attention_conv_naive(m, x: torch.Tensor) -> torch.Tensor:

@@ -144,7 +144,8 @@ def test_plan_expands_points_runs_and_steps():
     assert m.config.n_layers == 2 and m.config.pattern == ["mamba2"] and m.config.mixers["mamba2"]["d_state"] == 8
     assert p.config.n_layers == 1 and p.config.mixers["attn"]["n_heads"] == 2
     assert (p.N, p.N_non_emb) == param_counts(p.config)
-    assert p.flops_per_token == flops_per_token(p.config, 32)
+    assert p.flops_per_token == flops_per_token(p.config, 32, causal=True)  # the causal count: the default
+    assert p.flops_by_count["chinchilla"] == flops_per_token(p.config, 32)
 
 
 def test_plan_budget_kinds_and_presets():
@@ -163,7 +164,7 @@ def test_plan_budget_kinds_and_presets():
     assert by_name["mamba-tiny-s0"].config.n_layers == 3
     assert by_name["m2h-c-s0"].config.mlp is True and by_name["m2h-c-s0"].config.n_layers == 2
     assert t.runs[0].steps == round(2 * t.N / 128) and t.runs[1].steps == round(t.N / 128)
-    C = flops_per_token(t.config, 32) * 4096
+    C = flops_per_token(t.config, 32, causal=True) * 4096  # budgets.count: causal (the default)
     study = study_from_dict(spec(sizes=["tiny"], budgets={"flops": [C, C / 4]},
                                  archs={"transformer": "transformer"}))
     runs = plan(study)[0].runs
@@ -522,7 +523,7 @@ def test_isoflop_groups_have_equal_compute(iso):
         for p in points:
             if p.arch != arch or p.seed != 0:
                 continue
-            fpt = flops_per_token(p.config, 64)  # independent of the plan's own number
+            fpt = flops_per_token(p.config, 64, causal=True)  # independent of the plan's own number
             for r in p.runs:
                 groups.setdefault(r.budget_flops, []).append((p.N, r.steps * tps * fpt, r.tokens))
         assert sorted(groups) == study.budgets
