@@ -230,18 +230,19 @@ def plan(study: Study, lrs: dict[str, Any] | None = None) -> list[Point]:
     (:func:`plan_lr_check`) come last."""
     points = []
     for label in study.archs:
+        source, off = study.lr_source(label), study.seed_offset(label)
         for shape, budgets, middle in _budgets_of(study, label):
-            if study.tuned(label):
-                sweep = (lrs or {}).get(label)
-                lr = None if sweep is None else float(sweep.lr_for(shape.N))
+            if study.tuned(source):
+                sweep = (lrs or {}).get(source)
+                lr = None if sweep is None else float(sweep.lr_for(shape.N)) * study.lr_scale(label)
             else:
-                lr = float(study.arch_model(label).get("lr", lm_default("lr")))
-            for seed in study.seeds:
+                lr = float(study.arch_model(label).get("lr", lm_default("lr"))) * study.lr_scale(label)
+            for seed in (s + off for s in study.seeds):
                 points.append(_trajectory(study, label, shape, seed, budgets,
                                           f"runs/{label}-{shape.name}-s{seed}", "main", lr,
                                           study.eval["points"]))
             mid = [b for b in budgets if b[0] in middle or (b[0] is None and middle)]
-            for seed in study.headline_seeds:
+            for seed in (s + off for s in study.headline_seeds):
                 if mid:
                     points.append(_trajectory(study, label, shape, seed, mid,
                                               f"runs/{label}-{shape.name}-s{seed}", "main", lr,
@@ -267,7 +268,8 @@ def tune_seeds(study: Study, label: str) -> list[int]:
     """The seeds arch ``label``'s LR sweeps train: ``tune.seeds`` (its own list, else the
     ``default`` one), else the study's first seed."""
     seeds = (study.tune or {}).get("seeds") or {}
-    return list(seeds.get(label, seeds.get("default", study.seeds[:1])))
+    off = study.seed_offset(label)
+    return [s + off for s in seeds.get(label, seeds.get("default", study.seeds[:1]))]
 
 
 def tune_dir(label: str, size: str, lr: float, seed: int, first_seed: int) -> str:
@@ -291,7 +293,7 @@ def plan_lr_check(study: Study, lrs: dict[str, Any] | None) -> list[Point]:
         if top in middle:
             D = dict(budgets)[top]
             lr = float(lrs[label].lr_for(shape.N))
-            return [_trajectory(study, label, shape, study.seeds[0], [(top, D)],
+            return [_trajectory(study, label, shape, study.seeds[0] + study.seed_offset(label), [(top, D)],
                                 f"lrcheck/{label}-{shape.name}-x{m:g}", "lrcheck", lr * m,
                                 study.eval["points"]) for m in tune["check"]]
     return []

@@ -21,7 +21,8 @@ from postformer.train.data import TextDataModule
 from postformer.train.module import LMModule
 
 #: an arch mapping's keys that are not ModelConfig fields
-ARCH_EXTRA_KEYS = ("preset", "layer_multiplier", "match_params", "model")
+ARCH_EXTRA_KEYS = ("preset", "layer_multiplier", "match_params", "model", "seed_offset",
+                   "lr_from", "lr_scale")
 #: labels and size names name run folders
 LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -157,6 +158,13 @@ def check_archs(src: str, archs: Any) -> None:
                 raise fail(src, f"{where}.match_params", "must be true or false")
             check_keys(src, f"{where}.model", mapping(src, f"{where}.model", arch.get("model")),
                        lm_keys)
+            integer(src, f"{where}.seed_offset", arch.get("seed_offset", 0), 0)
+            positive(src, f"{where}.lr_scale", arch.get("lr_scale", 1.0))
+            source = arch.get("lr_from")
+            if source is not None and (source == label or source not in archs
+                                       or isinstance(archs[source], dict) and "lr_from" in archs[source]):
+                raise fail(src, f"{where}.lr_from", f"must name another arch that tunes its own LR, "
+                                                    f"got {source!r}; archs: {list(archs)}")
         else:
             raise fail(src, where, f"must be a preset name or a mapping of fields, got {arch!r}")
 

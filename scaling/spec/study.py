@@ -61,6 +61,8 @@ Spec (``name``, ``archs``, ``budgets`` and one of ``ladder``/``sizes`` are requi
       hybrid: {preset: gdn-hybrid, match_params: true}   # d_ff matched to the baseline's N
       transformer-conv: {preset: transformer, mixers: {attn: {conv_size: 4}}}
       mamba2-fixed-lr: {preset: mamba2, model: {lr: 3.0e-3}}   # LMModule options of one arch
+      again: {preset: transformer, seed_offset: 1000}  # the same arch under other seeds (A/A)
+      slow: {preset: transformer, lr_from: transformer, lr_scale: 0.25}  # its LR law, x0.25
     ladder: {knob: width, d_model: [32, 48, 64, 96, 128], n_layers: 4, head_dim: 16}
     # or sizes: [tiny, {name: s1, d_model: 64, n_layers: 2, n_heads: 2, mixers: {...}}]
     budgets: {flops: [2.0e11, 6.0e11, 2.0e12], sizes: 5, tokens_per_param_range: [5, 100],
@@ -219,11 +221,28 @@ class Study:
             base.update(arch.get("model") or {})
         return base
 
-    def tuned(self, label: str) -> bool:
-        """Whether arch ``label``'s LR comes from the tuning stage."""
+    def _extra(self, label: str, key: str, default: Any) -> Any:
         arch = self.archs[label]
-        fixed = isinstance(arch, dict) and "lr" in (arch.get("model") or {})
-        return self.tune is not None and not fixed
+        return arch.get(key, default) if isinstance(arch, dict) else default
+
+    def tuned(self, label: str) -> bool:
+        """Whether arch ``label`` runs LR sweeps of its own in the tuning stage."""
+        fixed = "lr" in (self._extra(label, "model", None) or {})
+        return self.tune is not None and not fixed and self.lr_source(label) == label
+
+    def lr_source(self, label: str) -> str:
+        """The arch whose tuned LR law arch ``label`` trains with: ``archs.X.lr_from``, else
+        itself; ``archs.X.lr_scale`` multiplies it (a known handicap: the baseline at a
+        quarter of its tuned LR)."""
+        return self._extra(label, "lr_from", label)
+
+    def lr_scale(self, label: str) -> float:
+        return float(self._extra(label, "lr_scale", 1.0))
+
+    def seed_offset(self, label: str) -> int:
+        """``archs.X.seed_offset``: added to every seed of arch ``label`` (its runs' init and
+        data order): the baseline under another seed stream, for an A/A study."""
+        return int(self._extra(label, "seed_offset", 0))
 
     def shape(self, label: str, size: str) -> Shape:
         """Arch ``label`` at the size named ``size``."""

@@ -134,3 +134,31 @@ def test_flop_counts_recorded_per_shape():
     assert full.shapes["transformer"][0].flops_per_token == shape.flops_by_count["chinchilla"]
     with pytest.raises(StudyError, match="budgets.count: must be one of"):
         study_from_dict({**copy.deepcopy(ISO), "budgets": {**ISO["budgets"], "count": "6ND"}})
+
+
+def test_seed_offset_and_borrowed_lr_for_calibration_studies():
+    """configs/study/null.yaml's arms: the baseline under another seed stream (seed_offset) and
+    the baseline at a quarter of its tuned LR (lr_from + lr_scale), which tunes nothing."""
+    spec = copy.deepcopy(ISO)
+    spec["archs"] = {"transformer": "transformer",
+                     "again": {"preset": "transformer", "seed_offset": 1000},
+                     "slow": {"preset": "transformer", "lr_from": "transformer", "lr_scale": 0.25}}
+    spec["tune"] = {**spec["tune"], "seeds": [0]}
+    study = study_from_dict(spec, source="null.yaml")
+    tune = plan_tune(study)
+    assert {p.arch for p in tune} == {"transformer", "again"}
+    assert {p.seed for p in tune if p.arch == "again"} == {1000}
+    points = [p for p in plan(study, {"transformer": _Law(), "again": _Law()}) if p.stage == "main"]
+    by = {a: [p for p in points if p.arch == a] for a in study.archs}
+    assert {p.seed for p in by["again"]} == {1000, 1001, 1002}
+    assert {p.seed for p in by["slow"]} == {0, 1, 2}
+    for p in by["slow"]:
+        assert p.lr == pytest.approx(0.25 * _Law().lr_for(p.N))
+    assert [(p.size, p.runs[0].tokens) for p in by["slow"]] == [(p.size, p.runs[0].tokens) for p in by["transformer"]]
+    for bad, message in (({"lr_from": "slow2"}, "lr_from: must name another arch"),
+                         ({"lr_scale": 0}, "lr_scale: must be positive"),
+                         ({"seed_offset": -1}, "seed_offset: must be an integer >= 0")):
+        s = copy.deepcopy(spec)
+        s["archs"]["slow"] = {"preset": "transformer", **bad}
+        with pytest.raises(StudyError, match=message):
+            study_from_dict(s, source="null.yaml")
