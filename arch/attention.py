@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from .layers import Rotary, ShortConv
+from .layers import RMSNorm, Rotary, ShortConv
 from .mixer import Mixer, carry_state, heads_of_at_least
 
 #: the smallest head dim the width rule splits a narrow model into (two heads of 8 at d_model 16)
@@ -148,6 +148,10 @@ class Attention(Mixer):
         #: +-1/sqrt(conv_size)); 0 (default): no convs, plain Transformer++. A control for
         #: measuring the short conv's effect (Mamba-2 and GDN have one); 1 is rejected
         conv_size: int = 0
+        #: RMSNorm (learned scale) on each head's q and k before RoPE (QK-norm: OLMo-2, Qwen3,
+        #: Gemma 3; Wortsman et al. 2023 find it removes the attention-logit growth behind
+        #: small transformers' high-LR instability). False (default): plain Transformer++
+        qk_norm: bool = False
 
     @classmethod
     def _resolve(cls, d_model: int, opts: Options) -> Options:
@@ -205,6 +209,10 @@ class Attention(Mixer):
             self.q_conv = ShortConv(q_dim, self.conv_size)
             self.k_conv = ShortConv(kv_dim, self.conv_size)
             self.v_conv = ShortConv(kv_dim, self.conv_size)
+        self.qk_norm = options.qk_norm
+        if self.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, norm_eps)
 
     def _new_conv_states(
         self, batch_size: int, device: torch.device | str | None, dtype: torch.dtype
@@ -227,7 +235,10 @@ class Attention(Mixer):
             # SDPA's fused kernels want the head dim contiguous, else take the O(T^2) math path
             q, k, v = (carry_state(conv_states, i, conv, y).contiguous()
                        for i, (y, conv) in enumerate(zip((q, k, v), convs)))
-        return tuple(rearrange(y, "b t (h d) -> b t h d", d=self.head_dim) for y in (q, k, v))
+        q, k, v = (rearrange(y, "b t (h d) -> b t h d", d=self.head_dim) for y in (q, k, v))
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
 
     def _new_cache(self, batch_size: int, device, dtype: torch.dtype, max_seq_len: int | None) -> KVCache:
         return KVCache(
