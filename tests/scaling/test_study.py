@@ -693,18 +693,32 @@ def test_gpu_study_plans_gpu_hours_without_a_gpu(capsys):
     assert 0.5 * 3600 < totals["tune"] + totals["main"] < 1.5 * 3600  # about an hour
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "default.yaml", "gpu-1h.yaml", "gpu-125m-1.3b.yaml"])
+@pytest.mark.parametrize("name", ["smoke.yaml", "default.yaml", "null.yaml", "gpu-1h.yaml", "gpu-125m-1.3b.yaml"])
 def test_shipped_study_configs_plan(name):
     study = load_study(REPO / "configs" / "study" / name)
     points = plan(study, {})
     assert study.isoflop and study.tune is not None
-    assert {p.arch for p in points} >= {"transformer", "mamba2"}
+    assert {p.arch for p in points} >= ({"transformer"} if name == "null.yaml" else {"transformer", "mamba2"})
     assert len(study.budgets) >= 2
     if name != "smoke.yaml":
-        assert study.seq_len >= 512 and len(study.budgets) >= 3
+        assert study.seq_len >= 256 and len(study.budgets) >= 3
         assert len(study.seeds) + len(study.headline_seeds) >= 3
+    if name in ("default.yaml", "null.yaml"):
+        # issue 25: attention at most 40% of the baseline's (causal) FLOPs at its middle size;
+        # the LR tuned at 3+ sizes spanning 4x in N, at a budget of the main grid
+        from postformer.arch.flops import flops_breakdown
+
+        shapes = study.shapes[study.baseline]
+        used = sorted({p.size for p in points if p.arch == study.baseline}, key=study.size_names.index)
+        mid = study.shape(study.baseline, used[len(used) // 2])
+        parts = flops_breakdown(mid.config, study.seq_len, causal=True)
+        assert parts["attention"] / sum(parts.values()) <= 0.40
+        tuned = [study.shape(study.baseline, s).N for s in tune_sizes(study, study.baseline)]
+        assert len(tuned) >= 3 and max(tuned) / min(tuned) >= 4
+        assert study.tune["flops"] in study.budgets and len(shapes) >= 8
     if name == "default.yaml":
-        assert set(study.archs) >= {"transformer", "mamba2", "gdn", "hybrid"} and len(study.archs) >= 5
+        assert set(study.archs) >= {"transformer", "mamba2", "gdn", "hybrid"}
+        assert study.tune["check"] == [0.5, 2]
     if name.startswith("gpu"):
         assert study.seq_len == 2048 and "bf16" in str(study.trainer.get("precision"))
 
