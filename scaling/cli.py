@@ -11,6 +11,7 @@ the rooms rather than in one of them.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -25,6 +26,7 @@ from postformer.train.locks import FolderLocked
 
 from .fit import DEFAULT_N_BOOT, ResultsError
 from .report import write_probe_report, write_report
+from .report.verdict import summary_lines
 from .run import run_loaded, run_probe, run_study
 from .run.probe import print_plan as print_probe_plan
 from .run.throughput import print_plan as print_study_plan
@@ -218,7 +220,8 @@ def compare_main(argv: list[str]) -> None:
 
 def report_main(argv: list[str]) -> None:
     """``postformer report DIR [--baseline NAME] [--n-boot N] [--seed S] [--probes PROBE_DIR]``;
-    a probe folder (``DIR/probe.yaml``) gets its probe report instead."""
+    prints the verdict, one line per architecture (``report.verdict.summary_lines``), after
+    writing the files. A probe folder (``DIR/probe.yaml``) gets its probe report instead."""
     parser = argparse.ArgumentParser(
         prog="postformer report",
         description="Rebuild a study's report (report.json, report.md, report.html, figures/) "
@@ -254,3 +257,5 @@ def report_main(argv: list[str]) -> None:
     figs = [str(p) for k, p in written.items() if k not in ("json", "md", "html")]
     print(f"postformer report: wrote {written['json']}, {written['md']}, {written['html']} and "
           f"{len(figs)} figures ({', '.join(figs)})", file=sys.stderr)
+    for line in summary_lines(json.loads(Path(written["json"]).read_text())):
+        print(line)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .isoflop import Group, parabola_min
+from .isoflop import Group, parabola_min, size_index
 
 #: weights of Webb's six-point distribution (mean 0, variance 1)
 WEBB = np.array([-math.sqrt(1.5), -1.0, -math.sqrt(0.5), math.sqrt(0.5), 1.0, math.sqrt(1.5)])
@@ -65,3 +65,25 @@ def minima_boot(groups: list[Group], Y: np.ndarray) -> tuple[np.ndarray, np.ndar
         t, L = parabola_min(coef, g.lo, g.hi)
         L_out[:, j], x_out[:, j] = L, t + g.x_mid
     return L_out, x_out
+
+
+def interior_boot(groups: list[Group], Y: np.ndarray) -> np.ndarray:
+    """(R, n_groups) bool: whether each replicate's minimum passes the interior test of
+    ``isoflop.edge_reasons`` on the replicate's own parabola and losses: it opens upwards,
+    its vertex lies strictly inside the sampled sizes, and the lowest mean loss of a size
+    (the replicate's y) is at neither the smallest nor the largest size. The selection the
+    point estimate makes, made again in every replicate (the interval then carries it)."""
+    out = np.empty((Y.shape[0], len(groups)), dtype=bool)
+    for j, g in enumerate(groups):
+        coef = Y[:, g.rows] @ g.pinv.T  # (R, 3)
+        c2, c1 = coef[:, 0], coef[:, 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tv = np.where(c2 > 0, -c1 / (2 * c2), np.nan)
+        inside = (c2 > 0) & (tv > g.lo) & (tv < g.hi)
+        idx, n_sizes = size_index(g.X[:, 1] + g.x_mid)
+        M = np.zeros((n_sizes, len(idx)))
+        M[idx, np.arange(len(idx))] = 1.0
+        means = (Y[:, g.rows] @ M.T) / M.sum(axis=1)  # (R, n_sizes)
+        best = np.argmin(means, axis=1)
+        out[:, j] = inside & (best > 0) & (best < n_sizes - 1)
+    return out

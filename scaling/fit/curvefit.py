@@ -144,7 +144,8 @@ class CurveFit:
             A = len(d.archs)
             gamma = th[1 + A + a]
             ln_k = th[1 + a] + gamma * d.lnC_mid
-        return math.exp(th[0]), math.exp(ln_k), float(gamma)
+        with np.errstate(over="ignore"):  # a wild replicate's k overflows to inf, not an error
+            return float(np.exp(th[0])), float(np.exp(ln_k)), float(gamma)
 
     def predict(self, arch: str, C: np.ndarray, theta: np.ndarray | None = None) -> np.ndarray:
         E, k, g = self.params(arch, theta)
@@ -170,11 +171,35 @@ def efficiency(fit: CurveFit, arch: str, theta: np.ndarray) -> float:
         return float(np.exp(-theta[2 + a] / gamma))
 
 
+def _undefined_to_nan(d: Design, boot: np.ndarray, have: np.ndarray, arch_of: np.ndarray
+                      ) -> np.ndarray:
+    """NaN for the parameters a replicate's kept minima (``have``, (R, n)) do not determine:
+    the whole replicate where it keeps fewer minima than parameters or (joint law) none of
+    the baseline's, which every shift is relative to; an arch's shift (joint) with none of its
+    minima; an arch's k and gamma (free) with fewer than two."""
+    boot = boot.copy()
+    A = len(d.archs)
+    cnt = np.stack([have[:, arch_of == a].sum(axis=1) for a in range(A)], axis=1)  # (R, A)
+    dead = have.sum(axis=1) < d.P
+    if d.kind == "joint":
+        dead |= cnt[:, 0] < 1
+        for a in range(1, A):
+            boot[cnt[:, a] < 1, 2 + a] = np.nan
+    else:
+        for a in range(A):
+            boot[cnt[:, a] < 2, 1 + a] = np.nan
+            boot[cnt[:, a] < 2, 1 + A + a] = np.nan
+    boot[dead] = np.nan
+    return boot
+
+
 def curve_fit(kind: str, archs: list[str], mins: list[Any], Lb: np.ndarray | None,
                compute: str = "C") -> CurveFit | None:
     """Fit the joint or free law over ``mins`` (interior IsoFLOP minima of the listed archs,
     baseline first: objects with ``arch``, ``compute[compute]``, ``C`` and ``L_opt``);
-    ``Lb``: (R, len(mins)) replicate minima, or None for the point estimate only."""
+    ``Lb``: (R, len(mins)) replicate minima, or None for the point estimate only; NaN leaves
+    a minimum out of that replicate's fit (one that fails the interior test there).
+    ``compute``: the compute column the law is fitted in (a FLOP convention)."""
     arch_of = np.array([archs.index(m.arch) for m in mins])
     lnC = np.log([m.compute[compute] for m in mins])
     L = np.array([m.L_opt for m in mins])
@@ -189,6 +214,9 @@ def curve_fit(kind: str, archs: list[str], mins: list[Any], Lb: np.ndarray | Non
         # the full-data optimum and a spread of the grid's starts
         spread = starts[[5, 6, 9, 10, 13]] if len(starts) > 13 else starts
         st = np.vstack([theta[0][None, :], spread])
-        floors = E_FLOOR * np.nanmin(np.where(Lb > 0, Lb, np.inf), axis=1)
+        floors = E_FLOOR * np.min(np.where(Lb > 0, Lb, np.inf), axis=1)
+        floors = np.where(np.isfinite(floors), floors, floor[0])  # a replicate left empty
         boot, _ = _fit_batch(d, Yb, st, floors)
-    return CurveFit(d, theta[0], float(f[0]), boot, [(m.arch, m.C, m.L_opt) for m in mins])
+        boot = _undefined_to_nan(d, boot, np.isfinite(Yb), arch_of)
+    return CurveFit(d, theta[0], float(f[0]), boot,
+                    [(m.arch, m.compute[compute], m.L_opt) for m in mins])

@@ -24,7 +24,11 @@ class Minimum:
     ``x``/``y``: ln N and loss of the group's rows; ``coef``: the parabola ``(c2, c1, c0)``
     in ``x - x_mid``; ``interior``: usable for the headline (else ``reason`` says why).
     ``C``: the group's compute at the vertex (``C`` column, ln-linear in x within the
-    group); ``compute``: the same for every compute column the table has."""
+    group); ``compute``: the same for every compute column the table has. ``lnD_line``:
+    (slope, intercept) of ln D against ``x - x_mid`` over the group's rows, so ``D_opt`` (the
+    tokens at the vertex) and a bootstrap replicate's D at its own vertex are read the same
+    way. ``interior_fraction``: the share of bootstrap replicates in which the minimum passes
+    the interior test (set by the analysis)."""
 
     arch: str
     budget: float
@@ -41,10 +45,21 @@ class Minimum:
     compute: dict[str, float] = field(default_factory=dict)
     L_ci: Estimate | None = None
     N_ci: Estimate | None = None
+    lnD_line: tuple[float, float] = (math.nan, math.nan)
+    interior_fraction: float = math.nan
 
     @property
     def C(self) -> float:
         return self.compute["C"]
+
+    def D_at(self, x: np.ndarray | float) -> np.ndarray | float:
+        """Tokens at ln N = x, ln-linear in x within the group (as the compute columns)."""
+        slope, icpt = self.lnD_line
+        return np.exp(icpt + slope * (np.asarray(x, float) - self.x_mid))
+
+    @property
+    def D_opt(self) -> float:
+        return float(self.D_at(math.log(self.N_opt)))
 
 
 def parabola_min(coef: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +114,13 @@ def isoflop_groups(df: pd.DataFrame, params: str) -> tuple[list[Group], list[str
     return out, notes
 
 
+def size_index(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """The sizes of a group's rows: each row's index into the sorted distinct ln N (rounded
+    to 9 digits, so seeds of one size share it) and the number of sizes."""
+    _, idx = np.unique(np.round(np.asarray(x, float), 9), return_inverse=True)
+    return idx.reshape(-1), int(idx.max()) + 1 if idx.size else 0
+
+
 def edge_reasons(x: np.ndarray, y: np.ndarray, coef: tuple[float, float, float], x_mid: float
                  ) -> list[str]:
     """Why the minimum of the parabola ``coef`` (``c2 t^2 + c1 t + c0`` in ``t = x - x_mid``)
@@ -144,6 +166,7 @@ def group_minimum(g: Group, df: pd.DataFrame, params: str, compute_cols: list[st
         slope, icpt = np.polyfit(x - g.x_mid, np.log(vals), 1)
         comp[col] = float(math.exp(icpt + slope * (x_opt - g.x_mid)))
     n_seeds = int(max(np.sum(np.round(x, 9) == s) for s in sizes))
+    slope, icpt = np.polyfit(x - g.x_mid, np.log(df.loc[g.rows, "D"].to_numpy(float)), 1)
     return Minimum(g.arch, g.budget, x, y, g.x_mid, tuple(float(c) for c in coef),
                    math.exp(x_opt), float(L[0]), not reasons, "; ".join(reasons), len(sizes),
-                   n_seeds, comp)
+                   n_seeds, comp, lnD_line=(float(slope), float(icpt)))

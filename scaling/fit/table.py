@@ -7,11 +7,15 @@ Required columns: ``arch, N, D, C, loss``. Optional columns the analysis uses wh
                   within 5% of each other (single linkage over the sorted values) form a group
     trajectory    the bootstrap cluster: a main run and the cooldowns branched off it share
                   one; without it every row is its own cluster
-    stage         ``tune`` rows (learning-rate sweeps) stay out of every fit; ``main`` or empty
-                  rows are fitted
+    stage         ``tune`` rows (learning-rate sweeps) and ``lrcheck`` rows (the baseline at a
+                  multiple of its tuned LR) stay out of every fit; ``main`` or empty rows are
+                  fitted
     lr            the peak learning rate of the run (LR sweeps)
     N_non_emb     parameters without embeddings (the conventions table)
-    C_6ND         6 N D (the conventions table; computed when absent)
+    C_6ND         6 N D (a FLOP convention; computed when absent)
+    C_causal      the causal FLOP count: attention's causal scores, chunked mixers' causal
+                  intra-chunk blocks (a FLOP convention; absent in legacy and published tables)
+    C_full        Chinchilla's full count: full T x T scores and chunk blocks (a convention)
     tokens_per_s  measured training throughput (the wall-clock view)
     size, bpb, kind, run_dir, ...   carried along for the report's tables
 
@@ -32,9 +36,9 @@ import pandas as pd
 REQUIRED = ("arch", "N", "D", "C", "loss")
 #: numeric optional columns: (name, must be positive)
 NUMERIC = {"N": True, "D": True, "C": True, "loss": True, "budget_flops": True,
-           "N_non_emb": True, "C_6ND": True, "tokens_per_s": True, "lr": True, "seed": False,
+           "N_non_emb": True, "C_6ND": True, "C_causal": True, "C_full": True, "tokens_per_s": True, "lr": True, "seed": False,
            "bpb": True, "wall_s": False, "steps": False}
-STAGES = ("main", "tune")
+STAGES = ("main", "tune", "lrcheck")
 GROUP_RTOL = 0.05
 
 
@@ -110,10 +114,15 @@ def read_results(path: str | Path) -> pd.DataFrame:
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:
     """Fill the derived columns of a results table (in a copy): ``stage`` (main),
-    ``trajectory`` (one per row), ``C_6ND`` (6ND), ``seed`` (0), ``N_non_emb`` (N)."""
+    ``trajectory`` (one per row), ``C_6ND`` (6ND), ``seed`` (0), ``N_non_emb`` (N).
+    ``C_causal`` and ``C_full`` are optional FLOP conventions: floats where present (empty
+    cells NaN), never made up where absent."""
     df = df.copy()
     for col in REQUIRED[1:]:
         df[col] = df[col].astype(float)
+    for col in ("C_causal", "C_full"):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["arch"] = df["arch"].astype(str)
     if "stage" not in df:
         df["stage"] = "main"

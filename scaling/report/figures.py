@@ -126,10 +126,47 @@ def fig_lr_sweeps(an: Analysis) -> tuple[bytes, str]:
     return to_png(fig), caption
 
 
+def _allocation_panel(an: Analysis, ax: Any) -> list[str]:
+    """N_opt vs C of every arch's minima (hollow: at the edge), and the Approach 2 line
+    through its interior minima with the exponent in the legend; the archs without one."""
+    colors = arch_colors(an.archs)
+    none = []
+    for a in an.archs:
+        col = colors[a]
+        ms = [m for m in an.verdicts[a].minima if finite(m.C)]
+        for interior in (True, False):
+            sel = [m for m in ms if m.interior == interior]
+            if sel:
+                ax.scatter([m.C for m in sel], [m.N_opt for m in sel], s=30, marker="D",
+                           facecolors=col if interior else "white", edgecolors=[col],
+                           linewidths=1.2, zorder=4)
+        al = an.verdicts[a].allocation
+        if al is None:
+            none.append(a)
+            continue
+        ins = [m for m in ms if m.interior]
+        lnC = np.log([m.C for m in ins])
+        slope, icpt = np.polyfit(lnC, np.log([m.N_opt for m in ins]), 1)
+        grid = np.linspace(lnC.min(), lnC.max(), 20)
+        label = f"{a}: a = {fmt_est(al['N_opt_exponent'])}"
+        ax.plot(np.exp(grid), np.exp(icpt + slope * grid), color=col, lw=1.4, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title("N_opt ∝ C^a (Approach 2)", fontsize=10)
+    ax.set_xlabel("compute C at the minimum [FLOPs]")
+    ax.set_ylabel("N_opt")
+    ax.grid(True, alpha=0.25)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return none
+
+
 def fig_isoflop(an: Analysis) -> tuple[bytes, str]:
     """Per arch: every point of every budget, the fitted parabola (dashed) and its minimum
-    with interval bars; edge minima hollow."""
-    fig, axes = panels(len(an.archs))
+    with interval bars; edge minima hollow. A last panel: N_opt vs C per arch with the
+    allocation exponent's line."""
+    fig, axes = panels(len(an.archs) + 1)
+    no_line = _allocation_panel(an, axes[-1])
     colors = _budget_colors(an.budgets)
     no_bar, no_min = [], []
     t = an.table
@@ -170,6 +207,11 @@ def fig_isoflop(an: Analysis) -> tuple[bytes, str]:
                "ln N fitted through them (dashed), and its minimum (diamond) with 95% "
                "intervals of N_opt and L_opt; hollow and labelled 'edge': minima at the edge of "
                "the size grid, left out of the headline.")
+    caption += (" Last panel: N_opt against C at every minimum (hollow: at the edge) and, per "
+                "architecture with interior minima at two budgets or more, the least-squares "
+                "line N_opt ∝ C^a through them, a with its 95% interval in the legend.")
+    if no_line:
+        caption += f" No line (fewer than two interior budgets): {', '.join(no_line)}."
     if no_min:
         caption += f" No parabola (fewer than 3 sizes): {', '.join(no_min)}."
     if no_bar:
@@ -247,6 +289,10 @@ def fig_frontier(an: Analysis) -> tuple[bytes, str]:
                "table only).")
     if no_curve:
         caption += f" No joint-fit curve for: {', '.join(no_curve)}."
+    if any(an.verdicts[a].efficiency_withheld for a in an.archs):
+        caption += (f" The efficiency factors are withheld: the {an.baseline} has an interior "
+                    "minimum at one budget only, so its curve is the other architectures' "
+                    "slope through that one point; the lines show the fit, not a verdict.")
     return to_png(fig), caption
 
 
@@ -264,9 +310,10 @@ def fig_efficiency(an: Analysis) -> tuple[bytes, str]:
         e = an.efficiency_of(a)
         col = colors[a]
         if e is None:
-            ax.text(1.0, y, "not identifiable", ha="center", va="center", fontsize=9,
+            word = "withheld" if an.verdicts[a].efficiency_withheld else "not identifiable"
+            ax.text(1.0, y, word, ha="center", va="center", fontsize=9,
                     color="dimgray", bbox={"fc": "white", "ec": "lightgray"})
-            missing.append(a)
+            missing.append(f"{a} ({word})")
         else:
             lo, hi, ok = _err(e.estimate, e)
             ax.errorbar([e.estimate], [y], xerr=[[lo], [hi]], fmt="o", color=col, ms=7,
@@ -280,7 +327,7 @@ def fig_efficiency(an: Analysis) -> tuple[bytes, str]:
         k = 0
         for x in inv:
             if x.status != "ok" or x.value is None or not finite(x.value.estimate):
-                if x.status != "excluded":
+                if x.status not in ("excluded", "withheld"):
                     outside.append(f"{a} at {fmt_flops(x.budget)} ({x.status})")
                 continue
             k += 1
@@ -316,7 +363,7 @@ def fig_efficiency(an: Analysis) -> tuple[bytes, str]:
                "definition); small squares beneath: the inverted-frontier multiplier m(C) at "
                "each budget where it is read inside the baseline's support.")
     if missing:
-        caption += f" Not identifiable (written in the plot): {', '.join(missing)}."
+        caption += f" No factor (written in the plot): {', '.join(missing)}."
     if outside:
         caption += f" m(C) not drawn: {', '.join(outside)}."
     caption += (" The conventions' point estimates are in the table only (no intervals).")

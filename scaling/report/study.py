@@ -15,7 +15,9 @@ writes
 One convention everywhere: the efficiency factor m, the compute the baseline needs for an
 architecture's loss divided by the compute the architecture needs (> 1: the architecture
 needs less). The summary is the joint fit's m over every interior IsoFLOP minimum, never
-the number of a single budget. Nothing is trained; every point is listed at the end, linked
+the number of a single budget, as a range over the FLOP conventions the table carries; where
+the baseline has interior minima at fewer than two budgets it is withheld and the summary
+gives the loss gap at the largest budget where both minima are interior. Nothing is trained; every point is listed at the end, linked
 to its run folder. Every file is written to a temporary name and moved into place, so a
 reader never sees half a report.
 """
@@ -33,13 +35,14 @@ import yaml
 
 from postformer.train.fileio import atomic_write
 
-from ..fit import DEFAULT_N_BOOT, Analysis, ResultsError, analyse, read_results
-from ..numbers import ceil_sig, finite, fmt, fmt_est, fmt_fixed, fmt_flops
+from ..fit import DEFAULT_N_BOOT, Analysis, Estimate, ResultsError, analyse, read_results
+from ..numbers import ceil_sig, finite, fmt, fmt_est, fmt_fixed, fmt_flops, fmt_sig
 from ..run.results import write_results
 from .document import Block, Link, render_html, render_markdown
 from .figures import make_figures
 from .probe import beside_study
 from .verdict import (
+    CONVENTION_NAMES,
     all_warnings,
     dumps_strict,
     free_gammas,
@@ -74,25 +77,74 @@ def load_inputs(out_dir: Path) -> tuple[pd.DataFrame, dict[str, Any], dict[str, 
 # --------------------------------------------------------------------------- the verdict in words
 
 
+def _conv_label(an: Analysis, name: str) -> str:
+    label = CONVENTION_NAMES.get(name, name)
+    return f"{label}, the headline" if name == an.headline_convention else label
+
+
+def _direction(e: Estimate, base: str) -> str:
+    if not (finite(e.low) and finite(e.high)):
+        return "undetermined"
+    return "less" if e.low > 1 else "more" if e.high < 1 else "indistinguishable"
+
+
 def verdict_sentence(an: Analysis, arch: str) -> str:
-    """One plain sentence for a non-baseline arch: the joint-fit efficiency factor in words,
-    the exponent test, and any note. Starts with the arch's name."""
+    """One plain sentence for a non-baseline arch: the joint-fit efficiency factor in words
+    (its range over the FLOP conventions where the table has several), the exponent test,
+    and any note; where the factor is withheld, the loss gap at the largest budget where both
+    minima are interior instead. Starts with the arch's name."""
     base = an.baseline
     v = an.verdicts[arch]
     e = an.efficiency_of(arch)
+    if v.efficiency_withheld:
+        gaps = [g for g in v.loss_gap if g.value is not None]
+        text = f"{arch}: efficiency factor withheld ({v.efficiency_withheld})"
+        if gaps:
+            g = gaps[-1].value
+            side = ("lower than" if g.high < 0 else "higher than" if g.low > 0
+                    else "not distinguishable from")
+            text += (f"; at {fmt_flops(gaps[-1].budget)} FLOPs, the largest budget where both "
+                     f"minima are interior, its loss is {side} the {base}'s: L_opt({arch}) − "
+                     f"L_opt({base}) = {fmt_est(g, '+.4f')} nats/token")
+        else:
+            text += f"; no budget has interior minima of both {arch} and the {base}"
+        return text + "."
     if e is None:
         return (f"{arch}: no efficiency factor against the {base} (not identifiable): "
                 f"{why_no_efficiency(an, arch)}.")
-    m = fmt_est(e)
-    if not (finite(e.low) and finite(e.high)):
-        words = f"has efficiency m = {m} against the {base}"
-    elif e.low > 1:
-        words = f"reaches the {base}'s loss with less compute: efficiency m = {m}"
-    elif e.high < 1:
-        words = f"needs more compute than the {base} for the same loss: efficiency m = {m}"
+    convs = [(n, x) for n, x in v.efficiency_by_convention.items()
+             if x is not None and finite(x.estimate)]
+    if len(convs) > 1:
+        lo = min(x.estimate for _, x in convs)
+        hi = max(x.estimate for _, x in convs)
+        each = "; ".join(f"{_conv_label(an, n)}: {fmt_est(x)}" for n, x in convs)
+        span = f"{fmt_sig(lo)}-{fmt_sig(hi)}"
+        dirs = {_direction(x, base) for _, x in convs}
+        if dirs == {"less"}:
+            words = (f"reaches the {base}'s loss with {span}x less compute depending on how "
+                     f"FLOPs are counted ({each})")
+        elif dirs == {"more"}:
+            words = (f"needs more compute than the {base} for the same loss: efficiency m = "
+                     f"{span} depending on how FLOPs are counted ({each})")
+        else:
+            words = (f"has efficiency m = {span} against the {base} depending on how FLOPs are "
+                     f"counted ({each}); whether it needs less or more compute depends on the "
+                     "count")
     else:
-        words = f"is not distinguishable from the {base}: efficiency m = {m}"
+        m = fmt_est(e)
+        if not (finite(e.low) and finite(e.high)):
+            words = f"has efficiency m = {m} against the {base}"
+        elif e.low > 1:
+            words = f"reaches the {base}'s loss with less compute: efficiency m = {m}"
+        elif e.high < 1:
+            words = f"needs more compute than the {base} for the same loss: efficiency m = {m}"
+        else:
+            words = f"is not distinguishable from the {base}: efficiency m = {m}"
     extra = []
+    own = v.efficiency_own_slope
+    if own is not None and finite(own.estimate) and not e.contains(own.estimate):
+        extra.append("the interval understates model uncertainty: under the baseline's own "
+                     f"slope the factor is {fmt_est(own)}")
     if v.exponent_words == "not testable with these budgets":
         extra.append("whether the exponents differ is not testable with these budgets")
     elif v.exponent_words:
@@ -171,7 +223,8 @@ def _joint_text(an: Analysis) -> str:
 def _status_words(status: str, base: str) -> str:
     return {"outside support": f"outside the {base}'s support",
             "not identifiable": "not identifiable: loss below the fitted asymptote",
-            "excluded": "excluded: no interior minimum"}.get(status, status)
+            "excluded": "excluded: no interior minimum",
+            "withheld": f"withheld: the {base} has no curve"}.get(status, status)
 
 
 def _validation_text(val: dict[str, Any]) -> str:
@@ -257,25 +310,76 @@ def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any
 
     # 4. efficiency
     B.append(Block("h2", "Headline 2: efficiency factors"))
+    B.append(Block("p", (
+        f"Given only where the {base} has interior IsoFLOP minima at two budgets or more (a "
+        "curve to read a compute factor off); each bootstrap replicate makes the interior test "
+        "again and leaves out of its fit the minima that fail it. Compute: "
+        + ("the table's C as given (it equals none of the causal, Chinchilla and 6ND counts)"
+           if an.headline_convention == "as given" else
+           f"{CONVENTION_NAMES.get(an.headline_convention, an.headline_convention)} FLOPs")
+        + " (the headline convention). \"own slope\": the factor on the free-exponent fit's "
+        f"curves, C_{base}(L*) / C_arch(L*) at the loss L* of the architecture's largest "
+        "interior minimum, each on its own exponent.")))
     rows = []
     for a in an.archs:
         v = an.verdicts[a]
         e = an.efficiency_of(a)
         if a == base:
-            rows.append([a, "1 (baseline)", "–", "–", "–", ""])
+            rows.append([a, "1 (baseline)", "–", "–", "–", "–", ""])
             continue
         note = why_no_efficiency(an, a) if e is None else v.efficiency_note
-        rows.append([a, fmt_est(e) if e is not None else "not identifiable",
+        rows.append([a, fmt_est(e) if e is not None else
+                     "withheld" if v.efficiency_withheld else "not identifiable",
                      fmt(e.mc_error) if e is not None else "–",
+                     fmt_est(v.efficiency_own_slope) if v.efficiency_own_slope is not None
+                     else "–",
                      fmt_est(v.gamma_diff) if v.gamma_diff is not None else "–",
                      v.exponent_words or "–", note])
     B.append(Block("table", header=["arch", "efficiency m [95%]", "MC error",
-                                    f"γ_arch − γ_{base} [95%]", "exponent", "note"], items=rows))
+                                    "own slope [95%]", f"γ_arch − γ_{base} [95%]", "exponent",
+                                    "note"], items=rows))
     B.append(Block("p", _joint_text(an)))
     fg = free_gammas(an)
     if fg:
         B.append(Block("p", "Free-exponent fit (E shared, k and γ per architecture): " + "; ".join(
             f"γ_{a} = {fmt_est(g)}" for a, g in fg.items()) + "."))
+    names = list(dict.fromkeys(n for a in an.archs
+                               for n in an.verdicts[a].efficiency_by_convention))
+    if names and others:
+        B.append(Block("p", (
+            "The efficiency factor under every FLOP convention the table carries, each a "
+            "joint refit over the same minima with the same bootstrap replicates: causal (the "
+            "causal count of attention's scores and chunked mixers' blocks), Chinchilla (full "
+            "T x T scores and chunk blocks), 6ND; \"as given\": the table's C where it is none "
+            "of these.")))
+        rows = []
+        for a in others:
+            v = an.verdicts[a]
+            rows.append([a] + [fmt_est(x) if x is not None else
+                               "withheld" if v.efficiency_withheld else "not identifiable"
+                               for x in (v.efficiency_by_convention.get(n) for n in names)])
+        B.append(Block("table", header=["arch"] + [
+            f"{_conv_label(an, n)} [95%]" for n in names], items=rows))
+
+    # 4b. allocation
+    B.append(Block("h2", "Allocation exponents (Approach 2)"))
+    B.append(Block("p", (
+        "Per architecture with interior minima at two budgets or more: ln N_opt and ln D_opt "
+        "against ln C over its interior minima (least squares; D at the vertex read "
+        "ln-linearly in ln N within its group), N_opt ∝ C^a and D_opt ∝ C^b, with 95% "
+        "intervals from the same bootstrap replicates (each keeping the minima interior in "
+        "it).")))
+    rows = []
+    for a in an.archs:
+        al = an.verdicts[a].allocation
+        if al is None:
+            rows.append([a, str(len({m.budget for m in an.verdicts[a].minima if m.interior})),
+                         "–", "–", "fewer than two interior budgets"])
+            continue
+        rows.append([a, str(al["n_budgets"]), fmt_est(al["N_opt_exponent"]),
+                     fmt_est(al["D_opt_exponent"]), al["note"]])
+    B.append(Block("table", header=["arch", "interior budgets", "N_opt exponent a [95%]",
+                                    "D_opt exponent b [95%]", "note"], items=rows))
 
     # 5. inverted multiplier
     B.append(Block("h2", "Inverted-frontier multiplier m(C)"))
@@ -339,8 +443,8 @@ def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any
             "architecture's own FLOP count, parameters with embeddings). \"measured seconds\" "
             "is the wall-clock view: compute measured as training time.")))
         rows = [[a] + [fmt(an.verdicts[a].conventions.get(k)) if finite(
-            an.verdicts[a].conventions.get(k)) else "not identifiable" for k in labels]
-            for a in an.archs]
+            an.verdicts[a].conventions.get(k)) else "withheld" if an.verdicts[a].efficiency_withheld
+            else "not identifiable" for k in labels] for a in an.archs]
         B.append(Block("table", header=["arch"] + labels, items=rows))
     else:
         B.append(Block("p", "Not computed: there is no joint fit."))
