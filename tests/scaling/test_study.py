@@ -273,7 +273,8 @@ def test_micro_study_end_to_end(micro_study):
         run = out / row.run_dir
         assert (run / "fit.yaml").is_file() and (run / "result.json").is_file()
         cfg = ModelConfig(**json.loads((run / "run.json").read_text())["model_config"])
-        assert row.C == pytest.approx(flops_per_token(cfg, 32) * row.D)
+        assert row.C == pytest.approx(flops_per_token(cfg, 32, causal=True) * row.D)
+        assert row.C_causal == row.C and row.C_full == pytest.approx(flops_per_token(cfg, 32) * row.D)
     # each cooldown and its main run: same N, less data, higher loss
     for _, g in df.groupby(["arch", "size"]):
         final, cool = g[g.kind == "final"].iloc[0], g[g.kind == "cooldown"].iloc[0]
