@@ -452,6 +452,10 @@ def analyse(df: pd.DataFrame, *, baseline: str | None = None, n_boot: int = DEFA
             if s.clipped:
                 warnings.append(f"{s.arch}: the LR power law's exponent was outside [-1, 0] and "
                                 "was clipped")
+            if s.flat:
+                warnings.append(f"{s.arch}: the LR sweep is flat within seed noise at "
+                                f"{', '.join(s.flat)} (the best LR's neighbours are within 2 seed "
+                                "sds of it): its optimum there is not resolved")
     return out
 
 

@@ -36,6 +36,7 @@ import yaml
 from postformer.train.fileio import atomic_write
 
 from ..fit import DEFAULT_N_BOOT, Analysis, Estimate, ResultsError, analyse, read_results
+from ..fit.sensitivity import lr_check
 from ..numbers import ceil_sig, finite, fmt, fmt_est, fmt_fixed, fmt_flops, fmt_sig
 from ..run.results import write_results
 from .document import Block, Link, render_html, render_markdown
@@ -270,6 +271,8 @@ def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any
         B.append(Block("p", f"Only the {base} is in the table: nothing to compare."))
     B.append(Block("p", scope_line))
     proto = []
+    if scope.get("baseline_recipe"):
+        proto.append(f"Baseline recipe: {scope['baseline_recipe']}")
     if scope.get("lr_protocol"):
         proto.append(f"Learning rate: {scope['lr_protocol']}")
     if scope.get("beta2") is not None:
@@ -429,8 +432,14 @@ def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any
             if s.law is None:
                 laws.append(f"{a}: one tuned size, no law (the best LR is used at every size)")
             else:
+                ex = s.exponent
+                ci = (f", exponent {fmt(ex[0])} [{fmt(ex[1])}, {fmt(ex[2])}] before clipping"
+                      if ex is not None and finite(ex[1]) else "")
                 laws.append(f"{a}: lr = {fmt(math.exp(s.law[0]))} · N^{fmt(s.law[1])}"
-                            + (" (exponent clipped to [-1, 0])" if s.clipped else ""))
+                            + (" (exponent clipped to its prior range [-1, 0])" if s.clipped else "")
+                            + ci + f"; tuned sizes span {fmt(s.span)}x in N"
+                            + (f"; one run's seed sd {s.seed_sd:.4f} nats" if finite(s.seed_sd) else "")
+                            + (f"; flat within seed noise at {', '.join(s.flat)}" if s.flat else ""))
         B.append(Block("ul", items=laws))
 
     # 8. conventions
@@ -500,15 +509,50 @@ def build_blocks(an: Analysis, df: pd.DataFrame, name: str, scope: dict[str, Any
     return B
 
 
+def lr_check_blocks(check: dict[str, Any] | None, base: str) -> list[Block]:
+    """The LR check's section: the baseline at multiples of its tuned LR at one point, and
+    each arch's factor (or loss gap) with the baseline's point shifted by what it did."""
+    if not check:
+        return []
+    out = [Block("h2", "Learning-rate check"), Block("p", (
+        f"The {base} at its top budget ({fmt_flops(check['flops'])} FLOPs), size "
+        f"{check['size']}, seed {check['seed']}, trained again at multiples of its tuned LR "
+        f"({fmt(check['lr'])}, loss {check['loss']:.4f}). Each column re-analyses the study "
+        f"with every seed of the {base} at that point shifted by that run's loss difference "
+        "(one seed's difference standing for the mean's): how far the verdict moves if the "
+        "tuned LR was off by that factor. A negative difference means the tuned LR was not "
+        "the best there."))]
+    runs = check["runs"]
+    rows = [[f"{base}: loss (difference)", f"{check['loss']:.4f}"]
+            + [f"{r['loss']:.4f} ({r['delta']:+.4f})" for r in runs]]
+
+    def cell(x: dict[str, Any]) -> str:
+        if x["efficiency"] is not None:
+            return f"m = {fmt(x['efficiency'])}"
+        return (f"gap {x['loss_gap']:+.4f}" if x["loss_gap"] is not None else "–")
+
+    for a, x in check["tuned"].items():
+        rows.append([a, cell(x)] + [cell(r["archs"][a]) for r in runs])
+    out.append(Block("table", header=["", "tuned LR"] + [f"x{fmt(r['multiplier'])}" for r in runs],
+                     items=rows))
+    return out
+
+
 def build_report(an: Analysis, df: pd.DataFrame, *, name: str, scope: dict[str, Any],
                  out_dir: Path) -> tuple[dict[str, Any], list[Block], dict[str, bytes]]:
     """(report.json's dict, the blocks of report.md/html, figure name -> PNG)."""
     verdict = {a: verdict_sentence(an, a) for a in an.archs if a != an.baseline}
     line = scope_text(an, scope)
     data = report_dict(an, list(verdict.values()), line)
+    check = lr_check(df, analyse, an.baseline, reference=an)
+    data["lr_check"] = check
+    data["baseline_recipe"] = scope.get("baseline_recipe")
     pngs = make_figures(an)
     figures = {k: (f"figures/{k}.png", png, cap) for k, (png, cap) in pngs.items()}
     blocks = build_blocks(an, df, name, scope, line, verdict, figures, out_dir)
+    at = next((i for i, b in enumerate(blocks) if b.kind == "h2" and b.text == "Conventions"),
+              len(blocks))
+    blocks[at:at] = lr_check_blocks(check, an.baseline)
     return data, blocks, {k: png for k, (png, _) in pngs.items()}
 
 

@@ -21,7 +21,7 @@ from postformer.train.fileio import atomic_write
 from postformer.train.locks import RunLock
 
 from ..spec import Study, StudyError
-from .plan import Point, RunPlan
+from .plan import Point, RunPlan, tune_seeds
 from .results import read_json
 
 # trainer options that do not change what a run computes (a changed one does not make a
@@ -159,6 +159,34 @@ def write_spec(study: Study, out: Path) -> None:
     atomic_write(out / "scope.json", json.dumps(scope(study), indent=2) + "\n")
 
 
+def baseline_recipe(study: Study) -> str:
+    """The baseline's recipe in one line, from its models: mixers and heads over the ladder,
+    MLP, init, what the report needs to say the baseline is not handicapped."""
+    shapes = study.shapes[study.baseline]
+    cfgs = [s.config for s in shapes]
+    c0 = cfgs[0]
+    mixers = sorted(set(c0.layer_mixers))
+    heads = []
+    for c in cfgs:
+        if "attn" in c.layer_mixers:
+            n = c.mixer_options("attn").n_heads
+            heads.append(f"{c.d_model}:{n}x{c.d_model // n}")
+    init = ("normal(0, sqrt(2 / (5 d_model))) (the width rule), residual output projections "
+            "/ sqrt(2 n_layers)" if c0.init_std is None else f"normal(0, {c0.init_std:g})")
+    parts = [f"{study.baseline}: {c0.n_layers} layers of {'/'.join(mixers)}",
+             f"{c0.mlp_kind} MLP" if any(c0.block_has_mlp(m) for m in mixers) else "no MLP",
+             "tied embeddings" if c0.tie_embeddings else "untied head", f"init {init}"]
+    if heads:
+        parts.append("attention heads (d_model:heads x head dim) " + ", ".join(heads))
+        opts = c0.mixer_options("attn")
+        extras = [k for k in ("qk_norm",) if getattr(opts, k, False)]
+        if getattr(opts, "conv_size", 0):
+            extras.append(f"short conv {opts.conv_size}")
+        parts.append("RoPE" + (", " + ", ".join(extras) if extras else ""))
+    parts.append("LR tuned as every arch's" if study.tuned(study.baseline) else "LR fixed")
+    return "; ".join(parts)
+
+
 def scope(study: Study) -> dict[str, Any]:
     """What the report states as the study's scope."""
     # the runs' own data settings (the same cache), less the loader's workers
@@ -179,9 +207,19 @@ def scope(study: Study) -> dict[str, Any]:
         grid = ", ".join(f"{g:.3g}" for g in t["grid"])
         budget = (f"{t['tokens_per_param']:g} tokens per parameter" if "tokens_per_param" in t
                   else f"{t['flops']:.3g} FLOPs")
+        seeds = {a: len(tune_seeds(study, a)) for a in tuned}
+        more = [f"{a} {n}" for a, n in seeds.items() if n > 1]
         lr = (f"tuned per arch ({', '.join(tuned)}) on the grid [{grid}] at "
               f"{t['sizes'] if isinstance(t['sizes'], int) else len(t['sizes'])} sizes and "
-              f"{budget}; main runs use lr = a N^b fitted to the tuned optima")
+              f"{budget}" + (f", seeds per LR: {', '.join(more)} (1 for the others)" if more else "")
+              + "; main runs use lr = a N^b fitted to the tuned optima, b within [-1, 0]")
+        borrowed = [f"{a} uses {study.lr_source(a)}'s law x {study.lr_scale(a):g}"
+                    for a in study.archs if study.lr_source(a) != a]
+        if borrowed:
+            lr += "; " + "; ".join(borrowed)
+        if t.get("check"):
+            lr += (f"; the {study.baseline} once more at x{' and x'.join(f'{m:g}' for m in t['check'])} "
+                   "its tuned LR at its top budget's middle size (the LR check)")
     else:
         lr = "not tuned: " + ", ".join(f"{a} {study.arch_model(a).get('lr', 'default')}"
                                       for a in study.archs)
@@ -190,6 +228,7 @@ def scope(study: Study) -> dict[str, Any]:
             if "warmup_fraction" in study.model else f"{study.model['warmup_steps']} steps")
     return {
         "study": study.name, "corpus": str(corpus), "tokenizer": study.data_value("tokenizer"),
+        "baseline_recipe": baseline_recipe(study), "flops_count": study.flops_count,
         "seq_len": study.seq_len, "tokens_per_step": study.tokens_per_step,
         "validation": val, "seeds": seeds, "lr_protocol": lr, "beta2": float(betas[1]),
         "warmup": warm, "schedule": study.schedule,
