@@ -35,8 +35,7 @@ import yaml
 
 from postformer.train.fileio import atomic_write
 
-from ..fit import DEFAULT_N_BOOT, Analysis, Estimate, ResultsError, analyse, read_results
-from ..fit.sensitivity import lr_check
+from ..fit import DEFAULT_N_BOOT, Analysis, Estimate, ResultsError, analyse, lr_check, read_results
 from ..numbers import ceil_sig, finite, fmt, fmt_est, fmt_fixed, fmt_flops, fmt_sig
 from ..run.results import write_results
 from .document import Block, Link, render_html, render_markdown
