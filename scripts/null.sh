@@ -12,7 +12,10 @@ mkdir -p "$out/tune" "$out/runs"
 for stage in tune runs; do
   for run in "$main_out/$stage"/transformer-w*; do
     [ -e "$run/result.json" ] || continue
-    [ -e "$out/$stage/$(basename "$run")" ] || cp -r "$run" "$out/$stage/"
+    dest="$out/$stage/$(basename "$run")"
+    [ -e "$dest/result.json" ] && continue
+    rm -rf "$dest"  # laid out (or half-trained) here: the main job's finished run replaces it
+    cp -r "$run" "$dest"
   done
 done
 postformer study configs/study/null.yaml --out "$out" --jobs "${POSTFORMER_JOBS:-2}"
