@@ -126,6 +126,10 @@ def verdict_sentence(an: Analysis, arch: str) -> str:
         elif dirs == {"more"}:
             words = (f"needs more compute than the {base} for the same loss: efficiency m = "
                      f"{span} depending on how FLOPs are counted ({each})")
+        elif dirs == {"indistinguishable"}:
+            words = (f"is not distinguishable from the {base} under any FLOP count: efficiency "
+                     f"m = {span} depending on how FLOPs are counted ({each}), every interval "
+                     "covering 1")
         else:
             words = (f"has efficiency m = {span} against the {base} depending on how FLOPs are "
                      f"counted ({each}); whether it needs less or more compute depends on the "
