@@ -207,8 +207,8 @@ def scope(study: Study) -> dict[str, Any]:
         grid = ", ".join(f"{g:.3g}" for g in t["grid"])
         budget = (f"{t['tokens_per_param']:g} tokens per parameter" if "tokens_per_param" in t
                   else f"{t['flops']:.3g} FLOPs")
-        seeds = {a: len(tune_seeds(study, a)) for a in tuned}
-        more = [f"{a} {n}" for a, n in seeds.items() if n > 1]
+        n_seeds = {a: len(tune_seeds(study, a)) for a in tuned}
+        more = [f"{a} {n}" for a, n in n_seeds.items() if n > 1]
         lr = (f"tuned per arch ({', '.join(tuned)}) on the grid [{grid}] at "
               f"{t['sizes'] if isinstance(t['sizes'], int) else len(t['sizes'])} sizes and "
               f"{budget}" + (f", seeds per LR: {', '.join(more)} (1 for the others)" if more else "")
