@@ -236,7 +236,9 @@ def plan(study: Study, lrs: dict[str, Any] | None = None) -> list[Point]:
                 sweep = (lrs or {}).get(source)
                 lr = None if sweep is None else float(sweep.lr_for(shape.N)) * study.lr_scale(label)
             else:
-                lr = float(study.arch_model(label).get("lr", lm_default("lr"))) * study.lr_scale(label)
+                # a fixed LR: the arch's own, else (lr_from) its source's
+                fixed = study.arch_model(label).get("lr", study.arch_model(source).get("lr"))
+                lr = float(fixed if fixed is not None else lm_default("lr")) * study.lr_scale(label)
             for seed in (s + off for s in study.seeds):
                 points.append(_trajectory(study, label, shape, seed, budgets,
                                           f"runs/{label}-{shape.name}-s{seed}", "main", lr,

@@ -155,6 +155,11 @@ def test_seed_offset_and_borrowed_lr_for_calibration_studies():
     for p in by["slow"]:
         assert p.lr == pytest.approx(0.25 * _Law().lr_for(p.N))
     assert [(p.size, p.runs[0].tokens) for p in by["slow"]] == [(p.size, p.runs[0].tokens) for p in by["transformer"]]
+    # a source with a fixed LR lends that LR, scaled
+    fixed = copy.deepcopy(spec)
+    fixed["archs"]["transformer"] = {"preset": "transformer", "model": {"lr": 4e-3}}
+    fx = study_from_dict(fixed, source="null.yaml")
+    assert [p.lr for p in plan(fx, {"again": _Law()}) if p.arch == "slow"] == pytest.approx([1e-3] * 12)
     for bad, message in (({"lr_from": "slow2"}, "lr_from: must name another arch"),
                          ({"lr_scale": 0}, "lr_scale: must be positive"),
                          ({"seed_offset": -1}, "seed_offset: must be an integer >= 0")):
