@@ -120,7 +120,7 @@ def lr_sweeps(df: pd.DataFrame, exponent_range: tuple[float, float] = EXPONENT_R
     averaged). Per arch: each size's best LR (:func:`best_lr`) and, over two or more sizes,
     the power law ``lr = a N^b`` through the best LRs (least squares in logs), its exponent
     clipped to ``exponent_range`` (``clipped`` says when), with its bootstrap interval (see
-    the module docstring)."""
+    the module docstring; ``n_boot=0``: the law only, the interval NaN)."""
     if "stage" not in df or "lr" not in df:
         return {}
     tune = df[df["stage"] == "tune"]
@@ -150,7 +150,7 @@ def lr_sweeps(df: pd.DataFrame, exponent_range: tuple[float, float] = EXPONENT_R
             lnN = np.log([s["N"] for s in sizes])
             lnlr = np.log([s["best"] for s in sizes])
             b, ln_a = np.polyfit(lnN, lnlr, 1)
-            if math.isfinite(noise) and noise > 0:
+            if n_boot > 0 and math.isfinite(noise) and noise > 0:
                 reps = []
                 for _ in range(n_boot):
                     best = []

@@ -49,13 +49,12 @@ import pandas as pd
 
 from postformer.train.fileio import atomic_write
 
+from ..fit.analysis import CONVENTION_COLUMNS
 from ..fit.table import ResultsError
 
 COLUMNS = ["arch", "size", "seed", "stage", "budget_flops", "trajectory", "lr", "warmup_steps",
            "budget_tokens", "N", "N_non_emb", "D", "C", "C_causal", "C_full", "C_6ND", "loss", "bpb", "steps",
            "wall_s", "tokens_per_s", "kind", "run_dir"]
-#: run.json's flops_per_token_by_count names -> results columns C_<column>
-COUNT_COLUMNS = {"causal": "causal", "chinchilla": "full"}
 CURVE_COLUMNS = ["arch", "size", "seed", "stage", "trajectory", "run_dir", "kind", "step",
                  "tokens", "val_loss", "val_bpb", "val_tokens"]
 
@@ -124,8 +123,8 @@ def make_row(out_dir: Path, run_dir: Path, wall_s: float | None = None) -> dict[
         "trajectory": info.get("trajectory"), "lr": info.get("lr"),
         "warmup_steps": info.get("warmup_steps"), "budget_tokens": info["budget_tokens"], "N": info["N"], "N_non_emb": info["N_non_emb"],
         "D": D, "C": info["flops_per_token"] * D,
-        **{f"C_{COUNT_COLUMNS[k]}": v * D for k, v in info.get("flops_per_token_by_count", {}).items()
-           if k in COUNT_COLUMNS},
+        **{CONVENTION_COLUMNS[k]: v * D for k, v in info.get("flops_per_token_by_count", {}).items()
+           if k in CONVENTION_COLUMNS},
         "C_6ND": 6 * info["N"] * D,
         "loss": final[0], "bpb": final[1], "steps": info["steps"],
         "wall_s": round(wall_s if wall_s is not None else est_wall, 3),

@@ -100,7 +100,7 @@ def stages(study: Study, out: Path) -> tuple[list[Point], list[Point] | None]:
     rows = [finished_row(out, out / p.runs[0].run_dir) for p in tune]
     if any(r is None for r in rows):
         return tune, None
-    return tune, plan(study, lr_sweeps(pd.DataFrame(rows)))
+    return tune, plan(study, lr_sweeps(pd.DataFrame(rows), n_boot=0))  # the law only
 
 
 def run_study(

@@ -28,7 +28,7 @@ from typing import Any
 
 from postformer.arch import PRESETS, ModelConfig, width_options
 from postformer.arch.config import depth_multiplier
-from postformer.arch.flops import flops_per_token, param_counts
+from postformer.arch.flops import flops_per_token_by_convention, param_counts
 from postformer.train.tokenizer import get_tokenizer
 
 from .checks import (
@@ -44,8 +44,8 @@ from .checks import (
 
 LADDER_KEYS = ("knob", "d_model", "n_layers", "aspect_ratio", "head_dim", "d_state", "mixers",
                "ff_multiple_of")
-#: the FLOP counts a study records (``arch.flops``): name -> ``causal`` argument
-FLOP_COUNTS = {"causal": True, "chinchilla": False}
+#: the FLOP counts a study records and may budget with (``arch.flops_per_token_by_convention``)
+FLOP_COUNTS = ("causal", "chinchilla")
 MATCH_TOL = 0.05  # match_params: N within 5% of the baseline's
 
 
@@ -239,8 +239,8 @@ def shapes_of(study: Any, label: str) -> tuple[Shape, ...]:
     for size in study.sizes:
         cfg = model_config(study, label, size)
         N, N_ne = param_counts(cfg)
-        counts = {name: flops_per_token(cfg, study.seq_len, causal=causal)
-                  for name, causal in FLOP_COUNTS.items()}
+        by_convention = flops_per_token_by_convention(cfg, study.seq_len)
+        counts = {name: by_convention[name] for name in FLOP_COUNTS}
         out.append(Shape(size, size_name(size), cfg, N, N_ne, counts[study.flops_count], counts))
     return tuple(out)
 
